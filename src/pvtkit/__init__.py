@@ -1,0 +1,38 @@
+"""pvtkit: PVTv2 and ViT in PyTorch, with Hugging Face formats native."""
+
+from .config import PretrainedConfig
+from .modeling import LoadingError, PreTrainedModel
+from .models.pvt_v2 import (
+    VARIANTS as PVT_V2_VARIANTS,
+    PvtV2Backbone,
+    PvtV2Config,
+    PvtV2ForImageClassification,
+    PvtV2Model,
+)
+from .outputs import (
+    BackboneOutput,
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+    MaskedImageModelingOutput,
+    ModelOutput,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PVT_V2_VARIANTS",
+    "BackboneOutput",
+    "BaseModelOutput",
+    "BaseModelOutputWithPooling",
+    "ImageClassifierOutput",
+    "LoadingError",
+    "MaskedImageModelingOutput",
+    "ModelOutput",
+    "PreTrainedModel",
+    "PretrainedConfig",
+    "PvtV2Backbone",
+    "PvtV2Config",
+    "PvtV2ForImageClassification",
+    "PvtV2Model",
+]

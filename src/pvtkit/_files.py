@@ -1,0 +1,108 @@
+"""Atomic file and directory writes, shared by every `save_pretrained` in pvtkit.
+
+A save that is killed half-way must never leave behind a file or a directory that does not load: we write to a
+temporary name next to the target and rename it into place, which POSIX guarantees to be atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Write one file atomically: `write(tmp_path)` fills a temporary sibling that is then renamed to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented, key-sorted JSON (the layout Hugging Face writes), atomically."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, drop: Iterable[str] = ()) -> Iterator[Path]:
+    """Build a directory's new contents in a temporary sibling, then swap it in place of `path`.
+
+    Files already in `path` that the new contents do not replace are carried over (hard-linked when possible),
+    so saving a model next to, say, a processor config keeps the latter, except the names in `drop`. If the body
+    raises, `path` is untouched.
+    """
+    path, drop = Path(path), set(drop)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"cannot save into {path}: it exists and is not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
+    try:
+        yield staging
+        for f in os.scandir(staging):
+            with open(f.path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        if not path.exists():
+            os.rename(staging, path)
+        else:
+            for entry in os.scandir(path):
+                target = staging / entry.name
+                if target.exists() or entry.name in drop:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.copytree(entry.path, target, symlinks=True)
+                else:
+                    try:
+                        os.link(entry.path, target, follow_symlinks=False)
+                    except OSError:
+                        shutil.copy2(entry.path, target, follow_symlinks=False)
+            backup = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.previous-"))
+            os.rmdir(backup)
+            # Two renames a few microseconds apart; if the process dies between them the complete previous
+            # version is still on disk under `backup`, and loading `path` says so (see `find_interrupted_save`).
+            os.rename(path, backup)
+            os.rename(staging, path)
+            shutil.rmtree(backup, ignore_errors=True)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def find_interrupted_save(path: str | os.PathLike) -> Path | None:
+    """The previous version of `path` left by a save that died between its two renames, if there is one."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return None
+    candidates = sorted(path.parent.glob(f".{path.name}.previous-*"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None

@@ -1,0 +1,177 @@
+"""The configuration base: Hugging Face field names, JSON round-trip, validation at construction.
+
+A config is plain data. `config.json` written by pvtkit loads in transformers and the reverse: the common fields
+(`num_labels`, `id2label`, `label2id`, `problem_type`, ...) use transformers' names, and keys pvtkit does not know
+are kept and written back, so nothing a user's file carries is lost on a round trip.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from ._files import atomic_write_json
+
+CONFIG_NAME = "config.json"
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+C = TypeVar("C", bound="PretrainedConfig")
+
+
+class PretrainedConfig:
+    """Fields every pvtkit model shares, and the JSON machinery.
+
+    Args:
+        num_labels: Size of the classification head; derived from `id2label` when that is given.
+        id2label: Class index -> name. Defaults to `LABEL_{i}`.
+        label2id: Class name -> index. Defaults to the inverse of `id2label`.
+        problem_type: One of `regression`, `single_label_classification`, `multi_label_classification`, or
+            None to infer it from the labels at the first loss computation (as transformers does).
+        output_hidden_states: Default for the forward argument of the same name.
+        output_attentions: Default for the forward argument of the same name.
+        return_dict: Default for the forward argument of the same name.
+        **kwargs: Any other key is kept as an attribute and written back to `config.json` untouched.
+    """
+
+    model_type: ClassVar[str] = ""
+    # Keys transformers writes that carry no meaning for pvtkit: accepted on read, not repeated on write.
+    _ignored_keys: ClassVar[tuple[str, ...]] = ("transformers_version", "pvtkit_version")
+
+    def __init__(
+        self,
+        num_labels: int | None = None,
+        id2label: dict[int, str] | None = None,
+        label2id: dict[str, int] | None = None,
+        problem_type: str | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if id2label is not None:
+            id2label = {int(k): str(v) for k, v in id2label.items()}
+            if num_labels is not None and num_labels != len(id2label):
+                raise ValueError(f"num_labels={num_labels} disagrees with id2label, which has {len(id2label)} entries")
+        else:
+            n = 2 if num_labels is None else int(num_labels)
+            if n < 0:
+                raise ValueError(f"num_labels must be >= 0, got {n}")
+            id2label = {i: f"LABEL_{i}" for i in range(n)}
+        self.id2label = id2label
+        self.label2id = (
+            {str(k): int(v) for k, v in label2id.items()}
+            if label2id is not None and len(label2id) == len(id2label)
+            else {v: k for k, v in id2label.items()}
+        )
+        if problem_type is not None and problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES} or None, got {problem_type!r}")
+        self.problem_type = problem_type
+        self.output_hidden_states = bool(output_hidden_states)
+        self.output_attentions = bool(output_attentions)
+        self.return_dict = bool(return_dict)
+        for key in self._ignored_keys:
+            kwargs.pop(key, None)
+        kwargs.pop("model_type", None)
+        if "torch_dtype" in kwargs and "dtype" not in kwargs:  # transformers 4 wrote torch_dtype, 5 writes dtype
+            kwargs["dtype"] = kwargs.pop("torch_dtype")
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes of the classification head (`len(id2label)`)."""
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, n: int) -> None:
+        if n != len(self.id2label):
+            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    # ---- dict / JSON -------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as JSON-ready data, with `model_type`, in transformers' spelling."""
+        out: dict[str, Any] = {}
+        for key, value in vars(self).items():
+            if key.startswith("_"):
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            out[key] = copy.deepcopy(value)
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["model_type"] = self.model_type
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], **overrides: Any) -> C:
+        """Build a config from a dict (e.g. parsed `config.json`); `overrides` win over the dict's values."""
+        data = dict(data)
+        model_type = data.get("model_type")
+        if cls.model_type and model_type and model_type != cls.model_type:
+            raise ValueError(
+                f"this config describes a {model_type!r} model; {cls.__name__} expects model_type {cls.model_type!r}"
+            )
+        if "num_labels" in overrides and "id2label" not in overrides:
+            data.pop("id2label", None)
+            data.pop("label2id", None)
+        if "id2label" in data and "num_labels" in data and len(data["id2label"]) != data["num_labels"]:
+            data.pop("num_labels")  # transformers trusts id2label in this case; so do we
+        data.update(overrides)
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_file(cls: type[C], path: str | os.PathLike, **overrides: Any) -> C:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
+        try:
+            return cls.from_dict(data, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write `config.json` into `save_directory` (atomically) and return its path."""
+        path = Path(save_directory) / CONFIG_NAME
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_pretrained(cls: type[C], path: str | os.PathLike, **overrides: Any) -> C:
+        """Read a config from a directory holding `config.json`, or from the JSON file itself."""
+        path = Path(path)
+        file = path / CONFIG_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} found at {path}")
+        return cls.from_json_file(file, **overrides)
+
+    # ---- comparisons and display -------------------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.to_dict() == other.to_dict()  # type: ignore[union-attr]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+    def copy(self: C, **changes: Any) -> C:
+        """A deep copy with `changes` applied (and validated)."""
+        return type(self).from_dict(self.to_dict(), **changes)
+
+
+def check_lengths(owner: str, expected: int, **lists: Any) -> None:
+    """Raise a ValueError naming every per-stage list whose length is not `expected`."""
+    bad = [f"{name} has {len(value)}" for name, value in lists.items() if len(value) != expected]
+    if bad:
+        raise ValueError(f"{owner}: every per-stage list must have {expected} entries, but " + ", ".join(bad))

@@ -1,0 +1,282 @@
+"""The model base: save_pretrained / from_pretrained in Hugging Face format, weight init, dtype and device.
+
+The state dict is the contract: module names are transformers' on-disk names, so a `model.safetensors` moves
+between pvtkit and transformers untouched. Loading reports missing, unexpected and mis-shaped keys by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._files import atomic_directory
+from .config import PretrainedConfig
+from .hub import load_state_dict, resolve_checkpoint
+
+logger = logging.getLogger("pvtkit")
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_NAME = "pytorch_model.bin"
+
+M = TypeVar("M", bound="PreTrainedModel")
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}  # fmt: skip
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """`torch.float16`, `"float16"`, `"fp16"`, `"torch.float16"` -> `torch.float16`; None stays None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)} or a torch.dtype")
+    return _DTYPES[name]
+
+
+class LoadingError(ValueError):
+    """A checkpoint's tensors do not fit the model: the message lists every offending key."""
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: PretrainedConfig) -> torch.Tensor:
+    """The loss transformers computes for a classifier, chosen by `config.problem_type`.
+
+    With no problem type set it is inferred once from the labels and stored in the config (as transformers
+    does): regression when there is one label, single-label cross-entropy for integer labels, multi-label BCE
+    otherwise.
+    """
+    n = config.num_labels
+    if config.problem_type is None:
+        if n == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    labels = labels.to(logits.device)
+    if config.problem_type == "regression":
+        if n == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, n), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class PreTrainedModel(nn.Module):
+    """Base of every pvtkit model: Hugging Face save/load, one weight initialisation, gradient checkpointing.
+
+    Subclasses set `config_class`, `base_model_prefix` (the attribute holding the encoder in task models, e.g.
+    `pvt_v2`) and `head_prefixes` (the state-dict prefixes of task heads, which may be freshly initialised when a
+    checkpoint lacks them or has another number of classes).
+    """
+
+    config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
+    base_model_prefix: ClassVar[str] = ""
+    head_prefixes: ClassVar[tuple[str, ...]] = ()
+    main_input_name: ClassVar[str] = "pixel_values"
+    supports_gradient_checkpointing: ClassVar[bool] = True
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    # ---- initialisation ----------------------------------------------------------------------------------------
+
+    def post_init(self) -> None:
+        """Initialise every weight once, at model level (called at the end of a concrete model's __init__)."""
+        for module in self.modules():
+            self._init_weights(module)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Truncated normal (std `initializer_range`) for Linear, fan-out normal for Conv2d, unit LayerNorm."""
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ---- conveniences users expect from transformers -----------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each block's activations in backward instead of storing them (less memory, ~30% slower)."""
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    # ---- saving ------------------------------------------------------------------------------------------------
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, safe_serialization: bool = True, state_dict: dict | None = None
+    ) -> Path:
+        """Write `config.json` and `model.safetensors` (or `pytorch_model.bin`) into `save_directory`.
+
+        The directory is replaced atomically: a save killed half-way leaves the previous contents as they were.
+        Other files already there (a processor config, a README) are kept.
+        """
+        state = self.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous() for k, v in state.items()}
+        self.config.architectures = [type(self).__name__]
+        self.config.dtype = str(self.dtype).removeprefix("torch.")
+        weights_name = SAFE_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
+        # A weights file in the other format left by an earlier save would contradict this one: it goes.
+        stale = WEIGHTS_NAME if safe_serialization else SAFE_WEIGHTS_NAME
+        with atomic_directory(save_directory, drop=(stale, stale + ".index.json")) as staging:
+            self.config.save_pretrained(staging)
+            if safe_serialization:
+                from safetensors.torch import save_file
+
+                save_file(state, staging / weights_name, metadata={"format": "pt"})
+            else:
+                torch.save(state, staging / weights_name)
+        return Path(save_directory)
+
+    # ---- loading -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        config: PretrainedConfig | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        ignore_mismatched_sizes: bool = False,
+        strict: bool = True,
+        **config_overrides: Any,
+    ) -> M:
+        """Load a model saved by pvtkit or transformers.
+
+        Args:
+            pretrained_model_name_or_path: A directory with `config.json` and weights, or a weights file.
+            config: Use this config instead of the checkpoint's.
+            torch_dtype: Cast the weights to this dtype (`"auto"`: the dtype recorded in the config). `dtype` is
+                the same argument under transformers 5's name.
+            device: Move the model there after loading.
+            ignore_mismatched_sizes: Re-initialise weights whose shapes differ instead of raising.
+            strict: Raise on missing or unexpected keys (default). With False they are only logged.
+            **config_overrides: Config fields to change, e.g. `num_labels=10` for a fresh head of 10 classes.
+
+        Raises:
+            FileNotFoundError: Nothing loadable at the path.
+            LoadingError: Missing, unexpected or mis-shaped keys (named in the message).
+        """
+        ckpt = resolve_checkpoint(pretrained_model_name_or_path)
+        if config is None:
+            if ckpt.config_file is None:
+                raise FileNotFoundError(
+                    f"{pretrained_model_name_or_path}: no config.json next to the weights; pass config=..."
+                )
+            config = cls.config_class.from_json_file(ckpt.config_file, **config_overrides)
+        elif config_overrides:
+            config = config.copy(**config_overrides)
+        model = cls(config)
+        state = load_state_dict(ckpt.weight_files)
+        head_resized = "num_labels" in config_overrides or "id2label" in config_overrides
+        model._load_checkpoint_state(
+            state, source=str(pretrained_model_name_or_path), strict=strict,
+            ignore_mismatched_sizes=ignore_mismatched_sizes or head_resized,
+        )  # fmt: skip
+        want = torch_dtype if torch_dtype is not None else dtype
+        if want == "auto":
+            want = getattr(config, "dtype", None) or next(iter(state.values())).dtype
+        want = parse_dtype(want)
+        if want is not None or device is not None:
+            model.to(device=device, dtype=want)
+        model.config._name_or_path = str(pretrained_model_name_or_path)
+        return model.eval()
+
+    def _load_checkpoint_state(
+        self, state: dict[str, torch.Tensor], source: str, strict: bool = True, ignore_mismatched_sizes: bool = False
+    ) -> None:
+        """Copy `state` into the model, adding or stripping `base_model_prefix` as the two layouts need."""
+        own = self.state_dict()
+        prefix = self.base_model_prefix + "."
+        model_prefixed = any(k.startswith(prefix) for k in own)
+        ckpt_prefixed = any(k.startswith(prefix) for k in state)
+        dropped_heads: list[str] = []
+        if model_prefixed and not ckpt_prefixed:  # an encoder-only checkpoint into a task model
+            state = {prefix + k: v for k, v in state.items()}
+        elif ckpt_prefixed and not model_prefixed:  # a task checkpoint into the encoder (or backbone)
+            dropped_heads = [k for k in state if not k.startswith(prefix)]
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+        fresh_heads = [k for k in missing if k.startswith(self.head_prefixes)] if self.head_prefixes else []
+        if not ckpt_prefixed or not model_prefixed:
+            missing = [k for k in missing if k not in fresh_heads]  # a head the checkpoint never had
+        else:
+            fresh_heads = []
+        if mismatched and not ignore_mismatched_sizes:
+            lines = [f"  {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in mismatched]
+            raise LoadingError(
+                f"{source}: {len(mismatched)} weight(s) have another shape than the model expects "
+                "(pass ignore_mismatched_sizes=True to re-initialise them, or num_labels=N for a new head):\n"
+                + "\n".join(lines)
+            )
+        if (missing or unexpected) and strict:
+            parts = []
+            if missing:
+                parts.append(f"missing from the checkpoint ({len(missing)}): " + ", ".join(missing[:20]))
+            if unexpected:
+                parts.append(f"not in the model ({len(unexpected)}): " + ", ".join(unexpected[:20]))
+            raise LoadingError(
+                f"{source} does not fit {type(self).__name__}: " + "; ".join(parts) + " (pass strict=False to load anyway)"
+            )
+        for k in mismatched:
+            state.pop(k)
+        self.load_state_dict(state, strict=False)
+        if mismatched:
+            logger.warning("%s: re-initialised %d weight(s) of another shape: %s", source, len(mismatched), ", ".join(mismatched))
+        if fresh_heads:
+            logger.warning("%s has no weights for %s; they are newly initialised: train the model before use",
+                           source, ", ".join(fresh_heads))  # fmt: skip
+        if dropped_heads:
+            logger.info("%s: ignored task-head weights %s", source, ", ".join(dropped_heads))
+        if missing or unexpected:
+            logger.warning("%s: missing %s; unexpected %s", source, missing, unexpected)

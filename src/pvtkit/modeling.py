@@ -193,8 +193,9 @@ class PreTrainedModel(nn.Module):
         Args:
             pretrained_model_name_or_path: A directory with `config.json` and weights, or a weights file.
             config: Use this config instead of the checkpoint's.
-            torch_dtype: Cast the weights to this dtype (`"auto"`: the dtype recorded in the config). `dtype` is
-                the same argument under transformers 5's name.
+            torch_dtype: Cast the weights to this dtype. The default, `"auto"`, keeps the dtype the checkpoint
+                records (its config's `dtype`, else its tensors'), as transformers 5 does. `dtype` is the same
+                argument under transformers 5's name.
             device: Move the model there after loading.
             ignore_mismatched_sizes: Re-initialise weights whose shapes differ instead of raising.
             strict: Raise on missing or unexpected keys (default). With False they are only logged.
@@ -221,7 +222,7 @@ class PreTrainedModel(nn.Module):
             ignore_mismatched_sizes=ignore_mismatched_sizes or head_resized,
         )  # fmt: skip
         want = torch_dtype if torch_dtype is not None else dtype
-        if want == "auto":
+        if want is None or want == "auto":
             want = getattr(config, "dtype", None) or next(iter(state.values())).dtype
         want = parse_dtype(want)
         if want is not None or device is not None:

@@ -62,7 +62,8 @@ def compare_encoder_outputs(a, b, attentions: bool = True) -> None:
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_variant_parameter_count_matches_published_table(name):
-    model = PvtV2ForImageClassification(PvtV2Config.from_variant(name))
+    with torch.device("meta"):  # shapes only: no memory, no init
+        model = PvtV2ForImageClassification(PvtV2Config.from_variant(name))
     assert round(model.num_parameters() / 1e6, 1) == PUBLISHED_PARAMS_M[name]
 
 
@@ -76,6 +77,18 @@ def test_every_variant_matches_transformers_at_224(name):
     assert a.logits.shape == (1, 1000)
     assert_close(a.logits, b.logits, what="logits")
     compare_encoder_outputs(a, b)
+
+
+@pytest.mark.parametrize("name", ["b0", "b2_linear"])
+def test_real_variants_match_transformers_at_odd_sizes_as_backbones(name):
+    config = PvtV2Config.from_variant(name, out_indices=[0, 1, 2, 3])
+    ours, theirs = pair(PvtV2Backbone, config)
+    x = torch.randn(2, 3, 231, 173)
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    for i, (p, q) in enumerate(zip(a.feature_maps, b.feature_maps)):
+        assert_close(p, q, what=f"{name} feature map {i}")
+    assert [m.shape[-2:] for m in a.feature_maps] == [(58, 44), (29, 22), (15, 11), (8, 6)]
 
 
 def test_variant_names_and_overrides():
@@ -142,7 +155,10 @@ def test_losses_and_gradients_match_transformers(num_labels, labels, problem):
     for name, p in ours.named_parameters():
         assert p.grad is not None, f"no gradient reached {name}"
         expected = theirs_params[name].grad
-        assert_close(p.grad, expected, tol=1e-5, floor=1e-6 * scale, what=f"gradient of {name}")
+        if name.endswith("attention.key.bias"):  # softmax cancels a key bias: both gradients are rounding noise
+            assert max(p.grad.abs().max(), expected.abs().max()) <= 1e-6 * scale
+            continue
+        assert_close(p.grad, expected, floor=1e-6 * scale, what=f"gradient of {name}")
 
 
 def test_backbone_parity_and_metadata():
@@ -204,8 +220,10 @@ def test_gradient_checkpointing_gives_same_gradients_to_every_parameter():
     scale = max(p.grad.abs().max().item() for p in plain.parameters())
     for name, p in ckpt.named_parameters():
         assert p.grad is not None, f"no gradient reached {name}"
-        if not name.endswith("attention.key.bias"):  # softmax cancels a key bias: its gradient is exactly zero
-            assert p.grad.abs().sum() > 0, f"zero gradient at {name}"
+        if name.endswith("attention.key.bias"):  # softmax cancels a key bias: its gradient is rounding noise
+            assert p.grad.abs().max() <= 1e-6 * scale
+            continue
+        assert p.grad.abs().sum() > 0, f"zero gradient at {name}"
         assert_close(p.grad, grads[name].grad, floor=1e-6 * scale, what=f"checkpointed gradient of {name}")
 
 

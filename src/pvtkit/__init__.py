@@ -9,6 +9,18 @@ from .models.pvt_v2 import (
     PvtV2ForImageClassification,
     PvtV2Model,
 )
+from .processing import (
+    IMAGE_PROCESSOR_TYPES,
+    BatchFeature,
+    ImageLoadError,
+    PvtImageProcessor,
+    PvtImageProcessorFast,
+    ViTFeatureExtractor,
+    ViTImageProcessor,
+    ViTImageProcessorFast,
+    convert_to_rgb,
+    load_image,
+)
 from .outputs import (
     BackboneOutput,
     BaseModelOutput,
@@ -21,6 +33,16 @@ from .outputs import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "IMAGE_PROCESSOR_TYPES",
+    "BatchFeature",
+    "ImageLoadError",
+    "PvtImageProcessor",
+    "PvtImageProcessorFast",
+    "ViTFeatureExtractor",
+    "ViTImageProcessor",
+    "ViTImageProcessorFast",
+    "convert_to_rgb",
+    "load_image",
     "PVT_V2_VARIANTS",
     "BackboneOutput",
     "BaseModelOutput",

@@ -6,9 +6,11 @@ between pvtkit and transformers untouched. Loading reports missing, unexpected a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -74,7 +76,40 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: Pret
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-class PreTrainedModel(nn.Module):
+_building = threading.local()
+
+
+@contextlib.contextmanager
+def _skip_weight_init():
+    """Build models without the random init (`from_pretrained` overwrites the weights anyway)."""
+    before = getattr(_building, "skip_init", False)
+    _building.skip_init = True
+    try:
+        yield
+    finally:
+        _building.skip_init = before
+
+
+class _InitOnceMeta(type(nn.Module)):
+    """Initialise a model's weights once, after the outermost pvtkit model is built.
+
+    A task model builds its encoder (itself a pvtkit model) inside its own __init__; initialising at the end of
+    each __init__ would initialise the encoder twice, which for PVTv2-B5 doubles the construction time.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        depth = getattr(_building, "depth", 0)
+        _building.depth = depth + 1
+        try:
+            model = super().__call__(*args, **kwargs)
+        finally:
+            _building.depth = depth
+        if depth == 0 and not getattr(_building, "skip_init", False):
+            model.init_weights()
+        return model
+
+
+class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
     """Base of every pvtkit model: Hugging Face save/load, one weight initialisation, gradient checkpointing.
 
     Subclasses set `config_class`, `base_model_prefix` (the attribute holding the encoder in task models, e.g.
@@ -97,7 +132,11 @@ class PreTrainedModel(nn.Module):
     # ---- initialisation ----------------------------------------------------------------------------------------
 
     def post_init(self) -> None:
-        """Initialise every weight once, at model level (called at the end of a concrete model's __init__)."""
+        """transformers' hook, kept for subclasses written in its style: initialisation already happens once,
+        when the outermost model is built, so there is nothing left to do here."""
+
+    def init_weights(self) -> None:
+        """(Re-)initialise every weight with `_init_weights`."""
         for module in self.modules():
             self._init_weights(module)
 
@@ -214,7 +253,11 @@ class PreTrainedModel(nn.Module):
             config = cls.config_class.from_json_file(ckpt.config_file, **config_overrides)
         elif config_overrides:
             config = config.copy(**config_overrides)
-        model = cls(config)
+        # Built on the meta device with no init, then given uninitialised memory: every weight is about to be
+        # overwritten, and the few that are not (a new head) are initialised by `_load_checkpoint_state`.
+        with _skip_weight_init(), torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device="cpu")
         state = load_state_dict(ckpt.weight_files)
         head_resized = "num_labels" in config_overrides or "id2label" in config_overrides
         model._load_checkpoint_state(
@@ -272,6 +315,8 @@ class PreTrainedModel(nn.Module):
         for k in mismatched:
             state.pop(k)
         self.load_state_dict(state, strict=False)
+        for module_name in dict.fromkeys(k.rpartition(".")[0] for k in (*mismatched, *fresh_heads, *missing)):
+            self._init_weights(self.get_submodule(module_name))
         if mismatched:
             logger.warning("%s: re-initialised %d weight(s) of another shape: %s", source, len(mismatched), ", ".join(mismatched))
         if fresh_heads:

@@ -335,7 +335,8 @@ class PvtV2Encoder(nn.Module):
 
     def __init__(self, config: PvtV2Config) -> None:
         super().__init__()
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        n = sum(config.depths)
+        rates = [config.drop_path_rate * i / max(n - 1, 1) for i in range(n)]
         starts = [sum(config.depths[:i]) for i in range(config.num_encoder_blocks)]
         self.layers = nn.ModuleList(
             Stage(config, i, rates[s : s + d]) for i, (s, d) in enumerate(zip(starts, config.depths))
@@ -388,7 +389,6 @@ class PvtV2Model(PvtV2PreTrainedModel):
     def __init__(self, config: PvtV2Config) -> None:
         super().__init__(config)
         self.encoder = PvtV2Encoder(config)
-        self.post_init()
 
     def forward(
         self,
@@ -419,7 +419,6 @@ class PvtV2ForImageClassification(PvtV2PreTrainedModel):
         self.pvt_v2 = PvtV2Model(config)
         n = config.num_labels
         self.classifier = nn.Linear(config.hidden_sizes[-1], n) if n > 0 else nn.Identity()
-        self.post_init()
 
     def forward(
         self,
@@ -450,7 +449,6 @@ class PvtV2Backbone(PvtV2PreTrainedModel):
     def __init__(self, config: PvtV2Config) -> None:
         super().__init__(config)
         self.encoder = PvtV2Encoder(config)
-        self.post_init()
 
     @property
     def out_features(self) -> list[str]:

@@ -1,0 +1,749 @@
+"""Image processors for PVTv2 and ViT that read and write Hugging Face `preprocessor_config.json` files.
+
+Two back ends compute the same pipeline (convert to RGB, resize, rescale, normalize):
+
+* `ViTImageProcessor` / `PvtImageProcessor` work image by image with PIL and NumPy and reproduce transformers'
+  PIL back end (`ViTImageProcessorPil`, `PvtImageProcessorPil`) bit for bit.
+* `ViTImageProcessorFast` / `PvtImageProcessorFast` work on batched torch tensors (CPU or GPU) and follow
+  transformers' torchvision back end, implemented with `torch.nn.functional.interpolate` only.
+
+Deliberate differences from transformers, each covered by a test:
+
+* `do_convert_rgb` defaults to True (transformers leaves it unset, so a grayscale or RGBA input fails there with a
+  channel-count error). It is written to the config, so transformers loading our file behaves like we do.
+* Modes PIL cannot convert to RGB without losing data are scaled, not clipped: `I;16` maps 0..65535 onto 0..255;
+  `I` and `F` are read as 8-bit when their values fit in 0..255, as 16-bit when they fit in 0..65535, and `F`
+  values in [0, 1] that are not whole numbers as fractions of 255. PIL's own `convert("RGB")` clips these.
+* Bad inputs raise `ImageLoadError` (a `ValueError`) naming the input, where transformers raises assorted errors.
+* The Fast classes save as `ViTImageProcessorFast` / `PvtImageProcessorFast` (transformers 4's names, which
+  transformers 5 still resolves to its ViT / PVT processors).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+import torch.nn.functional as F
+
+from pvtkit._files import atomic_write_json
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
+IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
+PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+
+ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, str, os.PathLike]
+
+# PIL's resampling filter numbers, which is how transformers stores `resample` in its JSON files.
+_RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
+# Keys transformers writes for bookkeeping; they carry no processing option.
+_SERVICE_KEYS = {"image_processor_type", "feature_extractor_type", "processor_class", "auto_map"}
+# Options transformers knows but these processors do not implement: loading a file that switches one on would
+# silently compute something else, so we refuse.
+_UNSUPPORTED_IF_TRUE = ("do_center_crop", "do_pad", "do_reduce_labels")
+
+
+class ImageLoadError(ValueError):
+    """An input could not be turned into an image; the message names the input and what was expected."""
+
+
+class BatchFeature(dict):
+    """The processors' output: a dict (`pixel_values`) with attribute access and a tensor-moving `.to()`."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, *args: Any, **kwargs: Any) -> BatchFeature:
+        """Move tensors to a device and/or cast them, like `torch.Tensor.to`; returns `self`.
+
+        A dtype is applied to floating-point tensors only, so integer tensors keep their meaning.
+        """
+        device = kwargs.pop("device", None)
+        dtype = kwargs.pop("dtype", None)
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            else:
+                device = arg
+        for key, value in self.items():
+            if isinstance(value, torch.Tensor):
+                self[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else None, **kwargs)
+        return self
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def _describe(image: Any, index: int | None = None) -> str:
+    """Name an input for error messages: its path when it has one, else its kind, shape and dtype."""
+    where = f"image {index} " if index is not None else "image "
+    if isinstance(image, (str, os.PathLike)):
+        return f"{where}'{os.fspath(image)}'"
+    if isinstance(image, PIL.Image.Image):
+        path = getattr(image, "filename", "") or ""
+        return f"{where}(PIL {image.mode} {image.size[0]}x{image.size[1]}{', ' + path if path else ''})"
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        kind = "numpy array" if isinstance(image, np.ndarray) else "torch tensor"
+        return f"{where}({kind} of shape {tuple(image.shape)}, dtype {image.dtype})"
+    return f"{where}({type(image).__name__})"
+
+
+def load_image(
+    image: str | os.PathLike | PIL.Image.Image, exif_transpose: bool = True, convert_rgb: bool = True
+) -> PIL.Image.Image:
+    """Open an image file (or take a PIL image), fully decoded, upright and, by default, in RGB.
+
+    Args:
+        image: A path to an image file, or an already opened PIL image.
+        exif_transpose: Rotate/flip the image as its EXIF orientation tag says, as cameras and viewers do.
+        convert_rgb: Convert to RGB with `convert_to_rgb` (alpha composited over white, 16-bit data scaled).
+
+    Returns:
+        The image, decoded into memory (the file is closed).
+
+    Raises:
+        FileNotFoundError: The path does not name a file.
+        ImageLoadError: The file is not an image PIL can decode, is truncated, or is so large that PIL's
+            decompression-bomb guard (`PIL.Image.MAX_IMAGE_PIXELS`) refuses it.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image file not found: '{path}'")
+        try:
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; we treat both levels as refusal.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+                with PIL.Image.open(path) as opened:
+                    opened.load()
+                    img = opened
+        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
+            raise ImageLoadError(
+                f"'{path}': refusing to decode an image this large ({e}); expected at most "
+                f"{PIL.Image.MAX_IMAGE_PIXELS} pixels. Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted."
+            ) from e
+        except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+            raise ImageLoadError(
+                f"'{path}': cannot decode as an image ({e}); expected a complete image file PIL can read "
+                "(JPEG, PNG, WebP, BMP, TIFF, GIF, ...)"
+            ) from e
+    elif isinstance(image, PIL.Image.Image):
+        img = image
+    else:
+        raise TypeError(f"load_image expects a path or a PIL image, got {type(image).__name__}")
+    if exif_transpose:
+        img = PIL.ImageOps.exif_transpose(img)
+    return convert_to_rgb(img) if convert_rgb else img
+
+
+# ------------------------------------------------------------------------------------------ RGB conversion
+
+
+def _high_bit_to_uint8(img: PIL.Image.Image) -> np.ndarray:
+    """Map a 16-bit, 32-bit integer or float single-band image onto 0..255 by scaling (see the module doc)."""
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)  # 65535 / 255 == 257 exactly
+    values = arr.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ImageLoadError(f"{_describe(img)} contains NaN or infinite values; expected finite pixel values")
+    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    whole = bool(np.all(values == np.round(values)))
+    if low >= 0 and high <= 255 and (whole or high > 1):
+        return np.round(values).astype(np.uint8)
+    if low >= 0 and high <= 1:
+        return np.round(values * 255.0).astype(np.uint8)
+    if low >= 0 and high <= 65535:
+        return np.round(values / 257.0).astype(np.uint8)
+    raise ImageLoadError(
+        f"{_describe(img)} has values in [{low}, {high}]; expected 0..255, 0..65535 or [0, 1] for mode {img.mode}"
+    )
+
+
+def convert_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Convert any common PIL mode to RGB.
+
+    Transparency (an alpha band, or a palette/`transparency` entry) is composited over white, as transformers
+    does; high-bit-depth modes are scaled rather than clipped.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        return PIL.Image.fromarray(_high_bit_to_uint8(image), mode="L").convert("RGB")
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _pil_to_array(image: PIL.Image.Image, do_convert_rgb: bool, name: str) -> np.ndarray:
+    """Pixels of a PIL image (H x W or H x W x C), RGB-converted if asked; decoding errors name the input."""
+    try:
+        return np.array(convert_to_rgb(image) if do_convert_rgb else image)
+    except (OSError, SyntaxError) as e:  # a lazily opened, truncated or corrupt file decodes only now
+        raise ImageLoadError(f"{name}: cannot decode the image ({e}); expected a complete image") from e
+
+
+def _array_to_rgb_hwc(image: np.ndarray) -> np.ndarray:
+    """RGB conversion of a channels-last array, as transformers' NumPy path does it (alpha over white)."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return np.repeat(image, 3, axis=-1)
+    if channels == 4:
+        is_int = np.issubdtype(image.dtype, np.integer)
+        if not is_int and (image.min() < 0.0 or image.max() > 1.0):
+            raise ValueError(f"a 4-channel float image must lie in [0, 1] to composite its alpha, got "
+                             f"[{image.min()}, {image.max()}]")
+        white = 255 if is_int else 1.0
+        alpha = image[..., 3:4] / white
+        blended = alpha * image[..., :3] + (1 - alpha) * white
+        return np.round(blended).astype(image.dtype) if is_int else blended.astype(image.dtype)
+    return image
+
+
+# --------------------------------------------------------------------------------------- shared helpers
+
+
+def _channel_axis(shape: Sequence[int], input_data_format: str | None, name: str) -> int:
+    """Which axis of a 3-d image holds the channels (0 or 2).
+
+    Without `input_data_format` we follow transformers: an axis of size 1, 3 or 4 is the channel axis, the first
+    one when both ends qualify. That ambiguous case (e.g. a 3x3 RGB image, or a 4-pixel-high RGBA strip) is
+    reported with a warning rather than guessed silently.
+    """
+    if input_data_format is not None:
+        fmt = str(getattr(input_data_format, "value", input_data_format))
+        if fmt not in ("channels_first", "channels_last"):
+            raise ValueError(
+                f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}")
+        return 0 if fmt == "channels_first" else 2
+    first, last = shape[0] in (1, 3, 4), shape[2] in (1, 3, 4)
+    if first and last:
+        warnings.warn(f"{name}: channel axis is ambiguous, assuming channels first as transformers does; pass "
+                      "input_data_format='channels_first' or 'channels_last' to say which", stacklevel=4)
+    if first:
+        return 0
+    if last:
+        return 2
+    raise ImageLoadError(f"{name}: cannot find a channel axis; expected 1, 3 or 4 channels in the first or last "
+                         "dimension (H x W x C or C x H x W)")
+
+
+def _check_array(image: np.ndarray | torch.Tensor, name: str) -> None:
+    """Reject empty, wrongly shaped, non-numeric and NaN-carrying arrays with a message naming the input."""
+    if image.ndim not in (2, 3):
+        raise ImageLoadError(f"{name}: expected a 2-d (H, W) or 3-d (H, W, C) / (C, H, W) image, got {image.ndim}-d")
+    if any(s == 0 for s in image.shape):
+        raise ImageLoadError(f"{name}: the image is empty; expected at least one pixel")
+    if isinstance(image, np.ndarray):
+        if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+            raise ImageLoadError(f"{name}: expected integer or float pixels, got dtype {image.dtype}")
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise ImageLoadError(f"{name}: contains NaN or infinite values; expected finite pixel values")
+    else:
+        if image.dtype in (torch.bool, torch.complex64, torch.complex128):
+            raise ImageLoadError(f"{name}: expected integer or float pixels, got dtype {image.dtype}")
+        if image.is_floating_point() and not torch.isfinite(image).all():
+            raise ImageLoadError(f"{name}: contains NaN or infinite values; expected finite pixel values")
+
+
+def _flatten_images(images: Any) -> list[Any]:
+    """One list of single images from a single image, a list of images, or a 4-d batch array/tensor."""
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, (list, tuple)):
+        flat = []
+        for item in images:
+            flat.extend(list(item) if isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4 else [item])
+        if not flat:
+            raise ImageLoadError("no images were given; expected at least one image")
+        return flat
+    return [images]
+
+
+def _resize_target(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
+    """Output (height, width) for a size dict, with transformers' rounding for `shortest_edge`."""
+    if "shortest_edge" in size:
+        short_side = size["shortest_edge"]
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(short_side * long / short)  # truncation, as transformers (and torchvision) do
+        return (new_long, short_side) if width <= height else (short_side, new_long)
+    return size["height"], size["width"]
+
+
+def _normalize_size(size: Any) -> dict[str, int]:
+    """Accept an int (square), an (h, w) pair, or a {"height", "width"} / {"shortest_edge"} dict."""
+    if isinstance(size, int):
+        return {"height": size, "width": size}
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return {"height": int(size[0]), "width": int(size[1])}
+    if isinstance(size, dict) and set(size) in ({"height", "width"}, {"shortest_edge"}):
+        if all(isinstance(v, int) and v > 0 for v in size.values()):
+            return {k: int(v) for k, v in size.items()}
+    raise ValueError(f"size must be an int, (height, width), {{'height', 'width'}} or {{'shortest_edge'}} with "
+                     f"positive ints, got {size!r}")
+
+
+# ------------------------------------------------------------------------------------------- processors
+
+
+class _BaseImageProcessor:
+    """Options, per-call overrides and `preprocessor_config.json` I/O shared by every processor."""
+
+    image_processor_type = ""
+    _defaults: dict[str, Any] = {
+        "do_resize": True, "size": {"height": 224, "width": 224}, "resample": 2, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": IMAGENET_STANDARD_MEAN,
+        "image_std": IMAGENET_STANDARD_STD, "do_convert_rgb": True,
+    }
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        do_resize: bool | None = None,
+        size: int | Sequence[int] | dict[str, int] | None = None,
+        resample: int | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_convert_rgb: bool | None = None,
+        exif_transpose: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Create a processor; every option left as None takes the class default.
+
+        Args:
+            do_resize: Resize to `size`.
+            size: `{"height": h, "width": w}` (an int means a square) or `{"shortest_edge": s}` (aspect kept).
+            resample: PIL filter number: 0 NEAREST, 1 LANCZOS, 2 BILINEAR, 3 BICUBIC, 4 BOX, 5 HAMMING.
+            do_rescale: Multiply pixel values by `rescale_factor`.
+            rescale_factor: Usually 1/255, mapping 8-bit values onto [0, 1].
+            do_normalize: Subtract `image_mean` and divide by `image_std`, per channel.
+            image_mean: Per-channel (or single) mean.
+            image_std: Per-channel (or single) standard deviation.
+            do_convert_rgb: Convert every input to 3-channel RGB first.
+            exif_transpose: Apply EXIF orientation to images read from files (not stored in the config file).
+            **kwargs: Other keys of a transformers config: bookkeeping keys are ignored, unknown ones are kept
+                (and written back) with a warning, and options we do not implement raise if switched on.
+        """
+        values = dict(do_resize=do_resize, size=size, resample=resample, do_rescale=do_rescale,
+                      rescale_factor=rescale_factor, do_normalize=do_normalize, image_mean=image_mean,
+                      image_std=image_std, do_convert_rgb=do_convert_rgb)
+        for key, value in self._resolve(values).items():
+            setattr(self, key, value)
+        self.exif_transpose = exif_transpose
+        self._extra: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in _SERVICE_KEYS:
+                continue
+            if key in _UNSUPPORTED_IF_TRUE and value:
+                raise ValueError(f"{type(self).__name__} does not implement {key}=True")
+            if key not in _UNSUPPORTED_IF_TRUE:
+                warnings.warn(f"{type(self).__name__}: ignoring unknown option {key}={value!r}", stacklevel=2)
+            self._extra[key] = value
+
+    def _resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Merge per-call overrides (None = keep) into this processor's options and validate the result."""
+        base = {k: getattr(self, k, v) for k, v in self._defaults.items()}
+        opts = {k: (base[k] if overrides.get(k) is None else overrides[k]) for k in base}
+        opts["size"] = _normalize_size(opts["size"])
+        resample = int(opts["resample"])  # also accepts PIL.Image.Resampling members
+        if resample not in _RESAMPLE_NAMES:
+            raise ValueError(f"resample must be a PIL filter number in 0..5, got {opts['resample']!r}")
+        opts["resample"] = resample
+        for key in ("image_mean", "image_std"):
+            value = opts[key]
+            opts[key] = float(value) if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+        if opts["do_normalize"] and any(s == 0 for s in np.atleast_1d(opts["image_std"])):
+            raise ValueError("image_std must not contain zeros")
+        opts["rescale_factor"] = float(opts["rescale_factor"])
+        return opts
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], **kwargs: Any) -> BatchFeature:
+        """Same as `preprocess`."""
+        return self.preprocess(images, **kwargs)
+
+    def preprocess(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        return_tensors: str | None = None,
+        input_data_format: str | None = None,
+        exif_transpose: bool | None = None,
+        device: str | torch.device | None = None,
+        **overrides: Any,
+    ) -> BatchFeature:
+        """Turn one image or a list of images into model input.
+
+        Args:
+            images: PIL images, NumPy arrays or torch tensors (H x W, H x W x C or C x H x W, uint8 or float),
+                4-d batches of those, or paths to image files.
+            return_tensors: "pt" for one stacked torch tensor, "np" for one stacked array, None for a list.
+            input_data_format: "channels_first" or "channels_last" for array/tensor inputs; inferred if None
+                (see `_channel_axis`).
+            exif_transpose: Override the processor's EXIF handling for files in this call.
+            device: Where the tensor back end computes (inputs are moved there); the PIL back end ignores it.
+            **overrides: Any constructor option (do_resize, size, resample, ...) for this call only.
+
+        Returns:
+            A `BatchFeature` with `pixel_values`.
+        """
+        unknown = set(overrides) - set(self._defaults)
+        if unknown:
+            raise TypeError(f"unknown preprocess option(s): {sorted(unknown)}")
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        opts = self._resolve(overrides)
+        exif = self.exif_transpose if exif_transpose is None else exif_transpose
+        flat = _flatten_images(images)
+        pixel_values = self._process(flat, opts, input_data_format, exif, device)
+        return BatchFeature(pixel_values=self._collate(pixel_values, return_tensors))
+
+    @staticmethod
+    def _load(image: Any, index: int, exif: bool) -> Any:
+        """Open paths; other inputs pass through. Raises TypeError for unsupported input types."""
+        if isinstance(image, (str, os.PathLike)):
+            return load_image(image, exif_transpose=exif, convert_rgb=False)
+        if not isinstance(image, (PIL.Image.Image, np.ndarray, torch.Tensor)):
+            raise TypeError(f"{_describe(image, index)}: expected a PIL image, numpy array, torch tensor or path")
+        return image
+
+    def _process(self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool,
+                 device: str | torch.device | None) -> list[Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _collate(images: list[Any], return_tensors: str | None) -> Any:
+        """A list (None), or one stacked torch tensor ("pt") or NumPy array ("np")."""
+        if return_tensors is None:
+            return images
+        shapes = sorted({tuple(im.shape) for im in images})
+        if len(shapes) > 1:
+            raise ValueError(f"cannot stack images of different shapes {shapes} into one tensor; use a fixed "
+                             "{'height', 'width'} size or return_tensors=None")
+        if isinstance(images[0], torch.Tensor):
+            stacked = torch.stack(images)
+            return stacked if return_tensors == "pt" else stacked.cpu().numpy()
+        stacked = np.stack(images)
+        return torch.from_numpy(stacked) if return_tensors == "pt" else stacked
+
+    # ---------------------------------------------------------------------------------------- config I/O
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as transformers writes them in `preprocessor_config.json`."""
+        out = copy.deepcopy(self._extra)
+        for key in self._defaults:
+            value = getattr(self, key)
+            out[key] = list(value) if isinstance(value, tuple) else copy.deepcopy(value)
+        out["image_processor_type"] = self.image_processor_type
+        return out
+
+    def to_json_string(self) -> str:
+        """`to_dict` as indented, key-sorted JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any], **kwargs: Any) -> _BaseImageProcessor:
+        """Build a processor from a config dict; `kwargs` override its entries."""
+        return cls(**{**config, **kwargs})
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
+        """Write `preprocessor_config.json` into `save_directory` atomically; returns the written paths."""
+        path = Path(save_directory)
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"cannot save into '{path}': it exists and is not a directory")
+        target = path / PREPROCESSOR_CONFIG_NAME
+        atomic_write_json(target, self.to_dict())
+        return [str(target)]
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> _BaseImageProcessor:
+        """Load from a local directory holding `preprocessor_config.json`, or from the JSON file itself."""
+        path = Path(path)
+        file = path / PREPROCESSOR_CONFIG_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG_NAME} at '{path}'")
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"'{file}' is not valid JSON: {e}") from e
+        if not isinstance(config, dict):
+            raise ValueError(f"'{file}' must hold a JSON object, got {type(config).__name__}")
+        kind = config.get("image_processor_type") or config.get("feature_extractor_type")
+        if kind and kind not in IMAGE_PROCESSOR_TYPES:
+            warnings.warn(f"'{file}' was written for {kind}; loading it as {cls.__name__}", stacklevel=2)
+        return cls.from_dict(config, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+
+class ViTImageProcessor(_BaseImageProcessor):
+    """ViT preprocessing with PIL and NumPy, equal to transformers' `ViTImageProcessorPil`.
+
+    Defaults: RGB, 224x224 bilinear resize, x/255, mean = std = 0.5.
+    """
+
+    image_processor_type = "ViTImageProcessor"
+
+    def _process(self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool,
+                 device: str | torch.device | None = None) -> list[np.ndarray]:
+        out = []
+        for index, raw in enumerate(images):
+            name = _describe(raw, index)
+            image = self._to_chw(self._load(raw, index, exif), opts, fmt, name)
+            try:
+                if opts["do_resize"]:
+                    image = self._resize(image, _resize_target(*image.shape[1:], opts["size"]), opts["resample"])
+                if opts["do_rescale"]:
+                    # Like transformers: compute in float64, store float32.
+                    image = (image.astype(np.float64) * opts["rescale_factor"]).astype(np.float32)
+                if opts["do_normalize"]:
+                    image = self._normalize(image, opts["image_mean"], opts["image_std"])
+            except ImageLoadError:
+                raise
+            except ValueError as e:
+                raise ImageLoadError(f"{name}: {e}") from e
+            out.append(image)
+        return out
+
+    @staticmethod
+    def _to_chw(image: Any, opts: dict[str, Any], fmt: str | None, name: str) -> np.ndarray:
+        """Channels-first array of one input, RGB-converted if asked."""
+        if isinstance(image, PIL.Image.Image):
+            array = _pil_to_array(image, opts["do_convert_rgb"], name)
+            return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu()
+            image = (image.float() if image.dtype in (torch.bfloat16, torch.float16) else image).numpy()
+        _check_array(image, name)
+        hwc = image[..., None] if image.ndim == 2 else np.moveaxis(image, _channel_axis(image.shape, fmt, name), -1)
+        if opts["do_convert_rgb"]:
+            if hwc.shape[-1] not in (1, 3, 4):
+                raise ImageLoadError(f"{name}: has {hwc.shape[-1]} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
+            try:
+                hwc = _array_to_rgb_hwc(hwc)
+            except ValueError as e:
+                raise ImageLoadError(f"{name}: {e}") from e
+        if opts["do_rescale"] and np.issubdtype(hwc.dtype, np.floating) and hwc.max() <= 1.0:
+            warnings.warn(f"{name}: float pixels already lie in [0, 1] and do_rescale=True scales them again; "
+                          "pass do_rescale=False if they are already rescaled", stacklevel=4)
+        return np.moveaxis(hwc, -1, 0)
+
+    @staticmethod
+    def _resize(image: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+        """Resize a C x H x W array with PIL, round-tripping through 8-bit exactly as transformers does."""
+        hwc = np.moveaxis(image, 0, -1)
+        hwc = hwc[..., 0] if hwc.shape[-1] == 1 else hwc
+        was_fraction = False
+        if hwc.dtype != np.uint8:
+            # PIL stores 8-bit pixels: whole numbers in 0..255 are taken as they are, fractions in [0, 1] are
+            # scaled by 255 and truncated (transformers' rule, kept for parity), anything else cannot be stored.
+            if np.allclose(hwc, hwc.astype(int)) and hwc.min() >= 0 and hwc.max() <= 255:
+                pass
+            elif hwc.min() >= 0 and hwc.max() <= 1:
+                was_fraction = True
+                hwc = (hwc.astype(np.float64) * 255).astype(np.float32)
+            else:
+                raise ValueError(f"pixel values in [{hwc.min()}, {hwc.max()}] cannot be resized with PIL; expected "
+                                 "whole numbers in 0..255 or fractions in [0, 1]")
+            hwc = hwc.astype(np.uint8)
+        height, width = size
+        resized = np.array(PIL.Image.fromarray(hwc).resize((width, height), resample=resample))
+        chw = resized[None] if resized.ndim == 2 else np.moveaxis(resized, -1, 0)
+        return (chw.astype(np.float64) * (1 / 255)).astype(np.float32) if was_fraction else chw
+
+    @staticmethod
+    def _normalize(image: np.ndarray, mean: float | tuple, std: float | tuple) -> np.ndarray:
+        """(x - mean) / std per channel, in float32 unless the input is already floating point."""
+        if not np.issubdtype(image.dtype, np.floating):
+            image = image.astype(np.float32)
+        channels = image.shape[0]
+        mean_arr, std_arr = (np.array([v] * channels if isinstance(v, float) else v, dtype=image.dtype)
+                             for v in (mean, std))
+        if len(mean_arr) != channels or len(std_arr) != channels:
+            raise ValueError(f"image has {channels} channels but image_mean/image_std have {len(mean_arr)}/"
+                             f"{len(std_arr)} values; expected one per channel (is do_convert_rgb off?)")
+        return (image - mean_arr[:, None, None]) / std_arr[:, None, None]
+
+
+class PvtImageProcessor(ViTImageProcessor):
+    """PVT/PVTv2 preprocessing with PIL and NumPy, equal to transformers' `PvtImageProcessorPil`.
+
+    Defaults: RGB, 224x224 bicubic resize (as transformers 5's class; checkpoints' configs state `resample`,
+    which wins), x/255, ImageNet mean/std.
+    """
+
+    image_processor_type = "PvtImageProcessor"
+    _defaults = {**_BaseImageProcessor._defaults, "image_mean": IMAGENET_DEFAULT_MEAN,
+                 "image_std": IMAGENET_DEFAULT_STD, "resample": 3}
+
+
+class ViTFeatureExtractor(ViTImageProcessor):
+    """Deprecated name of `ViTImageProcessor`, kept so old code runs; it saves as `ViTImageProcessor`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warnings.warn("ViTFeatureExtractor is deprecated; use ViTImageProcessor", DeprecationWarning, stacklevel=2)
+        super().__init__(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ torch back end
+
+_TORCH_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
+
+
+class _TorchBackend(_BaseImageProcessor):
+    """Batched torch pipeline following transformers' torchvision back end (no torchvision needed).
+
+    Images of equal shape are stacked and resized together with antialiased `F.interpolate`; uint8 images stay
+    uint8 through the resize (native uint8 kernels on CPU, which equal PIL's bilinear; a rounded float32 detour on
+    GPU), then rescale and normalize are fused into one `(x - mean/f) / (std/f)` in float32.
+    """
+
+    def _to_tensor(self, image: Any, opts: dict[str, Any], fmt: str | None, name: str) -> torch.Tensor:
+        """Channels-first tensor of one input, RGB-converted if asked (on the input's own device)."""
+        if isinstance(image, PIL.Image.Image):
+            array = _pil_to_array(image, opts["do_convert_rgb"], name)
+            tensor = torch.from_numpy(array[..., None] if array.ndim == 2 else array).permute(2, 0, 1)
+        else:
+            _check_array(image, name)
+            if isinstance(image, np.ndarray):
+                # torch cannot wrap read-only arrays (e.g. np.asarray of a PIL image) without warning; copy those.
+                image = torch.from_numpy(np.array(image) if not image.flags.writeable else np.ascontiguousarray(image))
+            tensor = image.detach()
+            tensor = tensor[None] if tensor.ndim == 2 else tensor.movedim(_channel_axis(tensor.shape, fmt, name), 0)
+            if opts["do_convert_rgb"]:
+                tensor = self._tensor_to_rgb(tensor, name)
+        return tensor.contiguous()
+
+    @staticmethod
+    def _tensor_to_rgb(tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """Gray -> RGB by repetition; RGBA composited over white in float32 and brought back like torchvision."""
+        channels = tensor.shape[0]
+        if channels == 1:
+            return tensor.expand(3, -1, -1)
+        if channels == 4:
+            is_int = not tensor.is_floating_point()
+            if not is_int and (tensor.min() < 0 or tensor.max() > 1):
+                raise ImageLoadError(f"{name}: a 4-channel float image must lie in [0, 1] to composite its alpha")
+            scale = float(torch.iinfo(tensor.dtype).max) if is_int else 1.0
+            x = tensor.float() / scale
+            rgb = x[:3] * x[3:] + (1 - x[3:])
+            # torchvision's float -> int conversion: multiply by (max + 1 - 1e-3) and truncate.
+            return rgb.mul(scale + 1.0 - 1e-3).to(tensor.dtype) if is_int else rgb.to(tensor.dtype)
+        if channels != 3:
+            raise ImageLoadError(f"{name}: has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
+        return tensor
+
+    @staticmethod
+    def _resize_batch(batch: torch.Tensor, size: tuple[int, int], resample: int) -> torch.Tensor:
+        """Antialiased resize of an N x C x H x W batch; integer input gives integer output."""
+        if resample == 1:
+            warnings.warn("LANCZOS has no torch kernel; using BICUBIC as transformers' tensor back end does",
+                          stacklevel=5)
+            resample = 3
+        if resample not in _TORCH_MODES:
+            raise ValueError(f"resample={resample} ({_RESAMPLE_NAMES[resample]}) has no torch kernel; use "
+                             "NEAREST, BILINEAR or BICUBIC, or the PIL processor")
+        mode = _TORCH_MODES[resample]
+        extra = {} if mode == "nearest-exact" else {"antialias": True, "align_corners": False}
+        dtype = batch.dtype
+        native = mode == "nearest-exact" or (dtype == torch.uint8 and batch.device.type == "cpu")
+        if native or batch.is_floating_point():
+            try:
+                return F.interpolate(batch, size=size, mode=mode, **extra)
+            except (RuntimeError, NotImplementedError):
+                if batch.is_floating_point():
+                    raise  # a float batch has no other route; integer ones fall through to float32
+        out = F.interpolate(batch.float(), size=size, mode=mode, **extra)
+        if dtype == torch.uint8:
+            out = out.clamp_(0, 255)
+        return out.round_().to(dtype)
+
+    def _process(self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool,
+                 device: str | torch.device | None = None) -> list[torch.Tensor]:
+        tensors, names = [], []
+        for index, raw in enumerate(images):
+            names.append(_describe(raw, index))
+            tensor = self._to_tensor(self._load(raw, index, exif), opts, fmt, names[-1])
+            tensors.append(tensor if device is None else tensor.to(device))
+        if opts["do_rescale"] and any(t.is_floating_point() and t.max() <= 1 for t in tensors):
+            warnings.warn("float pixels already lie in [0, 1] and do_rescale=True scales them again; pass "
+                          "do_rescale=False if they are already rescaled", stacklevel=4)
+        if opts["do_normalize"]:
+            for name, t in zip(names, tensors):
+                for key in ("image_mean", "image_std"):
+                    n = 1 if isinstance(opts[key], float) else len(opts[key])
+                    if n not in (1, t.shape[0]):
+                        raise ImageLoadError(f"{name}: has {t.shape[0]} channels but {key} has {n} values; "
+                                             "expected one per channel (is do_convert_rgb off?)")
+        # Group equal shapes (and dtypes/devices) so each group is one batched kernel call.
+        groups: dict[tuple, list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(tensors)
+        for (shape, _, device), indices in groups.items():
+            batch = torch.stack([tensors[i] for i in indices])
+            if opts["do_resize"]:
+                batch = self._resize_batch(batch, _resize_target(shape[1], shape[2], opts["size"]), opts["resample"])
+            batch = self._rescale_normalize(batch, opts)
+            for j, i in enumerate(indices):
+                out[i] = batch[j]
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _rescale_normalize(batch: torch.Tensor, opts: dict[str, Any]) -> torch.Tensor:
+        """Fused rescale + normalize as transformers' tensor back end: mean and std divided by the factor."""
+        if opts["do_normalize"]:
+            factor = 1.0 / opts["rescale_factor"] if opts["do_rescale"] else 1.0
+            mean, std = (torch.tensor(opts[k], dtype=torch.float32, device=batch.device).reshape(-1, 1, 1) * factor
+                         for k in ("image_mean", "image_std"))
+            return (batch.to(torch.float32) - mean) / std
+        if opts["do_rescale"]:
+            return batch * opts["rescale_factor"]
+        return batch
+
+
+class ViTImageProcessorFast(_TorchBackend, ViTImageProcessor):
+    """ViT preprocessing on batched torch tensors (CPU or GPU), following transformers' tensor back end."""
+
+    image_processor_type = "ViTImageProcessorFast"
+
+
+class PvtImageProcessorFast(_TorchBackend, PvtImageProcessor):
+    """PVT/PVTv2 preprocessing on batched torch tensors (CPU or GPU), following transformers' tensor back end."""
+
+    image_processor_type = "PvtImageProcessorFast"
+
+
+# `image_processor_type` values (ours and transformers') -> the class that loads them, for Auto dispatch.
+IMAGE_PROCESSOR_TYPES: dict[str, type[_BaseImageProcessor]] = {
+    "ViTImageProcessor": ViTImageProcessor,
+    "ViTImageProcessorPil": ViTImageProcessor,
+    "ViTFeatureExtractor": ViTImageProcessor,
+    "ViTImageProcessorFast": ViTImageProcessorFast,
+    "PvtImageProcessor": PvtImageProcessor,
+    "PvtImageProcessorPil": PvtImageProcessor,
+    "PvtImageProcessorFast": PvtImageProcessorFast,
+}
+
+__all__ = [
+    "BatchFeature", "IMAGE_PROCESSOR_TYPES", "ImageLoadError", "PvtImageProcessor", "PvtImageProcessorFast",
+    "ViTFeatureExtractor", "ViTImageProcessor", "ViTImageProcessorFast", "convert_to_rgb", "load_image",
+]

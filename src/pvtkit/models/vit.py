@@ -1,0 +1,577 @@
+"""Vision Transformer (ViT).
+
+Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
+https://arxiv.org/abs/2010.11929. Masked image modeling head after SimMIM, https://arxiv.org/abs/2111.09886.
+
+The image is cut into non-overlapping patches (one strided conv), a learned [CLS] token is put in front, learned
+absolute position embeddings are added, and a stack of pre-norm transformer layers runs over the sequence. The
+classifier reads the final-layernormed [CLS] token.
+
+Module names are the ones transformers writes to disk (`vit.encoder.layer.0.attention.attention.query.weight`,
+`vit.encoder.layer.0.intermediate.dense.weight`, ...), so hub checkpoints load with no conversion and pvtkit's saves
+load in transformers. Tokens are `(B, 1 + h*w, C)`: the [CLS] token, then the patches in row-major order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import PretrainedConfig
+from ..layers import attend, get_activation
+from ..modeling import PreTrainedModel, classification_loss
+from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+Tensors = tuple[torch.Tensor, ...]
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """`16` -> `(16, 16)`; `(224, 320)` stays (height, width)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"expected an int or a (height, width) pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+class ViTConfig(PretrainedConfig):
+    """Configuration of a ViT model; field names and defaults are transformers' (the defaults are ViT-B/16 at 224).
+
+    Args:
+        hidden_size: Width of the token embeddings; must be divisible by `num_attention_heads`.
+        num_hidden_layers: Number of transformer layers.
+        num_attention_heads: Attention heads per layer.
+        intermediate_size: Hidden width of each layer's MLP.
+        hidden_act: MLP activation (transformers' names: "gelu" is the exact erf GELU).
+        hidden_dropout_prob: Dropout on the embeddings and after the attention projection and the MLP.
+        attention_probs_dropout_prob: Dropout on the attention weights.
+        initializer_range: Std of the truncated normal init of Linear/Conv weights and of the [CLS] and position
+            embeddings.
+        layer_norm_eps: Epsilon of every LayerNorm (1e-12 as in transformers; timm's weights use 1e-6).
+        image_size: Input size the position embeddings are laid out for, an int or (height, width).
+        patch_size: Side of the square patches, an int or (height, width); must divide `image_size`.
+        num_channels: Input channels.
+        qkv_bias: Bias in the query/key/value projections.
+        encoder_stride: Upsampling factor of the masked-image-modeling decoder; must equal `patch_size` there.
+        pooler_output_size: Width of the pooler's output; None means `hidden_size`.
+        pooler_act: Activation of the pooler ("tanh").
+        interpolate_pos_encoding: pvtkit field: the default of the forward argument of the same name, so a training
+            loop or an exported model can run at other resolutions without passing it on every call. transformers
+            keeps the key on load and ignores it.
+        attn_implementation: "sdpa" (fused kernels, the default) or "eager" (explicit softmax). As in transformers,
+            it is a run-time choice and is not written to `config.json`. Attention weights, when asked for, always
+            come from the eager path.
+        **kwargs: The common fields of `PretrainedConfig` (num_labels, id2label, problem_type, ...).
+    """
+
+    model_type = "vit"
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        image_size: int | Sequence[int] = 224,
+        patch_size: int | Sequence[int] = 16,
+        num_channels: int = 3,
+        qkv_bias: bool = True,
+        encoder_stride: int = 16,
+        pooler_output_size: int | None = None,
+        pooler_act: str = "tanh",
+        interpolate_pos_encoding: bool = False,
+        attn_implementation: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.hidden_size = int(hidden_size)
+        self.num_hidden_layers = int(num_hidden_layers)
+        self.num_attention_heads = int(num_attention_heads)
+        self.intermediate_size = int(intermediate_size)
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = float(hidden_dropout_prob)
+        self.attention_probs_dropout_prob = float(attention_probs_dropout_prob)
+        self.initializer_range = float(initializer_range)
+        self.layer_norm_eps = float(layer_norm_eps)
+        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else int(image_size)
+        self.patch_size = list(patch_size) if isinstance(patch_size, (list, tuple)) else int(patch_size)
+        self.num_channels = int(num_channels)
+        self.qkv_bias = bool(qkv_bias)
+        self.encoder_stride = int(encoder_stride)
+        self.pooler_output_size = int(pooler_output_size) if pooler_output_size else self.hidden_size
+        self.pooler_act = pooler_act
+        self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
+        self.attn_implementation = attn_implementation  # type: ignore[assignment]  # the setter validates
+        self._validate()
+
+    @property
+    def attn_implementation(self) -> str:
+        """"sdpa" or "eager"; kept out of `config.json` (underscore attribute), as transformers does."""
+        return self._attn_implementation or "sdpa"
+
+    @attn_implementation.setter
+    def attn_implementation(self, value: str | None) -> None:
+        if value is not None and value not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"ViTConfig: attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {value!r}")
+        self._attn_implementation = value
+
+    def _validate(self) -> None:
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels",
+                     "encoder_stride", "pooler_output_size"):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ViTConfig: {name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"ViTConfig: hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}; expected a multiple of {self.num_attention_heads}"
+            )
+        (ih, iw), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
+        if min(ih, iw, ph, pw) <= 0 or ih % ph or iw % pw:
+            raise ValueError(
+                f"ViTConfig: patch_size {self.patch_size} must divide image_size {self.image_size}; "
+                f"expected an image side that is a positive multiple of the patch side"
+            )
+        get_activation(self.hidden_act)
+        get_activation(self.pooler_act)
+
+    def copy(self, **changes: Any) -> ViTConfig:
+        changes.setdefault("attn_implementation", self._attn_implementation)  # not in to_dict(), so carry it over
+        return super().copy(**changes)
+
+    @classmethod
+    def from_variant(cls, name: str, **overrides: Any) -> ViTConfig:
+        """A published architecture, e.g. "base_patch16_224", "large_patch32_384", "huge_patch14_224", with a
+        1000-class ImageNet head. `overrides` change any field, e.g. `num_labels=10` or `layer_norm_eps=1e-6`.
+        """
+        key = name.lower().replace("-", "_").removeprefix("vit_")
+        if key not in VARIANTS:
+            raise ValueError(f"unknown ViT variant {name!r}; expected one of {', '.join(VARIANTS)}")
+        return cls(**{"num_labels": 1000, **VARIANTS[key], **overrides})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers
+
+
+def resize_position_embeddings(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Resize `(1, 1 + h*w, C)` position embeddings laid out on `grid` to `new_grid` (bicubic, align_corners=False).
+
+    The [CLS] position is kept as is. Resampling runs in fp32 (also under autocast or with bf16 weights, where
+    bicubic weights lose too much precision) and the result is cast back to `pos.dtype`. As in transformers, a
+    square input of the nominal size is returned untouched, and the target is given by `size=`, not a scale factor.
+    """
+    if new_grid == grid:
+        return pos
+    cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+    C = pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, grid[0], grid[1], C).permute(0, 3, 1, 2)  # (1, C, h, w)
+    with torch.autocast(device_type=pos.device.type, enabled=False):
+        patch_pos = F.interpolate(patch_pos.float(), size=new_grid, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, -1, C)  # (1, h'*w', C)
+    return torch.cat((cls_pos, patch_pos), dim=1)
+
+
+class PatchEmbeddings(nn.Module):
+    """Non-overlapping patches, linearly embedded by one strided conv: (B, C_in, H, W) -> (B, C, H/p, W/p)."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.projection = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projection(pixel_values)
+
+
+class ViTEmbeddings(nn.Module):
+    """Patch embeddings, masked patches replaced by the mask token, [CLS] in front, position embeddings added.
+
+    Args:
+        in_channels: Input channels.
+        dim: Embedding width.
+        image_size: (height, width) the position embeddings are laid out for.
+        patch_size: (height, width) of a patch.
+        drop: Dropout on the summed embeddings.
+        use_mask_token: Add the learned token that stands in for masked patches (masked image modeling).
+    """
+
+    def __init__(
+        self, in_channels: int, dim: int, image_size: tuple[int, int], patch_size: tuple[int, int], drop: float,
+        use_mask_token: bool,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if use_mask_token else None
+        self.patch_embeddings = PatchEmbeddings(in_channels, dim, patch_size)
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], dim))
+        self.dropout = nn.Dropout(drop)
+
+    def forward(
+        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate: bool
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.patch_embeddings(pixel_values)  # (B, C, h, w)
+        B, C, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        if bool_masked_pos is not None:
+            masked = bool_masked_pos.reshape(B, h * w, 1).bool()  # (B, h*w, 1)
+            x = torch.where(masked, self.mask_token, x)  # type: ignore[arg-type]
+        # Mixed dtypes (bf16 patches under autocast, fp32 tokens) promote to fp32, as in transformers.
+        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)  # (B, 1 + h*w, C)
+        pos = resize_position_embeddings(self.position_embeddings, self.grid, (h, w)) if interpolate else None
+        x = x + (self.position_embeddings if pos is None else pos)
+        return self.dropout(x), (h, w)
+
+
+class QKV(nn.Module):
+    """The query, key and value projections, split into heads: (B, N, C) -> 3 x (B, heads, N, head_dim).
+
+    Three matmuls, not one fused (3C, C) matmul: fusing measured no faster on CPU, and this keeps transformers' numbers.
+    """
+
+    def __init__(self, dim: int, num_heads: int, bias: bool) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.query = nn.Linear(dim, dim, bias=bias)
+        self.key = nn.Linear(dim, dim, bias=bias)
+        self.value = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, N, _ = x.shape
+        heads = (B, N, self.num_heads, self.head_dim)
+        q = self.query(x).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
+        k = self.key(x).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
+        v = self.value(x).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
+        return q, k, v
+
+
+class Dense(nn.Module):
+    """One Linear layer under the name `dense` (transformers' checkpoints nest it one level down)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: q/k/v projections, SDPA (or eager softmax when `eager`), output projection."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float) -> None:
+        super().__init__()
+        self.attn_drop = attn_drop
+        self.attention = QKV(dim, num_heads, qkv_bias)
+        self.output = Dense(dim, dim)
+
+    def forward(self, x: torch.Tensor, eager: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, C = x.shape
+        q, k, v = self.attention(x)  # each (B, heads, N, head_dim)
+        drop = self.attn_drop if self.training else 0.0
+        out, weights = attend(q, k, v, dropout_p=drop, need_weights=eager)
+        out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.output(out), weights
+
+
+class ViTLayer(nn.Module):
+    """Pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x)); dropout closes each branch."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_dim: int, act: str, qkv_bias: bool, drop: float, attn_drop: float,
+        eps: float,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(dim, eps=eps)
+        self.attention = SelfAttention(dim, num_heads, qkv_bias, attn_drop)
+        self.layernorm_after = nn.LayerNorm(dim, eps=eps)
+        self.intermediate = Dense(dim, mlp_dim)
+        self.output = Dense(mlp_dim, dim)
+        self.act = get_activation(act)
+        self.dropout = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor, eager: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, weights = self.attention(self.layernorm_before(x), eager)
+        x = x + self.dropout(attn)
+        x = x + self.dropout(self.output(self.act(self.intermediate(self.layernorm_after(x)))))
+        return x, weights
+
+
+class ViTEncoder(nn.Module):
+    """The layers in sequence; collects each layer's output and attention weights."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        c = config
+        self.layer = nn.ModuleList(
+            ViTLayer(
+                c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act, c.qkv_bias,
+                c.hidden_dropout_prob, c.attention_probs_dropout_prob, c.layer_norm_eps,
+            )  # fmt: skip
+            for _ in range(c.num_hidden_layers)
+        )
+        self.gradient_checkpointing = False
+
+    def forward(
+        self, x: torch.Tensor, eager: bool = False, keep_hidden: bool = False, keep_attentions: bool = False
+    ) -> tuple[torch.Tensor, Tensors | None, Tensors | None]:
+        """Returns the last layer's output, and when asked for, the input with every layer's output and every
+        layer's attention weights (which need `eager`)."""
+        hidden_states, attentions = [x], []
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, weights = checkpoint(layer, x, eager, use_reentrant=False)
+            else:
+                x, weights = layer(x, eager)
+            if keep_hidden:
+                hidden_states.append(x)
+            if keep_attentions:
+                attentions.append(weights)
+        return x, (tuple(hidden_states) if keep_hidden else None), (tuple(attentions) if keep_attentions else None)
+
+
+class ViTPooler(nn.Module):
+    """Dense + activation on the [CLS] token: (B, N, C) -> (B, pooler_output_size)."""
+
+    def __init__(self, dim: int, out_dim: int, act: str) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, out_dim)
+        self.activation = get_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(x[:, 0]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models and heads
+
+
+class ViTPreTrainedModel(PreTrainedModel):
+    """Shared plumbing of the ViT models: config class, state-dict prefix, the ViT-specific init."""
+
+    config_class = ViTConfig
+    base_model_prefix = "vit"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Truncated normal (std `initializer_range`) for Linear, Conv, [CLS] and position embeddings; zero mask
+        token and biases; unit LayerNorm."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Conv2d):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, ViTEmbeddings):
+            nn.init.trunc_normal_(module.position_embeddings, std=std)
+            nn.init.trunc_normal_(module.cls_token, std=std)
+            if module.mask_token is not None:
+                nn.init.zeros_(module.mask_token)
+        else:
+            super()._init_weights(module)
+
+    def _flag(self, value: bool | None, name: str) -> bool:
+        return bool(getattr(self.config, name) if value is None else value)
+
+
+class ViTModel(ViTPreTrainedModel):
+    """The ViT encoder: embeddings, transformer layers, final LayerNorm and (optionally) the [CLS] pooler.
+
+    `last_hidden_state` is `(B, 1 + h*w, C)`, final-layernormed; `hidden_states` holds the embeddings and every
+    layer's output (before the final LayerNorm), as in transformers.
+
+    Args:
+        config: The architecture.
+        add_pooling_layer: Add the dense + tanh pooler on the [CLS] token (`pooler_output`).
+        use_mask_token: Add the mask token, so `bool_masked_pos` can be passed (masked image modeling).
+    """
+
+    def __init__(self, config: ViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False) -> None:
+        super().__init__(config)
+        c = config
+        self.image_size, self.patch_size = _pair(c.image_size), _pair(c.patch_size)
+        self.embeddings = ViTEmbeddings(
+            c.num_channels, c.hidden_size, self.image_size, self.patch_size, c.hidden_dropout_prob, use_mask_token
+        )
+        self.encoder = ViTEncoder(c)
+        self.layernorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.pooler = ViTPooler(c.hidden_size, c.pooler_output_size, c.pooler_act) if add_pooling_layer else None
+        self.post_init()
+
+    def _check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate: bool):
+        C, shape = self.config.num_channels, tuple(pixel_values.shape)
+        if len(shape) != 4 or shape[1] != C:
+            raise ValueError(f"pixel_values must have shape (batch, {C}, height, width), got {shape}")
+        H, W = pixel_values.shape[-2:]
+        (ph, pw), (ih, iw) = self.patch_size, self.image_size
+        if not interpolate and (H, W) != (ih, iw):
+            raise ValueError(f"Input image size ({H}*{W}) doesn't match model ({ih}*{iw}): expected {ih}x{iw}, "
+                             "or pass interpolate_pos_encoding=True (or set it in the config)")  # fmt: skip
+        if H % ph or W % pw:
+            raise ValueError(f"Input image size ({H}*{W}) is not a multiple of the patch size ({ph}*{pw}); "
+                             "expected height and width divisible by it")  # fmt: skip
+        if bool_masked_pos is None:
+            return
+        if self.embeddings.mask_token is None:
+            raise ValueError("bool_masked_pos needs a mask token: build ViTModel with use_mask_token=True")
+        B, n = pixel_values.shape[0], (H // ph) * (W // pw)
+        if bool_masked_pos.shape[0] != B or bool_masked_pos[0].numel() != n:
+            raise ValueError(f"bool_masked_pos must have shape (batch, num_patches) = ({B}, {n}), "
+                             f"got {tuple(bool_masked_pos.shape)}")  # fmt: skip
+
+    def _encode(
+        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate: bool | None,
+        output_attentions: bool | None, output_hidden_states: bool | None,
+    ) -> tuple[torch.Tensor, tuple[int, int], Tensors | None, Tensors | None]:  # fmt: skip
+        """Returns (final-layernormed tokens, patch grid (h, w), hidden states or None, attentions or None)."""
+        interpolate = self._flag(interpolate, "interpolate_pos_encoding")
+        self._check_inputs(pixel_values, bool_masked_pos, interpolate)
+        weight = self.embeddings.patch_embeddings.projection.weight
+        if pixel_values.dtype != weight.dtype:
+            pixel_values = pixel_values.to(weight.dtype)
+        x, grid = self.embeddings(pixel_values, bool_masked_pos, interpolate)
+        keep_attentions = self._flag(output_attentions, "output_attentions")
+        eager = keep_attentions or self.config.attn_implementation == "eager"
+        keep_hidden = self._flag(output_hidden_states, "output_hidden_states")
+        x, hidden_states, attentions = self.encoder(x, eager, keep_hidden, keep_attentions)
+        return self.layernorm(x), grid, hidden_states, attentions
+
+    def forward(
+        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
+    ) -> BaseModelOutputWithPooling | tuple:  # fmt: skip
+        """Encode `pixel_values` `(B, num_channels, H, W)`.
+
+        Args:
+            bool_masked_pos: `(B, num_patches)`, True where a patch is replaced by the mask token.
+            interpolate_pos_encoding: Resize the position embeddings to the input's patch grid (default: the
+                config's), so any multiple of the patch size runs.
+            output_attentions, output_hidden_states, return_dict: Override the config's defaults.
+        """
+        x, _, hidden, attn = self._encode(
+            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_attentions, output_hidden_states
+        )
+        pooled = self.pooler(x) if self.pooler is not None else None
+        result = BaseModelOutputWithPooling(
+            last_hidden_state=x, pooler_output=pooled, hidden_states=hidden, attentions=attn
+        )
+        return result if self._flag(return_dict, "return_dict") else result.to_tuple()
+
+
+class ViTForImageClassification(ViTPreTrainedModel):
+    """ViT with a linear classifier on the final-layernormed [CLS] token.
+
+    Args:
+        config: The architecture; `num_labels` sizes the head (0: no head, the [CLS] features are returned).
+    """
+
+    head_prefixes = ("classifier.",)
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__(config)
+        self.num_labels = n = config.num_labels
+        self.vit = ViTModel(config, add_pooling_layer=False)
+        self.classifier = nn.Linear(config.hidden_size, n) if n > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
+    ) -> ImageClassifierOutput | tuple:  # fmt: skip
+        x, _, hidden, attn = self.vit._encode(
+            pixel_values, None, interpolate_pos_encoding, output_attentions, output_hidden_states
+        )
+        logits = self.classifier(x[:, 0])  # the [CLS] token: (B, num_labels)
+        loss = classification_loss(logits, labels, self.config) if labels is not None else None
+        result = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attn)
+        return result if self._flag(return_dict, "return_dict") else result.to_tuple()
+
+
+class ViTForMaskedImageModeling(ViTPreTrainedModel):
+    """ViT with the SimMIM decoder: a 1x1 conv to `encoder_stride**2 * num_channels` channels and a PixelShuffle
+    turn the patch tokens back into an image; the loss is the L1 error over the masked patches only.
+
+    Unlike transformers, the patch grid is taken from the input, so a non-square input (with interpolation)
+    reconstructs and scores correctly.
+
+    Args:
+        config: The architecture; `encoder_stride` must equal `patch_size`.
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        if _pair(config.patch_size) != (config.encoder_stride, config.encoder_stride):
+            raise ValueError(f"ViTForMaskedImageModeling: encoder_stride ({config.encoder_stride}) must equal "
+                             f"patch_size ({config.patch_size}) so the reconstruction fits the input")  # fmt: skip
+        super().__init__(config)
+        self.vit = ViTModel(config, add_pooling_layer=False, use_mask_token=True)
+        s, c = config.encoder_stride, config.num_channels
+        self.decoder = nn.Sequential(nn.Conv2d(config.hidden_size, s * s * c, kernel_size=1), nn.PixelShuffle(s))
+        self.post_init()
+
+    def forward(
+        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
+    ) -> MaskedImageModelingOutput | tuple:  # fmt: skip
+        """Reconstruct `pixel_values` `(B, num_channels, H, W)`.
+
+        Args:
+            bool_masked_pos: `(B, num_patches)`, True where a patch is masked; the loss is computed when given.
+            interpolate_pos_encoding: Resize the position embeddings to the input's patch grid (default: the
+                config's).
+            output_attentions, output_hidden_states, return_dict: Override the config's defaults.
+        """
+        x, (h, w), hidden, attn = self.vit._encode(
+            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_attentions, output_hidden_states
+        )
+        B, _, C = x.shape
+        grid = x[:, 1:].transpose(1, 2).reshape(B, C, h, w)  # drop [CLS]: (B, C, h, w)
+        reconstruction = self.decoder(grid)  # (B, num_channels, H, W)
+
+        loss = None
+        if bool_masked_pos is not None:  # mean L1 error over the masked pixels (and channels)
+            p = self.config.encoder_stride
+            mask = bool_masked_pos.reshape(B, 1, h, w).repeat_interleave(p, 2).repeat_interleave(p, 3)  # (B, 1, H, W)
+            error = (reconstruction - pixel_values).abs()  # in the wider of the two dtypes under autocast
+            mask = mask.to(error.dtype)
+            loss = (error * mask).sum() / (mask.sum() + 1e-5) / self.config.num_channels
+        result = MaskedImageModelingOutput(
+            loss=loss, reconstruction=reconstruction, hidden_states=hidden, attentions=attn
+        )
+        return result if self._flag(return_dict, "return_dict") else result.to_tuple()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The published variants. Widths and depths: ViT-B/L/H from the ViT paper (Table 1); Ti and S from DeiT
+# (arXiv:2012.12877) and "How to train your ViT?" (AugReg, arXiv:2106.10270), whose weights timm and the Hub carry.
+# Only the (patch, resolution) pairs with released weights are listed; ViT-H exists only as H/14 at 224.
+
+_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3, "intermediate_size": 768},
+    "small": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "intermediate_size": 1536},
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+    "huge": {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16, "intermediate_size": 5120},
+}
+_PUBLISHED = (
+    ("tiny", 16, 224), ("tiny", 16, 384),
+    ("small", 16, 224), ("small", 16, 384), ("small", 32, 224), ("small", 32, 384),
+    ("base", 16, 224), ("base", 16, 384), ("base", 32, 224), ("base", 32, 384),
+    ("large", 16, 224), ("large", 16, 384), ("large", 32, 224), ("large", 32, 384),
+    ("huge", 14, 224),
+)  # fmt: skip
+VARIANTS: dict[str, dict[str, Any]] = {
+    f"{size}_patch{patch}_{res}": {**_SIZES[size], "patch_size": patch, "encoder_stride": patch, "image_size": res}
+    for size, patch, res in _PUBLISHED
+}

@@ -388,6 +388,7 @@ def test_missing_paths_and_corrupt_files_are_reported(tmp_path):
     (tmp_path / "bad" / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="cannot read weights from .*model.safetensors"):
         PvtV2Model.from_pretrained(tmp_path / "bad")
+    PvtV2Model(small_config()).save_pretrained(tmp_path / "bad")
     (tmp_path / "bad" / "config.json").write_text("{nope")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         PvtV2Model.from_pretrained(tmp_path / "bad")

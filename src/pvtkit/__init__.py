@@ -9,6 +9,23 @@ from .models.pvt_v2 import (
     PvtV2ForImageClassification,
     PvtV2Model,
 )
+from .models.vit import (
+    VARIANTS as VIT_VARIANTS,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTForMaskedImageModeling,
+    ViTModel,
+    ViTPreTrainedModel,
+)
+from .auto import (
+    AutoBackbone,
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
+    convert_checkpoint,
+)
 from .processing import (
     IMAGE_PROCESSOR_TYPES,
     BatchFeature,
@@ -57,4 +74,17 @@ __all__ = [
     "PvtV2Config",
     "PvtV2ForImageClassification",
     "PvtV2Model",
+    "VIT_VARIANTS",
+    "ViTConfig",
+    "ViTForImageClassification",
+    "ViTForMaskedImageModeling",
+    "ViTModel",
+    "ViTPreTrainedModel",
+    "AutoBackbone",
+    "AutoConfig",
+    "AutoImageProcessor",
+    "AutoModel",
+    "AutoModelForImageClassification",
+    "AutoModelForMaskedImageModeling",
+    "convert_checkpoint",
 ]

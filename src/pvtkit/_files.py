@@ -106,3 +106,15 @@ def find_interrupted_save(path: str | os.PathLike) -> Path | None:
         return None
     candidates = sorted(path.parent.glob(f".{path.name}.previous-*"), key=lambda p: p.stat().st_mtime)
     return candidates[-1] if candidates else None
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from `path`, or a ValueError naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data

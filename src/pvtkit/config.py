@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from ._files import atomic_write_json
+from ._files import atomic_write_json, read_json
 
 CONFIG_NAME = "config.json"
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -128,15 +128,7 @@ class PretrainedConfig:
 
     @classmethod
     def from_json_file(cls: type[C], path: str | os.PathLike, **overrides: Any) -> C:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
+        data = read_json(path)
         try:
             return cls.from_dict(data, **overrides)
         except (TypeError, ValueError) as e:

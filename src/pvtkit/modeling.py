@@ -20,7 +20,9 @@ from torch import nn
 
 from ._files import atomic_directory
 from .config import PretrainedConfig
-from .hub import load_state_dict, resolve_checkpoint
+from ._files import read_json
+from .convert import infer_config, to_transformers
+from .hub import HubOptions, load_state_dict, resolve_checkpoint
 
 logger = logging.getLogger("pvtkit")
 
@@ -220,37 +222,55 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         pretrained_model_name_or_path: str | os.PathLike,
         *,
         config: PretrainedConfig | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
         torch_dtype: str | torch.dtype | None = None,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         ignore_mismatched_sizes: bool = False,
         strict: bool = True,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
         **config_overrides: Any,
     ) -> M:
-        """Load a model saved by pvtkit or transformers.
+        """Load a model from a transformers-, timm- or original-layout checkpoint.
 
         Args:
-            pretrained_model_name_or_path: A directory with `config.json` and weights, or a weights file.
-            config: Use this config instead of the checkpoint's.
+            pretrained_model_name_or_path: A directory (`config.json` + weights), a single weights file
+                (`.safetensors`, `.bin`, `.pth`, `.pt`), or a Hugging Face Hub repo id.
+            config: Use this config instead of the checkpoint's. Without one and without a transformers
+                `config.json`, the architecture is inferred from the tensors.
+            state_dict: Tensors already loaded from the checkpoint (any supported layout), to avoid reading twice.
             torch_dtype: Cast the weights to this dtype. The default, `"auto"`, keeps the dtype the checkpoint
                 records (its config's `dtype`, else its tensors'), as transformers 5 does. `dtype` is the same
                 argument under transformers 5's name.
             device: Move the model there after loading.
             ignore_mismatched_sizes: Re-initialise weights whose shapes differ instead of raising.
             strict: Raise on missing or unexpected keys (default). With False they are only logged.
+            revision, cache_dir, local_files_only, token: How to reach the Hub (see `huggingface_hub`).
             **config_overrides: Config fields to change, e.g. `num_labels=10` for a fresh head of 10 classes.
 
         Raises:
-            FileNotFoundError: Nothing loadable at the path.
+            FileNotFoundError: Nothing loadable at the path, or a Hub repo that is neither cached nor reachable.
             LoadingError: Missing, unexpected or mis-shaped keys (named in the message).
+            ValueError: A file that is not a checkpoint, or a checkpoint of another model family.
         """
-        ckpt = resolve_checkpoint(pretrained_model_name_or_path)
+        source = str(pretrained_model_name_or_path)
+        options = HubOptions(revision, cache_dir, local_files_only, token)
+        ckpt = resolve_checkpoint(pretrained_model_name_or_path, options)
+        raw = state_dict if state_dict is not None else load_state_dict(ckpt.weight_files)
+        state, layout = to_transformers(raw, cls.config_class.model_type, source)
         if config is None:
-            if ckpt.config_file is None:
-                raise FileNotFoundError(
-                    f"{pretrained_model_name_or_path}: no config.json next to the weights; pass config=..."
-                )
-            config = cls.config_class.from_json_file(ckpt.config_file, **config_overrides)
+            data = read_json(ckpt.config_file) if ckpt.config_file is not None else {}
+            if "model_type" in data or layout.name == "transformers" and data:
+                config = cls.config_class.from_dict(data, **config_overrides)
+            else:  # no config, or a timm one: read the architecture off the tensors
+                fields = infer_config(state, layout)
+                if isinstance(data.get("label_names"), list) and len(data["label_names"]) == fields.get("num_labels"):
+                    fields["id2label"] = dict(enumerate(data["label_names"]))
+                logger.info("%s: %s layout without a transformers config; inferred %s", source, layout.name, fields)
+                config = cls.config_class.from_dict(fields, **config_overrides)
         elif config_overrides:
             config = config.copy(**config_overrides)
         # Built on the meta device with no init, then given uninitialised memory: every weight is about to be
@@ -258,19 +278,17 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         with _skip_weight_init(), torch.device("meta"):
             model = cls(config)
         model.to_empty(device="cpu")
-        state = load_state_dict(ckpt.weight_files)
         head_resized = "num_labels" in config_overrides or "id2label" in config_overrides
         model._load_checkpoint_state(
-            state, source=str(pretrained_model_name_or_path), strict=strict,
-            ignore_mismatched_sizes=ignore_mismatched_sizes or head_resized,
-        )  # fmt: skip
+            state, source=source, strict=strict, ignore_mismatched_sizes=ignore_mismatched_sizes or head_resized
+        )
         want = torch_dtype if torch_dtype is not None else dtype
         if want is None or want == "auto":
             want = getattr(config, "dtype", None) or next(iter(state.values())).dtype
         want = parse_dtype(want)
         if want is not None or device is not None:
             model.to(device=device, dtype=want)
-        model.config._name_or_path = str(pretrained_model_name_or_path)
+        model.config._name_or_path = source
         return model.eval()
 
     def _load_checkpoint_state(
@@ -291,11 +309,10 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-        fresh_heads = [k for k in missing if k.startswith(self.head_prefixes)] if self.head_prefixes else []
-        if not ckpt_prefixed or not model_prefixed:
-            missing = [k for k in missing if k not in fresh_heads]  # a head the checkpoint never had
-        else:
-            fresh_heads = []
+        # A task head the checkpoint has no trace of (an encoder or backbone checkpoint) starts fresh, with a warning.
+        absent_heads = tuple(p for p in self.head_prefixes if not any(k.startswith(p) for k in state))
+        fresh_heads = [k for k in missing if absent_heads and k.startswith(absent_heads)]
+        missing = [k for k in missing if k not in fresh_heads]
         if mismatched and not ignore_mismatched_sizes:
             lines = [f"  {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in mismatched]
             raise LoadingError(

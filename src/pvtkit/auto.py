@@ -1,0 +1,217 @@
+"""Auto classes: pick the config, model or image processor class from `model_type` / `image_processor_type`.
+
+`AutoModelForImageClassification.from_pretrained(x)` works for any checkpoint `from_pretrained` reads: when there
+is no transformers `config.json` (a timm or whai362/PVT file) the family is told from the tensors themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ._files import read_json
+from .config import PretrainedConfig
+from .convert import detect_layout, unwrap
+from .hub import HubOptions, load_state_dict, resolve_checkpoint, resolve_file
+from .modeling import PreTrainedModel
+from .models.pvt_v2 import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model
+from .models.vit import ViTConfig, ViTForImageClassification, ViTForMaskedImageModeling, ViTModel
+from .processing import IMAGE_PROCESSOR_TYPES, PREPROCESSOR_CONFIG_NAME
+
+logger = logging.getLogger("pvtkit")
+
+CONFIGS: dict[str, type[PretrainedConfig]] = {"pvt_v2": PvtV2Config, "vit": ViTConfig}
+# The processor a family uses when a checkpoint ships none (PIL back end, as transformers' defaults).
+DEFAULT_PROCESSORS = {"pvt_v2": "PvtImageProcessor", "vit": "ViTImageProcessor"}
+_HUB_KEYS = ("revision", "cache_dir", "local_files_only", "token")
+
+
+def _hub_options(kwargs: dict[str, Any]) -> HubOptions:
+    return HubOptions(**{k: kwargs[k] for k in _HUB_KEYS if k in kwargs})
+
+
+def _model_type_of(path: str | os.PathLike, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The family of a checkpoint, from its config.json or else from its tensors (returned for reuse)."""
+    ckpt = resolve_checkpoint(path, _hub_options(kwargs))
+    if ckpt.config_file is not None:
+        data = read_json(ckpt.config_file)
+        if data.get("model_type") in CONFIGS:
+            return data["model_type"], {}
+        if "model_type" in data:
+            raise ValueError(
+                f"{path} is a {data['model_type']!r} model; pvtkit supports {', '.join(CONFIGS)}"
+            )
+    state = load_state_dict(ckpt.weight_files)
+    layout, _ = detect_layout(unwrap(state, str(path)), str(path))
+    return layout.model_type, {"state_dict": state}
+
+
+class _AutoModel:
+    """Dispatch `from_pretrained` / `from_config` on `model_type` through `_classes`."""
+
+    _classes: dict[str, type[PreTrainedModel]] = {}
+
+    def __init__(self) -> None:
+        raise TypeError(f"{type(self).__name__} is not instantiated: use from_pretrained() or from_config()")
+
+    @classmethod
+    def _class_for(cls, model_type: str) -> type[PreTrainedModel]:
+        if model_type not in cls._classes:
+            raise ValueError(
+                f"{cls.__name__} has no {model_type!r} model; it supports {', '.join(cls._classes) or 'none'}"
+            )
+        return cls._classes[model_type]
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig) -> PreTrainedModel:
+        """A freshly initialised model of the class matching `config.model_type`."""
+        return cls._class_for(config.model_type)(config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+        """Load with the class matching the checkpoint's family; `kwargs` go to that class's `from_pretrained`."""
+        config = kwargs.get("config")
+        if config is not None:
+            model_type, extra = config.model_type, {}
+        else:
+            model_type, extra = _model_type_of(pretrained_model_name_or_path, kwargs)
+        return cls._class_for(model_type).from_pretrained(pretrained_model_name_or_path, **extra, **kwargs)
+
+
+class AutoModel(_AutoModel):
+    """The bare encoder: `PvtV2Model` or `ViTModel`."""
+
+    _classes = {"pvt_v2": PvtV2Model, "vit": ViTModel}
+
+
+class AutoModelForImageClassification(_AutoModel):
+    """`PvtV2ForImageClassification` or `ViTForImageClassification`."""
+
+    _classes = {"pvt_v2": PvtV2ForImageClassification, "vit": ViTForImageClassification}
+
+
+class AutoModelForMaskedImageModeling(_AutoModel):
+    """`ViTForMaskedImageModeling`."""
+
+    _classes = {"vit": ViTForMaskedImageModeling}
+
+
+class AutoBackbone(_AutoModel):
+    """Multi-scale backbones: `PvtV2Backbone`."""
+
+    _classes = {"pvt_v2": PvtV2Backbone}
+
+
+class AutoConfig:
+    """Read a config and return it as the class its `model_type` names."""
+
+    def __init__(self) -> None:
+        raise TypeError("AutoConfig is not instantiated: use from_pretrained() or for_model()")
+
+    @staticmethod
+    def for_model(model_type: str, **kwargs: Any) -> PretrainedConfig:
+        if model_type not in CONFIGS:
+            raise ValueError(f"unknown model_type {model_type!r}; pvtkit supports {', '.join(CONFIGS)}")
+        return CONFIGS[model_type](**kwargs)
+
+    @staticmethod
+    def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PretrainedConfig:
+        """The config of a directory, a `config.json`, or a Hub repo; `kwargs` beyond the Hub options override
+        config fields."""
+        options = _hub_options(kwargs)
+        overrides = {k: v for k, v in kwargs.items() if k not in _HUB_KEYS}
+        path = str(pretrained_model_name_or_path)
+        file = pretrained_model_name_or_path if path.endswith(".json") else resolve_file(path, "config.json", options)
+        if file is None:
+            raise FileNotFoundError(f"{path}: no config.json found (as a local directory or a Hub repo)")
+        data = read_json(file)
+        model_type = data.get("model_type")
+        if model_type not in CONFIGS:
+            raise ValueError(f"{file}: model_type {model_type!r} is not one of pvtkit's ({', '.join(CONFIGS)})")
+        try:
+            return CONFIGS[model_type].from_dict(data, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{file}: {e}") from e
+
+
+class AutoImageProcessor:
+    """Load the image processor a checkpoint names in `preprocessor_config.json` (`image_processor_type`).
+
+    Without one, the family's default processor (from `config.json`'s `model_type`) is returned, and a warning
+    says so. `use_fast=True` picks the torch-tensor back end of the same processor.
+    """
+
+    def __init__(self) -> None:
+        raise TypeError("AutoImageProcessor is not instantiated: use from_pretrained()")
+
+    @staticmethod
+    def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, use_fast: bool = False, **kwargs: Any):
+        options = _hub_options(kwargs)
+        overrides = {k: v for k, v in kwargs.items() if k not in _HUB_KEYS}
+        path = str(pretrained_model_name_or_path)
+        file = resolve_file(path, PREPROCESSOR_CONFIG_NAME, options)
+        if file is not None:
+            data = read_json(file)
+            kind = data.get("image_processor_type") or data.get("feature_extractor_type")
+            if kind not in IMAGE_PROCESSOR_TYPES:
+                raise ValueError(f"{file}: image_processor_type {kind!r} is not one pvtkit knows "
+                                 f"({', '.join(sorted(IMAGE_PROCESSOR_TYPES))})")  # fmt: skip
+        else:
+            model_type = AutoConfig.from_pretrained(path, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs}).model_type
+            kind = DEFAULT_PROCESSORS[model_type]
+            logger.warning("%s has no %s; using %s's defaults", path, PREPROCESSOR_CONFIG_NAME, kind)
+        cls = IMAGE_PROCESSOR_TYPES[kind]
+        if use_fast and not kind.endswith("Fast"):
+            cls = IMAGE_PROCESSOR_TYPES.get(kind.removesuffix("Pil") + "Fast", cls)
+        if file is None:
+            return cls(**overrides)
+        return cls.from_pretrained(file, **overrides)
+
+
+def convert_checkpoint(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    *,
+    variant: str | None = None,
+    dtype: str | None = None,
+    **hub_options: Any,
+) -> PreTrainedModel:
+    """Turn any supported checkpoint into a transformers-format directory (config, safetensors, processor config).
+
+    The task is told from the weights: a classifier head gives an `...ForImageClassification`, a MIM decoder a
+    `ViTForMaskedImageModeling`, an encoder alone (e.g. a detection backbone) the bare model.
+
+    Args:
+        source: A directory, weights file or Hub repo id, in transformers, timm or whai362/PVT layout.
+        destination: The directory to write (replaced atomically).
+        variant: A published architecture (`b2`, `base_patch16_224`, ...) to use instead of inferring one.
+        dtype: Cast the weights before saving (`float32`, `bfloat16`, `float16`).
+    """
+    from .convert import to_transformers  # the full conversion, to see which heads the checkpoint has
+
+    options = _hub_options(hub_options)
+    ckpt = resolve_checkpoint(source, options)
+    state = load_state_dict(ckpt.weight_files)
+    converted, layout = to_transformers(state, None, str(source))
+    if any(k.startswith("classifier.") for k in converted):
+        auto: type[_AutoModel] = AutoModelForImageClassification
+    elif any(k.startswith("decoder.") for k in converted):
+        auto = AutoModelForMaskedImageModeling
+    else:
+        auto = AutoModel
+    kwargs: dict[str, Any] = {"state_dict": state, "dtype": dtype, **hub_options}
+    if variant is not None:
+        config = CONFIGS[layout.model_type].from_variant(variant)  # type: ignore[attr-defined]
+        head = converted.get("classifier.weight")
+        labels = head.shape[0] if head is not None else config.num_labels
+        kwargs["config"] = config.copy(num_labels=labels) if labels != config.num_labels else config
+    model = auto._class_for(layout.model_type).from_pretrained(source, **kwargs)
+    processor_file = resolve_file(source, PREPROCESSOR_CONFIG_NAME, options)
+    if processor_file is not None:
+        processor = AutoImageProcessor.from_pretrained(processor_file.parent)
+    else:
+        processor = IMAGE_PROCESSOR_TYPES[DEFAULT_PROCESSORS[layout.model_type]]()
+    model.save_pretrained(destination)
+    processor.save_pretrained(destination)
+    return model

@@ -1,0 +1,6 @@
+"""The `pvtkit` subcommands, one module each; every module has `register(subparsers)`.
+
+`pvtkit.cli` builds the parser from the modules named in `COMMANDS`, in that order.
+"""
+
+COMMANDS = ("classify", "features", "info", "attention", "train", "eval", "convert", "export")

@@ -1,0 +1,103 @@
+"""What the subcommands share: model and device options, loading a model for inference, errors, output."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+import torch
+
+logger = logging.getLogger("pvtkit")
+
+DEFAULT_MODEL = "OpenGVLab/pvt_v2_b0"
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}  # fmt: skip
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called (no such model, a bad option value): exit status 2."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
+    """`--model` (Hub id, directory or weights file) and the Hub options."""
+    parser.add_argument(
+        "--model", "-m", default=default, required=default is None,
+        help="Hub repo id, local directory or weights file (.safetensors/.pth/.bin), in transformers, timm or "
+        "whai362/PVT layout" + (f" (default: {default})" if default else ""),
+    )  # fmt: skip
+    parser.add_argument("--revision", help="Hub branch, tag or commit")
+    parser.add_argument("--offline", action="store_true", help="never touch the network; use the Hub cache only")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--device` and `--dtype`."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="compute dtype (default float32)")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> the local GPU when there is one (the rank's own under torchrun), else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"--device {name!r} is not a device (try auto, cpu, cuda, cuda:0)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UsageError(f"--dtype {name!r}: expected one of {', '.join(sorted(DTYPES))}")
+    return DTYPES[name]
+
+
+def hub_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"revision": getattr(args, "revision", None), "local_files_only": bool(getattr(args, "offline", False))}
+
+
+def load_model(auto_class: Any, args: argparse.Namespace, **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained(args.model)`; a model that cannot be found or read is a `UsageError`."""
+    try:
+        return auto_class.from_pretrained(args.model, **hub_kwargs(args), **kwargs)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load model {args.model!r}: {e}") from e
+
+
+def load_processor(args: argparse.Namespace, model: Any = None, use_fast: bool = False) -> Any:
+    """The checkpoint's image processor; without a `preprocessor_config.json`, the family's defaults (logged)."""
+    from ..auto import DEFAULT_PROCESSORS, AutoImageProcessor
+    from ..processing import IMAGE_PROCESSOR_TYPES
+
+    try:
+        return AutoImageProcessor.from_pretrained(args.model, use_fast=use_fast, **hub_kwargs(args))
+    except (OSError, ValueError) as e:
+        if model is None:
+            raise UsageError(f"cannot load the image processor of {args.model!r}: {e}") from e
+        kind = DEFAULT_PROCESSORS[model.config.model_type]
+        logger.warning("%s has no usable preprocessor_config.json (%s); using %s's defaults", args.model, e, kind)
+        return IMAGE_PROCESSOR_TYPES[kind]()
+
+
+@contextlib.contextmanager
+def open_output(path: str | None, binary: bool = False) -> Iterator[IO[Any]]:
+    """`path` written atomically (a temporary file renamed at the end), or stdout when `path` is None or '-'."""
+    if path is None or path == "-":
+        yield sys.stdout.buffer if binary else sys.stdout
+        return
+    from .._files import atomic_open
+
+    with atomic_open(path, "wb" if binary else "w") as f:
+        yield f

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,3 +38,24 @@ def assert_close(
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def lay_out_hub_cache(cache: Path, repo_id: str, source: Path, commit: str = HUB_COMMIT) -> Path:
+    """Copy the files of `source` into `cache` as huggingface_hub lays out a downloaded model repo
+    (`models--owner--name/{refs/main, blobs/<sha256>, snapshots/<commit>/<file> -> blob}`); returns the snapshot."""
+    folder = cache / ("models--" + repo_id.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    for file in sorted(source.iterdir()):
+        data = file.read_bytes()
+        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snapshot

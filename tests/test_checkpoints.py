@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import assert_close
+from conftest import HUB_COMMIT as COMMIT, assert_close, lay_out_hub_cache
 from safetensors.torch import load_file, save_file
 
 import pvtkit
@@ -222,7 +222,6 @@ def test_convert_with_variant_and_backbone_only(tmp_path):
 
 # ---- the Hub: its cache, offline mode and a local stand-in server ------------------------------------------------
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def make_repo(tmp_path: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
@@ -241,17 +240,7 @@ def test_hub_cache_layout_offline(tmp_path, monkeypatch):
     """A cache laid out as huggingface_hub lays it out is found with HF_HUB_OFFLINE and no network."""
     repo, x, expected = make_repo(tmp_path)
     cache = tmp_path / "hub"
-    folder = cache / "models--OpenGVLab--pvt_v2_tiny"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(COMMIT)
-    for file in repo.iterdir():
-        data = file.read_bytes()
-        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(exist_ok=True)
-        blob.write_bytes(data)
-        link = folder / "snapshots" / COMMIT / file.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
+    lay_out_hub_cache(cache, "OpenGVLab/pvt_v2_tiny", repo)
     model = PvtV2ForImageClassification.from_pretrained("OpenGVLab/pvt_v2_tiny", cache_dir=cache, local_files_only=True)
     with torch.no_grad():
         assert torch.equal(model(x).logits, expected)

@@ -26,6 +26,7 @@ from .auto import (
     AutoModelForMaskedImageModeling,
     convert_checkpoint,
 )
+from .pipeline import ImageClassificationPipeline, ImageFeatureExtractionPipeline, Pipeline, pipeline
 from .processing import (
     IMAGE_PROCESSOR_TYPES,
     BatchFeature,
@@ -87,4 +88,8 @@ __all__ = [
     "AutoModelForImageClassification",
     "AutoModelForMaskedImageModeling",
     "convert_checkpoint",
+    "ImageClassificationPipeline",
+    "ImageFeatureExtractionPipeline",
+    "Pipeline",
+    "pipeline",
 ]

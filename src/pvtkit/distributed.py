@@ -58,6 +58,13 @@ class DistContext:
         return box[0]
 
 
+def auto_device() -> torch.device:
+    """The local GPU when there is one (under torchrun, the one LOCAL_RANK names), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 

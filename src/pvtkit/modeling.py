@@ -7,6 +7,7 @@ between pvtkit and transformers untouched. Loading reports missing, unexpected a
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -250,6 +251,7 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
             strict: Raise on missing or unexpected keys (default). With False they are only logged.
             revision, cache_dir, local_files_only, token: How to reach the Hub (see `huggingface_hub`).
             **config_overrides: Config fields to change, e.g. `num_labels=10` for a fresh head of 10 classes.
+                Arguments of the model class's constructor (`add_pooling_layer=False` for `ViTModel`) go to it.
 
         Raises:
             FileNotFoundError: Nothing loadable at the path, or a Hub repo that is neither cached nor reachable.
@@ -257,6 +259,8 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
             ValueError: A file that is not a checkpoint, or a checkpoint of another model family.
         """
         source = str(pretrained_model_name_or_path)
+        init_params = set(inspect.signature(cls.__init__).parameters) - {"self", "config"}
+        model_kwargs = {k: config_overrides.pop(k) for k in list(config_overrides) if k in init_params}
         options = HubOptions(revision, cache_dir, local_files_only, token)
         ckpt = resolve_checkpoint(pretrained_model_name_or_path, options)
         raw = state_dict if state_dict is not None else load_state_dict(ckpt.weight_files)
@@ -276,7 +280,7 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         # Built on the meta device with no init, then given uninitialised memory: every weight is about to be
         # overwritten, and the few that are not (a new head) are initialised by `_load_checkpoint_state`.
         with _skip_weight_init(), torch.device("meta"):
-            model = cls(config)
+            model = cls(config, **model_kwargs)
         model.to_empty(device="cpu")
         head_resized = "num_labels" in config_overrides or "id2label" in config_overrides
         model._load_checkpoint_state(
@@ -332,6 +336,9 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         for k in mismatched:
             state.pop(k)
         self.load_state_dict(state, strict=False)
+        # What did not come from the checkpoint (a fresh head, re-initialised or missing weights): callers such as
+        # `pvtkit classify` refuse to predict with an untrained head.
+        self.newly_initialized_weights = [*mismatched, *fresh_heads, *missing]
         for module_name in dict.fromkeys(k.rpartition(".")[0] for k in (*mismatched, *fresh_heads, *missing)):
             self._init_weights(self.get_submodule(module_name))
         if mismatched:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
@@ -31,7 +30,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = D
     parser.add_argument(
         "--model", "-m", default=default, required=default is None,
         help="Hub repo id, local directory or weights file (.safetensors/.pth/.bin), in transformers, timm or "
-        "whai362/PVT layout" + (f" (default: {default})" if default else ""),
+        "whai362/PVT layout" + (" (default: %(default)s)" if default else ""),
     )  # fmt: skip
     parser.add_argument("--revision", help="Hub branch, tag or commit")
     parser.add_argument("--offline", action="store_true", help="never touch the network; use the Hub cache only")
@@ -46,9 +45,9 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_device(name: str) -> torch.device:
     """`auto` -> the local GPU when there is one (the rank's own under torchrun), else the CPU."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        return torch.device("cpu")
+        from ..distributed import auto_device
+
+        return auto_device()
     try:
         device = torch.device(name)
     except RuntimeError as e:

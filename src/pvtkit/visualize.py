@@ -1,0 +1,55 @@
+"""Pictures drawn with PIL and NumPy alone: heat-map colours, overlays, and titled panels side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
+
+# Anchor colours of a perceptually ordered dark-to-bright map (black-purple-red-orange-yellow, like "inferno").
+_ANCHORS = np.array(
+    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39],
+     [252, 255, 164]],
+    dtype=np.float64,
+)  # fmt: skip
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] (any shape) to uint8 RGB (shape + (3,)), dark for 0 and bright for 1."""
+    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0.0, 1.0) * (len(_ANCHORS) - 1)
+    low = np.floor(v).astype(int).clip(0, len(_ANCHORS) - 2)
+    frac = (v - low)[..., None]
+    return np.round(_ANCHORS[low] * (1 - frac) + _ANCHORS[low + 1] * frac).astype(np.uint8)
+
+
+def normalize(values: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1] (a constant map becomes all zeros)."""
+    v = np.asarray(values, dtype=np.float64)
+    span = v.max() - v.min()
+    return (v - v.min()) / span if span > 0 else np.zeros_like(v)
+
+
+def overlay(image: PIL.Image.Image, heat: np.ndarray, alpha: float = 0.55) -> PIL.Image.Image:
+    """`heat` (h x w, any scale) stretched smoothly over `image` and blended in with weight `alpha`."""
+    colours = PIL.Image.fromarray(colormap(normalize(heat)))
+    colours = colours.resize(image.size, PIL.Image.Resampling.BICUBIC)
+    return PIL.Image.blend(image.convert("RGB"), colours, alpha)
+
+
+def titled_strip(panels: Sequence[tuple[str, PIL.Image.Image]], pad: int = 6) -> PIL.Image.Image:
+    """Panels side by side on white, each under its title."""
+    font = PIL.ImageFont.load_default()
+    title_h = 16
+    width = sum(p.width for _, p in panels) + pad * (len(panels) + 1)
+    height = max(p.height for _, p in panels) + title_h + 2 * pad
+    canvas = PIL.Image.new("RGB", (width, height), "white")
+    draw = PIL.ImageDraw.Draw(canvas)
+    x = pad
+    for title, panel in panels:
+        draw.text((x, pad // 2), title, fill="black", font=font)
+        canvas.paste(panel.convert("RGB"), (x, pad + title_h))
+        x += panel.width + pad
+    return canvas

@@ -27,6 +27,8 @@ from .auto import (
     convert_checkpoint,
 )
 from .pipeline import ImageClassificationPipeline, ImageFeatureExtractionPipeline, Pipeline, pipeline
+from .evaluation import EvalResult, evaluate
+from .training import Trainer, TrainingArguments, TrainResult, train
 from .processing import (
     IMAGE_PROCESSOR_TYPES,
     BatchFeature,
@@ -92,4 +94,10 @@ __all__ = [
     "ImageFeatureExtractionPipeline",
     "Pipeline",
     "pipeline",
+    "EvalResult",
+    "evaluate",
+    "Trainer",
+    "TrainingArguments",
+    "TrainResult",
+    "train",
 ]

@@ -44,10 +44,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     _fsync_dir(path.parent)
 
 
-def _default_mode() -> int:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -101,8 +105,12 @@ def atomic_directory(path: str | os.PathLike, drop: Iterable[str] = ()) -> Itera
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
     try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a saved model is an ordinary directory
         yield staging
+        mode = _default_mode()
         for f in os.scandir(staging):
+            if f.is_file(follow_symlinks=False):
+                os.chmod(f.path, mode)  # some writers (safetensors) create files private to the owner
             with open(f.path, "rb+") as fh:
                 os.fsync(fh.fileno())
         if not path.exists():

@@ -158,15 +158,40 @@ class AutoImageProcessor:
                 raise ValueError(f"{file}: image_processor_type {kind!r} is not one pvtkit knows "
                                  f"({', '.join(sorted(IMAGE_PROCESSOR_TYPES))})")  # fmt: skip
         else:
-            model_type = AutoConfig.from_pretrained(path, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs}).model_type
-            kind = DEFAULT_PROCESSORS[model_type]
-            logger.warning("%s has no %s; using %s's defaults", path, PREPROCESSOR_CONFIG_NAME, kind)
+            config = AutoConfig.from_pretrained(path, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs})
+            processor = default_image_processor(config, use_fast)
+            logger.warning("%s has no %s; using %s's defaults at %sx%s", path, PREPROCESSOR_CONFIG_NAME,
+                           type(processor).__name__, processor.size["height"], processor.size["width"])  # fmt: skip
+            return type(processor)(**{"size": processor.size, **overrides})
         cls = IMAGE_PROCESSOR_TYPES[kind]
         if use_fast and not kind.endswith("Fast"):
             cls = IMAGE_PROCESSOR_TYPES.get(kind.removesuffix("Pil") + "Fast", cls)
         if file is None:
             return cls(**overrides)
         return cls.from_pretrained(file, **overrides)
+
+
+def default_image_processor(model_or_config: Any, use_fast: bool = False) -> Any:
+    """The family's default image processor (PIL back end, or tensor with `use_fast`), sized to the config's
+    `image_size`: what a checkpoint that ships no `preprocessor_config.json` is fed with."""
+    config = getattr(model_or_config, "config", model_or_config)
+    size = config.image_size
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    kind = DEFAULT_PROCESSORS[config.model_type]
+    cls = IMAGE_PROCESSOR_TYPES[kind.removesuffix("Pil") + "Fast"] if use_fast else IMAGE_PROCESSOR_TYPES[kind]
+    return cls(size={"height": height, "width": width})
+
+
+def image_processor_for(source: str | os.PathLike, model: Any, use_fast: bool = False, **hub_options: Any) -> Any:
+    """`AutoImageProcessor.from_pretrained(source)`, or, when the checkpoint has no usable processor config (a bare
+    weights file, a directory without one), the family's defaults for `model`, with a warning that says so."""
+    try:
+        return AutoImageProcessor.from_pretrained(source, use_fast=use_fast, **hub_options)
+    except (OSError, ValueError) as e:
+        processor = default_image_processor(model, use_fast)
+        logger.warning("%s has no usable %s (%s); using %s's defaults at %sx%s", source, PREPROCESSOR_CONFIG_NAME,
+                       e, type(processor).__name__, processor.size["height"], processor.size["width"])  # fmt: skip
+        return processor
 
 
 def convert_checkpoint(

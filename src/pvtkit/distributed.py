@@ -58,6 +58,27 @@ class DistContext:
         return box[0]
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask: taskset, cgroup cpusets), not the machine's count:
+    more compute threads than cores makes every OpenMP barrier spin against the other threads."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """DataLoader worker processes: up to 4, leaving a core for the process that runs the model."""
+    return max(0, min(4, usable_cpus() - 1))
+
+
+def share_cpu_threads(ctx: DistContext, device: torch.device) -> None:
+    """Under torchrun on CPU, give each process on this machine its share of the cores (not all of them each)."""
+    if ctx.is_distributed and device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+        torch.set_num_threads(max(1, usable_cpus() // local))
+
+
 def auto_device() -> torch.device:
     """The local GPU when there is one (under torchrun, the one LOCAL_RANK names), else the CPU."""
     if torch.cuda.is_available():

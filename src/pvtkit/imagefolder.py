@@ -55,3 +55,93 @@ def _images_in(directory: Path, recursive: bool) -> list[Path]:
 def shard(items: Sequence, rank: int, world_size: int) -> list:
     """The items rank `rank` of `world_size` handles: every world_size-th one, starting at `rank`."""
     return list(items[rank::world_size])
+
+
+# ---- class folders (the datasets of `pvtkit train` / `pvtkit eval`) -------------------------------------------
+
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation")}
+
+
+def find_split_folders(root: str | os.PathLike) -> tuple[Path, Path | None]:
+    """The training and validation folders of a dataset directory.
+
+    `root/train` with `root/val` or `root/validation` beside it gives both; `root/train` alone gives
+    `(root/train, None)`; a directory of class folders gives `(root, None)`.
+
+    Raises:
+        FileNotFoundError: `root` is not a directory.
+        ValueError: `root` holds both `val/` and `validation/`, or a validation folder without `train/`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory (expected a folder of class folders, or train/ and val/)")
+    train = next((root / n for n in SPLIT_NAMES["train"] if (root / n).is_dir()), None)
+    vals = [root / n for n in SPLIT_NAMES["val"] if (root / n).is_dir()]
+    if len(vals) > 1:
+        raise ValueError(f"{root}: holds both val/ and validation/; keep one")
+    if train is None:
+        if vals:
+            raise ValueError(f"{root}: has {vals[0].name}/ but no train/ beside it")
+        return root, None
+    return train, (vals[0] if vals else None)
+
+
+def scan_class_folders(directory: str | os.PathLike) -> dict[str, list[Path]]:
+    """Class name -> its image files, for a directory with one subfolder per class (the torchvision
+    `ImageFolder` layout). Classes are sorted by name; a class folder's images are found recursively and sorted.
+    Hidden folders and files are skipped; files in `directory` itself are ignored. A class folder without image
+    files maps to an empty list (the caller decides whether that is an error)."""
+    directory = Path(directory)
+    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+    return {name: _images_in(directory / name, recursive=True) for name in classes}
+
+
+def stratified_split(
+    by_class: dict[str, list[Path]], fraction: float, seed: int = 0
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Hold out `fraction` of every class, deterministically: (kept, held_out).
+
+    Each class's files are shuffled by a generator seeded with `seed` and the class name (so adding a class does
+    not change the others' split) and the first `round(n * fraction)` are held out; a class with at least two
+    images keeps at least one on each side when `fraction` > 0.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the validation fraction must be in [0, 1), got {fraction}")
+    import zlib
+
+    import numpy as np
+
+    kept: dict[str, list[Path]] = {}
+    held: dict[str, list[Path]] = {}
+    for name, files in by_class.items():
+        n = len(files)
+        k = round(n * fraction)
+        if fraction > 0 and n >= 2:
+            k = min(max(k, 1), n - 1)
+        order = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))]).permutation(n)
+        held[name] = sorted(files[i] for i in order[:k])
+        kept[name] = sorted(files[i] for i in order[k:])
+    return kept, held
+
+
+def unreadable_images(paths: Sequence[Path], workers: int = 8) -> list[tuple[Path, str]]:
+    """The files whose header PIL cannot read, with the reason: a cheap check (no pixel decoding) that catches
+    empty files, non-images and unknown formats before a run starts. Truncated pixel data shows only on decoding."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import PIL.Image
+
+    def check(path: Path) -> tuple[Path, str] | None:
+        try:
+            with PIL.Image.open(path) as image:
+                image.size  # noqa: B018 - parsing the header is the check
+        except (OSError, SyntaxError, ValueError) as e:
+            return path, str(e) or type(e).__name__
+        return None
+
+    if len(paths) < 64:
+        results = [check(p) for p in paths]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(check, paths, chunksize=64))
+    return [r for r in results if r is not None]

@@ -257,8 +257,7 @@ def pipeline(
         revision, local_files_only: Hub options.
         **task_options: `top_k` for classification; `pooled`, `stages` (e.g. [1, 4]) for feature extraction.
     """
-    from .auto import DEFAULT_PROCESSORS, AutoImageProcessor, AutoModelForImageClassification
-    from .processing import IMAGE_PROCESSOR_TYPES
+    from .auto import AutoModelForImageClassification, default_image_processor, image_processor_for
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; pvtkit's pipelines are {', '.join(TASKS)}")
@@ -276,16 +275,10 @@ def pipeline(
     if image_processor is None or isinstance(image_processor, (str, os.PathLike)):
         where = image_processor if image_processor is not None else source
         if isinstance(where, PreTrainedModel):
-            kind = DEFAULT_PROCESSORS[where.config.model_type]
-            logger.info("no image processor given; using %s's defaults", kind)
-            image_processor = IMAGE_PROCESSOR_TYPES[kind]()
+            image_processor = default_image_processor(where)
+            logger.info("no image processor given; using %s's defaults", type(image_processor).__name__)
         else:
-            try:
-                image_processor = AutoImageProcessor.from_pretrained(where, **hub)
-            except (OSError, ValueError) as e:  # e.g. a bare weights file: no config, no processor config
-                kind = DEFAULT_PROCESSORS[loaded.config.model_type]
-                logger.warning("%s: no usable preprocessor_config.json (%s); using %s's defaults", where, e, kind)
-                image_processor = IMAGE_PROCESSOR_TYPES[kind]()
+            image_processor = image_processor_for(where, loaded, **hub)
     cls = ImageClassificationPipeline if task == "image-classification" else ImageFeatureExtractionPipeline
     return cls(loaded, image_processor, device=device, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
                **task_options)  # fmt: skip

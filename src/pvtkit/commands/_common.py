@@ -75,19 +75,11 @@ def load_model(auto_class: Any, args: argparse.Namespace, **kwargs: Any) -> Any:
         raise UsageError(f"cannot load model {args.model!r}: {e}") from e
 
 
-def load_processor(args: argparse.Namespace, model: Any = None, use_fast: bool = False) -> Any:
+def load_processor(args: argparse.Namespace, model: Any, use_fast: bool = False) -> Any:
     """The checkpoint's image processor; without a `preprocessor_config.json`, the family's defaults (logged)."""
-    from ..auto import DEFAULT_PROCESSORS, AutoImageProcessor
-    from ..processing import IMAGE_PROCESSOR_TYPES
+    from ..auto import image_processor_for
 
-    try:
-        return AutoImageProcessor.from_pretrained(args.model, use_fast=use_fast, **hub_kwargs(args))
-    except (OSError, ValueError) as e:
-        if model is None:
-            raise UsageError(f"cannot load the image processor of {args.model!r}: {e}") from e
-        kind = DEFAULT_PROCESSORS[model.config.model_type]
-        logger.warning("%s has no usable preprocessor_config.json (%s); using %s's defaults", args.model, e, kind)
-        return IMAGE_PROCESSOR_TYPES[kind]()
+    return image_processor_for(args.model, model, use_fast=use_fast, **hub_kwargs(args))
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
+from ..distributed import default_workers
 from ._common import (
     UsageError, add_device_arguments, add_model_arguments, open_output, resolve_device, resolve_dtype,
 )  # fmt: skip
@@ -28,10 +29,6 @@ def expand_inputs(inputs: list[str]) -> list[Path | Exception]:
         except (OSError, ValueError) as e:
             items.append(e)
     return items
-
-
-def default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 class Writer:
@@ -65,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..distributed import init_distributed, shutdown_distributed
+    from ..distributed import init_distributed, share_cpu_threads, shutdown_distributed
     from ..imagefolder import shard
     from ..pipeline import describe_error, pipeline
 
@@ -76,9 +73,7 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     ctx = init_distributed(device)
     try:
-        if ctx.is_distributed and device.type == "cpu":  # CPU processes share the cores
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        share_cpu_threads(ctx, device)
         items = expand_inputs(args.inputs)
         try:
             classifier = pipeline(

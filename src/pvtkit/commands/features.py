@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 from ._common import UsageError, add_device_arguments, add_model_arguments, resolve_device, resolve_dtype
-from .classify import default_workers, expand_inputs
+from ..distributed import default_workers
+from .classify import expand_inputs
 
 
 def parse_stages(text: str | None) -> list[int] | None:

@@ -1,0 +1,138 @@
+"""`pvtkit train`: fine-tune (or train from scratch) an image classifier on folders of labelled images."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+from ._common import UsageError, resolve_device
+
+EPILOG = """\
+data layout: DIR/train/<class>/*.jpg with DIR/val/<class>/*.jpg (or validation/), or just DIR/<class>/*.jpg, of
+which a stratified --val-fraction is held out (the same images every time). Class names come from the folder names.
+
+output: OUT/config.json, model.safetensors, preprocessor_config.json (the best epoch by validation accuracy, in
+transformers format: pvtkit, transformers and `pvtkit classify` load it), OUT/metrics.jsonl (one line per epoch:
+loss, accuracy, lr, images/s, validation results) and OUT/checkpoint/ (the last state; --resume continues from it).
+
+scale out: torchrun --nproc_per_node 4 -m pvtkit train ... (or `torchrun --nnodes 2 ...`): data-parallel with
+PyTorch DDP (NCCL on GPUs, gloo on CPUs). --batch-size is the global batch, so the result does not depend on the
+number of processes.
+
+examples:
+  pvtkit train --data flowers/ --model OpenGVLab/pvt_v2_b0 --output runs/flowers
+  pvtkit train --data digits/ --arch b0 --image-size 32 --epochs 30 --lr 2e-3 --output runs/digits
+  pvtkit train --output runs/flowers --resume          # after a crash: same settings, same schedule
+"""
+
+
+def register(sub: Any) -> None:
+    from ..distributed import default_workers
+    from ..training import LR_FINE_TUNE, LR_FROM_SCRATCH, RUN_DEFAULTS
+
+    d = RUN_DEFAULTS
+    parser = sub.add_parser(
+        "train",
+        help="fine-tune a classifier on folders of labelled images (torchrun for several processes)",
+        description="Fine-tune a pretrained PVTv2 or ViT (--model), or train one from scratch (--arch), on a folder\n"
+        "of class folders: AdamW, linear warmup + cosine decay per step, label smoothing, random resized crop +\n"
+        "flip; the best model by validation accuracy is kept. Options left out take the default shown, or with\n"
+        "--resume, the resumed run's own value.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--data", "-d", help="dataset folder (see the layout below); required unless --resume")
+    what.add_argument("--model", "-m", help="pretrained model to fine-tune: Hub repo id, directory or weights file "
+                      "(a head for the data's classes replaces one of another size)")  # fmt: skip
+    what.add_argument("--arch", help="or train this variant from scratch: PVTv2 b0..b5, b2_linear; ViT "
+                      "tiny_patch16_224, small_patch16_224, base_patch16_224, ...")  # fmt: skip
+    what.add_argument("--output", "-o", required=True, help="output directory for the model, metrics and checkpoint")
+    what.add_argument("--revision", help="Hub branch, tag or commit of --model")
+    what.add_argument("--offline", action="store_true", help="never touch the network; use the Hub cache only")
+    how = parser.add_argument_group("recipe")
+    how.add_argument("--image-size", type=int, help="training and evaluation resolution (default: the model's "
+                     "processor size, else 224)")  # fmt: skip
+    how.add_argument("--epochs", type=int, help=f"passes over the training images (default {d['epochs']})")
+    how.add_argument("--batch-size", "-b", type=int, help="images per optimizer step over all processes and "
+                     f"accumulation steps (default {d['batch_size']})")  # fmt: skip
+    how.add_argument("--lr", type=float, help=f"peak learning rate (default {LR_FROM_SCRATCH:g} with --arch, "
+                     f"{LR_FINE_TUNE:g} with --model)")  # fmt: skip
+    how.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d['weight_decay']})")
+    how.add_argument("--warmup-epochs", type=float, help=f"linear warmup, in epochs (default {d['warmup_epochs']:g})")
+    how.add_argument("--label-smoothing", type=float, help=f"(default {d['label_smoothing']})")
+    how.add_argument("--val-fraction", type=float, help="share of each class held out for validation when DIR has "
+                     f"no val/ folder; 0 = none, keep the last epoch (default {d['val_fraction']})")  # fmt: skip
+    how.add_argument("--seed", type=int, help=f"seeds new weights, shuffling and augmentation (default {d['seed']})")
+    how.add_argument("--crop-scale", type=float, help="smallest share of the image area a random crop keeps "
+                     f"(default {d['crop_scale']})")  # fmt: skip
+    how.add_argument("--no-hflip", dest="hflip", action="store_const", const=False, help="no random horizontal flips")
+    how.add_argument("--max-grad-norm", type=float, help=f"gradient clipping; 0 = off (default {d['max_grad_norm']})")
+    run_group = parser.add_argument_group("running")
+    run_group.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                           help="fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA) "
+                           "(default fp32)")  # fmt: skip
+    run_group.add_argument("--grad-accum", type=int, default=1, help="split each step into this many micro-batches "
+                           "to save memory; the result does not change (default 1)")  # fmt: skip
+    run_group.add_argument("--num-workers", type=int, default=default_workers(),
+                           help="data-loading processes per training process (default %(default)s)")  # fmt: skip
+    run_group.add_argument("--device", default="auto", help="auto (the local GPU when there is one), cpu, cuda, mps")
+    run_group.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in "
+                           "backward: less memory, ~30%% slower")  # fmt: skip
+    run_group.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N optimizer steps "
+                           "(default: at the end of each epoch)")  # fmt: skip
+    run_group.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    run_group.add_argument("--overwrite", action="store_true", help="start a new run in an --output that holds one "
+                           "(or other files)")  # fmt: skip
+    run_group.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..distributed import shutdown_distributed
+    from ..training import Trainer, TrainingArguments, TrainingConfigError
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    if not main:  # every process would say the same; the main one speaks
+        logging.getLogger("pvtkit").setLevel(logging.ERROR)
+    try:
+        if args.device != "auto":
+            resolve_device(args.device)
+        try:
+            targs = TrainingArguments(
+                output_dir=args.output, data=args.data, model=args.model, arch=args.arch, image_size=args.image_size,
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                val_fraction=args.val_fraction, seed=args.seed, crop_scale=args.crop_scale, hflip=args.hflip,
+                max_grad_norm=args.max_grad_norm, precision=args.precision, grad_accum=args.grad_accum,
+                num_workers=args.num_workers, device=args.device, gradient_checkpointing=args.gradient_checkpointing,
+                save_steps=args.save_steps, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                revision=args.revision, offline=args.offline,
+            )  # fmt: skip
+            result = Trainer(targs).train()
+        except TrainingConfigError as e:
+            raise UsageError(_as_flags(str(e))) from e
+    except UsageError:
+        if main:
+            raise
+        return 2  # every process fails the same way; the main one says why
+    except (OSError, ValueError, RuntimeError):
+        if main:
+            raise
+        return 1
+    finally:
+        shutdown_distributed()
+    if main:
+        print(result.summary())
+    return 0
+
+
+def _as_flags(message: str) -> str:
+    """The library's words for options -> the command's flags."""
+    for word, flag in (("resume:", "--resume:"), ("resume it", "pass --resume"), ("overwrite it", "--overwrite"),
+                       ("pass overwrite", "pass --overwrite"), ("without resume", "without --resume"),
+                       ("another output directory", "another --output")):  # fmt: skip
+        message = message.replace(word, flag)
+    return message

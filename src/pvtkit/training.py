@@ -1,0 +1,897 @@
+"""Fine-tuning PVTv2 and ViT classifiers on folders of labelled images: on a laptop, or data-parallel under torchrun.
+
+```python
+result = pvtkit.train(data="flowers/", output_dir="runs/flowers", model="OpenGVLab/pvt_v2_b0", epochs=10)
+result = pvtkit.train(data="digits/", output_dir="runs/digits", arch="b0", image_size=32, lr=2e-3)
+```
+
+The recipe is the usual one for ViT/PVT fine-tuning: AdamW (no weight decay on biases, norms and position
+embeddings), linear warmup then cosine decay per optimizer step, label smoothing, random-resized-crop + horizontal
+flip augmentation (written with PIL, no torchvision) followed by the model's own rescaling and normalisation, and
+the model's own image processor for validation. The output directory is a transformers-format model (the best
+epoch by validation accuracy) plus `metrics.jsonl` and `checkpoint/` (the last state, for `resume`).
+
+Determinism is designed in, so that a run gives the same result however it is executed:
+
+* `batch_size` is the *global* batch of one optimizer step: each of N processes computes `batch_size / N`
+  images per step, split further into `grad_accum` micro-batches; the loss is normalised by the global batch,
+  so 1 process, N processes and any accumulation compute the same update (up to float summation order).
+* The epoch's shuffle depends only on (seed, epoch), and each image's crop/flip only on (seed, epoch, index): not
+  on the worker, the process or the step a run was resumed at. A run killed and resumed (at an epoch end or at
+  a `save_steps` checkpoint) continues with the same batches, learning rates and augmentations.
+
+Scale-out uses PyTorch's DistributedDataParallel directly (gloo on CPUs, NCCL on GPUs, through
+`pvtkit.distributed`) rather than Hugging Face Accelerate: DDP plus a sampler is all this loop needs, and it
+keeps the dependency list at torch alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .auto import default_image_processor, image_processor_for
+from ._files import atomic_directory, atomic_write, atomic_write_json, find_interrupted_save, read_json
+from .distributed import (
+    DistContext, auto_device, default_workers, init_distributed, launched_by_torchrun, share_cpu_threads,
+    shutdown_distributed,
+)  # fmt: skip
+from .evaluation import (
+    DatasetError, Evaluator, ImageDataset, ImageFolderData, 
+    load_training_folders, model_label_ids,
+)  # fmt: skip
+from .modeling import PreTrainedModel
+
+logger = logging.getLogger("pvtkit")
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "training_state.pt"
+METRICS_NAME = "metrics.jsonl"
+ARGS_NAME = "training_args.json"
+MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# The settings that define a run's schedule and result: stored with the checkpoint, and a resumed run must keep
+# them. None in `TrainingArguments` means "the default below, or the resumed run's own value".
+RUN_DEFAULTS: dict[str, Any] = {
+    "data": None, "model": None, "arch": None, "image_size": None, "epochs": 10, "batch_size": 32, "lr": None,
+    "weight_decay": 0.05, "warmup_epochs": 1.0, "label_smoothing": 0.1, "val_fraction": 0.1, "seed": 0,
+    "crop_scale": 0.08, "hflip": True, "max_grad_norm": 1.0,
+}  # fmt: skip
+LR_FROM_SCRATCH, LR_FINE_TUNE = 1e-3, 1e-4
+
+
+class TrainingConfigError(ValueError):
+    """Training was asked for in a way that cannot work (contradicting options, `--resume` with nothing to resume
+    or with changed settings, a model that does not fit the data): the CLI's exit status 2."""
+
+
+@dataclass
+class TrainingArguments:
+    """What `Trainer` trains, and how. Fields left None take the default given here, or when resuming, the
+    resumed run's own value (a resumed run must keep its settings; see `RUN_DEFAULTS`).
+
+    Args:
+        output_dir: Where the run goes: the best model (transformers format), `metrics.jsonl`, `checkpoint/`.
+        data: A folder of class folders, or one with `train/` and `val/` (or `validation/`) folders of them.
+        model: A pretrained classifier or encoder to fine-tune (Hub id, directory, weights file).
+        arch: Or a variant to train from scratch: PVTv2 `b0`..`b5`, `b2_linear`; ViT `tiny_patch16_224`, ...
+        image_size: Training and evaluation resolution (default: the model's processor size, else 224).
+        epochs: Passes over the training images (default 10).
+        batch_size: Images per optimizer step, over all processes and accumulation steps (default 32).
+        lr: Peak learning rate (default 1e-3 from scratch, 1e-4 fine-tuning).
+        weight_decay: AdamW weight decay, not applied to biases, norms and position embeddings (default 0.05).
+        warmup_epochs: Linear warmup length, in epochs (fractions allowed; default 1).
+        label_smoothing: Cross-entropy label smoothing (default 0.1).
+        val_fraction: Share of each class held out for validation when the data has no val/ folder
+            (deterministic, stratified; 0 = no validation, the last epoch is kept; default 0.1).
+        seed: Seeds the fresh weights, the shuffling and the augmentation (default 0).
+        crop_scale: Smallest share of the image area a random crop keeps (default 0.08, as timm and torchvision).
+        hflip: Random horizontal flips (default True).
+        max_grad_norm: Clip the gradient norm to this (0: no clipping; default 1.0).
+        precision: `fp32`, `bf16` (autocast) or `fp16` (autocast with loss scaling; CUDA only).
+        grad_accum: Split each process's share of a step into this many micro-batches (saves memory; the
+            result does not change).
+        num_workers: DataLoader worker processes per training process.
+        device: `auto` (the local GPU, else the CPU), `cpu`, `cuda`, `cuda:1`, `mps`.
+        gradient_checkpointing: Recompute activations in backward (less memory, slower).
+        save_steps: Also checkpoint every this many optimizer steps (0: at epoch ends only).
+        resume: Continue the run in `output_dir` from its checkpoint.
+        overwrite: Start afresh in an `output_dir` that holds a run or other files (its model files, metrics
+            and checkpoint are replaced; other files are left alone).
+        progress: Progress bars and per-epoch lines on stderr.
+        revision, offline: How to reach the Hub for `model`.
+    """
+
+    output_dir: str | os.PathLike
+    data: str | os.PathLike | None = None
+    model: str | os.PathLike | None = None
+    arch: str | None = None
+    image_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    label_smoothing: float | None = None
+    val_fraction: float | None = None
+    seed: int | None = None
+    crop_scale: float | None = None
+    hflip: bool | None = None
+    max_grad_norm: float | None = None
+    precision: str = "fp32"
+    grad_accum: int = 1
+    num_workers: int = field(default_factory=default_workers)
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    save_steps: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    revision: str | None = None
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", lambda v: v >= 1, "at least 1"), ("batch_size", lambda v: v >= 1, "at least 1"),
+            ("lr", lambda v: v > 0, "positive"), ("weight_decay", lambda v: v >= 0, "0 or more"),
+            ("warmup_epochs", lambda v: v >= 0, "0 or more"), ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"), ("crop_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("max_grad_norm", lambda v: v >= 0, "0 or more"), ("image_size", lambda v: v >= 8, "at least 8"),
+            ("grad_accum", lambda v: v >= 1, "at least 1"), ("num_workers", lambda v: v >= 0, "0 or more"),
+            ("save_steps", lambda v: v >= 0, "0 or more"),
+        ]  # fmt: skip
+        for name, ok, expected in checks:
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise TrainingConfigError(f"{name.replace('_', '-')} must be {expected}, got {value}")
+        if self.precision not in PRECISIONS:
+            raise TrainingConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.model is not None and self.arch is not None:
+            raise TrainingConfigError("give a model to fine-tune or an architecture to train from scratch, not both")
+        if self.resume and self.overwrite:
+            raise TrainingConfigError("resume and overwrite contradict each other: resume continues the run in the "
+                                      "output directory, overwrite starts a new one there")  # fmt: skip
+
+
+@dataclass
+class TrainResult:
+    """The outcome of `Trainer.train`: where the model went, and how it did (`history` is `metrics.jsonl`)."""
+
+    output_dir: Path
+    model_name: str
+    num_parameters: int
+    classes: list[str]
+    num_train: int
+    num_val: int
+    epochs: int
+    steps: int
+    world_size: int
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    best_accuracy: float | None
+    seconds: float
+    resumed_at_step: int | None = None
+
+    def summary(self) -> str:
+        last = self.history[-1] if self.history else {}
+        speed = np.mean([h["images_per_second"] for h in self.history]) if self.history else 0.0
+        minutes, seconds = divmod(int(round(self.seconds)), 60)
+        lines = [
+            f"trained {self.model_name} ({self.num_parameters / 1e6:.2f}M parameters) on {self.num_train} images of "
+            f"{len(self.classes)} classes: {self.epochs} epochs, {self.steps} steps, {self.world_size} process(es), "
+            f"{minutes}m{seconds:02d}s{' this session' if self.resumed_at_step else ''}, {speed:.0f} images/s"
+            + (f" (resumed at step {self.resumed_at_step})" if self.resumed_at_step else "")
+        ]
+        if self.best_epoch is not None:
+            lines.append(f"best validation accuracy {self.best_accuracy:.2%} at epoch {self.best_epoch} "
+                         f"({self.num_val} images); last epoch {last.get('val_accuracy', float('nan')):.2%}, "
+                         f"train loss {last.get('train_loss', float('nan')):.4f}")  # fmt: skip
+        elif last:
+            lines.append(f"no validation set: kept the last epoch's model (train loss {last['train_loss']:.4f}, "
+                         f"train accuracy {last['train_accuracy']:.2%})")  # fmt: skip
+        lines.append(f"wrote {self.output_dir}: {', '.join(MODEL_FILES)} (the best model), {METRICS_NAME}, "
+                     f"{CHECKPOINT_DIR}/ (to resume)")  # fmt: skip
+        return "\n".join(lines)
+
+
+# ---- augmentation, sampling, schedule ----------------------------------------------------------------------------
+
+
+def random_resized_crop_box(
+    width: int, height: int, rng: np.random.Generator, scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[float, float, float, float]:  # fmt: skip
+    """A random crop (left, top, right, bottom) covering `scale` of the area with an aspect ratio in `ratio`
+    (log-uniform), as Inception-style training uses; after 10 misses, the largest central crop of an allowed ratio.
+    Boxes keep their sub-pixel edges (PIL resamples fractional boxes), which matters for tiny images."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
+        if w <= width and h <= height:
+            left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            return left, top, left + w, top + h
+    aspect = min(max(width / height, ratio[0]), ratio[1])
+    w, h = (width, width / aspect) if width / height <= aspect else (height * aspect, height)
+    return (width - w) / 2, (height - h) / 2, (width + w) / 2, (height + h) / 2
+
+
+class TrainTransform:
+    """Random resized crop and horizontal flip, then the processor's rescaling and normalisation.
+
+    The randomness is a function of (seed, epoch, image index) only: every process, worker and resumed run draws
+    the same crop for the same image in the same epoch.
+    """
+
+    def __init__(self, processor: Any, size: int, crop_scale: float, hflip: bool, seed: int) -> None:
+        self.size, self.scale, self.hflip, self.seed = size, (crop_scale, 1.0), hflip, seed
+        self.resample = int(processor.resample)
+        self.rescale = float(processor.rescale_factor) if processor.do_rescale else 1.0
+        mean, std = (processor.image_mean, processor.image_std) if processor.do_normalize else (0.0, 1.0)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(-1)
+
+    def __call__(self, image: PIL.Image.Image, index: int, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, index])
+        box = random_resized_crop_box(image.width, image.height, rng, self.scale)
+        image = image.resize((self.size, self.size), resample=self.resample, box=box)
+        if self.hflip and rng.random() < 0.5:
+            image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+        x = np.asarray(image, dtype=np.float32) * self.rescale  # (H, W, 3)
+        return ((x - self.mean) / self.std).transpose(2, 0, 1)  # (3, H, W)
+
+
+class TrainBatchSampler:
+    """This process's micro-batches of `(index, epoch)` keys, for one epoch from `start_step` on.
+
+    Step s of an epoch takes images `perm[s*B:(s+1)*B]` of the epoch's permutation (an incomplete last batch is
+    dropped); process r of N takes every N-th of them from r, and splits its share into `accum` micro-batches.
+    """
+
+    def __init__(self, num_images: int, batch_size: int, rank: int, world_size: int, accum: int, seed: int) -> None:
+        self.n, self.batch, self.rank, self.world, self.accum, self.seed = (
+            num_images, batch_size, rank, world_size, accum, seed,
+        )  # fmt: skip
+        self.micro = batch_size // (world_size * accum)
+        self.steps = num_images // batch_size
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.accum
+
+    def __iter__(self):
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        for s in range(self.start_step, self.steps):
+            mine = perm[s * self.batch : (s + 1) * self.batch][self.rank :: self.world]
+            for a in range(self.accum):
+                yield [(int(i), self.epoch) for i in mine[a * self.micro : (a + 1) * self.micro]]
+
+
+def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup to `base_lr` over `warmup_steps`, then cosine decay towards 0 at `total_steps`."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weight matrices and kernels; none on biases, norms, tokens, position tables."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(("position_embeddings", "cls_token", "mask_token"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ---- models ----------------------------------------------------------------------------------------------------
+
+
+def _model_classes() -> tuple[dict[str, Any], dict[str, Any]]:
+    from .auto import CONFIGS, AutoModelForImageClassification
+
+    return CONFIGS, AutoModelForImageClassification._classes
+
+
+def config_for_arch(arch: str, classes: list[str], image_size: int) -> Any:
+    """The config of a published variant (PVTv2 or ViT) with a head for `classes`, at `image_size`."""
+    from .models.pvt_v2 import VARIANTS as PVT, PvtV2Config
+    from .models.vit import VARIANTS as VIT, ViTConfig
+
+    key = arch.lower().replace("-", "_")
+    key = key.removeprefix("pvt_v2_").removeprefix("vit_")
+    labels = {"num_labels": len(classes), "id2label": dict(enumerate(classes))}
+    if key in PVT:
+        return PvtV2Config.from_variant(key, image_size=image_size, **labels)
+    if key in VIT:
+        return ViTConfig.from_variant(key, image_size=image_size, **labels)
+    raise TrainingConfigError(f"--arch {arch!r} is not a known variant; PVTv2: {', '.join(PVT)}; ViT: {', '.join(VIT)}")
+
+
+def fit_head(model: PreTrainedModel, classes: list[str]) -> None:
+    """Give `model` the labels `classes`: kept as they are when the model already has exactly these labels, renamed
+    when it has as many, otherwise a freshly initialised head of the right size replaces the old one."""
+    config = model.config
+    current = [str(config.id2label[i]) for i in range(config.num_labels)]
+    if sorted(current) == sorted(classes):
+        return
+    head = getattr(model, "classifier", None)
+    if len(current) != len(classes) or not isinstance(head, nn.Linear):
+        width = head.in_features if isinstance(head, nn.Linear) else getattr(config, "hidden_sizes", [None])[-1]
+        width = width or config.hidden_size
+        model.classifier = nn.Linear(width, len(classes))
+        model._init_weights(model.classifier)
+        model.num_labels = len(classes)
+        logger.warning("replaced the model's %d-class head with a new %d-class head for %s", len(current),
+                       len(classes), ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else ""))  # fmt: skip
+    else:
+        logger.info("kept the model's %d-class head, with the data's class names as labels", len(classes))
+    config.id2label = dict(enumerate(classes))
+    config.label2id = {name: i for i, name in enumerate(classes)}
+
+
+def resize_vit(model: PreTrainedModel, size: int) -> PreTrainedModel:
+    """A ViT classifier for `size` x `size` inputs: position embeddings resampled once (bicubic), config updated, so
+    the saved model runs natively at the new size in pvtkit and transformers."""
+    from .models.vit import _pair, resize_position_embeddings
+
+    config = model.config
+    patch = _pair(config.patch_size)
+    if size % patch[0] or size % patch[1]:
+        raise TrainingConfigError(f"image size {size} is not a multiple of the ViT's patch size {patch[0]}; "
+                                  f"pick e.g. {size // patch[0] * patch[0] or patch[0]} or "
+                                  f"{(size // patch[0] + 1) * patch[0]}")  # fmt: skip
+    old = _pair(config.image_size)
+    if old == (size, size):
+        return model
+    state = model.state_dict()
+    key = "vit.embeddings.position_embeddings"
+    grid = (old[0] // patch[0], old[1] // patch[1])
+    state[key] = resize_position_embeddings(state[key], grid, (size // patch[0], size // patch[1]))
+    resized = type(model)(config.copy(image_size=size))
+    resized.load_state_dict(state)
+    logger.info("resized the ViT's position embeddings from %s to %dx%d", old, size, size)
+    return resized
+
+
+def _sized_processor(processor: Any, size: int) -> Any:
+    return type(processor).from_dict({**processor.to_dict(), "size": {"height": size, "width": size}})
+
+
+def _processor_size(processor: Any) -> int | None:
+    size = getattr(processor, "size", None) or {}
+    return int(size["height"]) if size.get("height") and size.get("height") == size.get("width") else None
+
+
+def _write_model(model: PreTrainedModel, processor: Any, directory: Path) -> None:
+    """config.json, preprocessor_config.json and model.safetensors, each written atomically (weights last)."""
+    from safetensors.torch import save
+
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = str(model.dtype).removeprefix("torch.")
+    model.config.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = save(state, metadata={"format": "pt"})
+    atomic_write(directory / "model.safetensors", lambda tmp: Path(tmp).write_bytes(blob))
+
+
+# ---- the output directory --------------------------------------------------------------------------------------
+
+
+def _read_checkpoint(directory: Path) -> dict[str, Any]:
+    """Everything a resumed run needs from `OUT/checkpoint/`, read on the main process and sent to the others."""
+    from safetensors.torch import load_file
+
+    try:
+        payload = {
+            "state": read_json(directory / STATE_NAME),
+            "config": read_json(directory / "config.json"),
+            "processor": read_json(directory / "preprocessor_config.json"),
+            "weights": load_file(directory / "model.safetensors"),
+            "training": torch.load(directory / OPTIMIZER_NAME, map_location="cpu", weights_only=True),
+        }
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{directory}: the checkpoint cannot be read ({e}); it was not written by this version of "
+                         "pvtkit, or was damaged: start a new run") from e  # fmt: skip
+    return payload
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Delete the temporary files and staging folders of our own writes that a killed run left in `out`."""
+    if not out.is_dir():
+        return
+    names = (*MODEL_FILES, METRICS_NAME, ARGS_NAME)
+    for entry in os.scandir(out):
+        if entry.name.startswith(tuple(f".{n}." for n in names)) and entry.name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        elif entry.name.startswith(f".{CHECKPOINT_DIR}.saving-") and entry.is_dir():
+            shutil.rmtree(entry.path, ignore_errors=True)
+        elif entry.name.startswith(f".{CHECKPOINT_DIR}.previous-") and (out / CHECKPOINT_DIR / STATE_NAME).is_file():
+            shutil.rmtree(entry.path, ignore_errors=True)  # the swap completed; this copy is stale
+
+
+def prepare_output(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Check that `out` can take the run (and make it); with `resume`, read its checkpoint."""
+    state_file = out / CHECKPOINT_DIR / STATE_NAME
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output {out} exists and is not a directory")
+    _remove_leftovers(out)
+    if resume:
+        checkpoint = out / CHECKPOINT_DIR
+        if not state_file.is_file():
+            # A kill between the two renames of a checkpoint swap leaves the previous one under another name.
+            previous = find_interrupted_save(checkpoint)
+            if previous is None or not (previous / STATE_NAME).is_file():
+                raise TrainingConfigError(f"resume: {out} holds no checkpoint to resume (no {state_file}); "
+                                          "start the run without resume")  # fmt: skip
+            logger.warning("%s: resuming from %s, left by a checkpoint save that was interrupted", out, previous.name)
+            os.rename(previous, checkpoint)
+        return _read_checkpoint(checkpoint)
+    if state_file.is_file() and not overwrite:
+        done = ""
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            state = read_json(state_file)
+            done = f" (checkpoint after {state['global_step']} of {state['total_steps']} steps)"
+        raise TrainingConfigError(f"{out} already holds a training run{done}: resume it, overwrite it, or choose "
+                                  "another output directory")  # fmt: skip
+    present = sorted(e.name for e in os.scandir(out) if not e.name.startswith(".")) if out.is_dir() else []
+    ours = [name for name in (*MODEL_FILES, METRICS_NAME, ARGS_NAME, CHECKPOINT_DIR) if name in present]
+    if present and not overwrite:
+        raise TrainingConfigError(f"output {out} is not empty (it holds {', '.join(present[:5])}"
+                                  f"{', ...' if len(present) > 5 else ''}); pass overwrite to train into it anyway, "
+                                  "or choose another output directory")  # fmt: skip
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ours:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OSError(f"output {out}: cannot write there ({e.strerror or e})") from e
+    return None
+
+
+def resolve_run(
+    args: TrainingArguments, saved: dict[str, Any] | None, model_given: PreTrainedModel | None
+) -> dict[str, Any]:
+    """The run's settings: the arguments with defaults filled in, or on resume, the saved settings (any argument
+    given explicitly must agree with them)."""
+    given = {k: getattr(args, k) for k in RUN_DEFAULTS}
+    if given["data"] is not None:
+        given["data"] = str(Path(given["data"]).resolve())
+    if given["model"] is not None:
+        path = Path(given["model"])
+        given["model"] = str(path.resolve()) if path.exists() else str(given["model"])
+    if model_given is not None:
+        given["model"] = given["model"] or f"<{type(model_given).__name__} object>"
+    if saved is not None:
+        changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in given.items() if v is not None and v != saved.get(k)]
+        if changed:
+            raise TrainingConfigError(
+                f"resume: this run was started with other settings ({'; '.join(changed)}); a resumed run keeps "
+                "its settings: leave these options out, or start a new run in another output directory"
+            )
+        return dict(saved)
+    if given["data"] is None:
+        raise TrainingConfigError("no training data given (a folder of class folders)")
+    if given["model"] is None and given["arch"] is None:
+        raise TrainingConfigError("give a model to fine-tune (--model) or an architecture to train from scratch "
+                                  "(--arch)")
+    run = {k: (RUN_DEFAULTS[k] if v is None else v) for k, v in given.items()}
+    if run["lr"] is None:
+        run["lr"] = LR_FROM_SCRATCH if run["arch"] else LR_FINE_TUNE
+    return run
+
+
+# ---- the trainer -----------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
+    """Run `fn` on the main process and give every process its result, or its exception (so no process hangs
+    waiting for one that failed)."""
+    if not ctx.is_distributed:
+        return fn()
+    box: tuple[bool, Any] | None = None
+    if ctx.is_main:
+        try:
+            box = (True, fn())
+        except Exception as e:  # sent on, raised everywhere
+            box = (False, e)
+    ok, value = ctx.broadcast_object(box)
+    if not ok:
+        raise value
+    return value
+
+
+class Trainer:
+    """Trains an image classifier on class folders; see the module docstring for the recipe.
+
+    Args:
+        args: The settings.
+        model: A classifier instance to train instead of loading `args.model` / building `args.arch`.
+    """
+
+    def __init__(self, args: TrainingArguments, model: PreTrainedModel | None = None) -> None:
+        self.args = args
+        self.model_given = model
+
+    # -- set-up --
+
+    def _build(self, run: dict[str, Any], data: ImageFolderData, resumed: dict[str, Any] | None):
+        """(model, processor) on the CPU, with the data's labels and the run's image size."""
+        configs, model_classes = _model_classes()
+        from .processing import IMAGE_PROCESSOR_TYPES
+
+        if resumed is not None:
+            cfg = resumed["config"]
+            config = configs[cfg["model_type"]].from_dict(cfg)
+            model = model_classes[cfg["model_type"]](config)
+            model.load_state_dict(resumed["weights"])
+            kind = resumed["processor"].get("image_processor_type")
+            return model, IMAGE_PROCESSOR_TYPES[kind].from_dict(resumed["processor"])
+        a = self.args
+        torch.manual_seed(run["seed"])
+        if self.model_given is not None:
+            model, processor = self.model_given, default_image_processor(self.model_given)
+        elif run["arch"]:
+            size = run["image_size"] or 224
+            config = config_for_arch(run["arch"], data.classes, size)
+            model = model_classes[config.model_type](config)
+            processor = default_image_processor(model)
+        else:
+            from .auto import AutoModelForImageClassification
+
+            hub = {"revision": a.revision, "local_files_only": a.offline}
+            try:
+                model = AutoModelForImageClassification.from_pretrained(run["model"], **hub)
+            except (OSError, ValueError) as e:
+                raise TrainingConfigError(f"cannot load model {run['model']!r}: {e}") from e
+            processor = image_processor_for(run["model"], model, **hub)
+        model.config.problem_type = "single_label_classification"
+        if getattr(model.config, "num_channels", 3) != 3:
+            raise TrainingConfigError(f"the model takes {model.config.num_channels}-channel input; training feeds "
+                                      "RGB images (3 channels)")  # fmt: skip
+        fit_head(model, data.classes)
+        size = run["image_size"] or _processor_size(processor) or 224
+        run["image_size"] = size
+        if model.config.model_type == "vit":
+            model = resize_vit(model, size)
+        else:
+            model.config.image_size = size
+        return model, _sized_processor(processor, size)
+
+    def train(self) -> TrainResult:
+        """Run (or resume) training; returns the result on every process (only the main one writes files)."""
+        self._setup()
+        started = time.perf_counter()
+        for epoch in range(self.start_epoch, self.run["epochs"]):
+            first = self.start_step if epoch == self.start_epoch else 0
+            record = self._train_epoch(epoch, first)
+            self._end_epoch(epoch, record)
+            self.running = None
+        self.ctx.barrier()
+        saved = self.saved
+        return TrainResult(
+            output_dir=self.out, model_name=type(self.model).__name__, num_parameters=self.model.num_parameters(),
+            classes=self.data.classes, num_train=len(self.train_samples), num_val=len(self.val_samples),
+            epochs=self.run["epochs"], steps=self.global_step, world_size=self.ctx.world_size, history=self.history,
+            best_epoch=self.best_epoch if self.evaluator else None,
+            best_accuracy=self.best_accuracy if self.evaluator else None, seconds=time.perf_counter() - started,
+            resumed_at_step=saved["global_step"] if saved else None,
+        )  # fmt: skip
+
+    def _setup(self) -> None:
+        """Output directory, settings, data, model, optimizer, loaders; the resumed state when resuming."""
+        a = self.args
+        device = auto_device() if a.device == "auto" else torch.device(a.device)
+        if device.type == "cuda" and device.index is None:  # `cuda` under torchrun: this process's own GPU
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        self.device = device
+        self.amp_dtype = PRECISIONS[a.precision]
+        if a.precision == "fp16" and device.type != "cuda":
+            raise TrainingConfigError("fp16 training needs a CUDA device (it relies on loss scaling); use bf16 "
+                                      "on this device")  # fmt: skip
+        self.ctx = ctx = init_distributed(device)
+        share_cpu_threads(ctx, device)
+        self.out = out = Path(a.output_dir)
+        resumed = _on_main(ctx, lambda: prepare_output(out, a.resume, a.overwrite))
+        self.saved = saved = resumed["state"] if resumed else None
+        self.run = run = resolve_run(a, saved["run"] if saved else None, self.model_given)
+        self.data = data = _on_main(ctx, lambda: load_training_folders(run["data"], run["val_fraction"]))
+        if saved is not None and data.counts() != saved["data"]:
+            raise TrainingConfigError(f"resume: the images in {run['data']} changed since the run started (classes "
+                                      "or image counts differ); a resumed run needs the same data")  # fmt: skip
+        self.model, self.processor = model, processor = self._build(run, data, resumed)
+        ids = model_label_ids(data.classes, model.config)
+        self.train_samples = [(p, ids[label]) for p, label in data.train]
+        self.val_samples = [(p, ids[label]) for p, label in data.val]
+        if a.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.to(device=device, dtype=torch.float32)  # fp32 weights (a checkpoint may be bf16); autocast computes
+
+        # The global batch: each process computes batch / world images per step, in `accum` micro-batches.
+        world, accum = ctx.world_size, a.grad_accum
+        unit = world * accum
+        batch, n = run["batch_size"], len(self.train_samples)
+        if batch % unit:
+            raise TrainingConfigError(f"batch size {batch} is not divisible by {world} process(es) x {accum} "
+                                      f"accumulation step(s); use a multiple of {unit}")  # fmt: skip
+        if batch > n:
+            if n < unit:
+                raise DatasetError(f"{run['data']}: {n} training images cannot fill {unit} micro-batches")
+            logger.warning("batch size %d exceeds the %d training images; using %d", batch, n, n // unit * unit)
+            batch = n // unit * unit
+        self.batch, self.micro = batch, batch // unit
+        self.steps_per_epoch = n // batch
+        self.total_steps = run["epochs"] * self.steps_per_epoch
+        self.warmup_steps = round(run["warmup_epochs"] * self.steps_per_epoch)
+        if saved is not None and saved["steps_per_epoch"] != self.steps_per_epoch:
+            raise TrainingConfigError(f"resume: {self.steps_per_epoch} steps per epoch now, "
+                                      f"{saved['steps_per_epoch']} when the run started; a resumed run needs the "
+                                      "same data and batch size")  # fmt: skip
+
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, run["weight_decay"]), lr=run["lr"])
+        self.scaler = torch.amp.GradScaler("cuda") if a.precision == "fp16" else None
+        if resumed is not None:
+            self.optimizer.load_state_dict(resumed["training"]["optimizer"])
+            if self.scaler is not None and resumed["training"].get("scaler"):
+                self.scaler.load_state_dict(resumed["training"]["scaler"])
+            torch.set_rng_state(resumed["training"]["rng"])
+            if device.type == "cuda" and resumed["training"].get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(resumed["training"]["cuda_rng"], device)
+        self.net: nn.Module = model
+        if ctx.is_distributed:
+            # Depth-wise conv kernels (C, 1, 3, 3) get gradients whose stride on the size-1 axis differs from the
+            # bucket's; the layout is the same memory, and DDP's warning about it on every run would only alarm.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        size = run["image_size"]
+        transform = TrainTransform(processor, size, run["crop_scale"], run["hflip"], run["seed"])
+        self.sampler = TrainBatchSampler(n, batch, ctx.rank, world, accum, run["seed"])
+        self.loader = DataLoader(
+            ImageDataset(self.train_samples, transform, (3, size, size)), batch_sampler=self.sampler,
+            num_workers=a.num_workers, persistent_workers=a.num_workers > 0, pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        self.evaluator = None
+        if self.val_samples:
+            self.evaluator = Evaluator(
+                model, self.val_samples, sorted(set(ids)), processor, batch_size=max(self.micro, 32),
+                num_workers=a.num_workers, device=device, amp_dtype=self.amp_dtype, ctx=ctx, progress=a.progress,
+            )  # fmt: skip
+
+        self.history: list[dict[str, Any]] = list(saved["history"]) if saved else []
+        self.best_accuracy = saved["best_accuracy"] if saved else None
+        self.best_epoch = saved["best_epoch"] if saved else None
+        self.global_step = saved["global_step"] if saved else 0
+        self.start_epoch, self.start_step = (saved["epoch"], saved["epoch_step"]) if saved else (0, 0)
+        self.running = saved.get("running") if saved else None
+        self.show = a.progress and ctx.is_main
+        if ctx.is_main:
+            if resumed is not None:
+                self._write_metrics()  # drops any epoch recorded after the checkpoint
+            else:
+                atomic_write_json(out / ARGS_NAME, {**run, "grad_accum": accum, "world_size": world,
+                                                    "precision": a.precision})  # fmt: skip
+            logger.info("training %s on %d images (%d validation), %d classes; %d steps of %d images per epoch",
+                        type(model).__name__, n, len(self.val_samples), len(data.classes), self.steps_per_epoch,
+                        batch)  # fmt: skip
+            if saved is not None and saved["complete"]:
+                logger.warning("the run in %s is already complete (%d steps)", out, self.total_steps)
+
+    def _train_epoch(self, epoch: int, first: int) -> dict[str, Any]:
+        """Steps `first`.. of `epoch`; returns the epoch's training metrics (summed over processes)."""
+        from tqdm import tqdm
+
+        run, ctx, device, net = self.run, self.ctx, self.device, self.net
+        accum, steps = self.args.grad_accum, self.steps_per_epoch
+        self.sampler.set_epoch(epoch, first)
+        self.model.train()
+        # loss sum, correct, images, skipped images: this process's share (the main one carries a resumed epoch's
+        # totals), summed over processes at the end of the epoch.
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        seconds_before = 0.0
+        if self.running is not None and first:
+            if ctx.is_main:
+                sums += torch.tensor(self.running["sums"], dtype=torch.float64, device=device)
+            seconds_before = self.running["seconds"]
+        skipped: dict[str, str] = {}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{run['epochs']}", unit="step",
+                   file=sys.stderr, disable=not self.show, dynamic_ncols=True)  # fmt: skip
+        t0 = time.perf_counter()
+        batches = iter(self.loader)
+        smooth_loss = None
+        lr = learning_rate(self.global_step, run["lr"], self.warmup_steps, self.total_steps)
+        for step in range(first, steps):
+            lr = learning_rate(self.global_step, run["lr"], self.warmup_steps, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            for m in range(accum):
+                pixels, labels, weights, indices, reasons = next(batches)
+                pixels = pixels.to(device, non_blocking=True)
+                labels, weights = labels.to(device), weights.to(device, torch.float32)
+                sync = net.no_sync() if ctx.is_distributed and m < accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                        logits = net(pixel_values=pixels).logits
+                    per_image = F.cross_entropy(logits.float(), labels, reduction="none",
+                                                label_smoothing=run["label_smoothing"])  # fmt: skip
+                    # Normalised by the global batch: DDP averages over processes, accumulation sums.
+                    loss = (per_image * weights).sum() / (self.micro * accum)
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                with torch.no_grad():
+                    correct = ((logits.argmax(-1) == labels).float() * weights).sum()
+                    sums += torch.stack([(per_image * weights).sum().double(), correct.double(),
+                                         weights.sum().double(), (weights == 0).sum().double()])  # fmt: skip
+                step_loss += loss.item()
+                for i, reason in zip(indices.tolist(), reasons):
+                    if reason:
+                        skipped[self.train_samples[i][0]] = reason
+            self._optimizer_step(params)
+            self.global_step += 1
+            smooth_loss = step_loss if smooth_loss is None else 0.9 * smooth_loss + 0.1 * step_loss
+            elapsed = time.perf_counter() - t0
+            speed = (step + 1 - first) * self.batch / max(elapsed, 1e-9)
+            bar.set_postfix_str(f"loss {smooth_loss:.4f}, lr {lr:.2e}, {speed:.0f} img/s", refresh=False)
+            bar.update(1)
+            if self.args.save_steps and self.global_step % self.args.save_steps == 0 and step + 1 < steps:
+                totals = ctx.all_reduce_sum(sums.clone())
+                if ctx.is_main:  # from here on, the main process counts from the totals, the others from zero
+                    running = {"sums": totals.tolist(), "seconds": seconds_before + elapsed}
+                    self._save_checkpoint(epoch, step + 1, running)
+                    sums.copy_(totals)
+                else:
+                    sums.zero_()
+        bar.close()
+        seconds = seconds_before + time.perf_counter() - t0
+        ctx.all_reduce_sum(sums)
+        for part in ctx.gather_objects(skipped):
+            skipped.update(part)
+        if skipped and ctx.is_main:
+            logger.warning("epoch %d: skipped %d image(s) that could not be decoded: %s", epoch + 1, len(skipped),
+                           "; ".join(f"{p} ({r})" for p, r in list(skipped.items())[:5]))  # fmt: skip
+        loss_sum, correct, count, bad = sums.tolist()
+        return {
+            "epoch": epoch + 1, "step": self.global_step, "lr": lr,
+            "train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1),
+            "images_per_second": (count + bad) / max(seconds, 1e-9), "train_seconds": round(seconds, 3),
+            "skipped_images": int(bad),
+        }  # fmt: skip
+
+    def _optimizer_step(self, params: list[nn.Parameter]) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.run["max_grad_norm"]:
+            torch.nn.utils.clip_grad_norm_(params, self.run["max_grad_norm"])
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        """Validate, keep the best model, checkpoint, write the metrics, say how it went."""
+        improved = True
+        if self.evaluator is not None:
+            result = self.evaluator.run(desc="validation")
+            record.update(val_loss=result.loss, val_accuracy=result.accuracy, val_top5_accuracy=result.top5_accuracy,
+                          val_images=result.num_images)  # fmt: skip
+            improved = self.best_accuracy is None or result.accuracy > self.best_accuracy
+            if improved:
+                self.best_accuracy, self.best_epoch = result.accuracy, epoch + 1
+        self.history.append(record)
+        if not self.ctx.is_main:
+            return
+        if improved:
+            _write_model(self.model, self.processor, self.out)
+        self._save_checkpoint(epoch + 1, 0, None)
+        self._write_metrics()
+        if self.show:
+            from tqdm import tqdm
+
+            val = ""
+            if self.evaluator is not None:
+                val = (f", val loss {record['val_loss']:.4f}, val acc {record['val_accuracy']:.2%}"
+                       f"{' (best)' if improved else ''}")  # fmt: skip
+            tqdm.write(f"epoch {epoch + 1}/{self.run['epochs']}: loss {record['train_loss']:.4f}, acc "
+                       f"{record['train_accuracy']:.2%}{val}, lr {record['lr']:.2e}, "
+                       f"{record['images_per_second']:.0f} img/s", file=sys.stderr)  # fmt: skip
+
+    def _save_checkpoint(self, epoch: int, epoch_step: int, running: dict[str, Any] | None) -> None:
+        """`OUT/checkpoint/`: the model in transformers format, optimizer and RNG state, and the trainer state
+        (`epoch` epochs and `epoch_step` steps of the next one done), swapped in atomically."""
+        state = {
+            "run": self.run, "data": self.data.counts(), "classes": self.data.classes,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "epoch": epoch,
+            "epoch_step": epoch_step, "global_step": self.global_step, "best_accuracy": self.best_accuracy,
+            "best_epoch": self.best_epoch, "history": self.history, "running": running,
+            "complete": self.global_step >= self.total_steps, "world_size": self.ctx.world_size,
+        }  # fmt: skip
+        training = {"optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
+                    "scaler": self.scaler.state_dict() if self.scaler else None}  # fmt: skip
+        if self.device.type == "cuda":  # dropout and stochastic depth draw from the GPU's generator
+            training["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        with atomic_directory(self.out / CHECKPOINT_DIR) as staging:
+            _write_model(self.model, self.processor, staging)
+            torch.save(training, staging / OPTIMIZER_NAME)
+            (staging / STATE_NAME).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+    def _write_metrics(self) -> None:
+        text = "".join(json.dumps(h) + "\n" for h in self.history)
+        atomic_write(self.out / METRICS_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def train(
+    data: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    model: str | os.PathLike | PreTrainedModel | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """Fine-tune (`model=`) or train from scratch (`arch=`) an image classifier on class folders.
+
+    Args:
+        data: A folder of class folders, or of `train/` and `val/` folders of them.
+        output_dir: Where the best model (transformers format), `metrics.jsonl` and `checkpoint/` go.
+        model: A Hub id, directory or weights file to fine-tune, or a model instance.
+        **kwargs: Any other `TrainingArguments` field (`arch`, `epochs`, `batch_size`, `lr`, `resume`, ...).
+
+    Returns:
+        A `TrainResult`; `result.summary()` describes it. Under torchrun, this joins the process group (and
+        leaves it at the end if it joined it).
+    """
+    if output_dir is None:
+        raise TrainingConfigError("train() needs an output_dir")
+    instance = model if isinstance(model, nn.Module) else None
+    args = TrainingArguments(output_dir=output_dir, data=data, model=None if instance is not None else model, **kwargs)
+    import torch.distributed as dist
+
+    owns_group = launched_by_torchrun() and not (dist.is_available() and dist.is_initialized())
+    try:
+        return Trainer(args, model=instance).train()
+    finally:
+        if owns_group:
+            shutdown_distributed()
+
+
+__all__ = [
+    "DatasetError", "Trainer", "TrainingArguments", "TrainingConfigError", "TrainResult", "TrainTransform",
+    "learning_rate", "random_resized_crop_box", "train",
+]  # fmt: skip

@@ -1,7 +1,15 @@
-"""Building blocks both model families share: activations, stochastic depth, and attention."""
+"""Building blocks both model families share: activations, stochastic depth, attention, and the heavy-op helpers.
+
+`linear`, `conv` and `attend` run the matmul-like ops. They are plain calls, except under CPU bf16 autocast on a
+CPU without bf16 matrix instructions (no AVX512-BF16 / AMX, e.g. AVX2-only x86): there PyTorch's bf16 kernels fall
+back to slow generic loops (a depth-wise conv runs one channel at a time), 10-20x slower than fp32. The helpers then
+compute what a bf16 kernel computes, the product of bf16-rounded operands accumulated in fp32 and rounded to a bf16
+result, on the fp32 units. Outputs are bf16 as under autocast; only the speed differs.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -72,7 +80,56 @@ def attend(
     weights are asked for; then the explicit softmax path computes and returns them `(B, heads, N, M)`.
     """
     if not need_weights:
+        if emulating_bf16(q):
+            q, k, v = rounded_bf16(q), rounded_bf16(k), rounded_bf16(v)
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # type: ignore[arg-type]
+            return out.to(torch.bfloat16), None
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, N, M)
     weights = F.dropout(scores.softmax(dim=-1), p=dropout_p)
     return weights @ v, weights
+
+
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has bf16 matmul/conv kernels for this CPU (AVX512-BF16, AMX, or Arm BF16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True  # unknown: leave autocast alone
+
+
+def emulating_bf16(x: torch.Tensor) -> bool:
+    """True under CPU bf16 autocast on a CPU without native bf16 kernels, for a float32/bf16 CPU tensor `x`."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not _cpu_has_native_bf16()
+    )
+
+
+def rounded_bf16(t: torch.Tensor | None) -> torch.Tensor | None:
+    """`t` rounded to bf16 and held in fp32 (exact: every bf16 value is an fp32 value)."""
+    if t is None:
+        return None
+    return t.float() if t.dtype == torch.bfloat16 else t.to(torch.bfloat16).float()
+
+
+def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """`layer(x)`; under emulated bf16 autocast, bf16 operands on fp32 units (see the module docstring)."""
+    if not emulating_bf16(x):
+        return layer(x)
+    with torch.autocast("cpu", enabled=False):
+        return F.linear(rounded_bf16(x), rounded_bf16(layer.weight), rounded_bf16(layer.bias)).to(torch.bfloat16)
+
+
+def conv(x: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
+    """`layer(x)` for an `nn.Conv2d`; under emulated bf16 autocast, bf16 operands on fp32 units."""
+    if not emulating_bf16(x):
+        return layer(x)
+    weight, bias = rounded_bf16(layer.weight), rounded_bf16(layer.bias)
+    with torch.autocast("cpu", enabled=False):
+        return layer._conv_forward(rounded_bf16(x), weight, bias).to(torch.bfloat16)  # type: ignore[arg-type]

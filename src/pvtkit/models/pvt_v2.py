@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import PretrainedConfig, check_lengths
-from ..layers import DropPath, attend, get_activation
+from ..layers import DropPath, attend, conv, emulating_bf16, get_activation, linear
 from ..modeling import PreTrainedModel, classification_loss
 from ..outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput
 
@@ -167,6 +167,22 @@ class PvtV2Config(PretrainedConfig):
 # Layers
 
 
+def _tracing() -> bool:
+    """Whether the forward is being traced, compiled or exported rather than run eagerly."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def _conv_gelu_kernel() -> Any:
+    """oneDNN's convolution with a fused exact-GELU epilogue (the op Inductor uses on CPU), or None if absent."""
+    try:
+        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_CONV_GELU = _conv_gelu_kernel()
+
+
 class OverlapPatchEmbed(nn.Module):
     """A strided conv whose kernel overlaps its neighbours, then LayerNorm: (B, C_in, H, W) -> (B, h*w, C)."""
 
@@ -176,7 +192,7 @@ class OverlapPatchEmbed(nn.Module):
         self.layer_norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        x = self.proj(x)  # (B, C, h, w)
+        x = conv(x, self.proj)  # (B, C, h, w)
         h, w = x.shape[-2:]
         return self.layer_norm(x.flatten(2).transpose(1, 2)), h, w  # (B, h*w, C)
 
@@ -215,12 +231,12 @@ class SpatialReductionAttention(nn.Module):
         B, N, C = x.shape
         grid = x.transpose(1, 2).reshape(B, C, h, w)  # (B, C, h, w)
         if self.linear:
-            grid = self.spatial_reduction(self.pool(grid))  # (B, C, 7, 7)
+            grid = conv(self.pool(grid), self.spatial_reduction)  # (B, C, 7, 7)
         else:
             r = self.sr_ratio
             if h < r or w < r:  # a map smaller than one reduction window: zero-pad to one window, not crash
                 grid = F.pad(grid, (0, max(0, r - w), 0, max(0, r - h)))
-            grid = self.spatial_reduction(grid)  # (B, C, h // r, w // r)
+            grid = conv(grid, self.spatial_reduction)  # (B, C, h // r, w // r)
         reduced = self.layer_norm(grid.flatten(2).transpose(1, 2))  # (B, M, C)
         return F.gelu(reduced) if self.linear else reduced
 
@@ -228,14 +244,14 @@ class SpatialReductionAttention(nn.Module):
         self, x: torch.Tensor, h: int, w: int, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, C = x.shape
-        q = self.query(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, head_dim)
+        q = linear(x, self.query).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, head_dim)
         kv = self._reduce(x, h, w)
-        k = self.key(kv).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, M, head_dim)
-        v = self.value(kv).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, M, head_dim)
+        k = linear(kv, self.key).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, M, head_dim)
+        v = linear(kv, self.value).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, M, head_dim)
         drop = self.attn_drop if self.training else 0.0
         out, weights = attend(q, k, v, dropout_p=drop, need_weights=need_weights)
         out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
-        return self.proj_drop(self.proj(out)), weights
+        return self.proj_drop(linear(out, self.proj)), weights
 
 
 class DepthWiseConv(nn.Module):
@@ -245,14 +261,22 @@ class DepthWiseConv(nn.Module):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, h: int, w: int, fuse_gelu: bool = False) -> torch.Tensor:
+        """`(B, N, C) -> (B, N, C)`; with `fuse_gelu`, GELU(conv) in one oneDNN call (no autograd: inference only)."""
         B, N, C = x.shape
-        grid = x.transpose(1, 2).view(B, C, h, w)  # (B, C, h, w)
-        return self.dwconv(grid).flatten(2).transpose(1, 2)  # (B, N, C)
+        grid = x.view(B, h, w, C).permute(0, 3, 1, 2)  # (B, C, h, w), channels-last in memory: no copy
+        if fuse_gelu:
+            c = self.dwconv
+            out = _CONV_GELU(grid, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "gelu", [], "none")
+        else:
+            out = conv(grid, self.dwconv)
+        return out.permute(0, 2, 3, 1).reshape(B, N, C)  # (B, N, C), a view when channels-last
 
 
 class ConvMlp(nn.Module):
     """Linear -> (ReLU, linear SRA only) -> depth-wise conv -> activation -> Linear."""
+
+    CHUNK_BYTES = 4 << 20
 
     def __init__(self, dim: int, hidden: int, act: str, drop: float, linear: bool) -> None:
         super().__init__()
@@ -264,11 +288,42 @@ class ConvMlp(nn.Module):
         self.linear = linear
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = self.dense1(x)
+        rows = self._rows_per_chunk(x, h * w)
+        if rows < x.shape[0]:
+            return torch.cat([self._mlp(part, h, w) for part in x.split(rows)])  # (B, N, C)
+        return self._mlp(x, h, w)
+
+    def _mlp(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = linear(x, self.dense1)  # (B, N, hidden)
         if self.linear:
             x = F.relu(x)
-        x = self.dropout(self.act(self.dwconv(x, h, w)))
-        return self.dropout(self.dense2(x))
+        if self._can_fuse(x):
+            x = self.dwconv(x, h, w, fuse_gelu=True)
+        else:
+            x = self.act(self.dwconv(x, h, w))
+        return self.dropout(linear(self.dropout(x), self.dense2))  # (B, N, C)
+
+    def _can_fuse(self, x: torch.Tensor) -> bool:
+        """Fuse the depth-wise conv and the exact GELU in eager fp32 CPU inference: one pass over the largest
+        tensor instead of two, and one allocation of it instead of two."""
+        return (
+            _CONV_GELU is not None and self.act is F.gelu and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_grad_enabled() and not _tracing() and not emulating_bf16(x)
+        )  # fmt: skip
+
+    def _rows_per_chunk(self, x: torch.Tensor, tokens: int) -> int:
+        """Images per MLP pass: in eager CPU inference, enough to keep the hidden activations near CHUNK_BYTES.
+
+        The hidden tensor is the model's largest (B0 at batch 32: 100 MB per stage-1 block). Allocations that big
+        come fresh from the OS and are page-faulted in on every call, and they stream through memory three times;
+        a few images at a time stay in cache and reuse one block of memory. Traced, compiled, exported or
+        differentiated runs take the whole batch (no Python loop over a symbolic batch; autograd keeps the
+        activations anyway).
+        """
+        if x.device.type != "cpu" or torch.is_grad_enabled() or _tracing():
+            return x.shape[0]
+        per_image = tokens * self.dense1.out_features * 4  # bytes of one image's hidden activations
+        return max(1, self.CHUNK_BYTES // per_image)
 
 
 class Block(nn.Module):

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import PretrainedConfig
-from ..layers import attend, get_activation
+from ..layers import attend, conv, emulating_bf16, get_activation, linear, rounded_bf16
 from ..modeling import PreTrainedModel, classification_loss
 from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
 
@@ -190,7 +190,7 @@ class PatchEmbeddings(nn.Module):
         self.projection = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projection(pixel_values)
+        return conv(pixel_values, self.projection)
 
 
 class ViTEmbeddings(nn.Module):
@@ -236,7 +236,9 @@ class ViTEmbeddings(nn.Module):
 class QKV(nn.Module):
     """The query, key and value projections, split into heads: (B, N, C) -> 3 x (B, heads, N, head_dim).
 
-    Three matmuls, not one fused (3C, C) matmul: fusing measured no faster on CPU, and this keeps transformers' numbers.
+    Three matmuls, not one fused (3C, C) matmul: fusing measured no faster on CPU in fp32, and this keeps
+    transformers' numbers. Under emulated bf16 autocast (see `pvtkit.layers`) the weights are rounded on every call
+    anyway, so there the three are rounded into one (3C, C) matrix and run as one matmul.
     """
 
     def __init__(self, dim: int, num_heads: int, bias: bool) -> None:
@@ -249,9 +251,16 @@ class QKV(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, _ = x.shape
         heads = (B, N, self.num_heads, self.head_dim)
-        q = self.query(x).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
-        k = self.key(x).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
-        v = self.value(x).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
+        if emulating_bf16(x):
+            layers = (self.query, self.key, self.value)
+            weight = rounded_bf16(torch.cat([layer.weight for layer in layers]))  # (3C, C)
+            bias = None if self.query.bias is None else rounded_bf16(torch.cat([layer.bias for layer in layers]))
+            with torch.autocast("cpu", enabled=False):
+                qkv = F.linear(rounded_bf16(x), weight, bias).to(torch.bfloat16)  # (B, N, 3C)
+            return tuple(t.view(heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # type: ignore[return-value]
+        q = linear(x, self.query).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
+        k = linear(x, self.key).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
+        v = linear(x, self.value).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
         return q, k, v
 
 
@@ -263,7 +272,7 @@ class Dense(nn.Module):
         self.dense = nn.Linear(in_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense(x)
+        return linear(x, self.dense)
 
 
 class SelfAttention(nn.Module):

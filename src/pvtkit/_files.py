@@ -25,15 +25,17 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Write one file atomically: `write(tmp_path)` fills a temporary sibling that is then renamed to `path`."""
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary sibling of `path` to fill; on a clean exit it is synced and renamed onto `path`, on an error
+    removed. Created with the permissions an ordinary new file gets (mkstemp's are private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         os.chmod(tmp, _default_mode())
-        write(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -42,6 +44,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Write one file atomically: `write(tmp_path)` fills a temporary sibling that is then renamed to `path`."""
+    with _replacing(path) as tmp:
+        write(tmp)
 
 
 def _umask() -> int:
@@ -62,22 +70,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """
     if not mode.startswith("w"):
         raise ValueError(f"atomic_open writes files; mode {mode!r} is not a write mode")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, _default_mode())
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    with _replacing(path) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+        yield f
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from ._files import read_json
 from .config import PretrainedConfig
 from .convert import detect_layout, unwrap
+from .layers import pair
 from .hub import HubOptions, load_state_dict, resolve_checkpoint, resolve_file
 from .modeling import PreTrainedModel
 from .models.pvt_v2 import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model
@@ -175,8 +176,7 @@ def default_image_processor(model_or_config: Any, use_fast: bool = False) -> Any
     """The family's default image processor (PIL back end, or tensor with `use_fast`), sized to the config's
     `image_size`: what a checkpoint that ships no `preprocessor_config.json` is fed with."""
     config = getattr(model_or_config, "config", model_or_config)
-    size = config.image_size
-    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    height, width = pair(config.image_size)
     kind = DEFAULT_PROCESSORS[config.model_type]
     cls = IMAGE_PROCESSOR_TYPES[kind.removesuffix("Pil") + "Fast"] if use_fast else IMAGE_PROCESSOR_TYPES[kind]
     return cls(size={"height": height, "width": width})

@@ -55,6 +55,7 @@ from torch import nn
 
 from .auto import default_image_processor
 from .layers import get_activation
+from .layers import pair as _pair
 from .models.pvt_v2 import PvtV2Backbone, PvtV2ForImageClassification, PvtV2Model
 from .models.vit import ViTForImageClassification, ViTModel
 
@@ -300,12 +301,6 @@ class Preprocess(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift  # (B, 3, H, W)
         return self.inner(x.to(self.compute_dtype))
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """`16` -> `(16, 16)`; `(224, 320)` stays (height, width)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"expected an int or a (height, width) pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
 
 
 def _quick_gelu(x: torch.Tensor) -> torch.Tensor:

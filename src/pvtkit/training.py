@@ -361,7 +361,8 @@ def fit_head(model: PreTrainedModel, classes: list[str]) -> None:
 def resize_vit(model: PreTrainedModel, size: int) -> PreTrainedModel:
     """A ViT classifier for `size` x `size` inputs: position embeddings resampled once (bicubic), config updated, so
     the saved model runs natively at the new size in pvtkit and transformers."""
-    from .models.vit import _pair, resize_position_embeddings
+    from .layers import pair as _pair
+    from .models.vit import resize_position_embeddings
 
     config = model.config
     patch = _pair(config.patch_size)

@@ -82,6 +82,12 @@ def load_processor(args: argparse.Namespace, model: Any, use_fast: bool = False)
     return image_processor_for(args.model, model, use_fast=use_fast, **hub_kwargs(args))
 
 
+def report_failure(command: str, path: str, error: str) -> None:
+    """One stderr line for an input that failed, naming it (unless the message already does)."""
+    where = "" if path and path in error else f"{path}: " if path else ""
+    print(f"pvtkit {command}: error: {where}{error}", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def open_output(path: str | None, binary: bool = False) -> Iterator[IO[Any]]:
     """`path` written atomically (a temporary file renamed at the end), or stdout when `path` is None or '-'."""

@@ -45,6 +45,8 @@ def attention_maps(model: Any, pixels: Any, query: tuple[float, float] | None, l
     """
     import torch
 
+    from ..layers import pair
+
     with torch.inference_mode():
         out = model(pixel_values=pixels, output_attentions=True, output_hidden_states=True)
     maps: list[tuple[str, Any]] = []
@@ -60,7 +62,7 @@ def attention_maps(model: Any, pixels: Any, query: tuple[float, float] | None, l
             rows, cols = key_grid(weights.numel(), h, w)
             maps.append((f"stage {i + 1} ({rows}x{cols} keys)", weights.reshape(rows, cols).cpu().numpy()))
     else:
-        p = model.config.patch_size if isinstance(model.config.patch_size, int) else model.config.patch_size[0]
+        p = pair(model.config.patch_size)[0]
         gh, gw = pixels.shape[-2] // p, pixels.shape[-1] // p
         n = len(out.attentions)
         chosen = sorted({max(0, round(n * (k + 1) / layers) - 1) for k in range(layers)})
@@ -100,10 +102,9 @@ def run(args: argparse.Namespace) -> int:
         h, w = parse_size(args.image_size)
         overrides["size"] = {"height": h, "width": w}
     pixels = processor(image, return_tensors="pt", **overrides)["pixel_values"].to(device)
-    kwargs = {}
     if model.config.model_type == "vit" and overrides:
         model.config.interpolate_pos_encoding = True
-    maps = attention_maps(model, pixels, query, layers=args.layers, **kwargs)
+    maps = attention_maps(model, pixels, query, layers=args.layers)
     scale = args.height / image.height
     shown = image.resize((max(1, round(image.width * scale)), args.height))
     panels = [("image", shown)]

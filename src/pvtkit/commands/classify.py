@@ -14,7 +14,8 @@ from typing import IO, Any
 
 from ..distributed import default_workers
 from ._common import (
-    UsageError, add_device_arguments, add_model_arguments, open_output, resolve_device, resolve_dtype,
+    UsageError, add_device_arguments, add_model_arguments, open_output, report_failure, resolve_device,
+    resolve_dtype,
 )  # fmt: skip
 
 
@@ -102,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
                     if error is not None:
                         failed += 1
                         bar.clear()
-                        print(f"pvtkit classify: error: {error}" if path in error else
-                              f"pvtkit classify: error: {path}: {error}", file=sys.stderr)  # fmt: skip
+                        report_failure("classify", path, error)
                     writer.write(path, predictions, error)
                     bar.update(1)
             bar.close()

@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
-from ._common import UsageError, add_device_arguments, add_model_arguments, resolve_device, resolve_dtype
+from ._common import (
+    UsageError, add_device_arguments, add_model_arguments, report_failure, resolve_device, resolve_dtype,
+)  # fmt: skip
 from ..distributed import default_workers
 from .classify import expand_inputs
 
@@ -52,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
         item = items[result.index]
         if not result.ok:
             failed += 1
-            path = str(item) if not isinstance(item, Exception) else ""
-            print(f"pvtkit features: error: {result.error}" if path in result.error else
-                  f"pvtkit features: error: {path}: {result.error}", file=sys.stderr)  # fmt: skip
+            report_failure("features", str(item) if not isinstance(item, Exception) else "", result.error)
             continue
         paths.append(str(item))
         for name, tensor in result.output.items():

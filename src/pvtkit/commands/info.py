@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from ..layers import pair
 from ._common import UsageError, add_model_arguments, hub_kwargs
 
 
@@ -49,7 +50,7 @@ def describe(model_class: type, config: Any, height: int, width: int) -> dict[st
     head = sum(p.numel() for n, p in model.named_parameters() if n.startswith(tuple(model.head_prefixes)))
     counted = model
     if config.model_type == "vit":
-        p = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+        p = pair(config.patch_size)[0]
         if height % p or width % p:
             raise ValueError(f"a ViT with patch size {p} needs height and width divisible by {p}, got {height}x{width}")
         with torch.device("meta"):  # position embeddings of the asked size: same compute as interpolating them
@@ -81,7 +82,7 @@ def describe(model_class: type, config: Any, height: int, width: int) -> dict[st
             })  # fmt: skip
         info["stages"] = stages
     else:
-        p = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+        p = pair(config.patch_size)[0]
         info["vit"] = {
             "patch_size": config.patch_size, "grid": [height // p, width // p],
             "tokens": out.hidden_states[-1].shape[1], "layers": config.num_hidden_layers,
@@ -147,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
         module = __import__(model_class.__module__, fromlist=["_"])
         if arch and hasattr(module, arch):
             model_class = getattr(module, arch)
-    size = args.image_size or str(config.image_size if isinstance(config.image_size, int) else
-                                  "x".join(map(str, config.image_size)))  # fmt: skip
+    size = args.image_size or "x".join(map(str, pair(config.image_size)))
     height, width = parse_size(size)
     try:
         info = describe(model_class, config, height, width)

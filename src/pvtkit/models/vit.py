@@ -24,20 +24,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import PretrainedConfig
 from ..layers import attend, conv, emulating_bf16, get_activation, linear, rounded_bf16
+from ..layers import pair as _pair
 from ..modeling import PreTrainedModel, classification_loss
 from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 Tensors = tuple[torch.Tensor, ...]
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    """`16` -> `(16, 16)`; `(224, 320)` stays (height, width)."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ValueError(f"expected an int or a (height, width) pair, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
 
 
 class ViTConfig(PretrainedConfig):

@@ -51,3 +51,41 @@ def test_emulated_bf16_autocast_stays_within_bf16_rounding_of_native_autocast(mo
     # both are bf16 computations of the fp32 result: each within bf16 rounding of it, and of each other
     assert rel_err(native.float(), reference) < 3e-2 and rel_err(emulated.float(), reference) < 3e-2
     assert rel_err(emulated.float(), native.float()) < 3e-2
+
+
+@pytest.mark.parametrize("size", [(64, 64), (61, 83)])  # 61 x 83: maps that do not fill the last SR window
+def test_spatial_reduction_as_matmul_equals_the_conv(monkeypatch, size):
+    model = pvtkit.PvtV2ForImageClassification(pvtkit.PvtV2Config(**TINY)).eval()
+    x = torch.randn(2, 3, *size)
+    calls = []
+    matmul = pvt_v2.SpatialReductionAttention._reduce_by_matmul
+    monkeypatch.setattr(
+        pvt_v2.SpatialReductionAttention, "_reduce_by_matmul", lambda *a: calls.append(1) or matmul(*a)
+    )
+    with torch.no_grad():
+        small = model(x).logits  # small inputs: the matmul form runs in every SR block (2 + 1 + 1; stage 4 has none)
+        assert len(calls) == 4
+        monkeypatch.setattr(pvt_v2, "SMALL_BYTES", 0)  # everything "large": the oneDNN conv
+        large = model(x).logits
+    assert len(calls) == 4
+    assert rel_err(small, large) <= 1e-6
+
+
+def _thp_setting(argv0: str, torch_first: bool) -> str:
+    import subprocess
+    import sys
+
+    code = (
+        ("import torch\n" if torch_first else "")
+        + f"import os, sys\nsys.argv[0] = {argv0!r}\nimport pvtkit\n"
+        + "print(os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset'))"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return out.stdout.strip()
+
+
+def test_the_command_line_turns_on_huge_pages_and_the_library_leaves_the_process_alone():
+    assert _thp_setting("/usr/local/bin/pvtkit", torch_first=False) == "1"
+    assert _thp_setting("/usr/local/bin/pvtkit", torch_first=True) == "unset"  # too late: torch read it already
+    assert _thp_setting("/home/me/script.py", torch_first=False) == "unset"

@@ -1,5 +1,15 @@
 """pvtkit: PVTv2 and ViT in PyTorch, with Hugging Face formats native."""
 
+import os as _os
+import sys as _sys
+
+# The `pvtkit` command owns its process, so it turns on PyTorch's transparent-huge-page backing for large CPU
+# tensors: one page fault per 2 MB instead of one per 4 kB, which on some machines (VMs especially) is a large
+# share of a forward or training step. PyTorch reads the variable at its first allocation, so this only works
+# before torch is imported; library users set THP_MEM_ALLOC_ENABLE=1 themselves (README, "Speed").
+if "torch" not in _sys.modules and _os.path.basename(_sys.argv[0] if _sys.argv else "") == "pvtkit":
+    _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 from .config import PretrainedConfig
 from .modeling import LoadingError, PreTrainedModel
 from .models.pvt_v2 import (

@@ -100,6 +100,23 @@ def attend(
     return weights @ v, weights
 
 
+# Tensors up to about this size stay in the CPU's caches; the eager CPU inference paths work in pieces this big.
+SMALL_BYTES = 4 << 20
+
+
+def tracing() -> bool:
+    """Whether the forward is being traced, compiled or exported rather than run eagerly."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def eager_cpu_inference(x: torch.Tensor) -> bool:
+    """Eager fp32 CPU inference without autograd: where the piecewise and fused fast paths may run."""
+    return (
+        x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and not tracing()
+        and not emulating_bf16(x)
+    )  # fmt: skip
+
+
 @functools.cache
 def _cpu_has_native_bf16() -> bool:
     """Whether oneDNN has bf16 matmul/conv kernels for this CPU (AVX512-BF16, AMX, or Arm BF16)."""

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import PretrainedConfig, check_lengths
-from ..layers import DropPath, attend, conv, emulating_bf16, get_activation, linear
+from ..layers import SMALL_BYTES, DropPath, attend, conv, eager_cpu_inference, get_activation, linear, tracing
 from ..modeling import PreTrainedModel, classification_loss
 from ..outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput
 
@@ -167,11 +167,6 @@ class PvtV2Config(PretrainedConfig):
 # Layers
 
 
-def _tracing() -> bool:
-    """Whether the forward is being traced, compiled or exported rather than run eagerly."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
 def _conv_gelu_kernel() -> Any:
     """oneDNN's convolution with a fused exact-GELU epilogue (the op Inductor uses on CPU), or None if absent."""
     try:
@@ -181,9 +176,6 @@ def _conv_gelu_kernel() -> Any:
 
 
 _CONV_GELU = _conv_gelu_kernel()
-
-# Tensors up to this size stay in cache: the CPU inference paths below work in pieces of about this size.
-SMALL_BYTES = 4 << 20
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -195,7 +187,9 @@ class OverlapPatchEmbed(nn.Module):
         self.layer_norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        x = conv(x, self.proj)  # (B, C, h, w)
+        # Channels-last in memory (a no-op for the previous stage's output, which already is): oneDNN's conv runs
+        # faster on it, its output is channels-last too, and then the (B, h*w, C) tokens below are a view, no copy.
+        x = conv(x.contiguous(memory_format=torch.channels_last), self.proj)  # (B, C, h, w)
         h, w = x.shape[-2:]
         return self.layer_norm(x.flatten(2).transpose(1, 2)), h, w  # (B, h*w, C)
 
@@ -248,10 +242,7 @@ class SpatialReductionAttention(nn.Module):
     @staticmethod
     def _small_inference(x: torch.Tensor) -> bool:
         """Eager fp32 CPU inference on a token tensor small enough to stay in cache (batch 1-8 at stage 1)."""
-        return (
-            x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() * 4 <= SMALL_BYTES
-            and not torch.is_grad_enabled() and not _tracing() and not emulating_bf16(x)
-        )  # fmt: skip
+        return x.numel() * 4 <= SMALL_BYTES and eager_cpu_inference(x)
 
     def _reduce_by_matmul(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """The SR conv (kernel = stride = r, no padding) as one matmul over r x r windows of the (B, h, w, C) tokens.
@@ -334,10 +325,7 @@ class ConvMlp(nn.Module):
     def _can_fuse(self, x: torch.Tensor) -> bool:
         """Fuse the depth-wise conv and the exact GELU in eager fp32 CPU inference: one pass over the largest
         tensor instead of two, and one allocation of it instead of two."""
-        return (
-            _CONV_GELU is not None and self.act is F.gelu and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_grad_enabled() and not _tracing() and not emulating_bf16(x)
-        )  # fmt: skip
+        return _CONV_GELU is not None and self.act is F.gelu and eager_cpu_inference(x)
 
     def _rows_per_chunk(self, x: torch.Tensor, tokens: int) -> int:
         """Images per MLP pass: in eager CPU inference, enough to keep the hidden activations near CHUNK_BYTES.
@@ -348,7 +336,7 @@ class ConvMlp(nn.Module):
         differentiated runs take the whole batch (no Python loop over a symbolic batch; autograd keeps the
         activations anyway).
         """
-        if x.device.type != "cpu" or torch.is_grad_enabled() or _tracing():
+        if x.device.type != "cpu" or torch.is_grad_enabled() or tracing():
             return x.shape[0]
         per_image = tokens * self.dense1.out_features * 4  # bytes of one image's hidden activations
         return max(1, self.CHUNK_BYTES // per_image)
@@ -410,7 +398,9 @@ class Stage(nn.Module):
                 x, weights = block(x, h, w, need_weights)
             attentions.append(weights)
         x = self.layer_norm(x)
-        return x.transpose(1, 2).reshape(x.shape[0], -1, h, w), tuple(attentions)  # (B, C, h, w)
+        # (B, C, h, w) as a view of the tokens: channels-last in memory, no copy. The models hand users
+        # contiguous maps (`_contiguous`); inside, the next stage and the classifier take this view as it is.
+        return x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2), tuple(attentions)
 
 
 class PvtV2Encoder(nn.Module):
@@ -438,6 +428,11 @@ class PvtV2Encoder(nn.Module):
 # Models and heads
 
 
+def _contiguous(x: torch.Tensor) -> torch.Tensor:
+    """A stage's map as users get it: NCHW-contiguous like transformers' (the stages pass channels-last views)."""
+    return x.contiguous()
+
+
 class PvtV2PreTrainedModel(PreTrainedModel):
     """Shared plumbing of the PVTv2 models: config class, state-dict prefix, input checks."""
 
@@ -459,7 +454,8 @@ class PvtV2PreTrainedModel(PreTrainedModel):
     def _select(self, out: BaseModelOutput, output_hidden_states: bool | None, output_attentions: bool | None):
         keep_hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         keep_attn = self.config.output_attentions if output_attentions is None else output_attentions
-        return (out.hidden_states if keep_hidden else None), (out.attentions if keep_attn else None)
+        hidden = tuple(_contiguous(h) for h in out.hidden_states) if keep_hidden else None  # type: ignore[union-attr]
+        return hidden, (out.attentions if keep_attn else None)
 
 
 class PvtV2Model(PvtV2PreTrainedModel):
@@ -483,7 +479,8 @@ class PvtV2Model(PvtV2PreTrainedModel):
     ) -> BaseModelOutput | tuple:
         out = self._run_encoder(self.encoder, pixel_values, output_attentions)
         hidden, attn = self._select(out, output_hidden_states, output_attentions)
-        result = BaseModelOutput(last_hidden_state=out.last_hidden_state, hidden_states=hidden, attentions=attn)
+        last = hidden[-1] if hidden else _contiguous(out.last_hidden_state)  # one copy when both are returned
+        result = BaseModelOutput(last_hidden_state=last, hidden_states=hidden, attentions=attn)
         return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
 
 
@@ -563,8 +560,9 @@ class PvtV2Backbone(PvtV2PreTrainedModel):
         **kwargs: Any,
     ) -> BackboneOutput | tuple:
         out = self._run_encoder(self.encoder, pixel_values, output_attentions)
-        maps = tuple(out.hidden_states[i] for i in self.config.out_indices)  # type: ignore[index]
         hidden, attn = self._select(out, output_hidden_states, output_attentions)
+        maps = tuple((hidden or out.hidden_states)[i] for i in self.config.out_indices)  # type: ignore[index]
+        maps = tuple(_contiguous(m) for m in maps)  # already copied once when the hidden states are returned
         result = BackboneOutput(feature_maps=maps, hidden_states=hidden, attentions=attn)
         return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
 

@@ -319,6 +319,8 @@ def machine() -> dict[str, Any]:
         info["native_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         info["native_bf16"] = None
+    # PyTorch reads THP_MEM_ALLOC_ENABLE at its first allocation: huge pages change every implementation's CPU time
+    info["huge_pages"] = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -425,7 +427,8 @@ def main() -> int:
         f"AVX512-BF16: {'yes' if info['avx512_bf16'] else 'no'}, AMX-BF16: {'yes' if info['amx_bf16'] else 'no'})"
         f"{gpu}; torch {info['torch']}, transformers {info.get('transformers', 'n/a')}, "
         f"timm {info.get('timm', 'n/a')}, pvtkit {pvtkit.__version__}; {info['threads']} threads, "
-        f"device {args.device}; load average {load_before[0]:.1f} at start, {load_after[0]:.1f} at end; "
+        f"device {args.device}; allocator: {'THP_MEM_ALLOC_ENABLE=1' if info['huge_pages'] else 'default'}; "
+        f"load average {load_before[0]:.1f} at start, {load_after[0]:.1f} at end; "
         f"{minutes:.0f} min"
         + (" (--quick)" if args.quick else "")
     )

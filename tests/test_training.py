@@ -8,6 +8,7 @@ One run trains PVTv2-B0 from scratch to the issue's bar; the rest use tiny rando
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -272,7 +273,11 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_unreadable_images_are_skipped_counted_and_reported(tmp_path, tiny_pvt, capsys, caplog, one_thread):
+def test_unreadable_images_are_skipped_counted_and_reported(
+    tmp_path, tiny_pvt, capsys, caplog, one_thread, monkeypatch
+):
+    caplog.set_level(logging.INFO, logger="pvtkit")
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
     data = tmp_path / "data"
     write_digits(data / "train", classes=(0, 1), per_class=8)
     write_digits(data / "val", classes=(0, 1), per_class=2)
@@ -284,6 +289,7 @@ def test_unreadable_images_are_skipped_counted_and_reported(tmp_path, tiny_pvt, 
     assert code == 0, err
     assert "garbage.png" in caplog.text and "skipping 1 unreadable image" in caplog.text  # found before the run
     assert "truncated.png" in caplog.text and "could not be decoded" in caplog.text  # found when decoded
+    assert "export THP_MEM_ALLOC_ENABLE=1" in caplog.text  # CPU training without huge pages: the hint
     [record] = read_metrics(tmp_path / "out")
     assert record["skipped_images"] == 1
 

@@ -24,7 +24,7 @@ def test_chunked_and_fused_mlp_equal_the_whole_batch_unfused_path(monkeypatch, l
     x = torch.randn(5, 3, 97, 131)
     with torch.enable_grad():  # autograd on: whole batch, no fusion
         plain = model(x).logits.detach()
-    monkeypatch.setattr(pvt_v2.ConvMlp, "CHUNK_BYTES", 1)  # one image per MLP pass
+    monkeypatch.setattr(pvt_v2, "SMALL_BYTES", 1)  # one image per MLP pass
     with torch.no_grad():
         chunked = model(x).logits
     assert rel_err(chunked, plain) <= 1e-6

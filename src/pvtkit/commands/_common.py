@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
@@ -23,6 +24,32 @@ DTYPES = {
 
 class UsageError(Exception):
     """A mistake in how the command was called (no such model, a bad option value): exit status 2."""
+
+
+@contextlib.contextmanager
+def on_every_rank() -> Iterator[bool]:
+    """The body of a command that torchrun may run in several processes; yields whether this is the main one.
+
+    Every process fails the same way, so only the main process (rank 0) logs below ERROR and reports a failure;
+    the others exit quietly with the same status (2 usage, 1 failure). The process group is shut down either way.
+    """
+    from ..distributed import shutdown_distributed
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    if not main:
+        logging.getLogger("pvtkit").setLevel(logging.ERROR)
+    try:
+        yield main
+    except UsageError:
+        if main:
+            raise
+        raise SystemExit(2) from None
+    except (OSError, ValueError, RuntimeError):
+        if main:
+            raise
+        raise SystemExit(1) from None
+    finally:
+        shutdown_distributed()
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import json
-import os
 from typing import IO, Any
 
 from ._common import (
-    UsageError, add_device_arguments, add_model_arguments, load_model, load_processor, open_output, resolve_device,
-    resolve_dtype,
+    UsageError, add_device_arguments, add_model_arguments, load_model, load_processor, on_every_rank, open_output,
+    resolve_device, resolve_dtype,
 )  # fmt: skip
 
 
@@ -60,7 +58,7 @@ def write_table(stream: IO[str], report: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..auto import AutoModelForImageClassification
-    from ..distributed import init_distributed, shutdown_distributed
+    from ..distributed import init_distributed
     from ..evaluation import evaluate
 
     if args.batch_size < 1:
@@ -70,10 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    main = int(os.environ.get("RANK", "0")) == 0
-    if not main:  # every process would say the same; the main one speaks
-        logging.getLogger("pvtkit").setLevel(logging.ERROR)
-    try:
+    with on_every_rank():
         ctx = init_distributed(device)
         model = load_model(AutoModelForImageClassification, args)
         processor = load_processor(args, model)
@@ -82,16 +77,6 @@ def run(args: argparse.Namespace) -> int:
             num_workers=args.num_workers, device=device, dtype=dtype, confusion=args.confusion,
             progress=not args.quiet,
         )  # fmt: skip
-    except UsageError:
-        if main:
-            raise
-        return 2
-    except (OSError, ValueError, RuntimeError):
-        if main:
-            raise
-        return 1
-    finally:
-        shutdown_distributed()
     if not ctx.is_main:
         return 0
     report = {"model": args.model, "data": args.data, **result.to_dict()}

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 from typing import Any
 
-from ._common import UsageError, resolve_device
+from ._common import UsageError, on_every_rank, resolve_device
 
 EPILOG = """\
 data layout: DIR/train/<class>/*.jpg with DIR/val/<class>/*.jpg (or validation/), or just DIR/<class>/*.jpg, of
@@ -91,13 +89,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distributed import shutdown_distributed
     from ..training import Trainer, TrainingArguments, TrainingConfigError
 
-    main = int(os.environ.get("RANK", "0")) == 0
-    if not main:  # every process would say the same; the main one speaks
-        logging.getLogger("pvtkit").setLevel(logging.ERROR)
-    try:
+    with on_every_rank() as main:
         if args.device != "auto":
             resolve_device(args.device)
         try:
@@ -114,16 +108,6 @@ def run(args: argparse.Namespace) -> int:
             result = Trainer(targs).train()
         except TrainingConfigError as e:
             raise UsageError(_as_flags(str(e))) from e
-    except UsageError:
-        if main:
-            raise
-        return 2  # every process fails the same way; the main one says why
-    except (OSError, ValueError, RuntimeError):
-        if main:
-            raise
-        return 1
-    finally:
-        shutdown_distributed()
     if main:
         print(result.summary())
     return 0

@@ -295,8 +295,6 @@ class DepthWiseConv(nn.Module):
 class ConvMlp(nn.Module):
     """Linear -> (ReLU, linear SRA only) -> depth-wise conv -> activation -> Linear."""
 
-    CHUNK_BYTES = SMALL_BYTES
-
     def __init__(self, dim: int, hidden: int, act: str, drop: float, linear: bool) -> None:
         super().__init__()
         self.dense1 = nn.Linear(dim, hidden)
@@ -328,7 +326,7 @@ class ConvMlp(nn.Module):
         return _CONV_GELU is not None and self.act is F.gelu and eager_cpu_inference(x)
 
     def _rows_per_chunk(self, x: torch.Tensor, tokens: int) -> int:
-        """Images per MLP pass: in eager CPU inference, enough to keep the hidden activations near CHUNK_BYTES.
+        """Images per MLP pass: in eager CPU inference, enough to keep the hidden activations near SMALL_BYTES.
 
         The hidden tensor is the model's largest (B0 at batch 32: 100 MB per stage-1 block). Allocations that big
         come fresh from the OS and are page-faulted in on every call, and they stream through memory three times;
@@ -339,7 +337,7 @@ class ConvMlp(nn.Module):
         if x.device.type != "cpu" or torch.is_grad_enabled() or tracing():
             return x.shape[0]
         per_image = tokens * self.dense1.out_features * 4  # bytes of one image's hidden activations
-        return max(1, self.CHUNK_BYTES // per_image)
+        return max(1, SMALL_BYTES // per_image)
 
 
 class Block(nn.Module):
@@ -399,7 +397,7 @@ class Stage(nn.Module):
             attentions.append(weights)
         x = self.layer_norm(x)
         # (B, C, h, w) as a view of the tokens: channels-last in memory, no copy. The models hand users
-        # contiguous maps (`_contiguous`); inside, the next stage and the classifier take this view as it is.
+        # NCHW-contiguous maps, as transformers does; inside, the next stage and the classifier take this view as is.
         return x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2), tuple(attentions)
 
 
@@ -428,11 +426,6 @@ class PvtV2Encoder(nn.Module):
 # Models and heads
 
 
-def _contiguous(x: torch.Tensor) -> torch.Tensor:
-    """A stage's map as users get it: NCHW-contiguous like transformers' (the stages pass channels-last views)."""
-    return x.contiguous()
-
-
 class PvtV2PreTrainedModel(PreTrainedModel):
     """Shared plumbing of the PVTv2 models: config class, state-dict prefix, input checks."""
 
@@ -454,7 +447,7 @@ class PvtV2PreTrainedModel(PreTrainedModel):
     def _select(self, out: BaseModelOutput, output_hidden_states: bool | None, output_attentions: bool | None):
         keep_hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         keep_attn = self.config.output_attentions if output_attentions is None else output_attentions
-        hidden = tuple(_contiguous(h) for h in out.hidden_states) if keep_hidden else None  # type: ignore[union-attr]
+        hidden = tuple(h.contiguous() for h in out.hidden_states) if keep_hidden else None  # type: ignore[union-attr]
         return hidden, (out.attentions if keep_attn else None)
 
 
@@ -479,7 +472,7 @@ class PvtV2Model(PvtV2PreTrainedModel):
     ) -> BaseModelOutput | tuple:
         out = self._run_encoder(self.encoder, pixel_values, output_attentions)
         hidden, attn = self._select(out, output_hidden_states, output_attentions)
-        last = hidden[-1] if hidden else _contiguous(out.last_hidden_state)  # one copy when both are returned
+        last = hidden[-1] if hidden else out.last_hidden_state.contiguous()  # one copy when both are returned
         result = BaseModelOutput(last_hidden_state=last, hidden_states=hidden, attentions=attn)
         return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
 
@@ -561,8 +554,9 @@ class PvtV2Backbone(PvtV2PreTrainedModel):
     ) -> BackboneOutput | tuple:
         out = self._run_encoder(self.encoder, pixel_values, output_attentions)
         hidden, attn = self._select(out, output_hidden_states, output_attentions)
-        maps = tuple((hidden or out.hidden_states)[i] for i in self.config.out_indices)  # type: ignore[index]
-        maps = tuple(_contiguous(m) for m in maps)  # already copied once when the hidden states are returned
+        # the returned hidden states are contiguous already (no second copy); otherwise copy just these stages
+        stages = hidden or out.hidden_states
+        maps = tuple(stages[i].contiguous() for i in self.config.out_indices)  # type: ignore[index]
         result = BackboneOutput(feature_maps=maps, hidden_states=hidden, attentions=attn)
         return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
 

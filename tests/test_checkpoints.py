@@ -34,7 +34,7 @@ from pvtkit.auto import (
     AutoModelForImageClassification,
     convert_checkpoint,
 )
-from pvtkit.convert import imagenet_labels, infer_config, pvt_from_timm, to_transformers
+from pvtkit.convert import imagenet_labels, infer_config, to_transformers
 from pvtkit.models.vit import ViTForImageClassification
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -27,7 +27,7 @@ from safetensors import safe_open
 
 import pvtkit
 from pvtkit.cli import main
-from pvtkit.commands.attention import key_grid
+from pvtkit.analysis import key_grid
 
 TINY_PVT = dict(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4))
 LABELS = {0: "cat", 1: "dog", 2: "cup", 3: "rocket", 4: "coin", 5: "camera"}

@@ -20,6 +20,7 @@ import pvtkit
 from pvtkit import export as exporting
 from pvtkit.cli import main
 from pvtkit.export import ExportError, MissingDependencyError, export_onnx, export_torch, read_onnx_metadata
+from pvtkit.models.family import family_of
 
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
@@ -197,6 +198,36 @@ def test_torch_export_vit_takes_multiples_of_the_patch(tmp_path):
             assert rel_err(program(x)["logits"], model(x, interpolate_pos_encoding=True).logits) <= TOL
     with pytest.raises(Exception, match="size|Guard|Expected"):
         program(torch.randn(1, 3, 30, 32))  # not a multiple of the patch
+
+
+@pytest.mark.parametrize("cls, config", [
+    (pvtkit.PvtV2Model, tiny_pvt()),
+    (pvtkit.PvtV2ForImageClassification, tiny_pvt(linear=True)),
+    (pvtkit.PvtV2Backbone, tiny_pvt(out_indices=[0, 1, 2, 3])),
+    (pvtkit.ViTModel, tiny_vit()),
+    (pvtkit.ViTForImageClassification, tiny_vit()),
+    (pvtkit.ViTForMaskedImageModeling, tiny_vit()),
+], ids=lambda v: v.__name__ if isinstance(v, type) else "")  # fmt: skip
+def test_torch_export_of_the_model_itself_is_dynamic(cls, config):
+    """`torch.export.export(model, (x,), dynamic_shapes=...)` of the model's own forward, with its default outputs
+    (pytree nodes): the program matches eager at other batch sizes and odd, non-square sizes, down to the smallest
+    side the family says a program takes."""
+    torch.manual_seed(9)
+    model = cls(config).eval()
+    family = family_of(model)
+    low, (mh, mw) = family.min_export_side(config), family.size_multiple(config)
+    dims = {0: torch.export.Dim("batch", min=1, max=64), 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    program = torch.export.export(model, (torch.randn(2, 3, 80, 96),), dynamic_shapes={"pixel_values": dims}).module()
+    kwargs = {"interpolate_pos_encoding": True} if mh > 1 else {}  # ViT: eager interpolates only when told to
+    odd = [(65, 97), (129, 75)] if mh == 1 else [(5 * mh, 7 * mw), (9 * mh, 3 * mw)]  # ViT: odd patch counts
+    for b, h, w in [(1, low, low), (3, *odd[0]), (2, *odd[1])]:
+        x = torch.randn(b, 3, h, w)
+        with torch.no_grad():
+            got, expected = program(x), model(x, **kwargs)
+        assert type(got) is type(expected) and got.keys() == expected.keys()
+        flat = lambda out: [t for v in out.to_tuple() for t in (v if isinstance(v, tuple) else (v,))]  # noqa: E731
+        for g, e in zip(flat(got), flat(expected), strict=True):
+            assert rel_err(g, e) <= TOL, (b, h, w)
 
 
 # ------------------------------------------------------------------------------------------- quantization

@@ -1,8 +1,9 @@
 """The CPU fast paths of the default eager forward give the numbers of the plain path.
 
 The parity tests compare the default path with transformers; these compare each fast path with the plain path it
-replaces: the MLP run a few images at a time, the fused depth-wise conv + GELU, and bf16 autocast emulated on fp32
-units for CPUs without bf16 kernels.
+replaces: the MLP run a few images at a time, the fused depth-wise conv + GELU, the SR conv as a matmul, and bf16
+autocast emulated on fp32 units for CPUs without bf16 kernels. Paths are picked with `cpu_kernels.flags` and seen
+with `cpu_kernels.record`, the switch and the counter users have too.
 """
 
 from __future__ import annotations
@@ -12,41 +13,52 @@ import torch
 from conftest import rel_err
 
 import pvtkit
-from pvtkit import layers
-from pvtkit.models import pvt_v2
+from pvtkit import cpu_kernels
 
 TINY = dict(depths=(2, 1, 1, 1), hidden_sizes=(16, 32, 48, 64), num_attention_heads=(1, 2, 3, 4), num_labels=7)
 
 
 @pytest.mark.parametrize("linear", [False, True])
-def test_chunked_and_fused_mlp_equal_the_whole_batch_unfused_path(monkeypatch, linear):
+def test_chunked_and_fused_mlp_equal_the_whole_batch_unfused_path(linear):
     model = pvtkit.PvtV2ForImageClassification(pvtkit.PvtV2Config(**TINY, linear_attention=linear)).eval()
     x = torch.randn(5, 3, 97, 131)
     with torch.enable_grad():  # autograd on: whole batch, no fusion
         plain = model(x).logits.detach()
-    monkeypatch.setattr(pvt_v2, "SMALL_BYTES", 1)  # one image per MLP pass
-    with torch.no_grad():
+    assert cpu_kernels.choose(x).pieces is False
+    with torch.no_grad(), cpu_kernels.flags(small_bytes=1), cpu_kernels.record() as ran:  # one image per MLP pass
         chunked = model(x).logits
     assert rel_err(chunked, plain) <= 1e-6
-    calls = []
-    if pvt_v2._CONV_GELU is not None:  # the fused kernel really runs in eager no-grad inference
-        monkeypatch.setattr(pvt_v2, "_CONV_GELU", lambda *a: calls.append(1) or torch.ops.mkldnn._convolution_pointwise(*a))
-        with torch.no_grad():
+    assert ran["pieces"] == 5  # every block's MLP (2 + 1 + 1 + 1 blocks) ran in pieces
+    if cpu_kernels._CONV_POINTWISE is not None:  # the fused kernel really runs in eager no-grad inference
+        with torch.no_grad(), cpu_kernels.record() as ran:
             model(x[:1])
-        assert calls
+        assert ran["conv_gelu"] == 5
 
 
-def test_emulated_bf16_autocast_stays_within_bf16_rounding_of_native_autocast(monkeypatch):
+def test_the_switch_gives_the_plain_maths_and_says_why():
+    model = pvtkit.PvtV2ForImageClassification(pvtkit.PvtV2Config(**TINY)).eval()
+    x = torch.randn(3, 3, 64, 80)
+    with torch.no_grad():
+        assert cpu_kernels.choose(x).fused and "fp32 CPU inference" in cpu_kernels.choose(x).why
+        fast = model(x).logits
+        with cpu_kernels.flags(enabled=False), cpu_kernels.record() as ran:
+            assert not cpu_kernels.choose(x).fused and "switched off" in cpu_kernels.choose(x).why
+            reference = model(x).logits
+        assert not ran and cpu_kernels.settings().enabled  # nothing fast ran; the switch is back on afterwards
+    assert rel_err(fast, reference) <= 1e-6
+
+
+def test_emulated_bf16_autocast_stays_within_bf16_rounding_of_native_autocast():
     model = pvtkit.PvtV2ForImageClassification(pvtkit.PvtV2Config(**TINY)).eval()
     x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
         reference = model(x).logits
-        monkeypatch.setattr(layers, "_cpu_has_native_bf16", lambda: True)  # plain autocast kernels
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with cpu_kernels.flags(native_bf16=True), torch.autocast("cpu", dtype=torch.bfloat16):  # plain autocast
             native = model(x).logits
-        monkeypatch.setattr(layers, "_cpu_has_native_bf16", lambda: False)  # emulated on fp32 units
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            emulated = model(x).logits
+        with cpu_kernels.flags(native_bf16=False), torch.autocast("cpu", dtype=torch.bfloat16):  # emulated
+            with cpu_kernels.record() as ran:
+                emulated = model(x).logits
+    assert ran["bf16_emulation"] > 0
     assert emulated.dtype == native.dtype == torch.bfloat16
     # both are bf16 computations of the fp32 result: each within bf16 rounding of it, and of each other
     assert rel_err(native.float(), reference) < 3e-2 and rel_err(emulated.float(), reference) < 3e-2
@@ -54,20 +66,16 @@ def test_emulated_bf16_autocast_stays_within_bf16_rounding_of_native_autocast(mo
 
 
 @pytest.mark.parametrize("size", [(64, 64), (61, 83)])  # 61 x 83: maps that do not fill the last SR window
-def test_spatial_reduction_as_matmul_equals_the_conv(monkeypatch, size):
+def test_spatial_reduction_as_matmul_equals_the_conv(size):
     model = pvtkit.PvtV2ForImageClassification(pvtkit.PvtV2Config(**TINY)).eval()
     x = torch.randn(2, 3, *size)
-    calls = []
-    matmul = pvt_v2.SpatialReductionAttention._reduce_by_matmul
-    monkeypatch.setattr(
-        pvt_v2.SpatialReductionAttention, "_reduce_by_matmul", lambda *a: calls.append(1) or matmul(*a)
-    )
     with torch.no_grad():
-        small = model(x).logits  # small inputs: the matmul form runs in every SR block (2 + 1 + 1; stage 4 has none)
-        assert len(calls) == 4
-        monkeypatch.setattr(pvt_v2, "SMALL_BYTES", 0)  # everything "large": the oneDNN conv
-        large = model(x).logits
-    assert len(calls) == 4
+        with cpu_kernels.record() as ran:
+            small = model(x).logits  # small inputs: the matmul form runs in every SR block (2 + 1 + 1; stage 4 has none)
+        assert ran["sr_matmul"] == 4
+        with cpu_kernels.flags(small_bytes=0), cpu_kernels.record() as ran:  # everything "large": the oneDNN conv
+            large = model(x).logits
+    assert ran["sr_matmul"] == 0
     assert rel_err(small, large) <= 1e-6
 
 

@@ -10,6 +10,7 @@ import sys as _sys
 if "torch" not in _sys.modules and _os.path.basename(_sys.argv[0] if _sys.argv else "") == "pvtkit":
     _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
+from . import analysis, cpu_kernels
 from .config import PretrainedConfig
 from .modeling import LoadingError, PreTrainedModel
 from .models.pvt_v2 import (
@@ -63,6 +64,8 @@ from .outputs import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "analysis",
+    "cpu_kernels",
     "IMAGE_PROCESSOR_TYPES",
     "BatchFeature",
     "ImageLoadError",

@@ -1,4 +1,4 @@
-"""Atomic file and directory writes, shared by every `save_pretrained` in pvtkit.
+"""Atomic file and directory writes, shared by every `save_pretrained` and export in pvtkit.
 
 A save that is killed half-way must never leave behind a file or a directory that does not load: we write to a
 temporary name next to the target and rename it into place, which POSIX guarantees to be atomic.
@@ -96,10 +96,8 @@ def atomic_directory(path: str | os.PathLike, drop: Iterable[str] = ()) -> Itera
     path, drop = Path(path), set(drop)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"cannot save into {path}: it exists and is not a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
+    staging = _sibling_directory(path, "saving")
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a saved model is an ordinary directory
         yield staging
         mode = _default_mode()
         for f in os.scandir(staging):
@@ -132,6 +130,38 @@ def atomic_directory(path: str | os.PathLike, drop: Iterable[str] = ()) -> Itera
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _sibling_directory(path: Path, purpose: str) -> Path:
+    """A new, empty directory `.{name}.{purpose}-XXXX` beside `path`, with ordinary permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{purpose}-"))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; what is staged becomes ordinary files
+    return staging
+
+
+@contextlib.contextmanager
+def atomic_files(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory beside `path` to write `path` (as `staging / path.name`) and any companion files into
+    (an ONNX model's external data). On a clean exit the companions, then `path` itself, are renamed into place,
+    each atomically; the directory is removed whatever happens, so a failed write leaves nothing behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a directory; expected a file path")
+    try:
+        staging = _sibling_directory(path, "writing")
+    except OSError as e:
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        yield staging
+        main = staging / path.name
+        for f in sorted(staging.iterdir()):
+            if f != main:
+                os.replace(f, path.parent / f.name)
+        os.replace(main, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def find_interrupted_save(path: str | os.PathLike) -> Path | None:

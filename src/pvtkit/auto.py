@@ -12,19 +12,15 @@ from typing import Any
 
 from ._files import read_json
 from .config import PretrainedConfig
-from .convert import detect_layout, unwrap
-from .layers import pair
+from .convert import detect_layout, to_transformers, unwrap
 from .hub import HubOptions, load_state_dict, resolve_checkpoint, resolve_file
+from .layers import pair
 from .modeling import PreTrainedModel
-from .models.pvt_v2 import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model
-from .models.vit import ViTConfig, ViTForImageClassification, ViTForMaskedImageModeling, ViTModel
+from .models import family as registry
 from .processing import IMAGE_PROCESSOR_TYPES, PREPROCESSOR_CONFIG_NAME
 
 logger = logging.getLogger("pvtkit")
 
-CONFIGS: dict[str, type[PretrainedConfig]] = {"pvt_v2": PvtV2Config, "vit": ViTConfig}
-# The processor a family uses when a checkpoint ships none (PIL back end, as transformers' defaults).
-DEFAULT_PROCESSORS = {"pvt_v2": "PvtImageProcessor", "vit": "ViTImageProcessor"}
 _HUB_KEYS = ("revision", "cache_dir", "local_files_only", "token")
 
 
@@ -37,32 +33,31 @@ def _model_type_of(path: str | os.PathLike, kwargs: dict[str, Any]) -> tuple[str
     ckpt = resolve_checkpoint(path, _hub_options(kwargs))
     if ckpt.config_file is not None:
         data = read_json(ckpt.config_file)
-        if data.get("model_type") in CONFIGS:
+        if data.get("model_type") in registry.families():
             return data["model_type"], {}
         if "model_type" in data:
-            raise ValueError(
-                f"{path} is a {data['model_type']!r} model; pvtkit supports {', '.join(CONFIGS)}"
-            )
+            raise ValueError(f"{path} is a {data['model_type']!r} model; pvtkit supports "
+                             f"{', '.join(registry.families())}")  # fmt: skip
     state = load_state_dict(ckpt.weight_files)
     layout, _ = detect_layout(unwrap(state, str(path)), str(path))
     return layout.model_type, {"state_dict": state}
 
 
 class _AutoModel:
-    """Dispatch `from_pretrained` / `from_config` on `model_type` through `_classes`."""
+    """Dispatch `from_pretrained` / `from_config` on `model_type` to the family's class for `task`."""
 
-    _classes: dict[str, type[PreTrainedModel]] = {}
+    task = ""
 
     def __init__(self) -> None:
         raise TypeError(f"{type(self).__name__} is not instantiated: use from_pretrained() or from_config()")
 
     @classmethod
     def _class_for(cls, model_type: str) -> type[PreTrainedModel]:
-        if model_type not in cls._classes:
-            raise ValueError(
-                f"{cls.__name__} has no {model_type!r} model; it supports {', '.join(cls._classes) or 'none'}"
-            )
-        return cls._classes[model_type]
+        family = registry.get(model_type)
+        if cls.task not in family.classes:
+            have = [f.title for f in registry.families().values() if cls.task in f.classes]
+            raise ValueError(f"{cls.__name__} has no {model_type!r} model; it supports {', '.join(have) or 'none'}")
+        return family.classes[cls.task]
 
     @classmethod
     def from_config(cls, config: PretrainedConfig) -> PreTrainedModel:
@@ -81,27 +76,27 @@ class _AutoModel:
 
 
 class AutoModel(_AutoModel):
-    """The bare encoder: `PvtV2Model` or `ViTModel`."""
+    """The bare encoder: `PvtV2Model`, `ViTModel`, ..."""
 
-    _classes = {"pvt_v2": PvtV2Model, "vit": ViTModel}
+    task = "model"
 
 
 class AutoModelForImageClassification(_AutoModel):
-    """`PvtV2ForImageClassification` or `ViTForImageClassification`."""
+    """`PvtV2ForImageClassification`, `ViTForImageClassification`, ..."""
 
-    _classes = {"pvt_v2": PvtV2ForImageClassification, "vit": ViTForImageClassification}
+    task = "image-classification"
 
 
 class AutoModelForMaskedImageModeling(_AutoModel):
     """`ViTForMaskedImageModeling`."""
 
-    _classes = {"vit": ViTForMaskedImageModeling}
+    task = "masked-image-modeling"
 
 
 class AutoBackbone(_AutoModel):
     """Multi-scale backbones: `PvtV2Backbone`."""
 
-    _classes = {"pvt_v2": PvtV2Backbone}
+    task = "backbone"
 
 
 class AutoConfig:
@@ -112,9 +107,7 @@ class AutoConfig:
 
     @staticmethod
     def for_model(model_type: str, **kwargs: Any) -> PretrainedConfig:
-        if model_type not in CONFIGS:
-            raise ValueError(f"unknown model_type {model_type!r}; pvtkit supports {', '.join(CONFIGS)}")
-        return CONFIGS[model_type](**kwargs)
+        return registry.get(model_type).config_class(**kwargs)
 
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PretrainedConfig:
@@ -127,11 +120,8 @@ class AutoConfig:
         if file is None:
             raise FileNotFoundError(f"{path}: no config.json found (as a local directory or a Hub repo)")
         data = read_json(file)
-        model_type = data.get("model_type")
-        if model_type not in CONFIGS:
-            raise ValueError(f"{file}: model_type {model_type!r} is not one of pvtkit's ({', '.join(CONFIGS)})")
         try:
-            return CONFIGS[model_type].from_dict(data, **overrides)
+            return registry.get(data.get("model_type")).config_class.from_dict(data, **overrides)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{file}: {e}") from e
 
@@ -177,7 +167,7 @@ def default_image_processor(model_or_config: Any, use_fast: bool = False) -> Any
     `image_size`: what a checkpoint that ships no `preprocessor_config.json` is fed with."""
     config = getattr(model_or_config, "config", model_or_config)
     height, width = pair(config.image_size)
-    kind = DEFAULT_PROCESSORS[config.model_type]
+    kind = registry.family_of(config).processor
     cls = IMAGE_PROCESSOR_TYPES[kind.removesuffix("Pil") + "Fast"] if use_fast else IMAGE_PROCESSOR_TYPES[kind]
     return cls(size={"height": height, "width": width})
 
@@ -204,8 +194,9 @@ def convert_checkpoint(
 ) -> PreTrainedModel:
     """Turn any supported checkpoint into a transformers-format directory (config, safetensors, processor config).
 
-    The task is told from the weights: a classifier head gives an `...ForImageClassification`, a MIM decoder a
-    `ViTForMaskedImageModeling`, an encoder alone (e.g. a detection backbone) the bare model.
+    The task is told from the weights: the task class whose head the checkpoint has (a classifier gives an
+    `...ForImageClassification`, a MIM decoder a `ViTForMaskedImageModeling`), else the bare encoder (e.g. a
+    detection backbone's weights).
 
     Args:
         source: A directory, weights file or Hub repo id, in transformers, timm or whai362/PVT layout.
@@ -213,30 +204,26 @@ def convert_checkpoint(
         variant: A published architecture (`b2`, `base_patch16_224`, ...) to use instead of inferring one.
         dtype: Cast the weights before saving (`float32`, `bfloat16`, `float16`).
     """
-    from .convert import to_transformers  # the full conversion, to see which heads the checkpoint has
-
     options = _hub_options(hub_options)
     ckpt = resolve_checkpoint(source, options)
     state = load_state_dict(ckpt.weight_files)
     converted, layout = to_transformers(state, None, str(source))
-    if any(k.startswith("classifier.") for k in converted):
-        auto: type[_AutoModel] = AutoModelForImageClassification
-    elif any(k.startswith("decoder.") for k in converted):
-        auto = AutoModelForMaskedImageModeling
-    else:
-        auto = AutoModel
+    family = registry.get(layout.model_type)
+    heads = [cls for cls in family.classes.values() if cls.head_prefixes]
+    model_class = next((cls for cls in heads if any(k.startswith(cls.head_prefixes) for k in converted)),
+                       family.classes["model"])  # fmt: skip
     kwargs: dict[str, Any] = {"state_dict": state, "dtype": dtype, **hub_options}
     if variant is not None:
-        config = CONFIGS[layout.model_type].from_variant(variant)  # type: ignore[attr-defined]
+        config = family.config_class.from_variant(variant)
         head = converted.get("classifier.weight")
         labels = head.shape[0] if head is not None else config.num_labels
         kwargs["config"] = config.copy(num_labels=labels) if labels != config.num_labels else config
-    model = auto._class_for(layout.model_type).from_pretrained(source, **kwargs)
+    model = model_class.from_pretrained(source, **kwargs)
     processor_file = resolve_file(source, PREPROCESSOR_CONFIG_NAME, options)
     if processor_file is not None:
         processor = AutoImageProcessor.from_pretrained(processor_file.parent)
     else:
-        processor = IMAGE_PROCESSOR_TYPES[DEFAULT_PROCESSORS[layout.model_type]]()
+        processor = IMAGE_PROCESSOR_TYPES[family.processor]()
     model.save_pretrained(destination)
     processor.save_pretrained(destination)
     return model

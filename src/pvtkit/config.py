@@ -11,6 +11,7 @@ import copy
 import json
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 from ._files import atomic_write_json, read_json
@@ -37,6 +38,12 @@ class PretrainedConfig:
     """
 
     model_type: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # the family's name in messages ("PVTv2")
+    # The published architectures, by name (set by each family: its variant table); `from_variant` reads them.
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Other spellings of a variant name: prefixes dropped (`pvt_v2_b0` -> `b0`) and aliases.
+    variant_prefixes: ClassVar[tuple[str, ...]] = ()
+    variant_aliases: ClassVar[dict[str, str]] = {}
     # Keys transformers writes that carry no meaning for pvtkit: accepted on read, not repeated on write.
     _ignored_keys: ClassVar[tuple[str, ...]] = ("transformers_version", "pvtkit_version")
 
@@ -161,9 +168,70 @@ class PretrainedConfig:
         """A deep copy with `changes` applied (and validated)."""
         return type(self).from_dict(self.to_dict(), **changes)
 
+    # ---- published variants ------------------------------------------------------------------------------------
+
+    @classmethod
+    def variant_key(cls, name: str) -> str | None:
+        """The key of `variants` that `name` spells (case, `-`/`_`, prefixes and aliases forgiven), or None."""
+        key = name.lower().replace("-", "_")
+        for prefix in cls.variant_prefixes:
+            key = key.removeprefix(prefix)
+        key = cls.variant_aliases.get(key, key)
+        return key if key in cls.variants else None
+
+    @classmethod
+    def from_variant(cls: type[C], name: str, **overrides: Any) -> C:
+        """The published architecture `name`, with a 1000-class ImageNet head; `overrides` change any field,
+        e.g. `num_labels=10`."""
+        key = cls.variant_key(name)
+        if key is None:
+            raise ValueError(f"unknown {cls.title} variant {name!r}; expected one of "
+                             f"{', '.join(cls.variants)}")  # fmt: skip
+        return cls(**{"num_labels": 1000, **cls.variants[key], **overrides})
+
+    def published_variant(self) -> str | None:
+        """The name of the published variant whose architecture this config describes (heads, labels and input size
+        aside), or None."""
+        ignored = {"num_labels", "id2label", "label2id", "architectures", "out_features", "out_indices", "image_size",
+                   "problem_type", "dtype", "_name_or_path"}  # fmt: skip
+        ours = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        for name in self.variants:
+            theirs = type(self).from_variant(name).to_dict()
+            if all(ours.get(k) == v for k, v in theirs.items() if k not in ignored):
+                return name
+        return None
+
 
 def check_lengths(owner: str, expected: int, **lists: Any) -> None:
     """Raise a ValueError naming every per-stage list whose length is not `expected`."""
     bad = [f"{name} has {len(value)}" for name, value in lists.items() if len(value) != expected]
     if bad:
         raise ValueError(f"{owner}: every per-stage list must have {expected} entries, but " + ", ".join(bad))
+
+
+def align_stage_outputs(
+    owner: str, stage_names: list[str], out_features: Sequence[str] | None, out_indices: Sequence[int] | None
+) -> tuple[list[str], list[int]]:
+    """A backbone's `(out_features, out_indices)`: whichever is missing filled in from the other (default: the last
+    stage), negative indices counted from the end, both checked against `stage_names` and each other."""
+    names = stage_names
+    if out_indices is not None:
+        out_indices = [int(i) + len(names) if int(i) < 0 else int(i) for i in out_indices]
+        if any(not 0 <= i < len(names) for i in out_indices):
+            raise ValueError(f"{owner}: out_indices {out_indices} out of range for stages {names}")
+    if out_features is not None:
+        unknown = [f for f in out_features if f not in names]
+        if unknown:
+            raise ValueError(f"{owner}: out_features {unknown} are not stage names; expected some of {names}")
+    if out_features is None and out_indices is None:
+        out_indices = [len(names) - 1]
+    if out_features is None:
+        out_features = [names[i] for i in out_indices]  # type: ignore[union-attr]
+    if out_indices is None:
+        out_indices = [names.index(f) for f in out_features]
+    out_features = list(out_features)
+    if [names[i] for i in out_indices] != out_features:
+        raise ValueError(f"{owner}: out_features {out_features} and out_indices {out_indices} disagree")
+    if sorted(out_indices) != list(out_indices) or len(set(out_indices)) != len(out_indices):
+        raise ValueError(f"{owner}: out_features must be distinct and in stage order, got {out_features}")
+    return out_features, list(out_indices)

@@ -1,15 +1,14 @@
-"""Checkpoint layouts: detection by sentinel keys, pure dict -> dict converters, config inference.
+"""Checkpoint layouts: detection by sentinel keys, the machinery of the pure dict -> dict converters, config
+inference for checkpoints without a `config.json`.
 
-Supported sources, all converted to transformers' names (pvtkit's own):
-
-* PVTv2: transformers (`encoder.layers.0.patch_embedding.proj.weight`), timm (`stages.0.blocks.0.attn.kv.weight`)
-  and the authors' whai362/PVT release (`patch_embed1.proj.weight`, `block1.0.attn.kv.weight`).
-* ViT: transformers (`embeddings.patch_embeddings.projection.weight`) and timm (`blocks.0.attn.qkv.weight`).
+Each family lists the layouts it reads in its spec (`pvtkit.models.family.Layout`): PVTv2 reads transformers',
+timm's (`stages.0.blocks.0.attn.kv.weight`) and the authors' whai362/PVT release (`patch_embed1.proj.weight`); ViT
+reads transformers' and timm's (`blocks.0.attn.qkv.weight`). All are converted to transformers' names (pvtkit's
+own). A converter is an ordered list of `(regex, replacement)` rules (`rename`, `stage_renamer`) plus the tensor
+splits the rules cannot express (`split`: `kv` -> key, value; `qkv` -> query, key, value).
 
 Checkpoints wrapped as `{"model": ...}`, `{"state_dict": ...}` or `{"module": ...}`, and keys carrying a
 `module.` / `backbone.` / `encoder.` prefix (DDP, detection and segmentation frameworks), are unwrapped first.
-Each converter is an ordered list of `(regex, replacement)` rules plus the tensor splits the rules cannot express
-(`kv` -> key, value; `qkv` -> query, key, value).
 """
 
 from __future__ import annotations
@@ -18,16 +17,16 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
 import torch
 
+from .models.family import Layout, StateDict, all_layouts, families, get
+
 logger = logging.getLogger("pvtkit")
 
-StateDict = dict[str, torch.Tensor]
 Rules = list[tuple[str, str]]
 
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module", "net")
@@ -35,10 +34,10 @@ WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module", "net")
 FOREIGN_PREFIXES = ("module.", "backbone.", "model.", "encoder.backbone.")
 
 
-# ---- the layouts ------------------------------------------------------------------------------------------------
+# ---- the rule machinery -----------------------------------------------------------------------------------------
 
 
-def _rename(state: StateDict, rules: Rules) -> StateDict:
+def rename(state: StateDict, rules: Rules) -> StateDict:
     """Apply the first matching rule to each key; keys no rule matches are kept as they are."""
     compiled = [(re.compile(p), r) for p, r in rules]
     out: StateDict = {}
@@ -52,7 +51,7 @@ def _rename(state: StateDict, rules: Rules) -> StateDict:
     return out
 
 
-def _split(state: StateDict, fused: str, parts: tuple[str, ...]) -> StateDict:
+def split(state: StateDict, fused: str, parts: tuple[str, ...]) -> StateDict:
     """Split every `*.{fused}.{weight,bias}` tensor along dim 0 into `*.{part}.{weight,bias}`."""
     out: StateDict = {}
     suffix = re.compile(rf"^(.*)\.{re.escape(fused)}\.(weight|bias)$")
@@ -66,24 +65,8 @@ def _split(state: StateDict, fused: str, parts: tuple[str, ...]) -> StateDict:
     return out
 
 
-# Block-level names shared by timm and the original PVT code -> transformers'.
-_PVT_BLOCK_RULES: Rules = [
-    (r"\.norm1\.", ".layer_norm_1."),
-    (r"\.norm2\.", ".layer_norm_2."),
-    (r"\.attn\.q\.", ".attention.query."),
-    (r"\.attn\.kv\.", ".attention.kv."),
-    (r"\.attn\.proj\.", ".attention.proj."),
-    (r"\.attn\.sr\.", ".attention.spatial_reduction."),
-    (r"\.attn\.norm\.", ".attention.layer_norm."),
-    (r"\.mlp\.fc1\.", ".mlp.dense1."),
-    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv.dwconv."),
-    (r"\.mlp\.dwconv\.(weight|bias)$", r".mlp.dwconv.dwconv.\1"),
-    (r"\.mlp\.fc2\.", ".mlp.dense2."),
-]
-
-
-def _stage_rules(patterns: list[tuple[str, Callable[[re.Match], str]]]) -> Callable[[StateDict], StateDict]:
-    """Stage-level renames whose replacement needs arithmetic (1-based stage numbers)."""
+def stage_renamer(patterns: list[tuple[str, Callable[[re.Match], str]]]) -> Callable[[StateDict], StateDict]:
+    """Renames whose replacement needs arithmetic (1-based stage numbers): `(regex, match -> new prefix)`."""
 
     def apply(state: StateDict) -> StateDict:
         out: StateDict = {}
@@ -99,92 +82,20 @@ def _stage_rules(patterns: list[tuple[str, Callable[[re.Match], str]]]) -> Calla
     return apply
 
 
-_timm_pvt_stages = _stage_rules([
-    (r"^patch_embed\.proj\.", lambda m: "encoder.layers.0.patch_embedding.proj."),
-    (r"^patch_embed\.norm\.", lambda m: "encoder.layers.0.patch_embedding.layer_norm."),
-    (r"^stages\.(\d+)\.downsample\.proj\.", lambda m: f"encoder.layers.{m[1]}.patch_embedding.proj."),
-    (r"^stages\.(\d+)\.downsample\.norm\.", lambda m: f"encoder.layers.{m[1]}.patch_embedding.layer_norm."),
-    (r"^stages\.(\d+)\.blocks\.", lambda m: f"encoder.layers.{m[1]}.blocks."),
-    (r"^stages\.(\d+)\.norm\.", lambda m: f"encoder.layers.{m[1]}.layer_norm."),
-    (r"^head\.", lambda m: "classifier."),
-])  # fmt: skip
-
-_original_pvt_stages = _stage_rules([
-    (r"^patch_embed(\d)\.proj\.", lambda m: f"encoder.layers.{int(m[1]) - 1}.patch_embedding.proj."),
-    (r"^patch_embed(\d)\.norm\.", lambda m: f"encoder.layers.{int(m[1]) - 1}.patch_embedding.layer_norm."),
-    (r"^block(\d)\.", lambda m: f"encoder.layers.{int(m[1]) - 1}.blocks."),
-    (r"^norm(\d)\.", lambda m: f"encoder.layers.{int(m[1]) - 1}.layer_norm."),
-    (r"^head\.", lambda m: "classifier."),
-])  # fmt: skip
-
-
-def _prefix_encoder(state: StateDict, prefix: str) -> StateDict:
+def prefix_encoder(state: StateDict, prefix: str, heads: tuple[str, ...] = ("classifier.",)) -> StateDict:
     """Put the encoder's keys under the task model's prefix (`pvt_v2.`, `vit.`); heads stay at the top."""
-    return {(k if k.startswith("classifier.") else prefix + k): v for k, v in state.items()}
+    return {(k if k.startswith(heads) else prefix + k): v for k, v in state.items()}
 
 
-def pvt_from_timm(state: StateDict) -> StateDict:
-    """timm's `pvt_v2_*` state dict -> transformers' `PvtV2ForImageClassification` (or encoder) names."""
-    state = _split(_rename(_timm_pvt_stages(state), _PVT_BLOCK_RULES), "attention.kv", ("attention.key", "attention.value"))
-    return _prefix_encoder(state, "pvt_v2.")
+def strip_prefix(state: StateDict, prefix: str) -> StateDict:
+    return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
-def pvt_from_original(state: StateDict) -> StateDict:
-    """The authors' whai362/PVT `pvt_v2_*` state dict -> transformers' names."""
-    state = _split(_rename(_original_pvt_stages(state), _PVT_BLOCK_RULES), "attention.kv", ("attention.key", "attention.value"))
-    return _prefix_encoder(state, "pvt_v2.")
-
-
-_TIMM_VIT_RULES: Rules = [
-    (r"^cls_token$", "vit.embeddings.cls_token"),
-    (r"^pos_embed$", "vit.embeddings.position_embeddings"),
-    (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
-    (r"^blocks\.(\d+)\.norm1\.", r"vit.encoder.layer.\1.layernorm_before."),
-    (r"^blocks\.(\d+)\.norm2\.", r"vit.encoder.layer.\1.layernorm_after."),
-    (r"^blocks\.(\d+)\.attn\.qkv\.", r"vit.encoder.layer.\1.attention.attention.qkv."),
-    (r"^blocks\.(\d+)\.attn\.proj\.", r"vit.encoder.layer.\1.attention.output.dense."),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"vit.encoder.layer.\1.intermediate.dense."),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"vit.encoder.layer.\1.output.dense."),
-    (r"^norm\.", "vit.layernorm."),
-    (r"^head\.", "classifier."),
-]
-
-
-def vit_from_timm(state: StateDict) -> StateDict:
-    """timm's `vit_*` state dict (class-token models) -> transformers' `ViTForImageClassification` names."""
-    unsupported = sorted({k.split(".")[0] for k in state if k.startswith(("fc_norm", "pre_logits", "reg_token", "norm_pre", "attn_pool"))})  # fmt: skip
-    if unsupported:
-        raise ValueError(
-            f"this timm ViT uses {', '.join(unsupported)}, which transformers' ViT has no place for; only "
-            "class-token ViTs (timm's vit_*_patch*_224/384 layout) convert"
-        )
-    state = _rename(state, _TIMM_VIT_RULES)
-    return _split(state, "attention.attention.qkv", ("attention.attention.query", "attention.attention.key", "attention.attention.value"))  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Layout:
-    """A checkpoint layout: the family it holds, a key only it has, and how to convert it to transformers'."""
-
-    name: str
-    model_type: str
-    sentinel: str
-    convert: Callable[[StateDict], StateDict]
-
-
-def _identity(state: StateDict) -> StateDict:
+def identity(state: StateDict) -> StateDict:
     return state
 
 
-# Checked in order; the sentinel is matched against keys with any `pvt_v2.` / `vit.` prefix removed.
-LAYOUTS = (
-    Layout("transformers", "pvt_v2", "encoder.layers.0.patch_embedding.proj.weight", _identity),
-    Layout("timm", "pvt_v2", "stages.0.blocks.0.attn.q.weight", pvt_from_timm),
-    Layout("original", "pvt_v2", "patch_embed1.proj.weight", pvt_from_original),
-    Layout("transformers", "vit", "embeddings.patch_embeddings.projection.weight", _identity),
-    Layout("timm", "vit", "blocks.0.attn.qkv.weight", vit_from_timm),
-)
-
+# ---- detection --------------------------------------------------------------------------------------------------
 
 def unwrap(obj: Any, source: str = "checkpoint") -> StateDict:
     """The tensor dict inside a training checkpoint (`{"model": ...}`, `{"state_dict": ...}`, ...)."""
@@ -211,19 +122,18 @@ def detect_layout(state: StateDict, source: str = "checkpoint") -> tuple[Layout,
         if any(k.startswith(prefix) for k in state):
             candidates.append({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     for candidate in candidates:
-        bare = {k.removeprefix("pvt_v2.").removeprefix("vit.") for k in candidate}
-        for layout in LAYOUTS:
-            if layout.sentinel in bare:
+        for layout in all_layouts():  # the sentinel, bare or under the family's prefix (`pvt_v2.`)
+            if layout.sentinel in candidate or f"{get(layout.model_type).prefix}.{layout.sentinel}" in candidate:
                 if candidate is not state:
                     dropped = len(state) - len(candidate)
                     logger.info("%s: using the %d keys under a framework prefix (%d others dropped)", source,
                                 len(candidate), dropped)  # fmt: skip
                 return layout, candidate
     sample = ", ".join(list(state)[:5])
-    raise ValueError(
-        f"{source} is not a PVTv2 or ViT checkpoint pvtkit knows (transformers, timm or whai362/PVT layouts); "
-        f"its first keys are: {sample}"
-    )
+    titles = " or ".join(f.title for f in families().values())
+    known = "; ".join(f"{f.title}: {', '.join(lo.name for lo in f.layouts)}" for f in families().values())
+    raise ValueError(f"{source} is not a {titles} checkpoint pvtkit knows (layouts {known}); its first keys are: "
+                     f"{sample}")  # fmt: skip
 
 
 def to_transformers(state: StateDict, model_type: str | None = None, source: str = "checkpoint") -> tuple[StateDict, Layout]:
@@ -236,92 +146,12 @@ def to_transformers(state: StateDict, model_type: str | None = None, source: str
 
 # ---- config inference -------------------------------------------------------------------------------------------
 
-# Head counts cannot be read off the tensors. Every published PVTv2 has one head in stage 1 and keeps that head
-# width in every stage (B0: 32; the others: 64); published ViTs by width.
-_VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-
-
-def _bare(state: StateDict, prefix: str) -> StateDict:
-    return {k.removeprefix(prefix): v for k, v in state.items()}
-
-
-def infer_pvt_v2_config(state: StateDict) -> dict[str, Any]:
-    """PvtV2Config fields read off a transformers-named state dict (see `to_transformers`)."""
-    s = _bare(state, "pvt_v2.")
-    n = 0
-    while f"encoder.layers.{n}.patch_embedding.proj.weight" in s:
-        n += 1
-    if n == 0:
-        raise ValueError("cannot infer a PVTv2 config: no encoder.layers.0.patch_embedding.proj.weight")
-    fields: dict[str, Any] = {"num_encoder_blocks": n, "depths": [], "hidden_sizes": [], "patch_sizes": [],
-                              "sr_ratios": [], "mlp_ratios": [], "num_attention_heads": []}  # fmt: skip
-    linear = False
-    for i in range(n):
-        proj = s[f"encoder.layers.{i}.patch_embedding.proj.weight"]  # (C, C_in, k, k)
-        dim = proj.shape[0]
-        if i == 0:
-            fields["num_channels"] = proj.shape[1]
-        depth = 0
-        while f"encoder.layers.{i}.blocks.{depth}.layer_norm_1.weight" in s:
-            depth += 1
-        block = f"encoder.layers.{i}.blocks.0."
-        sr = s.get(block + "attention.spatial_reduction.weight")
-        linear = linear or (sr is not None and sr.shape[-1] == 1)
-        fields["depths"].append(depth)
-        fields["hidden_sizes"].append(dim)
-        fields["patch_sizes"].append(proj.shape[-1])
-        fields["sr_ratios"].append(1 if sr is None else sr.shape[-1])
-        fields["mlp_ratios"].append(s[block + "mlp.dense1.weight"].shape[0] // dim if depth else 4)
-        head_dim = fields["hidden_sizes"][0]
-        fields["num_attention_heads"].append(dim // head_dim if dim % head_dim == 0 else 1)
-    if linear:  # linear SRA has a 1x1 reduction conv in every stage; the published ratios are kept for reference
-        fields["linear_attention"] = True
-        fields["sr_ratios"] = [8, 4, 2, 1][:n] if n == 4 else [1] * n
-    fields["strides"] = [4] + [2] * (n - 1)
-    fields["qkv_bias"] = "encoder.layers.0.blocks.0.attention.query.bias" in s
-    if "classifier.weight" in state:
-        fields["num_labels"] = state["classifier.weight"].shape[0]
-    return fields
-
-
-def infer_vit_config(state: StateDict) -> dict[str, Any]:
-    """ViTConfig fields read off a transformers-named state dict (see `to_transformers`)."""
-    s = _bare(state, "vit.")
-    proj = s.get("embeddings.patch_embeddings.projection.weight")
-    if proj is None:
-        raise ValueError("cannot infer a ViT config: no embeddings.patch_embeddings.projection.weight")
-    hidden, channels, patch = proj.shape[0], proj.shape[1], proj.shape[-1]
-    layers = 0
-    while f"encoder.layer.{layers}.layernorm_before.weight" in s:
-        layers += 1
-    positions = s["embeddings.position_embeddings"].shape[1] - 1
-    side = int(round(positions**0.5))
-    if side * side != positions:
-        raise ValueError(f"cannot infer the image size: {positions} position embeddings do not form a square grid")
-    fields: dict[str, Any] = {
-        "hidden_size": hidden, "num_hidden_layers": layers, "num_channels": channels, "patch_size": patch,
-        "encoder_stride": patch, "image_size": side * patch,
-        "num_attention_heads": _VIT_HEADS.get(hidden, max(1, hidden // 64)),
-        "intermediate_size": s["encoder.layer.0.intermediate.dense.weight"].shape[0],
-        "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in s,
-    }  # fmt: skip
-    if "classifier.weight" in state:
-        fields["num_labels"] = state["classifier.weight"].shape[0]
-    return fields
-
-
-INFER = {"pvt_v2": infer_pvt_v2_config, "vit": infer_vit_config}
-
 
 def infer_config(state: StateDict, layout: Layout) -> dict[str, Any]:
-    """Config fields for a converted state dict that came without a config.json.
-
-    timm's and the authors' checkpoints add what their code fixes: ViT from timm uses `layer_norm_eps=1e-6`;
-    a 1000-class head is an ImageNet-1k classifier and gets its class names.
-    """
-    fields = INFER[layout.model_type](state)
-    if layout.name in ("timm", "original"):
-        fields["layer_norm_eps"] = 1e-6
+    """Config fields for a converted state dict that came without a config.json: the family reads the architecture
+    off the tensors, the layout adds what its code fixes (timm's LayerNorm epsilon), and a 1000-class head is an
+    ImageNet-1k classifier and gets its class names."""
+    fields = {**get(layout.model_type).infer_config(state), **layout.config_fields}
     if fields.get("num_labels") == 1000:
         fields["id2label"] = dict(enumerate(imagenet_labels()))
     return fields

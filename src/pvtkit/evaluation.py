@@ -31,7 +31,7 @@ from ._files import atomic_write
 from .auto import default_image_processor, image_processor_for
 from .distributed import DistContext, init_distributed
 from .imagefolder import find_split_folders, scan_class_folders, stratified_split, unreadable_images
-from .processing import ImageLoadError, load_image
+from .processing import ImageLoadError, fixed_size, load_image
 
 logger = logging.getLogger("pvtkit")
 
@@ -242,11 +242,11 @@ class ProcessorTransform:
 
 def processor_image_size(processor: Any) -> tuple[int, int]:
     """The fixed (height, width) a processor resizes to; batching needs one."""
-    size = getattr(processor, "size", None) or {}
-    if "height" in size and "width" in size and getattr(processor, "do_resize", True):
-        return int(size["height"]), int(size["width"])
-    raise ValueError(f"{type(processor).__name__} resizes to {size}; evaluation batches need a fixed "
-                     "{'height', 'width'} size (set the processor's size)")  # fmt: skip
+    size = fixed_size(processor)
+    if size is None:
+        raise ValueError(f"{type(processor).__name__} resizes to {getattr(processor, 'size', None)}; evaluation "
+                         "batches need a fixed {'height', 'width'} size (set the processor's size)")  # fmt: skip
+    return size
 
 
 # ---- the evaluation loop ---------------------------------------------------------------------------------------
@@ -432,7 +432,7 @@ def evaluate(
         An `EvalResult` (the same on every process under torchrun; only the main one writes `confusion`).
     """
     from .distributed import auto_device
-    from .modeling import parse_dtype
+    from .dtypes import parse_dtype
 
     device = auto_device() if device == "auto" else torch.device(device)
     ctx = init_distributed(device)

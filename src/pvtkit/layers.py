@@ -1,21 +1,18 @@
-"""Building blocks both model families share: activations, stochastic depth, attention, and the heavy-op helpers.
-
-`linear`, `conv` and `attend` run the matmul-like ops. They are plain calls, except under CPU bf16 autocast on a
-CPU without bf16 matrix instructions (no AVX512-BF16 / AMX, e.g. AVX2-only x86): there PyTorch's bf16 kernels fall
-back to slow generic loops (a depth-wise conv runs one channel at a time), 10-20x slower than fp32. The helpers then
-compute what a bf16 kernel computes, the product of bf16-rounded operands accumulated in fp32 and rounded to a bf16
-result, on the fp32 units. Outputs are bf16 as under autocast; only the speed differs.
+"""Building blocks every model family shares: activations, stochastic depth, attention, the position-embedding
+resize, the token layout, and adaptive pooling written so that an export keeps it dynamic. The heavy ops themselves
+go through `cpu_kernels`, which decides their fast paths.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import cpu_kernels
 
 
 def pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -89,73 +86,65 @@ def attend(
     weights are asked for; then the explicit softmax path computes and returns them `(B, heads, N, M)`.
     """
     if not need_weights:
-        if emulating_bf16(q):
-            q, k, v = rounded_bf16(q), rounded_bf16(k), rounded_bf16(v)
-            with torch.autocast("cpu", enabled=False):
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # type: ignore[arg-type]
-            return out.to(torch.bfloat16), None
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
+        return cpu_kernels.sdpa(q, k, v, dropout_p=dropout_p), None
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, N, M)
     weights = F.dropout(scores.softmax(dim=-1), p=dropout_p)
     return weights @ v, weights
 
 
-# Tensors up to about this size stay in the CPU's caches; the eager CPU inference paths work in pieces this big.
-SMALL_BYTES = 4 << 20
+def resize_position_embeddings(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Resize `(1, 1 + h*w, C)` position embeddings laid out on `grid` to `new_grid` (bicubic, align_corners=False).
+
+    The [CLS] position is kept as is. Resampling runs in fp32 (also under autocast or with bf16 weights, where
+    bicubic weights lose too much precision) and the result is cast back to `pos.dtype`. As in transformers, a
+    square input of the nominal size is returned untouched, and the target is given by `size=`, not a scale factor;
+    exported, the resize is always in the graph (bicubic to the same size is the identity), so the size stays dynamic.
+    """
+    if not torch.compiler.is_exporting() and tuple(new_grid) == tuple(grid):
+        return pos
+    cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+    C = pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, grid[0], grid[1], C).permute(0, 3, 1, 2)  # (1, C, h, w)
+    with torch.autocast(device_type=pos.device.type, enabled=False):
+        patch_pos = F.interpolate(patch_pos.float(), size=new_grid, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, -1, C)  # (1, h'*w', C)
+    return torch.cat((cls_pos, patch_pos), dim=1)
 
 
-def tracing() -> bool:
-    """Whether the forward is being traced, compiled or exported rather than run eagerly."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+# Tokens are (B, N, C) with N = h * w in row-major order. A token tensor seen as a map is channels-last in memory,
+# so the two conversions below are views, not copies, whenever the memory allows it.
 
 
-def eager_cpu_inference(x: torch.Tensor) -> bool:
-    """Eager fp32 CPU inference without autograd: where the piecewise and fused fast paths may run."""
-    return (
-        x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and not tracing()
-        and not emulating_bf16(x)
-    )  # fmt: skip
+def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """`(B, h*w, C)` tokens -> `(B, C, h, w)`, a view (channels-last in memory) of contiguous tokens."""
+    return x.view(x.shape[0], h, w, x.shape[-1]).permute(0, 3, 1, 2)
 
 
-@functools.cache
-def _cpu_has_native_bf16() -> bool:
-    """Whether oneDNN has bf16 matmul/conv kernels for this CPU (AVX512-BF16, AMX, or Arm BF16)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return True  # unknown: leave autocast alone
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """`(B, C, h, w)` -> `(B, h*w, C)` tokens, a view of a channels-last map."""
+    return x.flatten(2).transpose(1, 2)
 
 
-def emulating_bf16(x: torch.Tensor) -> bool:
-    """True under CPU bf16 autocast on a CPU without native bf16 kernels, for a float32/bf16 CPU tensor `x`."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and not _cpu_has_native_bf16()
-    )
+def _pool_matrix(n: int | torch.SymInt, out: int, like: torch.Tensor) -> torch.Tensor:
+    """The (out, n) matrix whose rows average the windows of `F.adaptive_avg_pool1d` from n to `out` cells."""
+    i = torch.arange(out, device=like.device)
+    start = torch.div(i * n, out, rounding_mode="floor")  # floor(i * n / out)
+    end = torch.div((i + 1) * n + out - 1, out, rounding_mode="floor")  # ceil((i + 1) * n / out)
+    j = torch.arange(n, device=like.device)
+    inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])  # (out, n)
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
 
 
-def rounded_bf16(t: torch.Tensor | None) -> torch.Tensor | None:
-    """`t` rounded to bf16 and held in fp32 (exact: every bf16 value is an fp32 value)."""
-    if t is None:
-        return None
-    return t.float() if t.dtype == torch.bfloat16 else t.to(torch.bfloat16).float()
+def adaptive_avg_pool2d(x: torch.Tensor, out: int) -> torch.Tensor:
+    """`F.adaptive_avg_pool2d(x, out)`: (B, C, H, W) -> (B, C, out, out).
 
-
-def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """`layer(x)`; under emulated bf16 autocast, bf16 operands on fp32 units (see the module docstring)."""
-    if not emulating_bf16(x):
-        return layer(x)
-    with torch.autocast("cpu", enabled=False):
-        return F.linear(rounded_bf16(x), rounded_bf16(layer.weight), rounded_bf16(layer.bias)).to(torch.bfloat16)
-
-
-def conv(x: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
-    """`layer(x)` for an `nn.Conv2d`; under emulated bf16 autocast, bf16 operands on fp32 units."""
-    if not emulating_bf16(x):
-        return layer(x)
-    weight, bias = rounded_bf16(layer.weight), rounded_bf16(layer.bias)
-    with torch.autocast("cpu", enabled=False):
-        return layer._conv_forward(rounded_bf16(x), weight, bias).to(torch.bfloat16)  # type: ignore[arg-type]
+    Traced or exported, it is `P_h @ x @ P_w^T` with averaging matrices built from the input's size: PyTorch's own
+    op is recorded as an `AveragePool` whose kernel is fixed by the example input, so a file exported at 224 would
+    silently return wrong numbers at 193x257. The matrices reproduce PyTorch's windows (floor start, ceil end) for
+    every size, smaller than `out` included.
+    """
+    if not cpu_kernels.tracing():
+        return F.adaptive_avg_pool2d(x, out)
+    rows = _pool_matrix(x.shape[-2], out, x)  # (out, H)
+    cols = _pool_matrix(x.shape[-1], out, x)  # (out, W)
+    return rows @ x @ cols.transpose(0, 1)

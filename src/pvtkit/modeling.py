@@ -13,16 +13,17 @@ import math
 import os
 import threading
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._files import atomic_directory
-from .config import PretrainedConfig
-from ._files import read_json
+from ._files import atomic_directory, atomic_write, read_json
+from .config import PretrainedConfig, align_stage_outputs
 from .convert import infer_config, to_transformers
+from .dtypes import parse_dtype
 from .hub import HubOptions, load_state_dict, resolve_checkpoint
 
 logger = logging.getLogger("pvtkit")
@@ -31,24 +32,6 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_NAME = "pytorch_model.bin"
 
 M = TypeVar("M", bound="PreTrainedModel")
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float64": torch.float64,
-}  # fmt: skip
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """`torch.float16`, `"float16"`, `"fp16"`, `"torch.float16"` -> `torch.float16`; None stays None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)} or a torch.dtype")
-    return _DTYPES[name]
-
 
 class LoadingError(ValueError):
     """A checkpoint's tensors do not fit the model: the message lists every offending key."""
@@ -116,13 +99,15 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
     """Base of every pvtkit model: Hugging Face save/load, one weight initialisation, gradient checkpointing.
 
     Subclasses set `config_class`, `base_model_prefix` (the attribute holding the encoder in task models, e.g.
-    `pvt_v2`) and `head_prefixes` (the state-dict prefixes of task heads, which may be freshly initialised when a
-    checkpoint lacks them or has another number of classes).
+    `pvt_v2`), `head_prefixes` (the state-dict prefixes of task heads, which may be freshly initialised when a
+    checkpoint lacks them or has another number of classes) and `output_names` (the outputs an export returns).
     """
 
     config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
     base_model_prefix: ClassVar[str] = ""
     head_prefixes: ClassVar[tuple[str, ...]] = ()
+    # The output fields an export returns, by name (empty: the class is not exported); see `named_outputs`.
+    output_names: ClassVar[tuple[str, ...]] = ()
     main_input_name: ClassVar[str] = "pixel_values"
     supports_gradient_checkpointing: ClassVar[bool] = True
 
@@ -188,6 +173,45 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
     def is_gradient_checkpointing(self) -> bool:
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
 
+    # ---- what generic code (export, analysis, training) asks of a model ---------------------------------------
+
+    def named_outputs(self, out: Any) -> dict[str, torch.Tensor]:
+        """The tensors of a forward's output that an export returns, by name (`{"logits": ...}`)."""
+        return {name: getattr(out, name) for name in self.output_names if getattr(out, name) is not None}
+
+    def attention_layers(self, out: Any, pixel_values: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple[int, int], int]]:
+        """The attention maps of an output computed with `output_attentions=True`, for the first image: one
+        `(title, weights (heads, queries, keys), query grid (h, w), prefix tokens)` per layer worth showing."""
+        raise NotImplementedError(f"{type(self).__name__} has no attention maps to show")
+
+    def set_input_size(self, image_size: int | Sequence[int]) -> None:
+        """Make `image_size` the model's native input size (its config's `image_size`); families with position
+        embeddings resample them once (timm's method of the same name)."""
+        self.config.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else int(image_size)
+
+    def set_labels(self, labels: Sequence[str]) -> None:
+        """Give a classifier these class names: kept as they are when it has exactly these labels, renamed when it
+        has as many, otherwise a freshly initialised head of the right size replaces the old one (and a warning
+        says so)."""
+        config, labels = self.config, [str(label) for label in labels]
+        current = [str(config.id2label[i]) for i in range(config.num_labels)]
+        if sorted(current) == sorted(labels):
+            return
+        head = getattr(self, "classifier", None)
+        if head is None:
+            raise ValueError(f"{type(self).__name__} has no classification head to give labels to")
+        if len(current) != len(labels) or not isinstance(head, nn.Linear):
+            self.classifier = nn.Linear(head.in_features if isinstance(head, nn.Linear) else self.head_width,
+                                        len(labels))  # fmt: skip
+            self._init_weights(self.classifier)
+            self.num_labels = len(labels)
+            logger.warning("replaced the model's %d-class head with a new %d-class head for %s", len(current),
+                           len(labels), ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else ""))  # fmt: skip
+        else:
+            logger.info("kept the model's %d-class head, with the data's class names as labels", len(labels))
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+
     # ---- saving ------------------------------------------------------------------------------------------------
 
     def save_pretrained(
@@ -198,22 +222,30 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         The directory is replaced atomically: a save killed half-way leaves the previous contents as they were.
         Other files already there (a processor config, a README) are kept.
         """
-        state = self.state_dict() if state_dict is None else state_dict
-        state = {k: v.detach().contiguous() for k, v in state.items()}
-        self.config.architectures = [type(self).__name__]
-        self.config.dtype = str(self.dtype).removeprefix("torch.")
-        weights_name = SAFE_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
         # A weights file in the other format left by an earlier save would contradict this one: it goes.
         stale = WEIGHTS_NAME if safe_serialization else SAFE_WEIGHTS_NAME
         with atomic_directory(save_directory, drop=(stale, stale + ".index.json")) as staging:
-            self.config.save_pretrained(staging)
-            if safe_serialization:
-                from safetensors.torch import save_file
-
-                save_file(state, staging / weights_name, metadata={"format": "pt"})
-            else:
-                torch.save(state, staging / weights_name)
+            self.write_pretrained(staging, safe_serialization, state_dict)
         return Path(save_directory)
+
+    def write_pretrained(
+        self, directory: str | os.PathLike, safe_serialization: bool = True, state_dict: dict | None = None
+    ) -> None:
+        """Write `config.json` and the weights into an existing `directory`, each file atomically (weights last),
+        leaving its other files alone: what `save_pretrained` puts in its staging directory, and what training
+        writes beside its metrics."""
+        state = self.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        self.config.architectures = [type(self).__name__]
+        self.config.dtype = str(self.dtype).removeprefix("torch.")
+        self.config.save_pretrained(directory)
+        target = Path(directory) / (SAFE_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME)
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            atomic_write(target, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        else:
+            atomic_write(target, lambda tmp: torch.save(state, tmp))
 
     # ---- loading -----------------------------------------------------------------------------------------------
 
@@ -350,3 +382,64 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
             logger.info("%s: ignored task-head weights %s", source, ", ".join(dropped_heads))
         if missing or unexpected:
             logger.warning("%s: missing %s; unexpected %s", source, missing, unexpected)
+
+
+class BackboneMixin:
+    """The multi-scale backbone API of transformers and timm, for a model whose config has `stage_names`,
+    `out_features` and `out_indices`: which stages it returns (`feature_maps`), their channels and strides.
+
+    The family's backbone class provides `stage_channels` and `stage_strides` (every stage's, cumulative).
+    """
+
+    config: Any
+    output_names = ("feature_maps",)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.config.stage_names)
+
+    @property
+    def out_features(self) -> list[str]:
+        return list(self.config.out_features)
+
+    @out_features.setter
+    def out_features(self, names: list[str] | None) -> None:
+        """Return these stages from now on (None: the last); `out_indices` follows."""
+        self._select(names, None)
+
+    @property
+    def out_indices(self) -> list[int]:
+        return list(self.config.out_indices)
+
+    @out_indices.setter
+    def out_indices(self, indices: list[int] | None) -> None:
+        """Return these stages, by index, from now on (None: the last); `out_features` follows."""
+        self._select(None, indices)
+
+    def _select(self, names: list[str] | None, indices: list[int] | None) -> None:
+        owner = type(self).__name__
+        self.config.out_features, self.config.out_indices = align_stage_outputs(owner, self.stage_names, names, indices)
+
+    @property
+    def num_features(self) -> list[int]:
+        return list(self.stage_channels)
+
+    @property
+    def channels(self) -> list[int]:
+        return [self.stage_channels[i] for i in self.config.out_indices]
+
+    @property
+    def strides(self) -> list[int]:
+        return [self.stage_strides[i] for i in self.config.out_indices]
+
+    @property
+    def stage_channels(self) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def stage_strides(self) -> list[int]:
+        raise NotImplementedError
+
+    def named_outputs(self, out: Any) -> dict[str, torch.Tensor]:
+        """The feature maps by stage name (`{"stage1": ..., "stage4": ...}`)."""
+        return dict(zip(self.out_features, out.feature_maps))

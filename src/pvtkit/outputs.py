@@ -1,7 +1,9 @@
 """Model outputs: small dataclasses with transformers' field names.
 
 They read as attributes (`out.logits`), as keys (`out["logits"]`) and, for code written against transformers'
-tuple outputs, by position (`out[0]`), where fields that are None are skipped, as transformers does.
+tuple outputs, by position (`out[0]`), where fields that are None are skipped, as transformers does. Every output
+class is a PyTorch pytree node, so `torch.export`, `torch.compile` and `torch.func` take the models' outputs as
+they are.
 """
 
 from __future__ import annotations
@@ -10,11 +12,27 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 
 @dataclass
 class ModelOutput:
     """Base of every output: attribute, key and position access over the fields that are not None."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Children are all fields, None ones included (None is an empty pytree), so the structure does not depend
+        # on which outputs a call returned; the field names are the context, read when flattening (the dataclass
+        # decorator runs after this hook).
+        pytree.register_pytree_node(
+            cls,
+            lambda out: ([getattr(out, f.name) for f in fields(out)], [f.name for f in fields(out)]),
+            lambda values, names: cls(**dict(zip(names, values))),
+            serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+            flatten_with_keys_fn=lambda out: (
+                [(pytree.GetAttrKey(f.name), getattr(out, f.name)) for f in fields(out)], [f.name for f in fields(out)]
+            ),
+        )
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(v for v in (getattr(self, f.name) for f in fields(self)) if v is not None)

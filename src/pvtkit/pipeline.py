@@ -285,34 +285,41 @@ def pipeline(
 
 
 def _feature_model(source: Any, stages: Iterable[int] | None, hub: dict[str, Any]) -> PreTrainedModel:
-    """A PVTv2 checkpoint as a backbone over `stages` (default all four); a ViT checkpoint as its encoder."""
+    """A checkpoint of a family with a backbone as that backbone over `stages` (default: all), else its encoder."""
     from .auto import AutoBackbone, _model_type_of
+    from .models import family as registry
 
     model_type, extra = _model_type_of(source, hub)
-    if model_type == "pvt_v2":
-        chosen = list(stages) if stages else [1, 2, 3, 4]
-        bad = [s for s in chosen if s not in (1, 2, 3, 4)]
-        if bad:
-            raise ValueError(f"stages must be among 1, 2, 3, 4; got {bad}")
-        names, indices = [f"stage{s}" for s in chosen], [s - 1 for s in chosen]
-        return AutoBackbone.from_pretrained(source, out_features=names, out_indices=indices, **extra, **hub)
-    if stages:
-        raise ValueError(f"{source} is a {model_type} model, which has no stages; drop --stages")
-    return load_encoder(source, hub, model_type, extra)
+    family = registry.get(model_type)
+    if "backbone" not in family.classes:
+        if stages:
+            raise ValueError(f"{source} is a {family.title} model, which has no stages; drop --stages")
+        return load_encoder(source, hub, model_type, extra)
+    backbone = AutoBackbone.from_pretrained(source, **extra, **hub)
+    count = len(backbone.stage_names)
+    chosen = list(stages) if stages else list(range(1, count + 1))
+    bad = [s for s in chosen if not 1 <= s <= count]
+    if bad:
+        raise ValueError(f"stages must be among {', '.join(map(str, range(1, count + 1)))}; got {bad}")
+    backbone.out_indices = [s - 1 for s in chosen]
+    return backbone
 
 
 def load_encoder(source: Any, hub: dict[str, Any], model_type: str | None = None,
                  extra: dict[str, Any] | None = None) -> PreTrainedModel:  # fmt: skip
-    """The bare encoder of any checkpoint (`PvtV2Model` / `ViTModel`, without a pooler the checkpoint lacks)."""
+    """The bare encoder of any checkpoint (`PvtV2Model`, `ViTModel` without the pooler feature extraction does not
+    need, unless the checkpoint has one)."""
     from .auto import AutoModel, _model_type_of
     from .modeling import LoadingError
+    from .models import family as registry
 
     if model_type is None:
         model_type, extra = _model_type_of(source, hub)
     extra = extra or {}
-    if model_type != "vit":
-        return AutoModel.from_pretrained(source, **extra, **hub)
-    try:  # the [CLS] features need no pooler; a checkpoint that has one loads with it
-        return AutoModel.from_pretrained(source, add_pooling_layer=False, **extra, **hub)
-    except LoadingError:
-        return AutoModel.from_pretrained(source, **extra, **hub)
+    options = dict(registry.get(model_type).feature_options)
+    if options:
+        try:  # a checkpoint that has the parts these options leave out loads with them
+            return AutoModel.from_pretrained(source, **options, **extra, **hub)
+        except LoadingError:
+            pass
+    return AutoModel.from_pretrained(source, **extra, **hub)

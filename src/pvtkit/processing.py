@@ -46,12 +46,20 @@ PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, str, os.PathLike]
 
 # PIL's resampling filter numbers, which is how transformers stores `resample` in its JSON files.
-_RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
+RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
 # Keys transformers writes for bookkeeping; they carry no processing option.
 _SERVICE_KEYS = {"image_processor_type", "feature_extractor_type", "processor_class", "auto_map"}
 # Options transformers knows but these processors do not implement: loading a file that switches one on would
 # silently compute something else, so we refuse.
 _UNSUPPORTED_IF_TRUE = ("do_center_crop", "do_pad", "do_reduce_labels")
+
+
+def fixed_size(processor: Any) -> tuple[int, int] | None:
+    """The (height, width) every image comes out of `processor` at, or None (no resize, or `shortest_edge`)."""
+    size = getattr(processor, "size", None) or {}
+    if "height" in size and "width" in size and getattr(processor, "do_resize", True):
+        return int(size["height"]), int(size["width"])
+    return None
 
 
 class ImageLoadError(ValueError):
@@ -365,7 +373,7 @@ class _BaseImageProcessor:
         opts = {k: (base[k] if overrides.get(k) is None else overrides[k]) for k in base}
         opts["size"] = _normalize_size(opts["size"])
         resample = int(opts["resample"])  # also accepts PIL.Image.Resampling members
-        if resample not in _RESAMPLE_NAMES:
+        if resample not in RESAMPLE_NAMES:
             raise ValueError(f"resample must be a PIL filter number in 0..5, got {opts['resample']!r}")
         opts["resample"] = resample
         for key in ("image_mean", "image_std"):
@@ -659,7 +667,7 @@ class _TorchBackend(_BaseImageProcessor):
                           stacklevel=5)
             resample = 3
         if resample not in _TORCH_MODES:
-            raise ValueError(f"resample={resample} ({_RESAMPLE_NAMES[resample]}) has no torch kernel; use "
+            raise ValueError(f"resample={resample} ({RESAMPLE_NAMES[resample]}) has no torch kernel; use "
                              "NEAREST, BILINEAR or BICUBIC, or the PIL processor")
         mode = _TORCH_MODES[resample]
         extra = {} if mode == "nearest-exact" else {"antialias": True, "align_corners": False}

@@ -38,7 +38,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .auto import default_image_processor, image_processor_for
 from ._files import atomic_directory, atomic_write, atomic_write_json, find_interrupted_save, read_json
+from .auto import default_image_processor, image_processor_for
 from .distributed import (
     DistContext, auto_device, default_workers, init_distributed, launched_by_torchrun, share_cpu_threads,
     shutdown_distributed,
@@ -59,7 +59,11 @@ from .evaluation import (
     DatasetError, Evaluator, ImageDataset, ImageFolderData, 
     load_training_folders, model_label_ids,
 )  # fmt: skip
+from .dtypes import parse_dtype
 from .modeling import PreTrainedModel
+from .models import family as registry
+from .models.family import config_for_variant
+from .processing import fixed_size
 
 logger = logging.getLogger("pvtkit")
 
@@ -69,7 +73,7 @@ OPTIMIZER_NAME = "training_state.pt"
 METRICS_NAME = "metrics.jsonl"
 ARGS_NAME = "training_args.json"
 MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 weights always; bf16 / fp16: autocast computes in that dtype
 
 # The settings that define a run's schedule and result: stored with the checkpoint, and a resumed run must keep
 # them. None in `TrainingArguments` means "the default below, or the resumed run's own value".
@@ -315,94 +319,27 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 # ---- models ----------------------------------------------------------------------------------------------------
 
 
-def _model_classes() -> tuple[dict[str, Any], dict[str, Any]]:
-    from .auto import CONFIGS, AutoModelForImageClassification
-
-    return CONFIGS, AutoModelForImageClassification._classes
-
-
 def config_for_arch(arch: str, classes: list[str], image_size: int) -> Any:
-    """The config of a published variant (PVTv2 or ViT) with a head for `classes`, at `image_size`."""
-    from .models.pvt_v2 import VARIANTS as PVT, PvtV2Config
-    from .models.vit import VARIANTS as VIT, ViTConfig
-
-    key = arch.lower().replace("-", "_")
-    key = key.removeprefix("pvt_v2_").removeprefix("vit_")
-    labels = {"num_labels": len(classes), "id2label": dict(enumerate(classes))}
-    if key in PVT:
-        return PvtV2Config.from_variant(key, image_size=image_size, **labels)
-    if key in VIT:
-        return ViTConfig.from_variant(key, image_size=image_size, **labels)
-    raise TrainingConfigError(f"--arch {arch!r} is not a known variant; PVTv2: {', '.join(PVT)}; ViT: {', '.join(VIT)}")
-
-
-def fit_head(model: PreTrainedModel, classes: list[str]) -> None:
-    """Give `model` the labels `classes`: kept as they are when the model already has exactly these labels, renamed
-    when it has as many, otherwise a freshly initialised head of the right size replaces the old one."""
-    config = model.config
-    current = [str(config.id2label[i]) for i in range(config.num_labels)]
-    if sorted(current) == sorted(classes):
-        return
-    head = getattr(model, "classifier", None)
-    if len(current) != len(classes) or not isinstance(head, nn.Linear):
-        width = head.in_features if isinstance(head, nn.Linear) else getattr(config, "hidden_sizes", [None])[-1]
-        width = width or config.hidden_size
-        model.classifier = nn.Linear(width, len(classes))
-        model._init_weights(model.classifier)
-        model.num_labels = len(classes)
-        logger.warning("replaced the model's %d-class head with a new %d-class head for %s", len(current),
-                       len(classes), ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else ""))  # fmt: skip
-    else:
-        logger.info("kept the model's %d-class head, with the data's class names as labels", len(classes))
-    config.id2label = dict(enumerate(classes))
-    config.label2id = {name: i for i, name in enumerate(classes)}
-
-
-def resize_vit(model: PreTrainedModel, size: int) -> PreTrainedModel:
-    """A ViT classifier for `size` x `size` inputs: position embeddings resampled once (bicubic), config updated, so
-    the saved model runs natively at the new size in pvtkit and transformers."""
-    from .layers import pair as _pair
-    from .models.vit import resize_position_embeddings
-
-    config = model.config
-    patch = _pair(config.patch_size)
-    if size % patch[0] or size % patch[1]:
-        raise TrainingConfigError(f"image size {size} is not a multiple of the ViT's patch size {patch[0]}; "
-                                  f"pick e.g. {size // patch[0] * patch[0] or patch[0]} or "
-                                  f"{(size // patch[0] + 1) * patch[0]}")  # fmt: skip
-    old = _pair(config.image_size)
-    if old == (size, size):
-        return model
-    state = model.state_dict()
-    key = "vit.embeddings.position_embeddings"
-    grid = (old[0] // patch[0], old[1] // patch[1])
-    state[key] = resize_position_embeddings(state[key], grid, (size // patch[0], size // patch[1]))
-    resized = type(model)(config.copy(image_size=size))
-    resized.load_state_dict(state)
-    logger.info("resized the ViT's position embeddings from %s to %dx%d", old, size, size)
-    return resized
+    """The config of a published variant (of any family) with a head for `classes`, at `image_size`."""
+    try:
+        return config_for_variant(arch, image_size=image_size, num_labels=len(classes), id2label=dict(enumerate(classes)))
+    except ValueError as e:
+        raise TrainingConfigError(f"--arch {arch!r}: {e}") from None
 
 
 def _sized_processor(processor: Any, size: int) -> Any:
     return type(processor).from_dict({**processor.to_dict(), "size": {"height": size, "width": size}})
 
 
-def _processor_size(processor: Any) -> int | None:
-    size = getattr(processor, "size", None) or {}
-    return int(size["height"]) if size.get("height") and size.get("height") == size.get("width") else None
+def _square_size(processor: Any) -> int | None:
+    size = fixed_size(processor)
+    return size[0] if size and size[0] == size[1] else None
 
 
 def _write_model(model: PreTrainedModel, processor: Any, directory: Path) -> None:
-    """config.json, preprocessor_config.json and model.safetensors, each written atomically (weights last)."""
-    from safetensors.torch import save
-
-    model.config.architectures = [type(model).__name__]
-    model.config.dtype = str(model.dtype).removeprefix("torch.")
-    model.config.save_pretrained(directory)
+    """The model (transformers format) and its processor config into `directory`, each file atomically."""
     processor.save_pretrained(directory)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = save(state, metadata={"format": "pt"})
-    atomic_write(directory / "model.safetensors", lambda tmp: Path(tmp).write_bytes(blob))
+    model.write_pretrained(directory)
 
 
 # ---- the output directory --------------------------------------------------------------------------------------
@@ -538,6 +475,94 @@ def _on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
     return value
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """The plan of a run, a pure value: its resolved settings, the data it trains on, and the schedule.
+
+    `batch` images make one optimizer step over all processes; each process computes `batch / world_size`
+    of them in `grad_accum` micro-batches of `micro` images.
+    """
+
+    settings: dict[str, Any]
+    classes: list[str]
+    counts: dict[str, list[int]]
+    num_train: int
+    num_val: int
+    world_size: int
+    grad_accum: int
+    batch: int
+    micro: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    def lr(self, step: int) -> float:
+        return learning_rate(step, self.settings["lr"], self.warmup_steps, self.total_steps)
+
+
+def plan_run(settings: dict[str, Any], data: ImageFolderData, world_size: int, grad_accum: int) -> RunPlan:
+    """The schedule of `settings` on `data` with `world_size` processes: the global batch is split over processes
+    and accumulation steps (it must divide evenly) and shrunk, with a warning, when it exceeds the data."""
+    unit = world_size * grad_accum
+    batch, n = settings["batch_size"], len(data.train)
+    if batch % unit:
+        raise TrainingConfigError(f"batch size {batch} is not divisible by {world_size} process(es) x {grad_accum} "
+                                  f"accumulation step(s); use a multiple of {unit}")  # fmt: skip
+    if batch > n:
+        if n < unit:
+            raise DatasetError(f"{settings['data']}: {n} training images cannot fill {unit} micro-batches")
+        logger.warning("batch size %d exceeds the %d training images; using %d", batch, n, n // unit * unit)
+        batch = n // unit * unit
+    steps = n // batch
+    return RunPlan(
+        settings=dict(settings), classes=list(data.classes), counts=data.counts(), num_train=n, num_val=len(data.val),
+        world_size=world_size, grad_accum=grad_accum, batch=batch, micro=batch // unit, steps_per_epoch=steps,
+        total_steps=settings["epochs"] * steps, warmup_steps=round(settings["warmup_epochs"] * steps),
+    )  # fmt: skip
+
+
+@dataclass
+class TrainerState:
+    """Where a run stands: the one resumable state beside the tensors (model, optimizer, RNG), saved as
+    `checkpoint/trainer_state.json` and restored as a whole. `run`, `data`, `classes`, `steps_per_epoch`,
+    `total_steps` and `world_size` record the plan it belongs to, so that a resume can refuse another plan.
+
+    `epoch` epochs and `epoch_step` steps of the next one are done; `running` holds a mid-epoch checkpoint's partial
+    sums (loss, correct, images, skipped) and seconds.
+    """
+
+    run: dict[str, Any]
+    data: dict[str, list[int]]
+    classes: list[str]
+    steps_per_epoch: int
+    total_steps: int
+    world_size: int
+    epoch: int = 0
+    epoch_step: int = 0
+    global_step: int = 0
+    best_accuracy: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    running: dict[str, Any] | None = None
+
+    @classmethod
+    def start(cls, plan: RunPlan) -> TrainerState:
+        return cls(run=plan.settings, data=plan.counts, classes=plan.classes, steps_per_epoch=plan.steps_per_epoch,
+                   total_steps=plan.total_steps, world_size=plan.world_size)  # fmt: skip
+
+    @property
+    def complete(self) -> bool:
+        return self.global_step >= self.total_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "complete": self.complete}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainerState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 class Trainer:
     """Trains an image classifier on class folders; see the module docstring for the recipe.
 
@@ -550,191 +575,203 @@ class Trainer:
         self.args = args
         self.model_given = model
 
-    # -- set-up --
+    def train(self) -> TrainResult:
+        """Run (or resume) training; returns the result on every process (only the main one writes files)."""
+        self._setup()
+        started, plan, state = time.perf_counter(), self.plan, self.state
+        resumed_at = state.global_step if self.resumed else None
+        start_epoch, start_step = state.epoch, state.epoch_step
+        for epoch in range(start_epoch, plan.settings["epochs"]):
+            record = self._train_epoch(epoch, start_step if epoch == start_epoch else 0)
+            self._end_epoch(epoch, record)
+            state.running = None
+        self.ctx.barrier()
+        validated = self.evaluator is not None
+        return TrainResult(
+            output_dir=self.out, model_name=type(self.model).__name__, num_parameters=self.model.num_parameters(),
+            classes=plan.classes, num_train=plan.num_train, num_val=plan.num_val, epochs=plan.settings["epochs"],
+            steps=state.global_step, world_size=plan.world_size, history=state.history,
+            best_epoch=state.best_epoch if validated else None, best_accuracy=state.best_accuracy if validated else None,
+            seconds=time.perf_counter() - started, resumed_at_step=resumed_at,
+        )  # fmt: skip
 
-    def _build(self, run: dict[str, Any], data: ImageFolderData, resumed: dict[str, Any] | None):
-        """(model, processor) on the CPU, with the data's labels and the run's image size."""
-        configs, model_classes = _model_classes()
+    # -- set-up, in the order it runs --
+
+    def _setup(self) -> None:
+        """Device and process group; output directory (and what it holds to resume); settings; data; model; plan;
+        optimizer; loaders; the run announced."""
+        a = self.args
+        self.device, self.amp_dtype = self._device()
+        self.ctx = init_distributed(self.device)
+        share_cpu_threads(self.ctx, self.device)
+        self.out = Path(a.output_dir)
+        resumed = _on_main(self.ctx, lambda: prepare_output(self.out, a.resume, a.overwrite))
+        self.resumed = resumed is not None
+        saved = TrainerState.from_dict(resumed["state"]) if resumed else None
+        settings = resolve_run(a, saved.run if saved else None, self.model_given)
+        data = _on_main(self.ctx, lambda: load_training_folders(settings["data"], settings["val_fraction"]))
+        if saved is not None and data.counts() != saved.data:
+            raise TrainingConfigError(f"resume: the images in {settings['data']} changed since the run started "
+                                      "(classes or image counts differ); a resumed run needs the same data")  # fmt: skip
+        self.model, self.processor, settings = self._model(settings, data, resumed)
+        ids = model_label_ids(data.classes, self.model.config)
+        self.train_samples = [(p, ids[label]) for p, label in data.train]
+        self.val_samples = [(p, ids[label]) for p, label in data.val]
+        self.plan = plan = plan_run(settings, data, self.ctx.world_size, a.grad_accum)
+        if saved is not None and saved.steps_per_epoch != plan.steps_per_epoch:
+            raise TrainingConfigError(f"resume: {plan.steps_per_epoch} steps per epoch now, {saved.steps_per_epoch} "
+                                      "when the run started; a resumed run needs the same data and batch size")  # fmt: skip
+        self.state = saved or TrainerState.start(plan)
+        self.optimizer, self.scaler = self._optimizer(resumed)
+        self.net = self._wrapped()
+        self.sampler, self.loader, self.evaluator = self._loaders(sorted(set(ids)))
+        self.show = a.progress and self.ctx.is_main
+        self._announce()
+
+    def _device(self) -> tuple[torch.device, torch.dtype | None]:
+        """The device (`cuda` under torchrun: this process's own GPU) and the autocast dtype (None: fp32)."""
+        a = self.args
+        device = auto_device() if a.device == "auto" else torch.device(a.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        if a.precision == "fp16" and device.type != "cuda":
+            raise TrainingConfigError("fp16 training needs a CUDA device (it relies on loss scaling); use bf16 "
+                                      "on this device")  # fmt: skip
+        amp = parse_dtype(a.precision)
+        return device, None if amp == torch.float32 else amp
+
+    def _model(self, settings: dict[str, Any], data: ImageFolderData, resumed: dict[str, Any] | None):
+        """(model, processor, settings with the image size): on the run's device in fp32 weights (autocast
+        computes), with the data's labels, native at the run's image size."""
+        model, processor = self._load_or_build(settings, data, resumed)
+        if resumed is None:
+            model.config.problem_type = "single_label_classification"
+            if getattr(model.config, "num_channels", 3) != 3:
+                raise TrainingConfigError(f"the model takes {model.config.num_channels}-channel input; training "
+                                          "feeds RGB images (3 channels)")  # fmt: skip
+            model.set_labels(data.classes)
+            settings = {**settings, "image_size": settings["image_size"] or _square_size(processor) or 224}
+            try:
+                model.set_input_size(settings["image_size"])
+            except ValueError as e:
+                raise TrainingConfigError(f"image size {settings['image_size']}: {e}") from None
+            processor = _sized_processor(processor, settings["image_size"])
+        if self.args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return model.to(device=self.device, dtype=torch.float32), processor, settings
+
+    def _load_or_build(self, settings: dict[str, Any], data: ImageFolderData, resumed: dict[str, Any] | None):
+        """(model, processor) on the CPU: the checkpoint's to resume, the given instance, a fresh `arch`, or the
+        pretrained `model` to fine-tune."""
         from .processing import IMAGE_PROCESSOR_TYPES
 
         if resumed is not None:
             cfg = resumed["config"]
-            config = configs[cfg["model_type"]].from_dict(cfg)
-            model = model_classes[cfg["model_type"]](config)
+            family = registry.get(cfg["model_type"])
+            model = family.classes["image-classification"](family.config_class.from_dict(cfg))
             model.load_state_dict(resumed["weights"])
             kind = resumed["processor"].get("image_processor_type")
             return model, IMAGE_PROCESSOR_TYPES[kind].from_dict(resumed["processor"])
-        a = self.args
-        torch.manual_seed(run["seed"])
+        torch.manual_seed(settings["seed"])
         if self.model_given is not None:
-            model, processor = self.model_given, default_image_processor(self.model_given)
-        elif run["arch"]:
-            size = run["image_size"] or 224
-            config = config_for_arch(run["arch"], data.classes, size)
-            model = model_classes[config.model_type](config)
-            processor = default_image_processor(model)
-        else:
-            from .auto import AutoModelForImageClassification
+            return self.model_given, default_image_processor(self.model_given)
+        if settings["arch"]:
+            config = config_for_arch(settings["arch"], data.classes, settings["image_size"] or 224)
+            model = registry.family_of(config).classes["image-classification"](config)
+            return model, default_image_processor(model)
+        from .auto import AutoModelForImageClassification
 
-            hub = {"revision": a.revision, "local_files_only": a.offline}
-            try:
-                model = AutoModelForImageClassification.from_pretrained(run["model"], **hub)
-            except (OSError, ValueError) as e:
-                raise TrainingConfigError(f"cannot load model {run['model']!r}: {e}") from e
-            processor = image_processor_for(run["model"], model, **hub)
-        model.config.problem_type = "single_label_classification"
-        if getattr(model.config, "num_channels", 3) != 3:
-            raise TrainingConfigError(f"the model takes {model.config.num_channels}-channel input; training feeds "
-                                      "RGB images (3 channels)")  # fmt: skip
-        fit_head(model, data.classes)
-        size = run["image_size"] or _processor_size(processor) or 224
-        run["image_size"] = size
-        if model.config.model_type == "vit":
-            model = resize_vit(model, size)
-        else:
-            model.config.image_size = size
-        return model, _sized_processor(processor, size)
+        hub = {"revision": self.args.revision, "local_files_only": self.args.offline}
+        try:
+            model = AutoModelForImageClassification.from_pretrained(settings["model"], **hub)
+        except (OSError, ValueError) as e:
+            raise TrainingConfigError(f"cannot load model {settings['model']!r}: {e}") from e
+        return model, image_processor_for(settings["model"], model, **hub)
 
-    def train(self) -> TrainResult:
-        """Run (or resume) training; returns the result on every process (only the main one writes files)."""
-        self._setup()
-        started = time.perf_counter()
-        for epoch in range(self.start_epoch, self.run["epochs"]):
-            first = self.start_step if epoch == self.start_epoch else 0
-            record = self._train_epoch(epoch, first)
-            self._end_epoch(epoch, record)
-            self.running = None
-        self.ctx.barrier()
-        saved = self.saved
-        return TrainResult(
-            output_dir=self.out, model_name=type(self.model).__name__, num_parameters=self.model.num_parameters(),
-            classes=self.data.classes, num_train=len(self.train_samples), num_val=len(self.val_samples),
-            epochs=self.run["epochs"], steps=self.global_step, world_size=self.ctx.world_size, history=self.history,
-            best_epoch=self.best_epoch if self.evaluator else None,
-            best_accuracy=self.best_accuracy if self.evaluator else None, seconds=time.perf_counter() - started,
-            resumed_at_step=saved["global_step"] if saved else None,
-        )  # fmt: skip
-
-    def _setup(self) -> None:
-        """Output directory, settings, data, model, optimizer, loaders; the resumed state when resuming."""
-        a = self.args
-        device = auto_device() if a.device == "auto" else torch.device(a.device)
-        if device.type == "cuda" and device.index is None:  # `cuda` under torchrun: this process's own GPU
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        self.device = device
-        self.amp_dtype = PRECISIONS[a.precision]
-        if a.precision == "fp16" and device.type != "cuda":
-            raise TrainingConfigError("fp16 training needs a CUDA device (it relies on loss scaling); use bf16 "
-                                      "on this device")  # fmt: skip
-        self.ctx = ctx = init_distributed(device)
-        share_cpu_threads(ctx, device)
-        self.out = out = Path(a.output_dir)
-        resumed = _on_main(ctx, lambda: prepare_output(out, a.resume, a.overwrite))
-        self.saved = saved = resumed["state"] if resumed else None
-        self.run = run = resolve_run(a, saved["run"] if saved else None, self.model_given)
-        self.data = data = _on_main(ctx, lambda: load_training_folders(run["data"], run["val_fraction"]))
-        if saved is not None and data.counts() != saved["data"]:
-            raise TrainingConfigError(f"resume: the images in {run['data']} changed since the run started (classes "
-                                      "or image counts differ); a resumed run needs the same data")  # fmt: skip
-        self.model, self.processor = model, processor = self._build(run, data, resumed)
-        ids = model_label_ids(data.classes, model.config)
-        self.train_samples = [(p, ids[label]) for p, label in data.train]
-        self.val_samples = [(p, ids[label]) for p, label in data.val]
-        if a.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        model.to(device=device, dtype=torch.float32)  # fp32 weights (a checkpoint may be bf16); autocast computes
-
-        # The global batch: each process computes batch / world images per step, in `accum` micro-batches.
-        world, accum = ctx.world_size, a.grad_accum
-        unit = world * accum
-        batch, n = run["batch_size"], len(self.train_samples)
-        if batch % unit:
-            raise TrainingConfigError(f"batch size {batch} is not divisible by {world} process(es) x {accum} "
-                                      f"accumulation step(s); use a multiple of {unit}")  # fmt: skip
-        if batch > n:
-            if n < unit:
-                raise DatasetError(f"{run['data']}: {n} training images cannot fill {unit} micro-batches")
-            logger.warning("batch size %d exceeds the %d training images; using %d", batch, n, n // unit * unit)
-            batch = n // unit * unit
-        self.batch, self.micro = batch, batch // unit
-        self.steps_per_epoch = n // batch
-        self.total_steps = run["epochs"] * self.steps_per_epoch
-        self.warmup_steps = round(run["warmup_epochs"] * self.steps_per_epoch)
-        if saved is not None and saved["steps_per_epoch"] != self.steps_per_epoch:
-            raise TrainingConfigError(f"resume: {self.steps_per_epoch} steps per epoch now, "
-                                      f"{saved['steps_per_epoch']} when the run started; a resumed run needs the "
-                                      "same data and batch size")  # fmt: skip
-
-        self.optimizer = torch.optim.AdamW(parameter_groups(model, run["weight_decay"]), lr=run["lr"])
-        self.scaler = torch.amp.GradScaler("cuda") if a.precision == "fp16" else None
+    def _optimizer(self, resumed: dict[str, Any] | None):
+        """AdamW (and, for fp16, a loss scaler), with the optimizer and RNG state of a resumed run."""
+        settings = self.plan.settings
+        optimizer = torch.optim.AdamW(parameter_groups(self.model, settings["weight_decay"]), lr=settings["lr"])
+        scaler = torch.amp.GradScaler("cuda") if self.args.precision == "fp16" else None
         if resumed is not None:
-            self.optimizer.load_state_dict(resumed["training"]["optimizer"])
-            if self.scaler is not None and resumed["training"].get("scaler"):
-                self.scaler.load_state_dict(resumed["training"]["scaler"])
-            torch.set_rng_state(resumed["training"]["rng"])
-            if device.type == "cuda" and resumed["training"].get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(resumed["training"]["cuda_rng"], device)
-        self.net: nn.Module = model
-        if ctx.is_distributed:
-            # Depth-wise conv kernels (C, 1, 3, 3) get gradients whose stride on the size-1 axis differs from the
-            # bucket's; the layout is the same memory, and DDP's warning about it on every run would only alarm.
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            self.net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        size = run["image_size"]
-        transform = TrainTransform(processor, size, run["crop_scale"], run["hflip"], run["seed"])
-        self.sampler = TrainBatchSampler(n, batch, ctx.rank, world, accum, run["seed"])
-        self.loader = DataLoader(
-            ImageDataset(self.train_samples, transform, (3, size, size)), batch_sampler=self.sampler,
-            num_workers=a.num_workers, persistent_workers=a.num_workers > 0, pin_memory=device.type == "cuda",
-        )  # fmt: skip
-        self.evaluator = None
-        if self.val_samples:
-            self.evaluator = Evaluator(
-                model, self.val_samples, sorted(set(ids)), processor, batch_size=max(self.micro, 32),
-                num_workers=a.num_workers, device=device, amp_dtype=self.amp_dtype, ctx=ctx, progress=a.progress,
-            )  # fmt: skip
+            training = resumed["training"]
+            optimizer.load_state_dict(training["optimizer"])
+            if scaler is not None and training.get("scaler"):
+                scaler.load_state_dict(training["scaler"])
+            torch.set_rng_state(training["rng"])
+            if self.device.type == "cuda" and training.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(training["cuda_rng"], self.device)
+        return optimizer, scaler
 
-        self.history: list[dict[str, Any]] = list(saved["history"]) if saved else []
-        self.best_accuracy = saved["best_accuracy"] if saved else None
-        self.best_epoch = saved["best_epoch"] if saved else None
-        self.global_step = saved["global_step"] if saved else 0
-        self.start_epoch, self.start_step = (saved["epoch"], saved["epoch_step"]) if saved else (0, 0)
-        self.running = saved.get("running") if saved else None
-        self.show = a.progress and ctx.is_main
-        if ctx.is_main:
-            if resumed is not None:
-                self._write_metrics()  # drops any epoch recorded after the checkpoint
-            else:
-                atomic_write_json(out / ARGS_NAME, {**run, "grad_accum": accum, "world_size": world,
-                                                    "precision": a.precision})  # fmt: skip
-            logger.info("training %s on %d images (%d validation), %d classes; %d steps of %d images per epoch",
-                        type(model).__name__, n, len(self.val_samples), len(data.classes), self.steps_per_epoch,
-                        batch)  # fmt: skip
-            if device.type == "cpu" and os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
-                logger.info("CPU training: export THP_MEM_ALLOC_ENABLE=1 before starting Python for huge-page "
-                            "backed tensors (fewer page faults; +48%% B0 training throughput measured, see README "
-                            "'Speed'); the `pvtkit` command sets it itself")  # fmt: skip
-            if saved is not None and saved["complete"]:
-                logger.warning("the run in %s is already complete (%d steps)", out, self.total_steps)
+    def _wrapped(self) -> nn.Module:
+        """The model, in DistributedDataParallel under torchrun."""
+        if not self.ctx.is_distributed:
+            return self.model
+        # Depth-wise conv kernels (C, 1, 3, 3) get gradients whose stride on the size-1 axis differs from the
+        # bucket's; the layout is the same memory, and DDP's warning about it on every run would only alarm.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _loaders(self, label_ids: list[int]):
+        """(this process's batch sampler, its training loader, the validation evaluator or None)."""
+        a, plan, settings = self.args, self.plan, self.plan.settings
+        size = settings["image_size"]
+        transform = TrainTransform(self.processor, size, settings["crop_scale"], settings["hflip"], settings["seed"])
+        sampler = TrainBatchSampler(plan.num_train, plan.batch, self.ctx.rank, plan.world_size, plan.grad_accum,
+                                    settings["seed"])  # fmt: skip
+        loader = DataLoader(
+            ImageDataset(self.train_samples, transform, (3, size, size)), batch_sampler=sampler,
+            num_workers=a.num_workers, persistent_workers=a.num_workers > 0, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        evaluator = None
+        if self.val_samples:
+            evaluator = Evaluator(
+                self.model, self.val_samples, label_ids, self.processor, batch_size=max(plan.micro, 32),
+                num_workers=a.num_workers, device=self.device, amp_dtype=self.amp_dtype, ctx=self.ctx,
+                progress=a.progress,
+            )  # fmt: skip
+        return sampler, loader, evaluator
+
+    def _announce(self) -> None:
+        """On the main process: the settings (a new run) or the metrics up to the checkpoint (a resumed one), and
+        what is about to happen."""
+        if not self.ctx.is_main:
+            return
+        plan = self.plan
+        if self.resumed:
+            self._write_metrics()  # drops any epoch recorded after the checkpoint
+        else:
+            atomic_write_json(self.out / ARGS_NAME, {**plan.settings, "grad_accum": plan.grad_accum,
+                                                     "world_size": plan.world_size, "precision": self.args.precision})  # fmt: skip
+        logger.info("training %s on %d images (%d validation), %d classes; %d steps of %d images per epoch",
+                    type(self.model).__name__, plan.num_train, plan.num_val, len(plan.classes), plan.steps_per_epoch,
+                    plan.batch)  # fmt: skip
+        if self.device.type == "cpu" and os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
+            logger.info("CPU training: export THP_MEM_ALLOC_ENABLE=1 before starting Python for huge-page "
+                        "backed tensors (fewer page faults; +48%% B0 training throughput measured, see README "
+                        "'Speed'); the `pvtkit` command sets it itself")  # fmt: skip
+        if self.resumed and self.state.complete:
+            logger.warning("the run in %s is already complete (%d steps)", self.out, plan.total_steps)
+
+    # -- the loop --
 
     def _train_epoch(self, epoch: int, first: int) -> dict[str, Any]:
         """Steps `first`.. of `epoch`; returns the epoch's training metrics (summed over processes)."""
         from tqdm import tqdm
 
-        run, ctx, device, net = self.run, self.ctx, self.device, self.net
-        accum, steps = self.args.grad_accum, self.steps_per_epoch
+        plan, state, ctx, device, net = self.plan, self.state, self.ctx, self.device, self.net
+        run, accum, steps = plan.settings, plan.grad_accum, plan.steps_per_epoch
         self.sampler.set_epoch(epoch, first)
         self.model.train()
         # loss sum, correct, images, skipped images: this process's share (the main one carries a resumed epoch's
         # totals), summed over processes at the end of the epoch.
         sums = torch.zeros(4, dtype=torch.float64, device=device)
         seconds_before = 0.0
-        if self.running is not None and first:
+        if state.running is not None and first:
             if ctx.is_main:
-                sums += torch.tensor(self.running["sums"], dtype=torch.float64, device=device)
-            seconds_before = self.running["seconds"]
+                sums += torch.tensor(state.running["sums"], dtype=torch.float64, device=device)
+            seconds_before = state.running["seconds"]
         skipped: dict[str, str] = {}
         params = [p for p in self.model.parameters() if p.requires_grad]
         bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{run['epochs']}", unit="step",
@@ -742,9 +779,9 @@ class Trainer:
         t0 = time.perf_counter()
         batches = iter(self.loader)
         smooth_loss = None
-        lr = learning_rate(self.global_step, run["lr"], self.warmup_steps, self.total_steps)
+        lr = plan.lr(state.global_step)
         for step in range(first, steps):
-            lr = learning_rate(self.global_step, run["lr"], self.warmup_steps, self.total_steps)
+            lr = plan.lr(state.global_step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             step_loss = 0.0
@@ -759,7 +796,7 @@ class Trainer:
                     per_image = F.cross_entropy(logits.float(), labels, reduction="none",
                                                 label_smoothing=run["label_smoothing"])  # fmt: skip
                     # Normalised by the global batch: DDP averages over processes, accumulation sums.
-                    loss = (per_image * weights).sum() / (self.micro * accum)
+                    loss = (per_image * weights).sum() / (plan.micro * accum)
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
                 with torch.no_grad():
                     correct = ((logits.argmax(-1) == labels).float() * weights).sum()
@@ -770,13 +807,13 @@ class Trainer:
                     if reason:
                         skipped[self.train_samples[i][0]] = reason
             self._optimizer_step(params)
-            self.global_step += 1
+            state.global_step += 1
             smooth_loss = step_loss if smooth_loss is None else 0.9 * smooth_loss + 0.1 * step_loss
             elapsed = time.perf_counter() - t0
-            speed = (step + 1 - first) * self.batch / max(elapsed, 1e-9)
+            speed = (step + 1 - first) * plan.batch / max(elapsed, 1e-9)
             bar.set_postfix_str(f"loss {smooth_loss:.4f}, lr {lr:.2e}, {speed:.0f} img/s", refresh=False)
             bar.update(1)
-            if self.args.save_steps and self.global_step % self.args.save_steps == 0 and step + 1 < steps:
+            if self.args.save_steps and state.global_step % self.args.save_steps == 0 and step + 1 < steps:
                 totals = ctx.all_reduce_sum(sums.clone())
                 if ctx.is_main:  # from here on, the main process counts from the totals, the others from zero
                     running = {"sums": totals.tolist(), "seconds": seconds_before + elapsed}
@@ -794,7 +831,7 @@ class Trainer:
                            "; ".join(f"{p} ({r})" for p, r in list(skipped.items())[:5]))  # fmt: skip
         loss_sum, correct, count, bad = sums.tolist()
         return {
-            "epoch": epoch + 1, "step": self.global_step, "lr": lr,
+            "epoch": epoch + 1, "step": state.global_step, "lr": lr,
             "train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1),
             "images_per_second": (count + bad) / max(seconds, 1e-9), "train_seconds": round(seconds, 3),
             "skipped_images": int(bad),
@@ -803,8 +840,8 @@ class Trainer:
     def _optimizer_step(self, params: list[nn.Parameter]) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if self.run["max_grad_norm"]:
-            torch.nn.utils.clip_grad_norm_(params, self.run["max_grad_norm"])
+        if self.plan.settings["max_grad_norm"]:
+            torch.nn.utils.clip_grad_norm_(params, self.plan.settings["max_grad_norm"])
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -814,15 +851,15 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         """Validate, keep the best model, checkpoint, write the metrics, say how it went."""
-        improved = True
+        improved, state = True, self.state
         if self.evaluator is not None:
             result = self.evaluator.run(desc="validation")
             record.update(val_loss=result.loss, val_accuracy=result.accuracy, val_top5_accuracy=result.top5_accuracy,
                           val_images=result.num_images)  # fmt: skip
-            improved = self.best_accuracy is None or result.accuracy > self.best_accuracy
+            improved = state.best_accuracy is None or result.accuracy > state.best_accuracy
             if improved:
-                self.best_accuracy, self.best_epoch = result.accuracy, epoch + 1
-        self.history.append(record)
+                state.best_accuracy, state.best_epoch = result.accuracy, epoch + 1
+        state.history.append(record)
         if not self.ctx.is_main:
             return
         if improved:
@@ -836,20 +873,15 @@ class Trainer:
             if self.evaluator is not None:
                 val = (f", val loss {record['val_loss']:.4f}, val acc {record['val_accuracy']:.2%}"
                        f"{' (best)' if improved else ''}")  # fmt: skip
-            tqdm.write(f"epoch {epoch + 1}/{self.run['epochs']}: loss {record['train_loss']:.4f}, acc "
+            tqdm.write(f"epoch {epoch + 1}/{self.plan.settings['epochs']}: loss {record['train_loss']:.4f}, acc "
                        f"{record['train_accuracy']:.2%}{val}, lr {record['lr']:.2e}, "
                        f"{record['images_per_second']:.0f} img/s", file=sys.stderr)  # fmt: skip
 
     def _save_checkpoint(self, epoch: int, epoch_step: int, running: dict[str, Any] | None) -> None:
         """`OUT/checkpoint/`: the model in transformers format, optimizer and RNG state, and the trainer state
         (`epoch` epochs and `epoch_step` steps of the next one done), swapped in atomically."""
-        state = {
-            "run": self.run, "data": self.data.counts(), "classes": self.data.classes,
-            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "epoch": epoch,
-            "epoch_step": epoch_step, "global_step": self.global_step, "best_accuracy": self.best_accuracy,
-            "best_epoch": self.best_epoch, "history": self.history, "running": running,
-            "complete": self.global_step >= self.total_steps, "world_size": self.ctx.world_size,
-        }  # fmt: skip
+        state = self.state
+        state.epoch, state.epoch_step, state.running = epoch, epoch_step, running
         training = {"optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
                     "scaler": self.scaler.state_dict() if self.scaler else None}  # fmt: skip
         if self.device.type == "cuda":  # dropout and stochastic depth draw from the GPU's generator
@@ -857,10 +889,10 @@ class Trainer:
         with atomic_directory(self.out / CHECKPOINT_DIR) as staging:
             _write_model(self.model, self.processor, staging)
             torch.save(training, staging / OPTIMIZER_NAME)
-            (staging / STATE_NAME).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+            (staging / STATE_NAME).write_text(json.dumps(state.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     def _write_metrics(self) -> None:
-        text = "".join(json.dumps(h) + "\n" for h in self.history)
+        text = "".join(json.dumps(h) + "\n" for h in self.state.history)
         atomic_write(self.out / METRICS_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 

@@ -10,16 +10,16 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
+import re
+
 import torch
+
+from ..dtypes import names, parse_dtype
 
 logger = logging.getLogger("pvtkit")
 
 DEFAULT_MODEL = "OpenGVLab/pvt_v2_b0"
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}  # fmt: skip
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class UsageError(Exception):
@@ -66,7 +66,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = D
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """`--device` and `--dtype`."""
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="compute dtype (default float32)")
+    parser.add_argument("--dtype", default="float32", choices=names(COMPUTE_DTYPES), help="compute dtype (default float32)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,9 +85,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UsageError(f"--dtype {name!r}: expected one of {', '.join(sorted(DTYPES))}")
-    return DTYPES[name]
+    try:
+        return parse_dtype(name, COMPUTE_DTYPES)  # type: ignore[return-value]
+    except ValueError as e:
+        raise UsageError(f"--dtype: {e}") from e
+
+
+def parse_size(text: str, option: str = "--image-size", dynamic: bool = False) -> tuple[int, int] | None:
+    """`224` or `480x640` (height x width, also `480,640`) -> (h, w); with `dynamic`, the word `dynamic` -> None."""
+    if dynamic and text == "dynamic":
+        return None
+    match = re.fullmatch(r"(\d+)(?:[x,](\d+))?", text.strip().lower())
+    if not match or int(match[1]) < 1 or int(match[2] or match[1]) < 1:
+        also = "'dynamic', " if dynamic else ""
+        raise UsageError(f"{option} {text!r}: expected {also}a size such as 224 or 480x640 (height x width)")
+    return int(match[1]), int(match[2] or match[1])
 
 
 def hub_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -60,7 +60,6 @@ class Writer:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from ..distributed import init_distributed, share_cpu_threads, shutdown_distributed

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from typing import Any
 
-from ._common import UsageError, add_model_arguments
+from ._common import UsageError, add_model_arguments, parse_size
 
 TASKS = ("auto", "classification", "features", "backbone")
 
@@ -20,16 +19,6 @@ def parse_batch(value: str) -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise UsageError(f"--batch {value!r}: expected 'dynamic' or a positive integer")
     return int(value)
-
-
-def parse_size(value: str) -> tuple[int, int] | None:
-    """`dynamic` -> None; `224` or `224x320` (height x width) -> (h, w)."""
-    if value == "dynamic":
-        return None
-    match = re.fullmatch(r"(\d+)(?:[x,](\d+))?", value.strip())
-    if not match or int(match[1]) < 1 or int(match[2] or match[1]) < 1:
-        raise UsageError(f"--size {value!r}: expected 'dynamic', a side (224) or HEIGHTxWIDTH (224x320)")
-    return int(match[1]), int(match[2] or match[1])
 
 
 def _auto_class(task: str, args: argparse.Namespace) -> Any:
@@ -56,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ._common import load_model, load_processor
 
     batch = parse_batch(args.batch)
-    size = parse_size(args.size)
+    size = parse_size(args.size, "--size", dynamic=True)
     if args.format == "onnx" and args.opset not in exporting.SUPPORTED_OPSETS:
         raise UsageError(f"--opset {args.opset} is not supported: pvtkit exports opsets "
                          f"{exporting.SUPPORTED_OPSETS[0]} to {exporting.SUPPORTED_OPSETS[-1]} "

@@ -7,89 +7,7 @@ import json
 from typing import Any
 
 from ..layers import pair
-from ._common import UsageError, add_model_arguments, hub_kwargs
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """`224` or `480x640` (height x width)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise UsageError(f"--image-size {text!r}: expected a size such as 224 or 480x640 (height x width)")
-    return parts[0], parts[1]
-
-
-def _variant_of(config: Any) -> str | None:
-    from ..models.pvt_v2 import VARIANTS as PVT
-    from ..models.vit import VARIANTS as VIT
-
-    table = PVT if config.model_type == "pvt_v2" else VIT
-    for name in table:
-        reference = type(config).from_variant(name)
-        keys = [k for k in reference.to_dict() if k not in ("num_labels", "id2label", "label2id", "architectures",
-                                                            "out_features", "out_indices", "image_size")]  # fmt: skip
-        ours, theirs = config.to_dict(), reference.to_dict()
-        if all(ours.get(k) == theirs.get(k) for k in keys):
-            return name
-    return None
-
-
-def describe(model_class: type, config: Any, height: int, width: int) -> dict[str, Any]:
-    """Architecture facts of `model_class(config)` at an input of height x width, computed on the meta device
-    (no weights, no memory): parameters, multiply-accumulates (the papers' "FLOPs") and per-stage shapes."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model = model_class(config).eval()
-    params = sum(p.numel() for p in model.parameters())
-    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith(tuple(model.head_prefixes)))
-    counted = model
-    if config.model_type == "vit":
-        p = pair(config.patch_size)[0]
-        if height % p or width % p:
-            raise ValueError(f"a ViT with patch size {p} needs height and width divisible by {p}, got {height}x{width}")
-        with torch.device("meta"):  # position embeddings of the asked size: same compute as interpolating them
-            counted = model_class(config.copy(image_size=[height, width])).eval()
-    pixels = torch.empty(1, config.num_channels, height, width, device="meta")
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        out = counted(pixels, output_hidden_states=True)
-    info: dict[str, Any] = {
-        "model_type": config.model_type,
-        "class": model_class.__name__,
-        "variant": _variant_of(config),
-        "parameters": params,
-        "head_parameters": head,
-        "input": [config.num_channels, height, width],
-        "macs": counter.get_total_flops() // 2,
-        "flops": counter.get_total_flops(),
-        "num_labels": config.num_labels if hasattr(model, "classifier") else None,
-    }
-    if config.model_type == "pvt_v2":
-        stages = []
-        stride = 1
-        for i, hidden in enumerate(out.hidden_states):
-            stride *= config.strides[i]
-            stages.append({
-                "name": f"stage{i + 1}", "stride": stride, "channels": hidden.shape[1],
-                "shape": list(hidden.shape[2:]), "depth": config.depths[i], "heads": config.num_attention_heads[i],
-                "sr_ratio": config.sr_ratios[i], "mlp_ratio": config.mlp_ratios[i],
-                "attention": "linear SRA (7x7 pool)" if config.linear_attention else "SRA",
-            })  # fmt: skip
-        info["stages"] = stages
-    else:
-        p = pair(config.patch_size)[0]
-        info["vit"] = {
-            "patch_size": config.patch_size, "grid": [height // p, width // p],
-            "tokens": out.hidden_states[-1].shape[1], "layers": config.num_hidden_layers,
-            "hidden_size": config.hidden_size, "heads": config.num_attention_heads,
-            "mlp_size": config.intermediate_size,
-        }  # fmt: skip
-    return info
+from ._common import UsageError, add_model_arguments, hub_kwargs, parse_size
 
 
 def _human(n: float) -> str:
@@ -109,33 +27,38 @@ def print_table(info: dict[str, Any]) -> None:
           "(papers call the MACs 'FLOPs')")  # fmt: skip
     if info["num_labels"] is not None:
         print(f"  classes      {info['num_labels']}")
-    if "stages" in info:
-        print("  stage    stride  channels  output      depth  heads  SR  MLP  attention")
-        for s in info["stages"]:
-            shape = "x".join(map(str, s["shape"]))
-            print(f"  {s['name']:<8} {s['stride']:>6}  {s['channels']:>8}  {shape:<10}  {s['depth']:>5}  "
-                  f"{s['heads']:>5}  {s['sr_ratio']:>2}  {s['mlp_ratio']:>3}  {s['attention']}")  # fmt: skip
-    else:
-        v = info["vit"]
-        print(f"  patches      {v['grid'][0]} x {v['grid'][1]} of {v['patch_size']} px, {v['tokens']} tokens "
-              "with [CLS]")  # fmt: skip
-        print(f"  encoder      {v['layers']} layers, hidden {v['hidden_size']}, {v['heads']} heads, MLP {v['mlp_size']}")
+    for section, value in info.items():  # the family's own part: a table of rows, or a group of facts
+        if section in _COMMON:
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            cells = [[_cell(v) for v in row.values()] for row in value]
+            widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(value[0])]
+            for line in [list(value[0]), *cells]:
+                print(("  " + "  ".join(v.ljust(wd) for v, wd in zip(line, widths))).rstrip())
+        elif isinstance(value, dict):
+            print(f"  {section}: " + ", ".join(f"{k} {_cell(v)}" for k, v in value.items()))
+
+
+_COMMON = ("model_type", "class", "variant", "parameters", "head_parameters", "input", "macs", "flops", "num_labels",
+           "source")  # fmt: skip
+
+
+def _cell(value: Any) -> str:
+    return "x".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..auto import CONFIGS, AutoConfig, AutoModelForImageClassification
-    from ..models.pvt_v2 import PvtV2ForImageClassification
-    from ..models.vit import ViTForImageClassification
+    from ..analysis import describe
+    from ..auto import AutoConfig, AutoModelForImageClassification
+    from ..models import family as registry
     from . import _common
 
-    classes = {"pvt_v2": PvtV2ForImageClassification, "vit": ViTForImageClassification}
     if args.variant:
-        family = "vit" if args.variant in __import__("pvtkit").VIT_VARIANTS else "pvt_v2"
         try:
-            config = CONFIGS[family].from_variant(args.variant)
-        except (KeyError, ValueError) as e:
+            config = registry.config_for_variant(args.variant)
+        except ValueError as e:
             raise UsageError(f"--variant {args.variant!r}: {e}") from e
-        model_class = classes[family]
+        model_class = registry.family_of(config).classes["image-classification"]
     else:
         try:
             config = AutoConfig.from_pretrained(args.model, **hub_kwargs(args))
@@ -143,13 +66,10 @@ def run(args: argparse.Namespace) -> int:
             config = _common.load_model(AutoModelForImageClassification, args).config
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot load model {args.model!r}: {e}") from e
-        model_class = classes[config.model_type]
-        arch = (config.architectures or [None])[0]
-        module = __import__(model_class.__module__, fromlist=["_"])
-        if arch and hasattr(module, arch):
-            model_class = getattr(module, arch)
+        model_class = registry.class_named((config.architectures or [""])[0] or "")
+        model_class = model_class or registry.family_of(config).classes["image-classification"]
     size = args.image_size or "x".join(map(str, pair(config.image_size)))
-    height, width = parse_size(size)
+    height, width = parse_size(size)  # type: ignore[misc]
     try:
         info = describe(model_class, config, height, width)
     except ValueError as e:

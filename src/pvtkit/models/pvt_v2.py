@@ -7,8 +7,9 @@ attends to a spatially reduced copy of the tokens (SRA: a strided conv; linear S
 whose MLP carries a depth-wise 3x3 conv in place of position embeddings, so any input resolution works.
 
 Module names are transformers' (`pvt_v2.encoder.layers.0.blocks.0.attention.query.weight`, ...), so checkpoints
-move between the two libraries with no conversion. Tokens are kept as `(B, N, C)` with N = H * W in row-major
-order; stage outputs are NCHW.
+move between the two libraries with no conversion; timm's and the authors' layouts convert by the rules at the end
+of this file. Tokens are kept as `(B, N, C)` with N = H * W in row-major order; stage outputs are NCHW. This one
+forward is what eager, torch.compile, torch.export and ONNX run: size-dependent steps stay symbolic when traced.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import PretrainedConfig, check_lengths
-from ..layers import SMALL_BYTES, DropPath, attend, conv, eager_cpu_inference, get_activation, linear, tracing
-from ..modeling import PreTrainedModel, classification_loss
+from .. import convert
+from .. import cpu_kernels as kernels
+from ..config import PretrainedConfig, align_stage_outputs, check_lengths
+from ..layers import DropPath, adaptive_avg_pool2d, attend, get_activation, map_to_tokens, tokens_to_map
+from ..modeling import BackboneMixin, PreTrainedModel, classification_loss
 from ..outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput
+from .family import Family, Layout, StateDict
 
 
 class PvtV2Config(PretrainedConfig):
@@ -55,6 +59,7 @@ class PvtV2Config(PretrainedConfig):
     """
 
     model_type = "pvt_v2"
+    title = "PVTv2"
 
     def __init__(
         self,
@@ -101,7 +106,8 @@ class PvtV2Config(PretrainedConfig):
         self.qkv_bias = bool(qkv_bias)
         self.linear_attention = bool(linear_attention)
         self.stage_names = [f"stage{i}" for i in range(1, len(self.depths) + 1)]
-        self.out_features, self.out_indices = self._align_outputs(out_features, out_indices)
+        self.out_features, self.out_indices = align_stage_outputs("PvtV2Config", self.stage_names, out_features,
+                                                                  out_indices)  # fmt: skip
         self._validate()
 
     def _validate(self) -> None:
@@ -123,59 +129,12 @@ class PvtV2Config(PretrainedConfig):
             raise ValueError(f"PvtV2Config: drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         get_activation(self.hidden_act)
 
-    def _align_outputs(
-        self, out_features: Sequence[str] | None, out_indices: Sequence[int] | None
-    ) -> tuple[list[str], list[int]]:
-        """Fill in whichever of out_features / out_indices is missing (default: the last stage), check both."""
-        names = self.stage_names
-        if out_indices is not None:
-            out_indices = [int(i) + len(names) if int(i) < 0 else int(i) for i in out_indices]
-            if any(not 0 <= i < len(names) for i in out_indices):
-                raise ValueError(f"PvtV2Config: out_indices {out_indices} out of range for stages {names}")
-        if out_features is not None:
-            unknown = [f for f in out_features if f not in names]
-            if unknown:
-                raise ValueError(f"PvtV2Config: out_features {unknown} are not stage names; expected some of {names}")
-        if out_features is None and out_indices is None:
-            out_indices = [len(names) - 1]
-        if out_features is None:
-            out_features = [names[i] for i in out_indices]  # type: ignore[union-attr]
-        if out_indices is None:
-            out_indices = [names.index(f) for f in out_features]
-        out_features = list(out_features)
-        if [names[i] for i in out_indices] != out_features:
-            raise ValueError(f"PvtV2Config: out_features {out_features} and out_indices {out_indices} disagree")
-        if sorted(out_indices) != list(out_indices) or len(set(out_indices)) != len(out_indices):
-            raise ValueError(f"PvtV2Config: out_features must be distinct and in stage order, got {out_features}")
-        return out_features, list(out_indices)
-
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> PvtV2Config:
-        """The published architecture `name` (b0, b1, b2, b2_linear, b3, b4, b5) with a 1000-class ImageNet head.
-
-        `overrides` change any field, e.g. `num_labels=10` or `drop_path_rate=0.1`.
-        """
-        key = name.lower().replace("-", "_").removeprefix("pvt_v2_").removeprefix("pvtv2_")
-        key = {"b2_li": "b2_linear", "b2li": "b2_linear"}.get(key, key)
-        if key not in VARIANTS:
-            raise ValueError(f"unknown PVTv2 variant {name!r}; expected one of {', '.join(VARIANTS)}")
-        fields = {"num_labels": 1000, **VARIANTS[key], **overrides}
-        return cls(**fields)
+    variant_prefixes = ("pvt_v2_", "pvtv2_")
+    variant_aliases = {"b2_li": "b2_linear", "b2li": "b2_linear"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Layers
-
-
-def _conv_gelu_kernel() -> Any:
-    """oneDNN's convolution with a fused exact-GELU epilogue (the op Inductor uses on CPU), or None if absent."""
-    try:
-        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_CONV_GELU = _conv_gelu_kernel()
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -189,16 +148,17 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         # Channels-last in memory (a no-op for the previous stage's output, which already is): oneDNN's conv runs
         # faster on it, its output is channels-last too, and then the (B, h*w, C) tokens below are a view, no copy.
-        x = conv(x.contiguous(memory_format=torch.channels_last), self.proj)  # (B, C, h, w)
+        x = kernels.conv(x.contiguous(memory_format=torch.channels_last), self.proj)  # (B, C, h, w)
         h, w = x.shape[-2:]
-        return self.layer_norm(x.flatten(2).transpose(1, 2)), h, w  # (B, h*w, C)
+        return self.layer_norm(map_to_tokens(x)), h, w  # (B, h*w, C)
 
 
 class SpatialReductionAttention(nn.Module):
     """Multi-head attention whose keys and values come from a spatially reduced copy of the tokens.
 
-    SRA reduces with a `sr_ratio`-strided conv + LayerNorm; linear SRA pools to 7x7, then 1x1 conv, LayerNorm and
-    GELU, so its cost stays linear in the number of tokens.
+    SRA reduces with a `sr_ratio`-strided conv + LayerNorm (a map smaller than one window is zero-padded to one
+    window instead of failing); linear SRA pools to 7x7, then 1x1 conv, LayerNorm and GELU, so its cost stays
+    linear in the number of tokens.
     """
 
     def __init__(
@@ -214,7 +174,6 @@ class SpatialReductionAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         if linear:
-            self.pool = nn.AdaptiveAvgPool2d(7)
             self.spatial_reduction = nn.Conv2d(dim, dim, kernel_size=1)
             self.layer_norm = nn.LayerNorm(dim, eps=eps)
         elif sr_ratio > 1:
@@ -223,54 +182,26 @@ class SpatialReductionAttention(nn.Module):
 
     def _reduce(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, h*w, C) -> the (B, M, C) tokens keys and values are computed from."""
-        if not self.linear and self.sr_ratio == 1:
-            return x
-        B, N, C = x.shape
-        if not self.linear and h >= self.sr_ratio and w >= self.sr_ratio and self._small_inference(x):
-            return self.layer_norm(self._reduce_by_matmul(x, h, w))
-        grid = x.transpose(1, 2).reshape(B, C, h, w)  # (B, C, h, w)
         if self.linear:
-            grid = conv(self.pool(grid), self.spatial_reduction)  # (B, C, 7, 7)
-        else:
-            r = self.sr_ratio
-            if h < r or w < r:  # a map smaller than one reduction window: zero-pad to one window, not crash
-                grid = F.pad(grid, (0, max(0, r - w), 0, max(0, r - h)))
-            grid = conv(grid, self.spatial_reduction)  # (B, C, h // r, w // r)
-        reduced = self.layer_norm(grid.flatten(2).transpose(1, 2))  # (B, M, C)
-        return F.gelu(reduced) if self.linear else reduced
-
-    @staticmethod
-    def _small_inference(x: torch.Tensor) -> bool:
-        """Eager fp32 CPU inference on a token tensor small enough to stay in cache (batch 1-8 at stage 1)."""
-        return x.numel() * 4 <= SMALL_BYTES and eager_cpu_inference(x)
-
-    def _reduce_by_matmul(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """The SR conv (kernel = stride = r, no padding) as one matmul over r x r windows of the (B, h, w, C) tokens.
-
-        The conv reads each window once, so gathering the windows into rows of `r * r * C` and multiplying by the
-        kernel laid out the same way is the same sum. For small inputs it skips oneDNN's per-call layout work
-        (~3x faster at batch 1); for large ones gathering the windows costs more than it saves, so they take the conv.
-        """
-        B, N, C = x.shape
-        r = self.sr_ratio
-        h2, w2 = h // r, w // r  # the conv drops a remainder that does not fill a window
-        windows = x.view(B, h, w, C)[:, : h2 * r, : w2 * r].view(B, h2, r, w2, r, C).permute(0, 1, 3, 2, 4, 5)
-        conv_ = self.spatial_reduction
-        kernel = conv_.weight.permute(0, 2, 3, 1).reshape(C, r * r * C)  # (out, r, r, in): the windows' order
-        return F.linear(windows.reshape(B, h2 * w2, r * r * C), kernel, conv_.bias)  # (B, M, C)
+            B, N, C = x.shape
+            grid = adaptive_avg_pool2d(x.transpose(1, 2).reshape(B, C, h, w), 7)  # (B, C, 7, 7)
+            return F.gelu(self.layer_norm(map_to_tokens(kernels.conv(grid, self.spatial_reduction))))  # (B, 49, C)
+        if self.sr_ratio == 1:
+            return x
+        return self.layer_norm(kernels.window_conv(x, h, w, self.spatial_reduction))  # (B, h/r * w/r, C)
 
     def forward(
         self, x: torch.Tensor, h: int, w: int, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, C = x.shape
-        q = linear(x, self.query).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, head_dim)
-        kv = self._reduce(x, h, w)
-        k = linear(kv, self.key).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, M, head_dim)
-        v = linear(kv, self.value).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, M, head_dim)
+        q = kernels.linear(x, self.query).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
+        k, v = kernels.linears(self._reduce(x, h, w), (self.key, self.value))  # each (B, M, C)
+        k = k.view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, M, head_dim)
+        v = v.view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, M, head_dim)
         drop = self.attn_drop if self.training else 0.0
         out, weights = attend(q, k, v, dropout_p=drop, need_weights=need_weights)
         out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
-        return self.proj_drop(linear(out, self.proj)), weights
+        return self.proj_drop(kernels.linear(out, self.proj)), weights
 
 
 class DepthWiseConv(nn.Module):
@@ -280,15 +211,11 @@ class DepthWiseConv(nn.Module):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
-    def forward(self, x: torch.Tensor, h: int, w: int, fuse_gelu: bool = False) -> torch.Tensor:
-        """`(B, N, C) -> (B, N, C)`; with `fuse_gelu`, GELU(conv) in one oneDNN call (no autograd: inference only)."""
+    def forward(self, x: torch.Tensor, h: int, w: int, act: Any) -> torch.Tensor:
+        """`(B, N, C) -> act(conv) (B, N, C)`. The conv sees the tokens as a channels-last map (a view): oneDNN's
+        channels-last depth-wise conv is several times faster than the NCHW one, and no transposes are needed."""
         B, N, C = x.shape
-        grid = x.view(B, h, w, C).permute(0, 3, 1, 2)  # (B, C, h, w), channels-last in memory: no copy
-        if fuse_gelu:
-            c = self.dwconv
-            out = _CONV_GELU(grid, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "gelu", [], "none")
-        else:
-            out = conv(grid, self.dwconv)
+        out = kernels.conv_act(tokens_to_map(x, h, w), self.dwconv, act)  # (B, C, h, w), channels-last
         return out.permute(0, 2, 3, 1).reshape(B, N, C)  # (B, N, C), a view when channels-last
 
 
@@ -305,40 +232,29 @@ class ConvMlp(nn.Module):
         self.linear = linear
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        rows = self._rows_per_chunk(x, h * w)
-        if rows < x.shape[0]:
-            return torch.cat([self._mlp(part, h, w) for part in x.split(rows)])  # (B, N, C)
-        return self._mlp(x, h, w)
+        if kernels.choose(x).nchw_mlp:
+            return self._nchw(x, h, w)
+        # The hidden activations are the model's largest tensors: CPU inference takes a few images at a time.
+        return kernels.in_pieces(self._tokens, x, h * w * self.dense1.out_features * 4, h, w)
 
-    def _mlp(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = linear(x, self.dense1)  # (B, N, hidden)
+    def _tokens(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = kernels.linear(x, self.dense1)  # (B, N, hidden)
         if self.linear:
             x = F.relu(x)
-        if self._can_fuse(x):
-            x = self.dwconv(x, h, w, fuse_gelu=True)
-        else:
-            x = self.act(self.dwconv(x, h, w))
-        return self.dropout(linear(self.dropout(x), self.dense2))  # (B, N, C)
+        x = self.dwconv(x, h, w, self.act)
+        return self.dropout(kernels.linear(self.dropout(x), self.dense2))  # (B, N, C)
 
-    def _can_fuse(self, x: torch.Tensor) -> bool:
-        """Fuse the depth-wise conv and the exact GELU in eager fp32 CPU inference: one pass over the largest
-        tensor instead of two, and one allocation of it instead of two."""
-        return _CONV_GELU is not None and self.act is F.gelu and eager_cpu_inference(x)
-
-    def _rows_per_chunk(self, x: torch.Tensor, tokens: int) -> int:
-        """Images per MLP pass: in eager CPU inference, enough to keep the hidden activations near SMALL_BYTES.
-
-        The hidden tensor is the model's largest (B0 at batch 32: 100 MB per stage-1 block). Allocations that big
-        come fresh from the OS and are page-faulted in on every call, and they stream through memory three times;
-        a few images at a time stay in cache and reuse one block of memory. Traced, compiled, exported or
-        differentiated runs take the whole batch (no Python loop over a symbolic batch; autograd keeps the
-        activations anyway).
-        """
-        if x.device.type != "cpu" or torch.is_grad_enabled() or tracing():
-            return x.shape[0]
-        per_image = tokens * self.dense1.out_features * 4  # bytes of one image's hidden activations
-        return max(1, SMALL_BYTES // per_image)
-
+    def _nchw(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The same maths on an NCHW map, the Linear layers as 1x1 convs: the layout for ONNX Runtime, which would
+        otherwise materialise the transposes around the depth-wise conv at the hidden width (8x the model width in
+        stages 1-2; a third of B0's kernel time) and reorder them for its blocked convs. Here the transposes happen
+        at the model width and ORT chains its blocked convs (B0 batch 32: 20 -> 34 img/s, README "Export")."""
+        B, N, C = x.shape
+        z = F.conv2d(x.transpose(1, 2).reshape(B, C, h, w), self.dense1.weight[:, :, None, None], self.dense1.bias)
+        z = F.relu(z) if self.linear else z  # (B, hidden, h, w)
+        z = self.dropout(self.act(self.dwconv.dwconv(z)))
+        z = F.conv2d(z, self.dense2.weight[:, :, None, None], self.dense2.bias)  # (B, C, h, w)
+        return self.dropout(z.flatten(2).transpose(1, 2))  # (B, N, C)
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), each branch with stochastic depth."""
@@ -395,10 +311,9 @@ class Stage(nn.Module):
             else:
                 x, weights = block(x, h, w, need_weights)
             attentions.append(weights)
-        x = self.layer_norm(x)
         # (B, C, h, w) as a view of the tokens: channels-last in memory, no copy. The models hand users
         # NCHW-contiguous maps, as transformers does; inside, the next stage and the classifier take this view as is.
-        return x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2), tuple(attentions)
+        return tokens_to_map(self.layer_norm(x), h, w), tuple(attentions)
 
 
 class PvtV2Encoder(nn.Module):
@@ -427,28 +342,44 @@ class PvtV2Encoder(nn.Module):
 
 
 class PvtV2PreTrainedModel(PreTrainedModel):
-    """Shared plumbing of the PVTv2 models: config class, state-dict prefix, input checks."""
+    """The PVTv2 forward, written once: input check, the stages, the outputs asked for, then the class's head."""
 
     config_class = PvtV2Config
     base_model_prefix = "pvt_v2"
 
-    def _run_encoder(
-        self, encoder: PvtV2Encoder, pixel_values: torch.Tensor, output_attentions: bool | None
-    ) -> BaseModelOutput:
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
-            raise ValueError(
-                f"pixel_values must have shape (batch, {self.config.num_channels}, height, width), "
-                f"got {tuple(pixel_values.shape)}"
-            )
-        if output_attentions is None:
-            output_attentions = self.config.output_attentions
-        return encoder(pixel_values, need_weights=output_attentions)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """`pixel_values` `(B, num_channels, H, W)`, any size; the flags override the config's defaults."""
+        return self._forward(pixel_values, None, output_attentions, output_hidden_states, return_dict)
 
-    def _select(self, out: BaseModelOutput, output_hidden_states: bool | None, output_attentions: bool | None):
-        keep_hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        keep_attn = self.config.output_attentions if output_attentions is None else output_attentions
+    def _forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None, output_attentions: bool | None,
+                 output_hidden_states: bool | None, return_dict: bool | None) -> Any:  # fmt: skip
+        c = self.config
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != c.num_channels:
+            raise ValueError(f"pixel_values must have shape (batch, {c.num_channels}, height, width), "
+                             f"got {tuple(pixel_values.shape)}")  # fmt: skip
+        keep_attn = c.output_attentions if output_attentions is None else output_attentions
+        keep_hidden = c.output_hidden_states if output_hidden_states is None else output_hidden_states
+        encoder = getattr(self, self.base_model_prefix, self).encoder  # a task model holds the encoder model
+        out = encoder(pixel_values, need_weights=keep_attn)
         hidden = tuple(h.contiguous() for h in out.hidden_states) if keep_hidden else None  # type: ignore[union-attr]
-        return hidden, (out.attentions if keep_attn else None)
+        result = self._head(out, hidden, out.attentions if keep_attn else None, labels)
+        return result if (c.return_dict if return_dict is None else return_dict) else result.to_tuple()
+
+    def _head(self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: torch.Tensor | None) -> Any:
+        raise NotImplementedError
+
+    def attention_layers(self, out: Any, pixel_values: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple[int, int], int]]:
+        """Per stage, its last block's attention for the first image; queries are the stage's map, keys its
+        spatially reduced copy (7x7 with linear SRA); no prefix tokens."""
+        return [(f"stage {i + 1}", stage[-1][0], tuple(hidden.shape[-2:]), 0)
+                for i, (stage, hidden) in enumerate(zip(out.attentions, out.hidden_states))]  # fmt: skip
 
 
 class PvtV2Model(PvtV2PreTrainedModel):
@@ -458,23 +389,15 @@ class PvtV2Model(PvtV2PreTrainedModel):
         config: The architecture.
     """
 
+    output_names = ("last_hidden_state",)
+
     def __init__(self, config: PvtV2Config) -> None:
         super().__init__(config)
         self.encoder = PvtV2Encoder(config)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutput | tuple:
-        out = self._run_encoder(self.encoder, pixel_values, output_attentions)
-        hidden, attn = self._select(out, output_hidden_states, output_attentions)
+    def _head(self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: None) -> BaseModelOutput:
         last = hidden[-1] if hidden else out.last_hidden_state.contiguous()  # one copy when both are returned
-        result = BaseModelOutput(last_hidden_state=last, hidden_states=hidden, attentions=attn)
-        return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
+        return BaseModelOutput(last_hidden_state=last, hidden_states=hidden, attentions=attentions)
 
 
 class PvtV2ForImageClassification(PvtV2PreTrainedModel):
@@ -485,13 +408,14 @@ class PvtV2ForImageClassification(PvtV2PreTrainedModel):
     """
 
     head_prefixes = ("classifier.",)
+    output_names = ("logits",)
 
     def __init__(self, config: PvtV2Config) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
+        self.num_labels = n = config.num_labels
         self.pvt_v2 = PvtV2Model(config)
-        n = config.num_labels
-        self.classifier = nn.Linear(config.hidden_sizes[-1], n) if n > 0 else nn.Identity()
+        self.head_width = config.hidden_sizes[-1]
+        self.classifier = nn.Linear(self.head_width, n) if n > 0 else nn.Identity()
 
     def forward(
         self,
@@ -502,15 +426,16 @@ class PvtV2ForImageClassification(PvtV2PreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> ImageClassifierOutput | tuple:
-        out = self._run_encoder(self.pvt_v2.encoder, pixel_values, output_attentions)
+        """`pixel_values` `(B, num_channels, H, W)`; with `labels`, the loss `config.problem_type` names."""
+        return self._forward(pixel_values, labels, output_attentions, output_hidden_states, return_dict)
+
+    def _head(self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: Any) -> ImageClassifierOutput:
         logits = self.classifier(out.last_hidden_state.mean(dim=(2, 3)))  # global average pool: (B, num_labels)
         loss = classification_loss(logits, labels, self.config) if labels is not None else None
-        hidden, attn = self._select(out, output_hidden_states, output_attentions)
-        result = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attn)
-        return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attentions)
 
 
-class PvtV2Backbone(PvtV2PreTrainedModel):
+class PvtV2Backbone(BackboneMixin, PvtV2PreTrainedModel):
     """PVTv2 as a multi-scale backbone for detection and segmentation: the stages in `config.out_features`.
 
     `channels` and `strides` describe the returned maps (stride 4, 8, 16, 32 for the standard stages).
@@ -524,41 +449,18 @@ class PvtV2Backbone(PvtV2PreTrainedModel):
         self.encoder = PvtV2Encoder(config)
 
     @property
-    def out_features(self) -> list[str]:
-        return list(self.config.out_features)
-
-    @property
-    def out_indices(self) -> list[int]:
-        return list(self.config.out_indices)
-
-    @property
-    def num_features(self) -> list[int]:
+    def stage_channels(self) -> list[int]:
         return list(self.config.hidden_sizes)
 
     @property
-    def channels(self) -> list[int]:
-        return [self.config.hidden_sizes[i] for i in self.config.out_indices]
+    def stage_strides(self) -> list[int]:
+        return torch.tensor(self.config.strides).cumprod(0).tolist()
 
-    @property
-    def strides(self) -> list[int]:
-        cumulative = torch.tensor(self.config.strides).cumprod(0).tolist()
-        return [cumulative[i] for i in self.config.out_indices]
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> BackboneOutput | tuple:
-        out = self._run_encoder(self.encoder, pixel_values, output_attentions)
-        hidden, attn = self._select(out, output_hidden_states, output_attentions)
+    def _head(self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: None) -> BackboneOutput:
         # the returned hidden states are contiguous already (no second copy); otherwise copy just these stages
         stages = hidden or out.hidden_states
         maps = tuple(stages[i].contiguous() for i in self.config.out_indices)  # type: ignore[index]
-        result = BackboneOutput(feature_maps=maps, hidden_states=hidden, attentions=attn)
-        return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
+        return BackboneOutput(feature_maps=maps, hidden_states=hidden, attentions=attentions)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -574,3 +476,119 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "b4": {"depths": (3, 8, 27, 3), **_WIDE},
     "b5": {"depths": (3, 6, 40, 3), **_WIDE, "mlp_ratios": (4, 4, 4, 4)},
 }
+PvtV2Config.variants = VARIANTS
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoint layouts: timm's and the authors' (whai362/PVT) names -> transformers', and config inference.
+
+_BLOCK_RULES: convert.Rules = [  # block-level names timm and the authors share
+    (r"\.norm1\.", ".layer_norm_1."), (r"\.norm2\.", ".layer_norm_2."), (r"\.attn\.q\.", ".attention.query."),
+    (r"\.attn\.kv\.", ".attention.kv."), (r"\.attn\.proj\.", ".attention.proj."),
+    (r"\.attn\.sr\.", ".attention.spatial_reduction."), (r"\.attn\.norm\.", ".attention.layer_norm."),
+    (r"\.mlp\.fc1\.", ".mlp.dense1."), (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv.dwconv."),
+    (r"\.mlp\.dwconv\.(weight|bias)$", r".mlp.dwconv.dwconv.\1"), (r"\.mlp\.fc2\.", ".mlp.dense2."),
+]  # fmt: skip
+_TIMM_STAGES = convert.stage_renamer([
+    (r"^patch_embed\.proj\.", lambda m: "encoder.layers.0.patch_embedding.proj."),
+    (r"^patch_embed\.norm\.", lambda m: "encoder.layers.0.patch_embedding.layer_norm."),
+    (r"^stages\.(\d+)\.downsample\.proj\.", lambda m: f"encoder.layers.{m[1]}.patch_embedding.proj."),
+    (r"^stages\.(\d+)\.downsample\.norm\.", lambda m: f"encoder.layers.{m[1]}.patch_embedding.layer_norm."),
+    (r"^stages\.(\d+)\.blocks\.", lambda m: f"encoder.layers.{m[1]}.blocks."),
+    (r"^stages\.(\d+)\.norm\.", lambda m: f"encoder.layers.{m[1]}.layer_norm."),
+    (r"^head\.", lambda m: "classifier."),
+])  # fmt: skip
+_ORIGINAL_STAGES = convert.stage_renamer([
+    (r"^patch_embed(\d)\.proj\.", lambda m: f"encoder.layers.{int(m[1]) - 1}.patch_embedding.proj."),
+    (r"^patch_embed(\d)\.norm\.", lambda m: f"encoder.layers.{int(m[1]) - 1}.patch_embedding.layer_norm."),
+    (r"^block(\d)\.", lambda m: f"encoder.layers.{int(m[1]) - 1}.blocks."),
+    (r"^norm(\d)\.", lambda m: f"encoder.layers.{int(m[1]) - 1}.layer_norm."),
+    (r"^head\.", lambda m: "classifier."),
+])  # fmt: skip
+
+
+def _converter(stages: Any) -> Any:
+    """timm's or the authors' state dict -> transformers' names (fused `kv` split into key and value)."""
+
+    def to_transformers(state: StateDict) -> StateDict:
+        state = convert.rename(stages(state), _BLOCK_RULES)
+        state = convert.split(state, "attention.kv", ("attention.key", "attention.value"))
+        return convert.prefix_encoder(state, "pvt_v2.")
+
+    return to_transformers
+
+
+def infer_config(state: StateDict) -> dict[str, Any]:
+    """PvtV2Config fields read off a transformers-named state dict. Head counts cannot be read off the tensors:
+    every published PVTv2 has one head in stage 1 and keeps that head width in every stage (B0: 32; others: 64)."""
+    s = convert.strip_prefix(state, "pvt_v2.")
+    n = 0
+    while f"encoder.layers.{n}.patch_embedding.proj.weight" in s:
+        n += 1
+    if n == 0:
+        raise ValueError("cannot infer a PVTv2 config: no encoder.layers.0.patch_embedding.proj.weight")
+    fields: dict[str, Any] = {"num_encoder_blocks": n, "depths": [], "hidden_sizes": [], "patch_sizes": [],
+                              "sr_ratios": [], "mlp_ratios": [], "num_attention_heads": []}  # fmt: skip
+    linear = False
+    for i in range(n):
+        proj = s[f"encoder.layers.{i}.patch_embedding.proj.weight"]  # (C, C_in, k, k)
+        dim, block = proj.shape[0], f"encoder.layers.{i}.blocks.0."
+        fields["num_channels"] = fields.get("num_channels", proj.shape[1])
+        depth = 0
+        while f"encoder.layers.{i}.blocks.{depth}.layer_norm_1.weight" in s:
+            depth += 1
+        sr = s.get(block + "attention.spatial_reduction.weight")
+        linear = linear or (sr is not None and sr.shape[-1] == 1)
+        head_dim = fields["hidden_sizes"][0] if i else dim
+        for key, value in (("depths", depth), ("hidden_sizes", dim), ("patch_sizes", proj.shape[-1]),
+                           ("sr_ratios", 1 if sr is None else sr.shape[-1]),
+                           ("mlp_ratios", s[block + "mlp.dense1.weight"].shape[0] // dim if depth else 4),
+                           ("num_attention_heads", dim // head_dim if dim % head_dim == 0 else 1)):  # fmt: skip
+            fields[key].append(value)
+    if linear:  # linear SRA has a 1x1 reduction conv in every stage; the published ratios are kept for reference
+        fields["linear_attention"] = True
+        fields["sr_ratios"] = [8, 4, 2, 1][:n] if n == 4 else [1] * n
+    fields["strides"] = [4] + [2] * (n - 1)
+    fields["qkv_bias"] = "encoder.layers.0.blocks.0.attention.query.bias" in s
+    if "classifier.weight" in state:
+        fields["num_labels"] = state["classifier.weight"].shape[0]
+    return fields
+
+
+def min_export_side(config: PvtV2Config) -> int:
+    """The smallest input side a `torch.export` program takes: torch.export traces PyTorch's convolutions with
+    guards that no feature map is a single row or column (a size-1 dimension changes the memory-format decision),
+    so every stage's map, and SRA's reduced copy of it, must be at least 2 long: 61 pixels for the standard
+    strides and reduction ratios, 33 for linear SRA. ONNX files have no such limit."""
+    for side in range(1, 1 << 16):
+        n, fits = side, True
+        for k, stride, r in zip(config.patch_sizes, config.strides, config.sr_ratios):
+            n = (n + 2 * (k // 2) - k) // stride + 1
+            fits = fits and n >= 2 and (n if config.linear_attention or r == 1 else max(n, r) // r) >= 2
+        if fits:
+            return side
+    raise ValueError("no input size fits this PVTv2 configuration")
+
+
+def describe(config: PvtV2Config, out: Any) -> dict[str, Any]:
+    """Per stage: name, stride, channels, output shape, depth, heads, SR ratio, MLP ratio, attention kind."""
+    strides = torch.tensor(config.strides).cumprod(0).tolist()
+    return {"stages": [{
+        "name": name, "stride": strides[i], "channels": out.hidden_states[i].shape[1],
+        "shape": list(out.hidden_states[i].shape[2:]), "depth": config.depths[i],
+        "heads": config.num_attention_heads[i], "sr_ratio": config.sr_ratios[i], "mlp_ratio": config.mlp_ratios[i],
+        "attention": "linear SRA (7x7 pool)" if config.linear_attention else "SRA",
+    } for i, name in enumerate(config.stage_names)]}  # fmt: skip
+
+
+_EPS = {"layer_norm_eps": 1e-6}
+FAMILY = Family(
+    model_type="pvt_v2", config_class=PvtV2Config, processor="PvtImageProcessor",
+    classes={"model": PvtV2Model, "image-classification": PvtV2ForImageClassification, "backbone": PvtV2Backbone},
+    layouts=(
+        Layout("transformers", "pvt_v2", "encoder.layers.0.patch_embedding.proj.weight", convert.identity),
+        Layout("timm", "pvt_v2", "stages.0.blocks.0.attn.q.weight", _converter(_TIMM_STAGES), _EPS),
+        Layout("original", "pvt_v2", "patch_embed1.proj.weight", _converter(_ORIGINAL_STAGES), _EPS),
+    ),
+    infer_config=infer_config, min_export_side=min_export_side, describe=describe,
+)  # fmt: skip

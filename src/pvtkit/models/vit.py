@@ -9,7 +9,9 @@ classifier reads the final-layernormed [CLS] token.
 
 Module names are the ones transformers writes to disk (`vit.encoder.layer.0.attention.attention.query.weight`,
 `vit.encoder.layer.0.intermediate.dense.weight`, ...), so hub checkpoints load with no conversion and pvtkit's saves
-load in transformers. Tokens are `(B, 1 + h*w, C)`: the [CLS] token, then the patches in row-major order.
+load in transformers; timm's layout converts by the rules at the end of this file. Tokens are `(B, 1 + h*w, C)`:
+the [CLS] token, then the patches in row-major order. This one forward is what eager, torch.compile, torch.export
+and ONNX run; exported, it always interpolates the position embeddings, so the graph takes any multiple of the patch.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .. import convert
+from .. import cpu_kernels as kernels
 from ..config import PretrainedConfig
-from ..layers import attend, conv, emulating_bf16, get_activation, linear, rounded_bf16
+from ..layers import attend, get_activation, map_to_tokens, resize_position_embeddings
 from ..layers import pair as _pair
 from ..modeling import PreTrainedModel, classification_loss
 from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
+from .family import Family, Layout, StateDict
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 Tensors = tuple[torch.Tensor, ...]
@@ -63,6 +67,7 @@ class ViTConfig(PretrainedConfig):
     """
 
     model_type = "vit"
+    title = "ViT"
 
     def __init__(
         self,
@@ -141,37 +146,11 @@ class ViTConfig(PretrainedConfig):
         changes.setdefault("attn_implementation", self._attn_implementation)  # not in to_dict(), so carry it over
         return super().copy(**changes)
 
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> ViTConfig:
-        """A published architecture, e.g. "base_patch16_224", "large_patch32_384", "huge_patch14_224", with a
-        1000-class ImageNet head. `overrides` change any field, e.g. `num_labels=10` or `layer_norm_eps=1e-6`.
-        """
-        key = name.lower().replace("-", "_").removeprefix("vit_")
-        if key not in VARIANTS:
-            raise ValueError(f"unknown ViT variant {name!r}; expected one of {', '.join(VARIANTS)}")
-        return cls(**{"num_labels": 1000, **VARIANTS[key], **overrides})
+    variant_prefixes = ("vit_",)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Layers
-
-
-def resize_position_embeddings(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Resize `(1, 1 + h*w, C)` position embeddings laid out on `grid` to `new_grid` (bicubic, align_corners=False).
-
-    The [CLS] position is kept as is. Resampling runs in fp32 (also under autocast or with bf16 weights, where
-    bicubic weights lose too much precision) and the result is cast back to `pos.dtype`. As in transformers, a
-    square input of the nominal size is returned untouched, and the target is given by `size=`, not a scale factor.
-    """
-    if new_grid == grid:
-        return pos
-    cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
-    C = pos.shape[-1]
-    patch_pos = patch_pos.reshape(1, grid[0], grid[1], C).permute(0, 3, 1, 2)  # (1, C, h, w)
-    with torch.autocast(device_type=pos.device.type, enabled=False):
-        patch_pos = F.interpolate(patch_pos.float(), size=new_grid, mode="bicubic", align_corners=False)
-    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, -1, C)  # (1, h'*w', C)
-    return torch.cat((cls_pos, patch_pos), dim=1)
 
 
 class PatchEmbeddings(nn.Module):
@@ -182,7 +161,7 @@ class PatchEmbeddings(nn.Module):
         self.projection = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return conv(pixel_values, self.projection)
+        return kernels.conv(pixel_values, self.projection)
 
 
 class ViTEmbeddings(nn.Module):
@@ -214,7 +193,7 @@ class ViTEmbeddings(nn.Module):
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.patch_embeddings(pixel_values)  # (B, C, h, w)
         B, C, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        x = map_to_tokens(x)  # (B, h*w, C)
         if bool_masked_pos is not None:
             masked = bool_masked_pos.reshape(B, h * w, 1).bool()  # (B, h*w, 1)
             x = torch.where(masked, self.mask_token, x)  # type: ignore[arg-type]
@@ -226,12 +205,7 @@ class ViTEmbeddings(nn.Module):
 
 
 class QKV(nn.Module):
-    """The query, key and value projections, split into heads: (B, N, C) -> 3 x (B, heads, N, head_dim).
-
-    Three matmuls, not one fused (3C, C) matmul: fusing measured no faster on CPU in fp32, and this keeps
-    transformers' numbers. Under emulated bf16 autocast (see `pvtkit.layers`) the weights are rounded on every call
-    anyway, so there the three are rounded into one (3C, C) matrix and run as one matmul.
-    """
+    """The query, key and value projections, split into heads: (B, N, C) -> 3 x (B, heads, N, head_dim)."""
 
     def __init__(self, dim: int, num_heads: int, bias: bool) -> None:
         super().__init__()
@@ -242,18 +216,9 @@ class QKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, _ = x.shape
+        q, k, v = kernels.linears(x, (self.query, self.key, self.value))  # each (B, N, C)
         heads = (B, N, self.num_heads, self.head_dim)
-        if emulating_bf16(x):
-            layers = (self.query, self.key, self.value)
-            weight = rounded_bf16(torch.cat([layer.weight for layer in layers]))  # (3C, C)
-            bias = None if self.query.bias is None else rounded_bf16(torch.cat([layer.bias for layer in layers]))
-            with torch.autocast("cpu", enabled=False):
-                qkv = F.linear(rounded_bf16(x), weight, bias).to(torch.bfloat16)  # (B, N, 3C)
-            return tuple(t.view(heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # type: ignore[return-value]
-        q = linear(x, self.query).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
-        k = linear(x, self.key).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
-        v = linear(x, self.value).view(heads).transpose(1, 2)  # (B, heads, N, head_dim)
-        return q, k, v
+        return q.view(heads).transpose(1, 2), k.view(heads).transpose(1, 2), v.view(heads).transpose(1, 2)
 
 
 class Dense(nn.Module):
@@ -264,7 +229,7 @@ class Dense(nn.Module):
         self.dense = nn.Linear(in_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.dense)
+        return kernels.linear(x, self.dense)
 
 
 class SelfAttention(nn.Module):
@@ -383,6 +348,33 @@ class ViTPreTrainedModel(PreTrainedModel):
     def _flag(self, value: bool | None, name: str) -> bool:
         return bool(getattr(self.config, name) if value is None else value)
 
+    def _vit(self) -> ViTModel:
+        return self if isinstance(self, ViTModel) else self.vit  # type: ignore[return-value]
+
+    def set_input_size(self, image_size: int | Sequence[int]) -> None:
+        """Make `image_size` the native input size: the position embeddings are resampled once (bicubic) and the
+        config updated, so the model (and its save) runs at that size without interpolating, in pvtkit and in
+        transformers. Raises a ValueError when a side is not a multiple of the patch."""
+        (h, w), (ph, pw) = _pair(image_size), _pair(self.config.patch_size)
+        if h % ph or w % pw or min(h, w) <= 0:
+            raise ValueError(f"a ViT with patch size {ph} needs height and width divisible by {ph}, got {h}x{w} "
+                             f"(e.g. {max(ph, h // ph * ph)}x{max(pw, w // pw * pw)})")  # fmt: skip
+        vit = self._vit()
+        emb = vit.embeddings
+        if (h // ph, w // pw) != emb.grid:
+            with torch.no_grad():
+                pos = resize_position_embeddings(emb.position_embeddings, emb.grid, (h // ph, w // pw))
+            emb.position_embeddings = nn.Parameter(pos, requires_grad=emb.position_embeddings.requires_grad)
+            emb.grid = (h // ph, w // pw)
+        vit.image_size = (h, w)
+        super().set_input_size(image_size)
+
+    def attention_layers(self, out: Any, pixel_values: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple[int, int], int]]:
+        """Every layer's attention for the first image over the patch grid, behind the [CLS] token (one prefix)."""
+        ph, pw = _pair(self.config.patch_size)
+        grid = (pixel_values.shape[-2] // ph, pixel_values.shape[-1] // pw)
+        return [(f"layer {j + 1}", weights[0], grid, 1) for j, weights in enumerate(out.attentions)]
+
 
 class ViTModel(ViTPreTrainedModel):
     """The ViT encoder: embeddings, transformer layers, final LayerNorm and (optionally) the [CLS] pooler.
@@ -395,6 +387,8 @@ class ViTModel(ViTPreTrainedModel):
         add_pooling_layer: Add the dense + tanh pooler on the [CLS] token (`pooler_output`).
         use_mask_token: Add the mask token, so `bool_masked_pos` can be passed (masked image modeling).
     """
+
+    output_names = ("last_hidden_state", "pooler_output")
 
     def __init__(self, config: ViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False) -> None:
         super().__init__(config)
@@ -414,6 +408,10 @@ class ViTModel(ViTPreTrainedModel):
             raise ValueError(f"pixel_values must have shape (batch, {C}, height, width), got {shape}")
         H, W = pixel_values.shape[-2:]
         (ph, pw), (ih, iw) = self.patch_size, self.image_size
+        if kernels.tracing():  # symbolic sizes: a run-time assertion in an exported program, not a Python branch
+            torch._check(H % ph == 0 and W % pw == 0,
+                         lambda: f"ViT input size {H}x{W} is not a multiple of the patch size {ph}x{pw}")  # fmt: skip
+            return
         if not interpolate and (H, W) != (ih, iw):
             raise ValueError(f"Input image size ({H}*{W}) doesn't match model ({ih}*{iw}): expected {ih}x{iw}, "
                              "or pass interpolate_pos_encoding=True (or set it in the config)")  # fmt: skip
@@ -434,7 +432,8 @@ class ViTModel(ViTPreTrainedModel):
         output_attentions: bool | None, output_hidden_states: bool | None,
     ) -> tuple[torch.Tensor, tuple[int, int], Tensors | None, Tensors | None]:  # fmt: skip
         """Returns (final-layernormed tokens, patch grid (h, w), hidden states or None, attentions or None)."""
-        interpolate = self._flag(interpolate, "interpolate_pos_encoding")
+        # Exported, the interpolation is always in the graph: the program then takes any multiple of the patch.
+        interpolate = self._flag(interpolate, "interpolate_pos_encoding") or torch.compiler.is_exporting()
         self._check_inputs(pixel_values, bool_masked_pos, interpolate)
         weight = self.embeddings.patch_embeddings.projection.weight
         if pixel_values.dtype != weight.dtype:
@@ -477,12 +476,14 @@ class ViTForImageClassification(ViTPreTrainedModel):
     """
 
     head_prefixes = ("classifier.",)
+    output_names = ("logits",)
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
         self.num_labels = n = config.num_labels
         self.vit = ViTModel(config, add_pooling_layer=False)
-        self.classifier = nn.Linear(config.hidden_size, n) if n > 0 else nn.Identity()
+        self.head_width = config.hidden_size
+        self.classifier = nn.Linear(self.head_width, n) if n > 0 else nn.Identity()
         self.post_init()
 
     def forward(
@@ -509,6 +510,8 @@ class ViTForMaskedImageModeling(ViTPreTrainedModel):
     Args:
         config: The architecture; `encoder_stride` must equal `patch_size`.
     """
+
+    head_prefixes = ("decoder.",)
 
     def __init__(self, config: ViTConfig) -> None:
         if _pair(config.patch_size) != (config.encoder_stride, config.encoder_stride):
@@ -576,3 +579,87 @@ VARIANTS: dict[str, dict[str, Any]] = {
     f"{size}_patch{patch}_{res}": {**_SIZES[size], "patch_size": patch, "encoder_stride": patch, "image_size": res}
     for size, patch, res in _PUBLISHED
 }
+ViTConfig.variants = VARIANTS
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoint layouts: timm's names -> transformers', and config inference.
+
+_TIMM_RULES: convert.Rules = [
+    (r"^cls_token$", "vit.embeddings.cls_token"),
+    (r"^pos_embed$", "vit.embeddings.position_embeddings"),
+    (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
+    (r"^blocks\.(\d+)\.norm1\.", r"vit.encoder.layer.\1.layernorm_before."),
+    (r"^blocks\.(\d+)\.norm2\.", r"vit.encoder.layer.\1.layernorm_after."),
+    (r"^blocks\.(\d+)\.attn\.qkv\.", r"vit.encoder.layer.\1.attention.attention.qkv."),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"vit.encoder.layer.\1.attention.output.dense."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"vit.encoder.layer.\1.intermediate.dense."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"vit.encoder.layer.\1.output.dense."),
+    (r"^norm\.", "vit.layernorm."),
+    (r"^head\.", "classifier."),
+]
+
+
+def from_timm(state: StateDict) -> StateDict:
+    """timm's `vit_*` state dict (class-token models) -> transformers' `ViTForImageClassification` names."""
+    unsupported = sorted({k.split(".")[0] for k in state if k.startswith(("fc_norm", "pre_logits", "reg_token", "norm_pre", "attn_pool"))})  # fmt: skip
+    if unsupported:
+        raise ValueError(
+            f"this timm ViT uses {', '.join(unsupported)}, which transformers' ViT has no place for; only "
+            "class-token ViTs (timm's vit_*_patch*_224/384 layout) convert"
+        )
+    qkv = ("attention.attention.query", "attention.attention.key", "attention.attention.value")
+    return convert.split(convert.rename(state, _TIMM_RULES), "attention.attention.qkv", qkv)
+
+
+_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # head counts cannot be read off the tensors: by width
+
+
+def infer_config(state: StateDict) -> dict[str, Any]:
+    """ViTConfig fields read off a transformers-named state dict."""
+    s = convert.strip_prefix(state, "vit.")
+    proj = s.get("embeddings.patch_embeddings.projection.weight")
+    if proj is None:
+        raise ValueError("cannot infer a ViT config: no embeddings.patch_embeddings.projection.weight")
+    hidden, channels, patch = proj.shape[0], proj.shape[1], proj.shape[-1]
+    layers = 0
+    while f"encoder.layer.{layers}.layernorm_before.weight" in s:
+        layers += 1
+    positions = s["embeddings.position_embeddings"].shape[1] - 1
+    side = int(round(positions**0.5))
+    if side * side != positions:
+        raise ValueError(f"cannot infer the image size: {positions} position embeddings do not form a square grid")
+    fields: dict[str, Any] = {
+        "hidden_size": hidden, "num_hidden_layers": layers, "num_channels": channels, "patch_size": patch,
+        "encoder_stride": patch, "image_size": side * patch, "num_attention_heads": _HEADS.get(hidden, max(1, hidden // 64)),
+        "intermediate_size": s["encoder.layer.0.intermediate.dense.weight"].shape[0],
+        "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in s,
+    }  # fmt: skip
+    if "classifier.weight" in state:
+        fields["num_labels"] = state["classifier.weight"].shape[0]
+    return fields
+
+
+def describe(config: ViTConfig, out: Any) -> dict[str, Any]:
+    """Patch size and grid, tokens, layers, widths and heads at the input size (`config.image_size`)."""
+    (h, w), (ph, pw) = _pair(config.image_size), _pair(config.patch_size)
+    return {"vit": {
+        "patch_size": config.patch_size, "grid": [h // ph, w // pw],
+        "tokens": out.hidden_states[-1].shape[1], "layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size, "heads": config.num_attention_heads, "mlp_size": config.intermediate_size,
+    }}  # fmt: skip
+
+
+FAMILY = Family(
+    model_type="vit", config_class=ViTConfig, processor="ViTImageProcessor",
+    classes={"model": ViTModel, "image-classification": ViTForImageClassification,
+             "masked-image-modeling": ViTForMaskedImageModeling},
+    layouts=(
+        Layout("transformers", "vit", "embeddings.patch_embeddings.projection.weight", convert.identity),
+        Layout("timm", "vit", "blocks.0.attn.qkv.weight", from_timm, {"layer_norm_eps": 1e-6}),
+    ),
+    infer_config=infer_config, size_multiple=lambda config: _pair(config.patch_size),
+    min_export_side=lambda config: 2 * max(_pair(config.patch_size)), describe=describe,
+    export_metadata=lambda config: {"patch_size": list(_pair(config.patch_size))},
+    feature_options={"add_pooling_layer": False},
+)  # fmt: skip

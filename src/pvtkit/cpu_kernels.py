@@ -1,0 +1,291 @@
+"""The CPU fast paths of the eager forward, and `choose`, the one function that decides which of them runs.
+
+The models compute their heavy ops through the functions here (`linear`, `linears`, `conv`, `conv_act`,
+`window_conv`, `sdpa`, `in_pieces`). Each asks `choose(x)` what the current call allows and runs either the plain
+PyTorch op or a faster formulation of the same maths:
+
+* **bf16 emulation**: under CPU bf16 autocast on a CPU without bf16 matrix instructions (no AVX512-BF16 / AMX,
+  e.g. AVX2-only x86), PyTorch's bf16 kernels fall back to slow generic loops (a depth-wise conv runs one channel at
+  a time), 10-20x slower than fp32. The ops then compute what a bf16 kernel computes, the product of bf16-rounded
+  operands accumulated in fp32 and rounded to a bf16 result, on the fp32 units. Outputs are bf16 as under
+  autocast; only the speed differs. Applies with and without autograd.
+* **pieces**: in CPU inference the MLP runs a few images at a time, so its hidden activations (the model's largest
+  tensors: B0 at batch 32 has 100 MB per stage-1 block) stay near `small_bytes`: allocations that big come fresh
+  from the OS and are page-faulted in on every call; small ones reuse one block of memory and stay in cache.
+* **fused** (fp32 CPU inference only): the depth-wise conv and the exact GELU in one oneDNN call (the fused kernel
+  Inductor uses: the largest tensor is written once instead of twice), and the spatial-reduction conv (kernel =
+  stride) as one matmul over gathered windows on inputs up to `small_bytes` (no oneDNN per-call layout work:
+  0.43 -> 0.11 ms per stage-1 call of B0 at batch 1).
+* **nchw_mlp**: while exporting to ONNX, PVTv2's MLP runs on an NCHW map with its Linear layers as 1x1 convs, the
+  layout ONNX Runtime runs fastest (see the PVTv2 MLP).
+
+Traced, compiled and exported forwards take the plain maths (symbolic sizes, no Python loop over a symbolic
+batch); so do autograd and non-CPU devices, except for the bf16 emulation. `flags(...)` changes the settings for a
+block of code (`enabled=False`: the plain reference maths everywhere) and `record()` counts which fast paths ran:
+tests and users choose and see paths without patching anything.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the fast paths may do (see the module docstring).
+
+    Args:
+        enabled: False runs the plain reference maths everywhere (no fast path at all).
+        small_bytes: Size of the pieces the MLP runs in, and the largest input the SR matmul takes (bytes).
+        native_bf16: Whether the CPU has bf16 matrix instructions; None asks oneDNN. False forces the emulation.
+        onnx_nchw_mlp: Export PVTv2's MLP to ONNX in NCHW (faster in ONNX Runtime); False keeps its Linear layers
+            as MatMul/Gemm (what int8 quantization rewrites).
+    """
+
+    enabled: bool = True
+    small_bytes: int = 4 << 20
+    native_bf16: bool | None = None
+    onnx_nchw_mlp: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """The fast paths one call may take, and why (`choose`'s answer)."""
+
+    why: str
+    symbolic: bool = False
+    emulate_bf16: bool = False
+    pieces: bool = False
+    fused: bool = False
+    nchw_mlp: bool = False
+
+
+_settings = Settings()
+_recording: collections.Counter | None = None
+
+_OFF = Paths("fast paths are switched off (cpu_kernels.flags(enabled=False))")
+_TRACED = Paths("traced, compiled or exported: the plain maths, with symbolic sizes", symbolic=True)
+_TRACED_BF16 = Paths("traced or compiled under emulated bf16 autocast", symbolic=True, emulate_bf16=True)
+_ONNX = Paths("exporting to ONNX: the plain maths with symbolic sizes, the PVTv2 MLP in NCHW", symbolic=True,
+              nchw_mlp=True)  # fmt: skip
+_DEVICE = Paths("not on the CPU: the plain maths")
+_GRAD = Paths("autograd records the forward: the whole batch, unfused")
+_GRAD_BF16 = Paths("autograd under emulated bf16 autocast: bf16 maths on fp32 units", emulate_bf16=True)
+_INFER = Paths("CPU inference in a low-precision dtype: the MLP in pieces", pieces=True)
+_INFER_BF16 = Paths("CPU inference under emulated bf16 autocast: bf16 maths on fp32 units, the MLP in pieces",
+                    emulate_bf16=True, pieces=True)  # fmt: skip
+_INFER_FP32 = Paths("fp32 CPU inference: the MLP in pieces, fused conv + GELU, SR conv as a matmul", pieces=True,
+                    fused=True)  # fmt: skip
+
+
+def settings() -> Settings:
+    """The settings in force."""
+    return _settings
+
+
+def configure(**changes: Any) -> Settings:
+    """Change the settings for the rest of the process (fields of `Settings`); returns the previous ones."""
+    global _settings
+    previous, _settings = _settings, dataclasses.replace(_settings, **changes)
+    return previous
+
+
+@contextlib.contextmanager
+def flags(**changes: Any) -> Iterator[Settings]:
+    """Change the settings inside a `with` block, e.g. `with cpu_kernels.flags(enabled=False):` for the plain
+    reference maths, or `flags(small_bytes=1)` for one image per MLP piece."""
+    previous = configure(**changes)
+    try:
+        yield _settings
+    finally:
+        configure(**dataclasses.asdict(previous))
+
+
+@contextlib.contextmanager
+def record() -> Iterator[collections.Counter]:
+    """Count the fast paths that run inside the block: `{"pieces": 4, "conv_gelu": 5, "sr_matmul": 4, ...}`."""
+    global _recording
+    outer, _recording = _recording, collections.Counter()
+    try:
+        yield _recording
+    finally:
+        if outer is not None:
+            outer.update(_recording)
+        _recording = outer
+
+
+def _ran(path: str) -> None:
+    if _recording is not None:
+        _recording[path] += 1
+
+
+def tracing() -> bool:
+    """Whether the forward is being traced, compiled or exported rather than run eagerly."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+@functools.cache
+def _onednn_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True  # unknown: leave autocast alone
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN has bf16 matmul/conv kernels for this CPU (AVX512-BF16, AMX, or Arm BF16)."""
+    return _onednn_has_bf16() if _settings.native_bf16 is None else _settings.native_bf16
+
+
+def choose(x: torch.Tensor) -> Paths:
+    """Decide which fast paths a call on `x` may take, and say why (`choose(x).why`).
+
+    In order: traced, compiled or exported -> symbolic sizes and no fast path (the MLP in NCHW while exporting to
+    ONNX; bf16 emulation where it applies, as below); switched off -> none; not on the CPU -> none; under CPU bf16
+    autocast without native bf16 kernels, for an fp32/bf16 `x` -> bf16 emulation; with autograd recording ->
+    nothing else; CPU inference -> the MLP in pieces, and for an fp32 `x` outside emulation the fused paths. The
+    size limits (`small_bytes`) are applied by the ops themselves.
+    """
+    s = _settings
+    cpu = x.device.type == "cpu"
+    emulate = (
+        s.enabled and cpu and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and x.dtype in (torch.float32, torch.bfloat16) and not native_bf16()
+    )  # fmt: skip
+    if tracing():  # symbolic sizes even when switched off: no Python branch on a size
+        if s.enabled and s.onnx_nchw_mlp and torch.onnx.is_in_onnx_export():
+            return _ONNX
+        return _TRACED_BF16 if emulate else _TRACED
+    if not s.enabled:
+        return _OFF
+    if not cpu:
+        return _DEVICE
+    if torch.is_grad_enabled():
+        return _GRAD_BF16 if emulate else _GRAD
+    if emulate:
+        return _INFER_BF16
+    return _INFER_FP32 if x.dtype == torch.float32 else _INFER
+
+
+# ---- bf16 emulation: the matmul-like ops ----------------------------------------------------------------------
+
+
+def rounded_bf16(t: torch.Tensor | None) -> torch.Tensor | None:
+    """`t` rounded to bf16 and held in fp32 (exact: every bf16 value is an fp32 value)."""
+    if t is None:
+        return None
+    return t.float() if t.dtype == torch.bfloat16 else t.to(torch.bfloat16).float()
+
+
+def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """`layer(x)`."""
+    if not choose(x).emulate_bf16:
+        return layer(x)
+    _ran("bf16_emulation")
+    with torch.autocast("cpu", enabled=False):
+        return F.linear(rounded_bf16(x), rounded_bf16(layer.weight), rounded_bf16(layer.bias)).to(torch.bfloat16)
+
+
+def linears(x: torch.Tensor, layers: Sequence[nn.Linear]) -> list[torch.Tensor]:
+    """`[layer(x) for layer in layers]` (query, key, value). Under bf16 emulation the weights are rounded on every
+    call anyway, so they are rounded into one matrix and run as one matmul. Otherwise separate matmuls: fusing them
+    measured no faster on CPU in fp32, and keeps transformers' numbers."""
+    if not choose(x).emulate_bf16:
+        return [layer(x) for layer in layers]
+    _ran("bf16_emulation")
+    weight = rounded_bf16(torch.cat([layer.weight for layer in layers]))  # (sum of out, in)
+    biases = [layer.bias for layer in layers]
+    bias = None if any(b is None for b in biases) else rounded_bf16(torch.cat(biases))  # type: ignore[arg-type]
+    with torch.autocast("cpu", enabled=False):
+        fused = F.linear(rounded_bf16(x), weight, bias).to(torch.bfloat16)  # type: ignore[arg-type]
+    return list(fused.split([layer.out_features for layer in layers], dim=-1))
+
+
+def conv(x: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
+    """`layer(x)` for an `nn.Conv2d`."""
+    if not choose(x).emulate_bf16:
+        return layer(x)
+    _ran("bf16_emulation")
+    weight, bias = rounded_bf16(layer.weight), rounded_bf16(layer.bias)
+    with torch.autocast("cpu", enabled=False):
+        return layer._conv_forward(rounded_bf16(x), weight, bias).to(torch.bfloat16)  # type: ignore[arg-type]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """`F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)`."""
+    if not choose(q).emulate_bf16:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    _ran("bf16_emulation")
+    q, k, v = rounded_bf16(q), rounded_bf16(k), rounded_bf16(v)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).to(torch.bfloat16)  # type: ignore[arg-type]
+
+
+# ---- fused and restated ops -----------------------------------------------------------------------------------
+
+
+def _conv_pointwise_kernel() -> Any:
+    """oneDNN's convolution with a fused pointwise epilogue (the op Inductor uses on CPU), or None if absent."""
+    try:
+        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_CONV_POINTWISE = _conv_pointwise_kernel()
+
+
+def conv_act(x: torch.Tensor, layer: nn.Conv2d, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`act(layer(x))`: for the exact GELU in fp32 CPU inference, one oneDNN call (no autograd: inference only)."""
+    if act is F.gelu and _CONV_POINTWISE is not None and choose(x).fused:
+        _ran("conv_gelu")
+        c = layer
+        return _CONV_POINTWISE(x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "gelu", [], "none")
+    return act(conv(x, layer))
+
+
+def window_conv(x: torch.Tensor, h: int, w: int, layer: nn.Conv2d) -> torch.Tensor:
+    """A conv whose kernel equals its stride (no padding) over `(B, h*w, C)` tokens -> `(B, h'*w', C')` tokens.
+
+    A map smaller than one window is zero-padded to one window instead of failing (PVTv2's spatial reduction);
+    the pad is symbolic when traced, so an exported graph keeps both cases. A remainder that does not fill a window
+    is dropped, as the conv drops it. In fp32 CPU inference on inputs up to `small_bytes` the conv is computed as
+    one matmul: it reads each window once, so gathering the windows into rows of `r*r*C` and multiplying by the
+    kernel laid out the same way is the same sum, without oneDNN's per-call layout work (for large inputs gathering
+    costs more than it saves: 3.2 -> 4.5 ms at B0 batch 32).
+    """
+    B, N, C = x.shape
+    r, c = layer.stride[0], layer.stride[1]
+    paths = choose(x)
+    if paths.fused and x.numel() * x.element_size() <= _settings.small_bytes and h >= r and w >= c:
+        _ran("sr_matmul")
+        h2, w2 = h // r, w // c
+        windows = x.view(B, h, w, C)[:, : h2 * r, : w2 * c].view(B, h2, r, w2, c, C).permute(0, 1, 3, 2, 4, 5)
+        kernel = layer.weight.permute(0, 2, 3, 1).reshape(layer.out_channels, r * c * C)  # (out, r, c, in)
+        return F.linear(windows.reshape(B, h2 * w2, r * c * C), kernel, layer.bias)  # (B, h2*w2, out)
+    grid = x.transpose(1, 2).reshape(B, C, h, w)  # (B, C, h, w)
+    if paths.symbolic:
+        grid = F.pad(grid, (0, torch.sym_max(0, c - w), 0, torch.sym_max(0, r - h)))
+    elif h < r or w < c:
+        grid = F.pad(grid, (0, max(0, c - w), 0, max(0, r - h)))
+    return conv(grid, layer).flatten(2).transpose(1, 2)  # (B, h'*w', C')
+
+
+def in_pieces(fn: Callable[..., torch.Tensor], x: torch.Tensor, bytes_per_image: int, *args: Any) -> torch.Tensor:
+    """`fn(x, *args)` for a batch `x`; in CPU inference a few images at a time, so that each piece's activations
+    (`bytes_per_image` each) stay near `small_bytes` (see the module docstring), and the pieces concatenated."""
+    if choose(x).pieces:
+        rows = max(1, _settings.small_bytes // max(1, bytes_per_image))
+        if rows < x.shape[0]:
+            _ran("pieces")
+            return torch.cat([fn(part, *args) for part in x.split(rows)])
+    return fn(x, *args)

@@ -1,0 +1,80 @@
+"""The layout the code promises (README "Layout"): everything about a family lives in its file under `models/`, and
+the CPU fast paths are decided in `cpu_kernels` alone. Read from the syntax trees of the package's own files."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+
+import pvtkit
+from pvtkit.models import family as registry
+
+SRC = Path(pvtkit.__file__).parent
+# `models/` is where families live; the public API (`pvtkit/__init__.py`) names their classes for users.
+OUTSIDE_MODELS = sorted(p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] != "models" and p != SRC / "__init__.py")
+
+
+def family_references(path: Path, root: Path = SRC) -> list[str]:
+    """`file:line what` for every place that names a family: its model_type as a string, one of its classes, or an
+    import of its module."""
+    model_types = set(registry.families())
+    modules = [importlib.import_module(f"pvtkit.models.{name}") for name in registry.FAMILY_MODULES]
+    class_names = {name for m in modules for name, cls in inspect.getmembers(m, inspect.isclass)
+                   if cls.__module__ == m.__name__}  # fmt: skip
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Constant) and node.value in model_types:
+            found.append((node.lineno, repr(node.value)))
+        elif isinstance(node, ast.Name) and node.id in class_names:
+            found.append((node.lineno, node.id))
+        elif isinstance(node, ast.Attribute) and node.attr in class_names:
+            found.append((node.lineno, node.attr))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            imported = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+            if any(m.split(".")[-1] in registry.FAMILY_MODULES for m in modules) or any(
+                m.endswith("models") and name in registry.FAMILY_MODULES for m in modules for name in imported
+            ):
+                level = "." * getattr(node, "level", 0)
+                found.append((node.lineno, f"import {level}{modules[0]}"))
+    return [f"{path.relative_to(root)}:{line} {what}" for line, what in sorted(set(found))]
+
+
+def test_the_check_finds_family_knowledge(tmp_path):
+    """The check is not vacuous: it finds the branches part 9 removed, and the families' names where they live."""
+    (tmp_path / "old.py").write_text(
+        "from .models.pvt_v2 import PvtV2Backbone\n"
+        "if model.config.model_type == 'vit':\n    pass\n"
+        "elif isinstance(model, PvtV2Backbone):\n    pass\n"
+    )
+    hits = [h.split(" ", 1)[1] for h in family_references(tmp_path / "old.py", root=tmp_path)]
+    assert hits == ["import .models.pvt_v2", "'vit'", "PvtV2Backbone"]
+    assert any("'pvt_v2'" in hit for hit in family_references(SRC / "models" / "pvt_v2.py"))
+    assert any("import .models.vit" in hit for hit in family_references(SRC / "__init__.py"))
+
+
+@pytest.mark.parametrize("path", OUTSIDE_MODELS, ids=lambda p: str(p.relative_to(SRC)))
+def test_no_family_knowledge_outside_models(path):
+    """auto, convert, export, pipelines, training, analysis and the commands read the family specs; none names a
+    family (no `model_type == "vit"`, no `isinstance(model, PvtV2...)`, no import of a family module)."""
+    assert family_references(path) == []
+
+
+def test_fast_path_decisions_live_in_cpu_kernels():
+    """What decides a fast path (autocast state, the CPU's bf16 support, oneDNN's fused kernels, the piece size) is
+    asked in `cpu_kernels` only; the models call its ops."""
+    deciders = ("is_autocast_enabled", "get_autocast_dtype", "_is_mkldnn_bf16_supported", "_convolution_pointwise",
+                "small_bytes", "is_in_onnx_export")  # fmt: skip
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        if path.name == "cpu_kernels.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+            if name in deciders:
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno} {name}")
+    assert offenders == []

@@ -319,7 +319,9 @@ def test_single_weights_file_and_mismatches_are_named(tmp_path, caplog):
     assert torch.equal(alone.classifier.weight, model.classifier.weight)
 
 
-def test_missing_and_unexpected_keys_raise_unless_not_strict(tmp_path):
+def test_missing_and_unexpected_keys_are_reported_and_strict_makes_them_errors(tmp_path, caplog):
+    """transformers' semantics: a weight the checkpoint lacks is initialised and named, one the model does not use
+    is skipped and named; `strict=True` makes either an error that names every key."""
     from safetensors.torch import save_file
 
     model = PvtV2Model(small_config())
@@ -328,10 +330,16 @@ def test_missing_and_unexpected_keys_raise_unless_not_strict(tmp_path):
     state.pop("encoder.layers.1.blocks.0.mlp.dense1.bias")
     state["encoder.extra.weight"] = torch.zeros(1)
     save_file(state, tmp_path / "model.safetensors")
+    with caplog.at_level(logging.WARNING, logger="pvtkit"):
+        loaded, info = PvtV2Model.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == ["encoder.layers.1.blocks.0.mlp.dense1.bias"]
+    assert info["unexpected_keys"] == ["encoder.extra.weight"] and info["mismatched_keys"] == []
+    assert "encoder.layers.1.blocks.0.mlp.dense1.bias" in caplog.text and "encoder.extra.weight" in caplog.text
+    assert torch.equal(loaded.encoder.layers[0].blocks[0].attention.query.weight,
+                       model.encoder.layers[0].blocks[0].attention.query.weight)  # fmt: skip
     with pytest.raises(pvtkit.LoadingError) as e:
-        PvtV2Model.from_pretrained(tmp_path)
+        PvtV2Model.from_pretrained(tmp_path, strict=True)
     assert "encoder.layers.1.blocks.0.mlp.dense1.bias" in str(e.value) and "encoder.extra.weight" in str(e.value)
-    PvtV2Model.from_pretrained(tmp_path, strict=False)
 
 
 def test_encoder_and_task_checkpoints_load_across_model_kinds(tmp_path, caplog):

@@ -65,11 +65,13 @@ class _AutoModel:
         return cls._class_for(config.model_type)(config)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs: Any) -> Any:
         """Load with the class matching the checkpoint's family; `kwargs` go to that class's `from_pretrained`."""
-        config = kwargs.get("config")
+        config, state = kwargs.get("config"), kwargs.get("state_dict")
         if config is not None:
             model_type, extra = config.model_type, {}
+        elif state is not None:  # the family from the given tensors
+            model_type, extra = detect_layout(unwrap(state, "the given state_dict"))[0].model_type, {}
         else:
             model_type, extra = _model_type_of(pretrained_model_name_or_path, kwargs)
         return cls._class_for(model_type).from_pretrained(pretrained_model_name_or_path, **extra, **kwargs)

@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="pvtkit: %(message)s")
+    # huggingface_hub prints through a handler of its own: without this, each of its lines would appear twice
+    logging.getLogger("huggingface_hub").propagate = False
     try:
         return args.run(args)
     except UsageError as e:

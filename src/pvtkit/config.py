@@ -98,6 +98,11 @@ class PretrainedConfig:
             self.id2label = {i: f"LABEL_{i}" for i in range(n)}
             self.label2id = {v: k for k, v in self.id2label.items()}
 
+    @property
+    def use_return_dict(self) -> bool:
+        """transformers 4's name for `return_dict`, which code written against it reads."""
+        return self.return_dict
+
     # ---- dict / JSON -------------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,3 +240,35 @@ def align_stage_outputs(
     if sorted(out_indices) != list(out_indices) or len(set(out_indices)) != len(out_indices):
         raise ValueError(f"{owner}: out_features must be distinct and in stage order, got {out_features}")
     return out_features, list(out_indices)
+
+
+class BackboneConfigMixin:
+    """`out_features` / `out_indices` of a config with `stage_names`: setting either (or None, the last stage)
+    re-aligns the other, as transformers' backbone configs do; both are written to `config.json`."""
+
+    stage_names: list[str]
+
+    def _set_stage_outputs(self, out_features: Sequence[str] | None, out_indices: Sequence[int] | None) -> None:
+        self._out_features, self._out_indices = align_stage_outputs(type(self).__name__, self.stage_names,
+                                                                    out_features, out_indices)  # fmt: skip
+
+    @property
+    def out_features(self) -> list[str]:
+        """The stages a backbone returns, by name (`stage1`..)."""
+        return list(self._out_features)
+
+    @out_features.setter
+    def out_features(self, names: Sequence[str] | None) -> None:
+        self._set_stage_outputs(names, None)
+
+    @property
+    def out_indices(self) -> list[int]:
+        """The stages a backbone returns, by 0-based index."""
+        return list(self._out_indices)
+
+    @out_indices.setter
+    def out_indices(self, indices: Sequence[int] | None) -> None:
+        self._set_stage_outputs(None, indices)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "out_features": self.out_features, "out_indices": self.out_indices}  # type: ignore[misc]

@@ -12,7 +12,11 @@ import argparse
 import json
 import os
 import re
-from dataclasses import dataclass, field
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -60,9 +64,44 @@ def is_repo_id(name: str | os.PathLike) -> bool:
     return not Path(text).exists() and bool(_REPO_ID.match(text)) and not text.endswith(WEIGHT_SUFFIXES + (".json",))
 
 
+PROBE_TIMEOUT = 5.0  # seconds one connection attempt to the Hub may take
+PROBE_MEMORY = 60.0  # seconds an unreachable Hub is remembered, so one call makes one attempt
+_unreachable: dict[str, float] = {}  # endpoint -> when it was last found unreachable (time.monotonic)
+
+
+def hub_reachable() -> bool:
+    """Whether the Hub endpoint answers at all: one connection attempt, no retries (huggingface_hub retries every
+    file five times with back-off, two minutes for a checkpoint's candidate files when the network is down). An
+    endpoint found unreachable is remembered for a minute; then the cache alone is used."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = constants.ENDPOINT
+    if time.monotonic() - _unreachable.get(endpoint, -PROBE_MEMORY) < PROBE_MEMORY:
+        return False
+    try:
+        with urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=PROBE_TIMEOUT):
+            pass
+    except urllib.error.HTTPError:
+        pass  # the server answered
+    except urllib.error.URLError as e:
+        if not isinstance(e.reason, ssl.SSLError):  # certificates: reachable; huggingface_hub reports the rest
+            _unreachable[endpoint] = time.monotonic()
+            return False
+    except OSError:  # refused, reset, timed out
+        _unreachable[endpoint] = time.monotonic()
+        return False
+    return True
+
+
 def hub_file(repo_id: str, filename: str, options: HubOptions, required: bool = True) -> Path | None:
-    """Download (or find in the cache) one file of a Hub repo; None when it is absent and not `required`."""
+    """Download (or find in the cache) one file of a Hub repo; None when it is absent and not `required`. When the
+    Hub cannot be reached, the cache alone answers (at once, without huggingface_hub's retries)."""
     import huggingface_hub
+
+    if not options.local_files_only and not hub_reachable():
+        options = replace(options, local_files_only=True)
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,

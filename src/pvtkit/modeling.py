@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._files import atomic_directory, atomic_write, read_json
-from .config import PretrainedConfig, align_stage_outputs
+from .config import PretrainedConfig
 from .convert import infer_config, to_transformers
 from .dtypes import parse_dtype
 from .hub import HubOptions, load_state_dict, resolve_checkpoint
@@ -155,8 +155,56 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The number of parameters: trainable ones only, or without `nn.Embedding` tables (transformers' rule;
+        vision models have none), when asked."""
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(p) for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        return sum(p.numel() for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in skip)
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes held by the parameters (and buffers)."""
+        tensors = [*self.parameters(), *(self.buffers() if return_buffers else ())]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The encoder model a task model holds (itself for the encoder)."""
+        return getattr(self, self.base_model_prefix, self)
+
+    @property
+    def name_or_path(self) -> str:
+        return getattr(self.config, "_name_or_path", "")
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The module that embeds `pixel_values` (ViT: the patch projection; PVTv2: the first patch embedding)."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its input embeddings")
+
+    def get_output_embeddings(self) -> None:
+        return None  # a vision model has no output embeddings to tie
+
+    def tie_weights(self) -> None:
+        """Nothing to tie in a vision model (kept for code written against transformers)."""
+
+    def enable_input_require_grads(self) -> None:
+        """Make the input embeddings' output require gradients, so that gradient checkpointing works with frozen
+        embeddings (what peft's adapters do)."""
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            (output[0] if isinstance(output, tuple) else output).requires_grad_(True)
+
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(hook)
+
+    def disable_input_require_grads(self) -> None:
+        hook = getattr(self, "_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
+            self._require_grads_hook = None
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each block's activations in backward instead of storing them (less memory, ~30% slower)."""
@@ -172,6 +220,11 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
     @property
     def is_gradient_checkpointing(self) -> bool:
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    # transformers 5's names for the same
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
+    is_activation_checkpointing = is_gradient_checkpointing
 
     # ---- what generic code (export, analysis, training) asks of a model ---------------------------------------
 
@@ -252,7 +305,7 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
     @classmethod
     def from_pretrained(
         cls: type[M],
-        pretrained_model_name_or_path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
         *,
         config: PretrainedConfig | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
@@ -260,45 +313,59 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         ignore_mismatched_sizes: bool = False,
-        strict: bool = True,
+        strict: bool = False,
+        output_loading_info: bool = False,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
         token: str | bool | None = None,
         **config_overrides: Any,
-    ) -> M:
-        """Load a model from a transformers-, timm- or original-layout checkpoint.
+    ) -> Any:
+        """Load a model from a transformers-, timm- or original-layout checkpoint, with transformers' semantics.
+
+        Weights the checkpoint has and the model does not use are reported (a warning listing them) and skipped;
+        weights the model has and the checkpoint lacks (a new head, the pooler of an encoder-only checkpoint) are
+        freshly initialised and reported; weights of another shape are an error unless `ignore_mismatched_sizes`.
+        A checkpoint that shares no encoder weight with the model (another family, a foreign file) is always an
+        error naming the file and what its keys look like.
 
         Args:
             pretrained_model_name_or_path: A directory (`config.json` + weights), a single weights file
-                (`.safetensors`, `.bin`, `.pth`, `.pt`), or a Hugging Face Hub repo id.
+                (`.safetensors`, `.bin`, `.pth`, `.pt`), a Hugging Face Hub repo id, or None with `state_dict`.
             config: Use this config instead of the checkpoint's. Without one and without a transformers
                 `config.json`, the architecture is inferred from the tensors.
-            state_dict: Tensors already loaded from the checkpoint (any supported layout), to avoid reading twice.
+            state_dict: Tensors already loaded (any supported layout): used instead of reading the weights files;
+                with no path, the config is `config` or is inferred from them.
             torch_dtype: Cast the weights to this dtype. The default, `"auto"`, keeps the dtype the checkpoint
                 records (its config's `dtype`, else its tensors'), as transformers 5 does. `dtype` is the same
                 argument under transformers 5's name.
             device: Move the model there after loading.
             ignore_mismatched_sizes: Re-initialise weights whose shapes differ instead of raising.
-            strict: Raise on missing or unexpected keys (default). With False they are only logged.
+            strict: Make any missing, unexpected or mis-shaped weight an error (beside a head asked to be new).
+            output_loading_info: Return `(model, {"missing_keys", "unexpected_keys", "mismatched_keys",
+                "error_msgs"})`, as transformers does.
             revision, cache_dir, local_files_only, token: How to reach the Hub (see `huggingface_hub`).
             **config_overrides: Config fields to change, e.g. `num_labels=10` for a fresh head of 10 classes.
                 Arguments of the model class's constructor (`add_pooling_layer=False` for `ViTModel`) go to it.
 
         Raises:
             FileNotFoundError: Nothing loadable at the path, or a Hub repo that is neither cached nor reachable.
-            LoadingError: Missing, unexpected or mis-shaped keys (named in the message).
+            LoadingError: Mis-shaped keys, a checkpoint that shares no weight with the model, or (with `strict`)
+                any mismatch; every offending key is named.
             ValueError: A file that is not a checkpoint, or a checkpoint of another model family.
         """
-        source = str(pretrained_model_name_or_path)
+        if pretrained_model_name_or_path is None and state_dict is None:
+            raise ValueError(f"{cls.__name__}.from_pretrained needs a path, a Hub id or a state_dict")
+        source = "the given state_dict" if pretrained_model_name_or_path is None else str(pretrained_model_name_or_path)
         init_params = set(inspect.signature(cls.__init__).parameters) - {"self", "config"}
         model_kwargs = {k: config_overrides.pop(k) for k in list(config_overrides) if k in init_params}
-        options = HubOptions(revision, cache_dir, local_files_only, token)
-        ckpt = resolve_checkpoint(pretrained_model_name_or_path, options)
-        raw = state_dict if state_dict is not None else load_state_dict(ckpt.weight_files)
+        ckpt = None
+        if pretrained_model_name_or_path is not None and (state_dict is None or config is None):
+            ckpt = resolve_checkpoint(pretrained_model_name_or_path, HubOptions(revision, cache_dir, local_files_only, token))
+        raw = state_dict if state_dict is not None else load_state_dict(ckpt.weight_files)  # type: ignore[union-attr]
         state, layout = to_transformers(raw, cls.config_class.model_type, source)
         if config is None:
-            data = read_json(ckpt.config_file) if ckpt.config_file is not None else {}
+            data = read_json(ckpt.config_file) if ckpt is not None and ckpt.config_file is not None else {}
             if "model_type" in data or layout.name == "transformers" and data:
                 config = cls.config_class.from_dict(data, **config_overrides)
             else:  # no config, or a timm one: read the architecture off the tensors
@@ -315,7 +382,7 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
             model = cls(config, **model_kwargs)
         model.to_empty(device="cpu")
         head_resized = "num_labels" in config_overrides or "id2label" in config_overrides
-        model._load_checkpoint_state(
+        info = model._load_checkpoint_state(
             state, source=source, strict=strict, ignore_mismatched_sizes=ignore_mismatched_sizes or head_resized
         )
         want = torch_dtype if torch_dtype is not None else dtype
@@ -324,13 +391,29 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         want = parse_dtype(want)
         if want is not None or device is not None:
             model.to(device=device, dtype=want)
-        model.config._name_or_path = source
-        return model.eval()
+        model.config._name_or_path = source if pretrained_model_name_or_path is not None else ""
+        model.eval()
+        return (model, info) if output_loading_info else model
+
+    @classmethod
+    def from_transformers(cls: type[M], module: nn.Module, **kwargs: Any) -> M:
+        """This class, with the weights of a transformers model instance (its `save_pretrained` output read back,
+        so transformers' in-memory renamings do not matter), e.g. to put pvtkit's `PvtV2Backbone` inside a
+        transformers detector: `detr.model.backbone.model = PvtV2Backbone.from_transformers(detr.model.backbone.model)`.
+        `kwargs` go to `from_pretrained`."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="pvtkit-from-transformers-") as directory:
+            module.save_pretrained(directory)
+            model = cls.from_pretrained(directory, **kwargs)
+        model.config._name_or_path = getattr(getattr(module, "config", None), "_name_or_path", "")
+        return model.train(module.training)
 
     def _load_checkpoint_state(
-        self, state: dict[str, torch.Tensor], source: str, strict: bool = True, ignore_mismatched_sizes: bool = False
-    ) -> None:
-        """Copy `state` into the model, adding or stripping `base_model_prefix` as the two layouts need."""
+        self, state: dict[str, torch.Tensor], source: str, strict: bool = False, ignore_mismatched_sizes: bool = False
+    ) -> dict[str, list]:
+        """Copy `state` into the model, adding or stripping `base_model_prefix` as the two layouts need; returns
+        the loading info (`missing_keys`, `unexpected_keys`, `mismatched_keys`, `error_msgs`)."""
         own = self.state_dict()
         prefix = self.base_model_prefix + "."
         model_prefixed = any(k.startswith(prefix) for k in own)
@@ -341,47 +424,53 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         elif ckpt_prefixed and not model_prefixed:  # a task checkpoint into the encoder (or backbone)
             dropped_heads = [k for k in state if not k.startswith(prefix)]
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        heads = tuple(self.head_prefixes)
+        if not any(k in own and not (heads and k.startswith(heads)) for k in state):
+            raise LoadingError(f"{source} shares no weight with {type(self).__name__}: its keys look like "
+                               f"{', '.join(list(state)[:5])}; the model's look like {', '.join(list(own)[:3])}")  # fmt: skip
 
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
         # A task head the checkpoint has no trace of (an encoder or backbone checkpoint) starts fresh, with a warning.
-        absent_heads = tuple(p for p in self.head_prefixes if not any(k.startswith(p) for k in state))
+        absent_heads = tuple(p for p in heads if not any(k.startswith(p) for k in state))
         fresh_heads = [k for k in missing if absent_heads and k.startswith(absent_heads)]
         missing = [k for k in missing if k not in fresh_heads]
+        shapes = [f"  {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in mismatched]
         if mismatched and not ignore_mismatched_sizes:
-            lines = [f"  {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in mismatched]
             raise LoadingError(
                 f"{source}: {len(mismatched)} weight(s) have another shape than the model expects "
                 "(pass ignore_mismatched_sizes=True to re-initialise them, or num_labels=N for a new head):\n"
-                + "\n".join(lines)
+                + "\n".join(shapes)
             )
-        if (missing or unexpected) and strict:
+        if strict and (missing or unexpected):
             parts = []
             if missing:
                 parts.append(f"missing from the checkpoint ({len(missing)}): " + ", ".join(missing[:20]))
             if unexpected:
                 parts.append(f"not in the model ({len(unexpected)}): " + ", ".join(unexpected[:20]))
-            raise LoadingError(
-                f"{source} does not fit {type(self).__name__}: " + "; ".join(parts) + " (pass strict=False to load anyway)"
-            )
-        for k in mismatched:
-            state.pop(k)
-        self.load_state_dict(state, strict=False)
+            raise LoadingError(f"{source} does not fit {type(self).__name__}: " + "; ".join(parts)
+                               + " (strict=True; the default loads it, initialising and reporting the rest)")  # fmt: skip
+        mismatched_keys = [(k, tuple(state.pop(k).shape), tuple(own[k].shape)) for k in mismatched]
+        self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         # What did not come from the checkpoint (a fresh head, re-initialised or missing weights): callers such as
         # `pvtkit classify` refuse to predict with an untrained head.
-        self.newly_initialized_weights = [*mismatched, *fresh_heads, *missing]
-        for module_name in dict.fromkeys(k.rpartition(".")[0] for k in (*mismatched, *fresh_heads, *missing)):
+        fresh = [*mismatched, *fresh_heads, *missing]
+        self.newly_initialized_weights = fresh
+        for module_name in dict.fromkeys(k.rpartition(".")[0] for k in fresh):
             self._init_weights(self.get_submodule(module_name))
+        name = type(self).__name__
         if mismatched:
             logger.warning("%s: re-initialised %d weight(s) of another shape: %s", source, len(mismatched), ", ".join(mismatched))
-        if fresh_heads:
-            logger.warning("%s has no weights for %s; they are newly initialised: train the model before use",
-                           source, ", ".join(fresh_heads))  # fmt: skip
+        if fresh_heads or missing:
+            logger.warning("some weights of %s were not in %s and are newly initialised: %s; train the model "
+                           "before use", name, source, ", ".join([*fresh_heads, *missing]))  # fmt: skip
+        if unexpected:
+            logger.warning("some weights of %s were not used by %s (skipped): %s", source, name, ", ".join(unexpected))
         if dropped_heads:
             logger.info("%s: ignored task-head weights %s", source, ", ".join(dropped_heads))
-        if missing or unexpected:
-            logger.warning("%s: missing %s; unexpected %s", source, missing, unexpected)
+        return {"missing_keys": [*fresh_heads, *missing], "unexpected_keys": unexpected,
+                "mismatched_keys": mismatched_keys, "error_msgs": []}  # fmt: skip
 
 
 class BackboneMixin:
@@ -405,7 +494,7 @@ class BackboneMixin:
     @out_features.setter
     def out_features(self, names: list[str] | None) -> None:
         """Return these stages from now on (None: the last); `out_indices` follows."""
-        self._select(names, None)
+        self.config.out_features = names
 
     @property
     def out_indices(self) -> list[int]:
@@ -414,11 +503,15 @@ class BackboneMixin:
     @out_indices.setter
     def out_indices(self, indices: list[int] | None) -> None:
         """Return these stages, by index, from now on (None: the last); `out_features` follows."""
-        self._select(None, indices)
+        self.config.out_indices = indices
 
-    def _select(self, names: list[str] | None, indices: list[int] | None) -> None:
-        owner = type(self).__name__
-        self.config.out_features, self.config.out_indices = align_stage_outputs(owner, self.stage_names, names, indices)
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """timm's view of the returned maps: `.channels()`, `.reduction()`, `.module_name()`, one dict per map."""
+        return FeatureInfo([
+            {"num_chs": self.stage_channels[i], "reduction": self.stage_strides[i], "module": self.stage_modules[i]}
+            for i in self.config.out_indices
+        ])  # fmt: skip
 
     @property
     def num_features(self) -> list[int]:
@@ -440,6 +533,27 @@ class BackboneMixin:
     def stage_strides(self) -> list[int]:
         raise NotImplementedError
 
+    @property
+    def stage_modules(self) -> list[str]:
+        """Every stage's module name (`encoder.layers.0`, ...)."""
+        raise NotImplementedError
+
     def named_outputs(self, out: Any) -> dict[str, torch.Tensor]:
         """The feature maps by stage name (`{"stage1": ..., "stage4": ...}`)."""
         return dict(zip(self.out_features, out.feature_maps))
+
+
+class FeatureInfo(list):
+    """timm's `feature_info` of a features-only model: one `{"num_chs", "reduction", "module"}` dict per map."""
+
+    def channels(self, idx: int | None = None) -> Any:
+        return self._get("num_chs", idx)
+
+    def reduction(self, idx: int | None = None) -> Any:
+        return self._get("reduction", idx)
+
+    def module_name(self, idx: int | None = None) -> Any:
+        return self._get("module", idx)
+
+    def _get(self, key: str, idx: int | None) -> Any:
+        return [info[key] for info in self] if idx is None else self[idx][key]

@@ -1,9 +1,10 @@
-"""Model outputs: small dataclasses with transformers' field names.
+"""Model outputs: dataclasses with transformers' field names that are also dicts, as transformers' are.
 
-They read as attributes (`out.logits`), as keys (`out["logits"]`) and, for code written against transformers'
-tuple outputs, by position (`out[0]`), where fields that are None are skipped, as transformers does. Every output
-class is a PyTorch pytree node, so `torch.export`, `torch.compile` and `torch.func` take the models' outputs as
-they are.
+They read as attributes (`out.logits`), as keys (`out["logits"]`, `"logits" in out`, `out.get(...)`, `dict(out)`:
+the fields that are not None) and, for code written against transformers' tuple outputs, by position (`out[0]`),
+where fields that are None are skipped, as transformers does. Code that tests `isinstance(out, dict)` (Trainer,
+Deformable DETR's backbone wrapper) takes them as it takes transformers'. Every output class is a PyTorch pytree
+node, so `torch.export`, `torch.compile` and `torch.func` take the models' outputs as they are.
 """
 
 from __future__ import annotations
@@ -16,48 +17,57 @@ import torch.utils._pytree as pytree
 
 
 @dataclass
-class ModelOutput:
-    """Base of every output: attribute, key and position access over the fields that are not None."""
+class ModelOutput(dict):
+    """Base of every output: the fields that are not None are also the dict's items, kept in step."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # Children are all fields, None ones included (None is an empty pytree), so the structure does not depend
-        # on which outputs a call returned; the field names are the context, read when flattening (the dataclass
-        # decorator runs after this hook).
+        # Children are the fields that are not None, named in the context, as transformers' outputs flatten:
+        # torch.func's transforms take only tensors.
         pytree.register_pytree_node(
             cls,
-            lambda out: ([getattr(out, f.name) for f in fields(out)], [f.name for f in fields(out)]),
+            lambda out: (list(out.values()), out.keys()),
             lambda values, names: cls(**dict(zip(names, values))),
             serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
-            flatten_with_keys_fn=lambda out: (
-                [(pytree.GetAttrKey(f.name), getattr(out, f.name)) for f in fields(out)], [f.name for f in fields(out)]
-            ),
+            flatten_with_keys_fn=lambda out: ([(pytree.MappingKey(k), v) for k, v in out.items()], out.keys()),
         )
 
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v for v in (getattr(self, f.name) for f in fields(self)) if v is not None)
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in self.__dataclass_fields__:
+            if value is None:
+                dict.pop(self, name, None)
+            else:
+                dict.__setitem__(self, name, value)
 
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
-
-    def items(self) -> list[tuple[str, Any]]:
-        return [(k, getattr(self, k)) for k in self.keys()]
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(f"{type(self).__name__} has no field {key!r}")
+        setattr(self, key, value)
 
     def __getitem__(self, key: int | slice | str) -> Any:
         if isinstance(key, str):
-            if key not in self.keys():
-                raise KeyError(key)
-            return getattr(self, key)
+            return dict.__getitem__(self, key)
         return self.to_tuple()[key]
 
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys()
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The fields that are not None, in field order."""
+        return tuple(v for v in (getattr(self, f.name) for f in fields(self)) if v is not None)
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        return list(self.to_tuple())
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return [(k, getattr(self, k)) for k in self.keys()]
 
     def __iter__(self):
         return iter(self.keys())
 
-    def __len__(self) -> int:
-        return len(self.keys())
+    def __reduce__(self):  # pickle (DataLoader workers, multiprocessing) through the fields, not the dict
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass

@@ -318,8 +318,8 @@ def load_encoder(source: Any, hub: dict[str, Any], model_type: str | None = None
     extra = extra or {}
     options = dict(registry.get(model_type).feature_options)
     if options:
-        try:  # a checkpoint that has the parts these options leave out loads with them
-            return AutoModel.from_pretrained(source, **options, **extra, **hub)
+        try:  # strictly: a checkpoint that has the parts these options leave out loads with them, below
+            return AutoModel.from_pretrained(source, **options, strict=True, **extra, **hub)
         except LoadingError:
             pass
     return AutoModel.from_pretrained(source, **extra, **hub)

@@ -24,14 +24,14 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import convert
 from .. import cpu_kernels as kernels
-from ..config import PretrainedConfig, align_stage_outputs, check_lengths
+from ..config import BackboneConfigMixin, PretrainedConfig, check_lengths
 from ..layers import DropPath, adaptive_avg_pool2d, attend, get_activation, map_to_tokens, tokens_to_map
 from ..modeling import BackboneMixin, PreTrainedModel, classification_loss
 from ..outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput
 from .family import Family, Layout, StateDict
 
 
-class PvtV2Config(PretrainedConfig):
+class PvtV2Config(BackboneConfigMixin, PretrainedConfig):
     """Configuration of a PVTv2 model; field names and defaults are transformers' (the defaults are PVTv2-B0).
 
     Args:
@@ -106,8 +106,7 @@ class PvtV2Config(PretrainedConfig):
         self.qkv_bias = bool(qkv_bias)
         self.linear_attention = bool(linear_attention)
         self.stage_names = [f"stage{i}" for i in range(1, len(self.depths) + 1)]
-        self.out_features, self.out_indices = align_stage_outputs("PvtV2Config", self.stage_names, out_features,
-                                                                  out_indices)  # fmt: skip
+        self._set_stage_outputs(out_features, out_indices)
         self._validate()
 
     def _validate(self) -> None:
@@ -375,6 +374,10 @@ class PvtV2PreTrainedModel(PreTrainedModel):
     def _head(self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: torch.Tensor | None) -> Any:
         raise NotImplementedError
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The first stage's overlapping patch embedding (a strided conv and LayerNorm)."""
+        return getattr(self, self.base_model_prefix, self).encoder.layers[0].patch_embedding
+
     def attention_layers(self, out: Any, pixel_values: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple[int, int], int]]:
         """Per stage, its last block's attention for the first image; queries are the stage's map, keys its
         spatially reduced copy (7x7 with linear SRA); no prefix tokens."""
@@ -455,6 +458,10 @@ class PvtV2Backbone(BackboneMixin, PvtV2PreTrainedModel):
     @property
     def stage_strides(self) -> list[int]:
         return torch.tensor(self.config.strides).cumprod(0).tolist()
+
+    @property
+    def stage_modules(self) -> list[str]:
+        return [f"encoder.layers.{i}" for i in range(len(self.config.stage_names))]
 
     def _head(self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: None) -> BackboneOutput:
         # the returned hidden states are contiguous already (no second copy); otherwise copy just these stages

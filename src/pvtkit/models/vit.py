@@ -351,6 +351,10 @@ class ViTPreTrainedModel(PreTrainedModel):
     def _vit(self) -> ViTModel:
         return self if isinstance(self, ViTModel) else self.vit  # type: ignore[return-value]
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch projection (`embeddings.patch_embeddings`), as transformers returns."""
+        return self._vit().embeddings.patch_embeddings
+
     def set_input_size(self, image_size: int | Sequence[int]) -> None:
         """Make `image_size` the native input size: the position embeddings are resampled once (bicubic) and the
         config updated, so the model (and its save) runs at that size without interpolating, in pvtkit and in

@@ -144,12 +144,12 @@ def test_hostile_truncated_and_foreign_files_get_clear_errors(tmp_path):
         PvtV2Model.from_pretrained(tmp_path / "cut.safetensors")
 
     save_file({"fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}, tmp_path / "resnet.safetensors")
-    with pytest.raises(ValueError, match=r"resnet\.safetensors is not a PVTv2 or ViT checkpoint.*fc\.weight"):
+    with pytest.raises(ValueError, match=r"resnet\.safetensors is not a PVTv2, ViT, SegFormer or GLPN checkpoint.*fc\.weight"):
         PvtV2Model.from_pretrained(tmp_path / "resnet.safetensors")
 
     state, _, _ = fixture("timm_vit_tiny")
     save_file(state, tmp_path / "vit.safetensors")
-    with pytest.raises(ValueError, match=r"is a vit checkpoint \(timm layout\), not a pvt_v2 one"):
+    with pytest.raises(ValueError, match=r"is a ViT checkpoint \(timm layout\), not a PVTv2 one"):
         PvtV2Model.from_pretrained(tmp_path / "vit.safetensors")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match="not a weights file"):

@@ -12,13 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 
 import pytest
 import torch
 import transformers
 from conftest import rel_err
-from safetensors.torch import load_file
 
 import pvtkit
 import pvtkit.cli
@@ -94,7 +92,7 @@ def test_state_dict_without_a_path_and_what_stays_an_error(tmp_path):
         assert torch.equal(given(x).logits, source(x).logits) and torch.equal(inferred(x).logits, source(x).logits)
     with pytest.raises(ValueError, match="needs a path, a Hub id or a state_dict"):
         PvtV2Model.from_pretrained(None)
-    with pytest.raises(ValueError, match="is a pvt_v2 checkpoint .*not a vit one"):  # another family
+    with pytest.raises(ValueError, match="is a PVTv2 checkpoint .*not a ViT one"):  # another family
         ViTModel.from_pretrained(None, state_dict=state)
     with pytest.raises(pvtkit.LoadingError, match="another shape"):  # mis-shaped keys stay an error
         PvtV2ForImageClassification.from_pretrained(None, config=source.config.copy(hidden_sizes=[8, 16, 24, 40]),

@@ -1,4 +1,4 @@
-"""pvtkit: PVTv2 and ViT in PyTorch, with Hugging Face formats native."""
+"""pvtkit: PVTv2, SegFormer, GLPN and ViT in PyTorch, with Hugging Face formats native."""
 
 import os as _os
 import sys as _sys
@@ -18,8 +18,16 @@ from .models.pvt_v2 import (
     PvtV2Backbone,
     PvtV2Config,
     PvtV2ForImageClassification,
+    PvtV2ForSemanticSegmentation,
     PvtV2Model,
 )
+from .models.segformer import (
+    SegformerConfig,
+    SegformerForImageClassification,
+    SegformerForSemanticSegmentation,
+    SegformerModel,
+)
+from .models.glpn import GLPNConfig, GLPNForDepthEstimation, GLPNModel
 from .models.vit import (
     VARIANTS as VIT_VARIANTS,
     ViTConfig,
@@ -33,19 +41,32 @@ from .auto import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForDepthEstimation,
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
+    AutoModelForSemanticSegmentation,
     convert_checkpoint,
 )
-from .pipeline import ImageClassificationPipeline, ImageFeatureExtractionPipeline, Pipeline, pipeline
+from .pipeline import (
+    DepthEstimationPipeline,
+    ImageClassificationPipeline,
+    ImageFeatureExtractionPipeline,
+    ImageSegmentationPipeline,
+    Pipeline,
+    pipeline,
+)
 from .evaluation import EvalResult, evaluate
 from .training import Trainer, TrainingArguments, TrainResult, train
 from .processing import (
     IMAGE_PROCESSOR_TYPES,
     BatchFeature,
+    GLPNImageProcessor,
+    GLPNImageProcessorFast,
     ImageLoadError,
     PvtImageProcessor,
     PvtImageProcessorFast,
+    SegformerImageProcessor,
+    SegformerImageProcessorFast,
     ViTFeatureExtractor,
     ViTImageProcessor,
     ViTImageProcessorFast,
@@ -56,9 +77,11 @@ from .outputs import (
     BackboneOutput,
     BaseModelOutput,
     BaseModelOutputWithPooling,
+    DepthEstimatorOutput,
     ImageClassifierOutput,
     MaskedImageModelingOutput,
     ModelOutput,
+    SemanticSegmenterOutput,
 )
 
 __version__ = "0.1.0"
@@ -68,9 +91,13 @@ __all__ = [
     "cpu_kernels",
     "IMAGE_PROCESSOR_TYPES",
     "BatchFeature",
+    "GLPNImageProcessor",
+    "GLPNImageProcessorFast",
     "ImageLoadError",
     "PvtImageProcessor",
     "PvtImageProcessorFast",
+    "SegformerImageProcessor",
+    "SegformerImageProcessorFast",
     "ViTFeatureExtractor",
     "ViTImageProcessor",
     "ViTImageProcessorFast",
@@ -80,16 +107,26 @@ __all__ = [
     "BackboneOutput",
     "BaseModelOutput",
     "BaseModelOutputWithPooling",
+    "DepthEstimatorOutput",
     "ImageClassifierOutput",
     "LoadingError",
     "MaskedImageModelingOutput",
     "ModelOutput",
+    "SemanticSegmenterOutput",
     "PreTrainedModel",
     "PretrainedConfig",
     "PvtV2Backbone",
     "PvtV2Config",
     "PvtV2ForImageClassification",
+    "PvtV2ForSemanticSegmentation",
     "PvtV2Model",
+    "SegformerConfig",
+    "SegformerForImageClassification",
+    "SegformerForSemanticSegmentation",
+    "SegformerModel",
+    "GLPNConfig",
+    "GLPNForDepthEstimation",
+    "GLPNModel",
     "VIT_VARIANTS",
     "ViTConfig",
     "ViTForImageClassification",
@@ -100,11 +137,15 @@ __all__ = [
     "AutoConfig",
     "AutoImageProcessor",
     "AutoModel",
+    "AutoModelForDepthEstimation",
     "AutoModelForImageClassification",
     "AutoModelForMaskedImageModeling",
+    "AutoModelForSemanticSegmentation",
     "convert_checkpoint",
+    "DepthEstimationPipeline",
     "ImageClassificationPipeline",
     "ImageFeatureExtractionPipeline",
+    "ImageSegmentationPipeline",
     "Pipeline",
     "pipeline",
     "EvalResult",

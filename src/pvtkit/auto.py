@@ -95,10 +95,29 @@ class AutoModelForMaskedImageModeling(_AutoModel):
     task = "masked-image-modeling"
 
 
+class AutoModelForSemanticSegmentation(_AutoModel):
+    """`SegformerForSemanticSegmentation`, `PvtV2ForSemanticSegmentation`."""
+
+    task = "semantic-segmentation"
+
+
+class AutoModelForDepthEstimation(_AutoModel):
+    """`GLPNForDepthEstimation`."""
+
+    task = "depth-estimation"
+
+
 class AutoBackbone(_AutoModel):
     """Multi-scale backbones: `PvtV2Backbone`."""
 
     task = "backbone"
+
+
+# task -> its Auto class (for code that picks a class by task: export's --task, pipelines)
+AUTO_CLASSES: dict[str, type[_AutoModel]] = {
+    cls.task: cls for cls in (AutoModel, AutoModelForImageClassification, AutoModelForMaskedImageModeling,
+                              AutoModelForSemanticSegmentation, AutoModelForDepthEstimation, AutoBackbone)
+}  # fmt: skip
 
 
 class AutoConfig:
@@ -153,8 +172,8 @@ class AutoImageProcessor:
         else:
             config = AutoConfig.from_pretrained(path, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs})
             processor = default_image_processor(config, use_fast)
-            logger.warning("%s has no %s; using %s's defaults at %sx%s", path, PREPROCESSOR_CONFIG_NAME,
-                           type(processor).__name__, processor.size["height"], processor.size["width"])  # fmt: skip
+            logger.warning("%s has no %s; using %s's defaults (%s)", path, PREPROCESSOR_CONFIG_NAME,
+                           type(processor).__name__, _sizing(processor))  # fmt: skip
             return type(processor)(**{"size": processor.size, **overrides})
         cls = IMAGE_PROCESSOR_TYPES[kind]
         if use_fast and not kind.endswith("Fast"):
@@ -165,13 +184,28 @@ class AutoImageProcessor:
 
 
 def default_image_processor(model_or_config: Any, use_fast: bool = False) -> Any:
-    """The family's default image processor (PIL back end, or tensor with `use_fast`), sized to the config's
-    `image_size`: what a checkpoint that ships no `preprocessor_config.json` is fed with."""
+    """The default image processor (PIL back end, or tensor with `use_fast`) of a model's family and task (a config:
+    the family's), sized to the config's `image_size` when it has one: what a checkpoint that ships no
+    `preprocessor_config.json` is fed with."""
     config = getattr(model_or_config, "config", model_or_config)
-    height, width = pair(config.image_size)
-    kind = registry.family_of(config).processor
+    family = registry.family_of(config)
+    task = "model"
+    if isinstance(model_or_config, PreTrainedModel):
+        task = next((t for t, cls in family.classes.items() if isinstance(model_or_config, cls)), task)
+    kind = family.processor_for(task)
     cls = IMAGE_PROCESSOR_TYPES[kind.removesuffix("Pil") + "Fast"] if use_fast else IMAGE_PROCESSOR_TYPES[kind]
+    if getattr(config, "image_size", None) is None:
+        return cls()
+    height, width = pair(config.image_size)
     return cls(size={"height": height, "width": width})
+
+
+def _sizing(processor: Any) -> str:
+    """How a processor sizes images, for messages: `224x224`, `shortest edge 256`, `sides to multiples of 32`."""
+    size = processor.size
+    if size is None:
+        return f"sides to multiples of {processor.size_divisor}"
+    return f"shortest edge {size['shortest_edge']}" if "shortest_edge" in size else f"{size['height']}x{size['width']}"
 
 
 def image_processor_for(source: str | os.PathLike, model: Any, use_fast: bool = False, **hub_options: Any) -> Any:
@@ -181,8 +215,8 @@ def image_processor_for(source: str | os.PathLike, model: Any, use_fast: bool = 
         return AutoImageProcessor.from_pretrained(source, use_fast=use_fast, **hub_options)
     except (OSError, ValueError) as e:
         processor = default_image_processor(model, use_fast)
-        logger.warning("%s has no usable %s (%s); using %s's defaults at %sx%s", source, PREPROCESSOR_CONFIG_NAME,
-                       e, type(processor).__name__, processor.size["height"], processor.size["width"])  # fmt: skip
+        logger.warning("%s has no usable %s (%s); using %s's defaults (%s)", source, PREPROCESSOR_CONFIG_NAME, e,
+                       type(processor).__name__, _sizing(processor))  # fmt: skip
         return processor
 
 
@@ -217,15 +251,14 @@ def convert_checkpoint(
     kwargs: dict[str, Any] = {"state_dict": state, "dtype": dtype, **hub_options}
     if variant is not None:
         config = family.config_class.from_variant(variant)
-        head = converted.get("classifier.weight")
-        labels = head.shape[0] if head is not None else config.num_labels
+        labels = family.infer_config(converted).get("num_labels", config.num_labels)
         kwargs["config"] = config.copy(num_labels=labels) if labels != config.num_labels else config
     model = model_class.from_pretrained(source, **kwargs)
     processor_file = resolve_file(source, PREPROCESSOR_CONFIG_NAME, options)
     if processor_file is not None:
         processor = AutoImageProcessor.from_pretrained(processor_file.parent)
     else:
-        processor = IMAGE_PROCESSOR_TYPES[family.processor]()
+        processor = default_image_processor(model)
     model.save_pretrained(destination)
     processor.save_pretrained(destination)
     return model

@@ -115,14 +115,17 @@ def unwrap(obj: Any, source: str = "checkpoint") -> StateDict:
     raise ValueError(f"{source} holds no tensors: expected a state dict (or one under 'model' / 'state_dict')")
 
 
-def detect_layout(state: StateDict, source: str = "checkpoint") -> tuple[Layout, StateDict]:
-    """Find which layout `state` is in, after stripping framework prefixes (`module.`, `backbone.` ...)."""
+def detect_layout(state: StateDict, source: str = "checkpoint", prefer: str | None = None) -> tuple[Layout, StateDict]:
+    """Find which layout `state` is in, after stripping framework prefixes (`module.`, `backbone.` ...). Families
+    whose layouts look alike (a bare MiT encoder is one for SegFormer and GLPN alike) are told apart by `prefer`,
+    the family the caller asks for, whose layouts are tried first."""
     candidates = [state]
     for prefix in FOREIGN_PREFIXES:
         if any(k.startswith(prefix) for k in state):
             candidates.append({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    layouts = sorted(all_layouts(), key=lambda layout: layout.model_type != prefer)
     for candidate in candidates:
-        for layout in all_layouts():  # the sentinel, bare or under the family's prefix (`pvt_v2.`)
+        for layout in layouts:  # the sentinel, bare or under the family's prefix (`pvt_v2.`)
             if layout.sentinel in candidate or f"{get(layout.model_type).prefix}.{layout.sentinel}" in candidate:
                 if candidate is not state:
                     dropped = len(state) - len(candidate)
@@ -130,17 +133,21 @@ def detect_layout(state: StateDict, source: str = "checkpoint") -> tuple[Layout,
                                 len(candidate), dropped)  # fmt: skip
                 return layout, candidate
     sample = ", ".join(list(state)[:5])
-    titles = " or ".join(f.title for f in families().values())
-    known = "; ".join(f"{f.title}: {', '.join(lo.name for lo in f.layouts)}" for f in families().values())
+    names = [f.title for f in families().values()]
+    titles = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+    known = "; ".join(f"{f.title}: {', '.join(dict.fromkeys(lo.name for lo in f.layouts))}"
+                      for f in families().values())  # fmt: skip
     raise ValueError(f"{source} is not a {titles} checkpoint pvtkit knows (layouts {known}); its first keys are: "
                      f"{sample}")  # fmt: skip
 
 
 def to_transformers(state: StateDict, model_type: str | None = None, source: str = "checkpoint") -> tuple[StateDict, Layout]:
     """Convert any supported checkpoint to transformers' names; check it holds the family asked for."""
-    layout, state = detect_layout(unwrap(state, source), source)
+    layout, state = detect_layout(unwrap(state, source), source, prefer=model_type)
     if model_type is not None and layout.model_type != model_type:
-        raise ValueError(f"{source} is a {layout.model_type} checkpoint ({layout.name} layout), not a {model_type} one")
+        found, wanted = families()[layout.model_type].title, families()[model_type].title
+        raise ValueError(f"{source} is a {found} checkpoint ({layout.name} layout), not a {wanted} one; load it with "
+                         f"{found}'s classes or the Auto classes")  # fmt: skip
     return layout.convert(state), layout
 
 

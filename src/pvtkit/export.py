@@ -49,6 +49,7 @@ FP32_TOLERANCE = 1e-4  # max |exported - torch| / max |torch|, per output
 FP16_TOLERANCE = 1e-2  # fp16 file against the fp32 model
 QUANTIZE_MODES = ("dynamic",)
 MAX_BATCH = 1 << 16  # upper bound of a torch.export program's batch dimension
+DEFAULT_SIDE = 512  # the example size of a model whose config and processor fix none (GLPN)
 ONNX_DTYPES = (torch.float32, torch.float16)
 TORCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # scikit-image's bundled photos (no download), used to measure what int8 quantization does to real images.
@@ -273,7 +274,8 @@ def _export(model: nn.Module, path: str | os.PathLike, fmt: str, trace: Callable
 
 def _resolve_size(model: nn.Module, image_size: int | Sequence[int] | None, processor: Any) -> tuple[int, int]:
     """The example (and, for a static export, the fixed) input size; a multiple of what the family needs."""
-    size = pair(image_size) if image_size is not None else (fixed_size(processor) or pair(model.config.image_size))
+    fallback = getattr(model.config, "image_size", None) or DEFAULT_SIDE  # GLPN: any size; its processor fixes none
+    size = pair(image_size) if image_size is not None else (fixed_size(processor) or pair(fallback))
     if min(size) <= 0:
         raise ValueError(f"image size must be positive, got {size[0]}x{size[1]}")
     family = registry.family_of(model)
@@ -297,11 +299,16 @@ def _prepare(model: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, nn.Module
 def _preprocess_constants(processor: Any) -> tuple[list[float], list[float]]:
     """Per-channel (scale, shift) with `x * scale + shift == ((x * rescale_factor) - mean) / std`."""
     rescale = float(processor.rescale_factor) if processor.do_rescale else 1.0
-    mean = np.broadcast_to(np.asarray(processor.image_mean, dtype=np.float64), (3,))
-    std = np.broadcast_to(np.asarray(processor.image_std, dtype=np.float64), (3,))
-    if not processor.do_normalize:
-        mean, std = np.zeros(3), np.ones(3)
+    mean, std = _mean_std(processor)
     return (rescale / std).tolist(), (-mean / std).tolist()
+
+
+def _mean_std(processor: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel mean and std the processor normalizes with: zeros and ones when it does not normalize."""
+    if not processor.do_normalize:
+        return np.zeros(3), np.ones(3)
+    return tuple(np.broadcast_to(np.asarray(v, dtype=np.float64), (3,)) for v in (processor.image_mean,
+                                                                               processor.image_std))  # type: ignore[return-value]
 
 
 def _metadata(model: nn.Module, processor: Any, input_name: str, output_names: list[str], size: tuple[int, int],
@@ -311,7 +318,7 @@ def _metadata(model: nn.Module, processor: Any, input_name: str, output_names: l
     from . import __version__
 
     config = model.config
-    mean, std = (np.broadcast_to(np.asarray(v, dtype=float), (3,)).tolist() for v in (processor.image_mean, processor.image_std))
+    mean, std = (v.tolist() for v in _mean_std(processor))
     resample = int(processor.resample)
     meta = {
         "model_type": config.model_type, "architecture": type(model).__name__, "input_names": [input_name],
@@ -564,7 +571,7 @@ def _quantize(ort: Any, job: _Job, images: Sequence[Any] | None) -> None:
     got = ort_session(ort, staged).run(None, {report.input_name: feed})[0]
     expected = _reference(job.reference, pixels)[report.output_names[0]].numpy()
     drift = float(np.abs(got - expected).max())
-    classifier = report.output_names == ["logits"] and expected.ndim == 2 and expected.shape[1] > 1
+    classifier = report.output_names == ["logits"] and expected.shape[1] > 1  # per pixel for segmentation logits
     report.quantization = {
         "images": len(arrays), "source": source, "max_logit_drift": drift,
         "max_rel_drift": drift / max(float(np.abs(expected).max()), 1e-12),

@@ -77,6 +77,17 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+class Dense(nn.Module):
+    """One Linear layer under the name `dense` (transformers' checkpoints nest it one level down)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_kernels.linear(x, self.dense)
+
+
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, need_weights: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -130,7 +130,8 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Truncated normal (std `initializer_range`) for Linear, fan-out normal for Conv2d, unit LayerNorm."""
+        """Truncated normal (std `initializer_range`) for Linear, fan-out normal for Conv2d, unit LayerNorm and
+        BatchNorm (fresh running statistics)."""
         std = getattr(self.config, "initializer_range", 0.02)
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=std)
@@ -144,6 +145,8 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_parameters()
 
     # ---- conveniences users expect from transformers -----------------------------------------------------------
 
@@ -387,7 +390,8 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         )
         want = torch_dtype if torch_dtype is not None else dtype
         if want is None or want == "auto":
-            want = getattr(config, "dtype", None) or next(iter(state.values())).dtype
+            stored = next((v.dtype for v in state.values() if v.is_floating_point()), None)  # not a BatchNorm count
+            want = getattr(config, "dtype", None) or stored
         want = parse_dtype(want)
         if want is not None or device is not None:
             model.to(device=device, dtype=want)

@@ -117,3 +117,23 @@ class MaskedImageModelingOutput(ModelOutput):
     reconstruction: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[Any, ...] | None = None
+
+
+@dataclass
+class SemanticSegmenterOutput(ModelOutput):
+    """Semantic segmentation output: `logits` `(B, num_labels, H/4, W/4)`, and `loss` when labels were given."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[Any, ...] | None = None
+
+
+@dataclass
+class DepthEstimatorOutput(ModelOutput):
+    """Depth estimation output: `predicted_depth` `(B, H, W)`, and `loss` when labels were given."""
+
+    loss: torch.Tensor | None = None
+    predicted_depth: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[Any, ...] | None = None

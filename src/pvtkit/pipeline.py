@@ -20,15 +20,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
+import torch.nn.functional as F
 
 from .distributed import auto_device
 from .modeling import PreTrainedModel
+from .processing import depth_maps, image_size, load_image, semantic_segmentation
 
 logger = logging.getLogger("pvtkit")
 
-DEFAULT_MODEL = "OpenGVLab/pvt_v2_b0"
-TASKS = ("image-classification", "image-feature-extraction")
+DEFAULT_MODELS = {
+    "image-classification": "OpenGVLab/pvt_v2_b0", "image-feature-extraction": "OpenGVLab/pvt_v2_b0",
+    "image-segmentation": "nvidia/segformer-b0-finetuned-ade-512-512", "depth-estimation": "vinvino02/glpn-nyu",
+}  # fmt: skip
+TASKS = tuple(DEFAULT_MODELS)
 
 
 @dataclass
@@ -52,26 +58,30 @@ def describe_error(error: BaseException) -> str:
 
 
 class _Preprocessed(torch.utils.data.Dataset):
-    """Item i -> (i, pixel array or None, error or None); runs in DataLoader workers."""
+    """Item i -> (i, pixel array or None, error or None, the image's (height, width)); runs in DataLoader workers."""
 
-    def __init__(self, items: Sequence[Any], processor: Any) -> None:
+    def __init__(self, items: Sequence[Any], processor: Any, options: dict[str, Any]) -> None:
         self.items = items
         self.processor = processor
+        self.options = options
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None, tuple[int, int] | None]:
         item = self.items[index]
         if isinstance(item, Exception):  # an input that already failed (e.g. a missing file): pass it on in order
-            return index, None, describe_error(item)
+            return index, None, describe_error(item), None
         try:
-            pixels = self.processor(item, return_tensors="np")["pixel_values"]
+            if isinstance(item, (str, os.PathLike)):  # decoded here once: its size is the outputs' size
+                item = load_image(item, exif_transpose=getattr(self.processor, "exif_transpose", True),
+                                  convert_rgb=False)  # fmt: skip
+            pixels = self.processor(item, return_tensors="np", **self.options)["pixel_values"]
             if pixels.shape[0] != 1:
                 raise ValueError(f"input {index} is a batch of {pixels.shape[0]} images; pass them one by one")
-            return index, pixels[0], None
+            return index, pixels[0], None, image_size(item)
         except (OSError, ValueError, TypeError, RuntimeError) as e:
-            return index, None, describe_error(e)
+            return index, None, describe_error(e), None
 
 
 def _as_list(batch: list) -> list:
@@ -91,6 +101,7 @@ class Pipeline:
     """
 
     task = ""
+    trained_head = ""  # "classification", ...: refuse a model whose head of that kind the checkpoint did not have
 
     def __init__(
         self,
@@ -105,45 +116,68 @@ class Pipeline:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+        fresh = [k for k in getattr(model, "newly_initialized_weights", []) if k.startswith(model.head_prefixes)]
+        if self.trained_head and fresh:
+            raise ValueError(
+                f"the checkpoint has no trained {self.trained_head} head (newly initialised: {', '.join(fresh[:4])}"
+                f"{', ...' if len(fresh) > 4 else ''}); fine-tune it first (pvtkit train) or use a model trained "
+                "for this task"
+            )  # fmt: skip
         self.device = auto_device() if device in (None, "auto") else torch.device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.dtype = dtype or next(model.parameters()).dtype
         self.image_processor = image_processor
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.processor_options: dict[str, Any] = {}  # per-call options of the processor (slide mode: no resize)
 
     # --------------------------------------------------------------------------------------------- running
 
     def batches(
         self, items: Sequence[Any], batch_size: int | None = None, num_workers: int | None = None
-    ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
-        """Yield (indices of the good items, their pixel batch, [(index, error), ...]) per batch, in order."""
+    ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]], list[tuple[int, int]]]]:
+        """Yield (indices of good items, their pixel batch, [(index, error), ...], the good images' sizes), in input
+        order; images the processor leaves at different sizes (GLPN's, slide mode's) come in groups of one shape."""
         workers = self.num_workers if num_workers is None else num_workers
         loader = torch.utils.data.DataLoader(
-            _Preprocessed(items, self.image_processor),
+            _Preprocessed(items, self.image_processor, self.processor_options),
             batch_size=batch_size or self.batch_size,
             num_workers=min(workers, len(items)),
             collate_fn=_as_list,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         for batch in loader:
-            good = [(i, pixels) for i, pixels, error in batch if error is None]
-            errors = [(i, error) for i, _, error in batch if error is not None]
-            pixels = None
-            if good:
-                pixels = torch.from_numpy(np.stack([p for _, p in good]))
+            errors = [(i, error) for i, _, error, _ in batch if error is not None]
+            groups: dict[tuple[int, ...], list[tuple[int, np.ndarray, tuple[int, int]]]] = {}
+            for i, pixels, error, size in batch:
+                if error is None:
+                    groups.setdefault(pixels.shape, []).append((i, pixels, size))
+            if not groups:
+                yield [], None, errors, []
+            for n, group in enumerate(groups.values()):
+                pixels = torch.from_numpy(np.stack([p for _, p, _ in group]))
                 pixels = pixels.to(self.device, self.dtype, non_blocking=True)
-            yield [i for i, _ in good], pixels, errors
+                yield [i for i, _, _ in group], pixels, errors if n == 0 else [], [s for _, _, s in group]
 
     def run(
-        self, items: Sequence[Any], batch_size: int | None = None, num_workers: int | None = None, **options: Any
-    ) -> Iterator[PipelineResult]:
-        """One `PipelineResult` per item, in input order, as soon as its batch is done; bad items carry an error."""
-        for indices, pixels, errors in self.batches(items, batch_size, num_workers):
-            outputs = self.forward(pixels, **options) if pixels is not None else []
-            done = {i: PipelineResult(i, items[i], output=o) for i, o in zip(indices, outputs)}
+        self, items: Sequence[Any], batch_size: int | None = None, num_workers: int | None = None,
+        formatted: bool = True, **options: Any,
+    ) -> Iterator[PipelineResult]:  # fmt: skip
+        """One `PipelineResult` per item, in input order, as soon as its batch is done; bad items carry an error.
+
+        `formatted=False` leaves outputs as `forward` gives them (a class map, a depth tensor) before `postprocess`
+        turns them into transformers' records; the CLI writes files from those."""
+        done: dict[int, PipelineResult] = {}
+        following = 0
+        for indices, pixels, errors, sizes in self.batches(items, batch_size, num_workers):
+            outputs = self.forward(pixels, sizes, **options) if pixels is not None else []
+            if formatted:
+                outputs = [self.postprocess(o) for o in outputs]
+            done.update({i: PipelineResult(i, items[i], output=o) for i, o in zip(indices, outputs)})
             done.update({i: PipelineResult(i, items[i], error=e) for i, e in errors})
-            yield from (done[i] for i in sorted(done))
+            while following in done:
+                yield done.pop(following)
+                following += 1
 
     def __call__(self, images: Any, batch_size: int | None = None, **options: Any) -> Any:
         """Process one image (path, PIL image, array, tensor) or a list of them; raises on an unreadable image."""
@@ -156,8 +190,18 @@ class Pipeline:
             outputs.append(result.output)
         return outputs[0] if single else outputs
 
-    def forward(self, pixels: torch.Tensor, **options: Any) -> list[Any]:
+    def forward(self, pixels: torch.Tensor, sizes: list[tuple[int, int]], **options: Any) -> list[Any]:
+        """Per image of the batch, the task's raw answer; `sizes` are the images' (height, width) before resizing."""
         raise NotImplementedError
+
+    def postprocess(self, output: Any) -> Any:
+        """One image's raw answer -> the record transformers' pipeline returns for it."""
+        return output
+
+    def label_names(self) -> list[str]:
+        """The model's class names, `LABEL_i` where `id2label` has none."""
+        labels = self.model.config.id2label or {}
+        return [str(labels.get(i, labels.get(str(i), f"LABEL_{i}"))) for i in range(self.model.config.num_labels)]
 
 
 class ImageClassificationPipeline(Pipeline):
@@ -168,23 +212,17 @@ class ImageClassificationPipeline(Pipeline):
     """
 
     task = "image-classification"
+    trained_head = "classification"
 
     def __init__(self, model: PreTrainedModel, image_processor: Any, top_k: int = 5, **kwargs: Any) -> None:
         if not hasattr(model, "classifier"):
             raise ValueError(f"{type(model).__name__} has no classification head; load it with "
                              "AutoModelForImageClassification")  # fmt: skip
-        fresh = [k for k in getattr(model, "newly_initialized_weights", []) if k.startswith("classifier")]
-        if fresh:
-            raise ValueError(
-                "the checkpoint has no trained classification head (newly initialised: "
-                f"{', '.join(fresh)}); fine-tune it first (pvtkit train) or use an ImageNet classifier"
-            )
         super().__init__(model, image_processor, **kwargs)
         self.top_k = top_k
-        labels = model.config.id2label or {}
-        self.labels = [str(labels.get(i, labels.get(str(i), f"LABEL_{i}"))) for i in range(model.config.num_labels)]
+        self.labels = self.label_names()
 
-    def forward(self, pixels: torch.Tensor, top_k: int | None = None) -> list[list[dict[str, Any]]]:
+    def forward(self, pixels: torch.Tensor, sizes: Any = None, top_k: int | None = None) -> list[list[dict[str, Any]]]:
         k = min(top_k or self.top_k, len(self.labels))
         if k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -215,7 +253,7 @@ class ImageFeatureExtractionPipeline(Pipeline):
         super().__init__(model, image_processor, **kwargs)
         self.pooled = pooled
 
-    def forward(self, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    def forward(self, pixels: torch.Tensor, sizes: Any = None) -> list[dict[str, torch.Tensor]]:
         with torch.inference_mode():
             out = self.model(pixel_values=pixels)
         if getattr(out, "feature_maps", None) is not None:
@@ -229,6 +267,128 @@ class ImageFeatureExtractionPipeline(Pipeline):
             else:
                 feats = {"pooled" if self.pooled else "last_hidden_state": hidden[:, 0] if self.pooled else hidden}
         return [{name: t[i] for name, t in feats.items()} for i in range(pixels.shape[0])]
+
+
+def slide_windows(
+    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """mmsegmentation's `slide` grid: `(top, bottom, left, right)` windows of `crop` (clipped to the image) every
+    `stride`, the last row and column shifted back to end at the image's edge; together they cover every pixel."""
+    (ch, cw), (sh, sw) = crop, stride
+    rows = max(height - ch + sh - 1, 0) // sh + 1
+    cols = max(width - cw + sw - 1, 0) // sw + 1
+    windows = []
+    for r in range(rows):
+        for c in range(cols):
+            bottom, right = min(r * sh + ch, height), min(c * sw + cw, width)
+            windows.append((max(bottom - ch, 0), bottom, max(right - cw, 0), right))
+    return windows
+
+
+class ImageSegmentationPipeline(Pipeline):
+    """Semantic segmentation, in transformers' format: per image one `{"score": None, "label": str, "mask": PIL
+    image}` per class present (mask: mode L, 255 where the class is), at the input's size.
+
+    Args:
+        model: A segmentation model (`SegformerForSemanticSegmentation`, `PvtV2ForSemanticSegmentation`).
+        image_processor: Its processor.
+        mode: "whole" (the default): the image resized as the processor says, the logits resized back to the
+            image's size (transformers' way). "slide": mmsegmentation's sliding window over the image at its own
+            resolution; `crop`-sized windows every `stride`, the logits of overlapping windows averaged.
+        crop: Window (height, width) in slide mode; default: the processor's size (what the model was trained at).
+        stride: Window step (height, width) in slide mode; default: two thirds of `crop`.
+        **kwargs: `Pipeline`'s options.
+    """
+
+    task = "image-segmentation"
+    trained_head = "segmentation"
+
+    def __init__(
+        self, model: PreTrainedModel, image_processor: Any, mode: str = "whole", crop: tuple[int, int] | None = None,
+        stride: tuple[int, int] | None = None, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        if not hasattr(model, "decode_head"):
+            raise ValueError(f"{type(model).__name__} is not a segmentation model; load one with "
+                             "AutoModelForSemanticSegmentation")  # fmt: skip
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        super().__init__(model, image_processor, **kwargs)
+        self.mode, self.labels = mode, self.label_names()
+        if mode == "slide":
+            size = getattr(image_processor, "size", None) or {}
+            crop = crop or (size.get("height"), size.get("width"))
+            if not all(isinstance(v, int) and v > 0 for v in crop):
+                raise ValueError(f"slide mode needs a crop size (height, width) of positive ints, got {crop}")
+            stride = stride or (max(crop[0] * 2 // 3, 1), max(crop[1] * 2 // 3, 1))
+            if not all(isinstance(v, int) and 0 < v for v in stride) or stride[0] > crop[0] or stride[1] > crop[1]:
+                raise ValueError(f"stride {stride} must be positive and at most the crop {crop}, or pixels are skipped")
+            self.crop, self.stride = tuple(crop), tuple(stride)
+            self.processor_options = {"do_resize": False}  # the windows see the image at its own resolution
+
+    def forward(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Per image, its `(H, W)` int64 class map at its own size."""
+        with torch.inference_mode():
+            if self.mode == "whole":
+                return [m.cpu() for m in semantic_segmentation(self.model(pixel_values=pixels).logits.float(), sizes)]
+            return [self.slide_logits(image[None])[0].argmax(0).cpu() for image in pixels]
+
+    def slide_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Logits `(1, num_labels, H, W)` of one image by sliding windows (each window's logits upsampled to the
+        window), averaged where windows overlap; the windows run `batch_size` at a time."""
+        height, width = pixels.shape[-2:]
+        windows = slide_windows(height, width, self.crop, self.stride)
+        total = pixels.new_zeros((1, self.model.config.num_labels, height, width), dtype=torch.float32)
+        count = pixels.new_zeros((1, 1, height, width), dtype=torch.float32)
+        for start in range(0, len(windows), self.batch_size):
+            chunk = windows[start : start + self.batch_size]
+            crops = torch.cat([pixels[..., t:b, l:r] for t, b, l, r in chunk])  # windows share one size
+            logits = self.model(pixel_values=crops).logits.float()
+            logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+            for (t, b, l, r), window in zip(chunk, logits):
+                total[0, :, t:b, l:r] += window
+                count[0, :, t:b, l:r] += 1
+        return total / count
+
+    def postprocess(self, classes: torch.Tensor) -> list[dict[str, Any]]:
+        array = classes.numpy()
+        masks = ((k, PIL.Image.fromarray(((array == k) * 255).astype(np.uint8))) for k in np.unique(array))
+        return [{"score": None, "label": self.labels[int(k)], "mask": mask} for k, mask in masks]
+
+
+class DepthEstimationPipeline(Pipeline):
+    """Monocular depth, in transformers' format: per image `{"predicted_depth": (H, W) tensor, "depth": PIL image}`
+    at the input's size (bicubic), the image being the depth scaled from its minimum (0) to its maximum (255)."""
+
+    task = "depth-estimation"
+    trained_head = "depth"
+
+    def __init__(self, model: PreTrainedModel, image_processor: Any, **kwargs: Any) -> None:
+        if "predicted_depth" not in getattr(model, "output_names", ()):
+            raise ValueError(f"{type(model).__name__} is not a depth model; load one with AutoModelForDepthEstimation")
+        super().__init__(model, image_processor, **kwargs)
+
+    def forward(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Per image, its `(H, W)` float32 depth at its own size."""
+        with torch.inference_mode():
+            predicted = self.model(pixel_values=pixels).predicted_depth.float()
+        return [d["predicted_depth"].cpu() for d in depth_maps(predicted, sizes)]
+
+    def postprocess(self, depth: torch.Tensor) -> dict[str, Any]:
+        return {"predicted_depth": depth, "depth": PIL.Image.fromarray(depth_to_uint8(depth.numpy()))}
+
+
+def depth_to_uint8(depth: np.ndarray) -> np.ndarray:
+    """Depth scaled from its minimum (0) to its maximum (255), truncated, as transformers' pipeline draws it; a flat
+    map is all 0."""
+    low, high = float(depth.min()), float(depth.max())
+    scaled = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
+    return (scaled * 255).astype(np.uint8)
+
+
+_PIPELINES: dict[str, type[Pipeline]] = {
+    "image-classification": ImageClassificationPipeline, "image-feature-extraction": ImageFeatureExtractionPipeline,
+    "image-segmentation": ImageSegmentationPipeline, "depth-estimation": DepthEstimationPipeline,
+}  # fmt: skip
 
 
 def pipeline(
@@ -247,29 +407,37 @@ def pipeline(
     """Build an inference pipeline, as `transformers.pipeline` does.
 
     Args:
-        task: "image-classification" (top-k labels) or "image-feature-extraction" (backbone features).
+        task: "image-classification" (top-k labels), "image-feature-extraction" (backbone features),
+            "image-segmentation" (a mask per class) or "depth-estimation" (a depth map).
         model: A Hub repo id, directory or weights file (any layout pvtkit reads), or a loaded model.
-            Default: `OpenGVLab/pvt_v2_b0`.
+            Default per task: `OpenGVLab/pvt_v2_b0`, `nvidia/segformer-b0-finetuned-ade-512-512`,
+            `vinvino02/glpn-nyu`.
         image_processor: A processor instance, or where to load one from; default: the model's own
             `preprocessor_config.json`, else the model family's defaults (with a warning).
         device, dtype: Where and in which precision to run ("auto"/None picks the GPU when there is one).
         batch_size, num_workers: Images per forward pass; background decoding processes.
         revision, local_files_only: Hub options.
-        **task_options: `top_k` for classification; `pooled`, `stages` (e.g. [1, 4]) for feature extraction.
+        **task_options: `top_k` for classification; `pooled`, `stages` (e.g. [1, 4]) for feature extraction;
+            `mode` ("whole" / "slide"), `crop`, `stride` for segmentation.
     """
-    from .auto import AutoModelForImageClassification, default_image_processor, image_processor_for
+    from .auto import (
+        AutoModelForDepthEstimation, AutoModelForImageClassification, AutoModelForSemanticSegmentation,
+        default_image_processor, image_processor_for,
+    )  # fmt: skip
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; pvtkit's pipelines are {', '.join(TASKS)}")
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     hub = {"revision": revision, "local_files_only": local_files_only}
-    source = model if model is not None else DEFAULT_MODEL
+    source = model if model is not None else DEFAULT_MODELS[task]
     stages = task_options.pop("stages", None)
+    auto = {"image-classification": AutoModelForImageClassification, "image-segmentation":
+            AutoModelForSemanticSegmentation, "depth-estimation": AutoModelForDepthEstimation}.get(task)  # fmt: skip
     if isinstance(source, PreTrainedModel):
         loaded = source
-    elif task == "image-classification":
-        loaded = AutoModelForImageClassification.from_pretrained(source, **hub)
+    elif auto is not None:
+        loaded = auto.from_pretrained(source, **hub)
     else:
         loaded = _feature_model(source, stages, hub)
     if image_processor is None or isinstance(image_processor, (str, os.PathLike)):
@@ -279,9 +447,8 @@ def pipeline(
             logger.info("no image processor given; using %s's defaults", type(image_processor).__name__)
         else:
             image_processor = image_processor_for(where, loaded, **hub)
-    cls = ImageClassificationPipeline if task == "image-classification" else ImageFeatureExtractionPipeline
-    return cls(loaded, image_processor, device=device, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
-               **task_options)  # fmt: skip
+    return _PIPELINES[task](loaded, image_processor, device=device, dtype=dtype, batch_size=batch_size,
+                            num_workers=num_workers, **task_options)  # fmt: skip
 
 
 def _feature_model(source: Any, stages: Iterable[int] | None, hub: dict[str, Any]) -> PreTrainedModel:

@@ -1,11 +1,13 @@
-"""Image processors for PVTv2 and ViT that read and write Hugging Face `preprocessor_config.json` files.
+"""Image processors for PVTv2, ViT, SegFormer and GLPN that read and write Hugging Face `preprocessor_config.json`
+files, and the post-processing of segmentation and depth outputs.
 
-Two back ends compute the same pipeline (convert to RGB, resize, rescale, normalize):
+Two back ends compute the same pipeline (convert to RGB, resize, rescale, normalize; label maps: check, reduce,
+nearest-neighbour resize):
 
-* `ViTImageProcessor` / `PvtImageProcessor` work image by image with PIL and NumPy and reproduce transformers'
-  PIL back end (`ViTImageProcessorPil`, `PvtImageProcessorPil`) bit for bit.
-* `ViTImageProcessorFast` / `PvtImageProcessorFast` work on batched torch tensors (CPU or GPU) and follow
-  transformers' torchvision back end, implemented with `torch.nn.functional.interpolate` only.
+* `ViTImageProcessor`, `PvtImageProcessor`, `SegformerImageProcessor`, `GLPNImageProcessor` work image by image
+  with PIL and NumPy and reproduce transformers' PIL back end (`...ImageProcessorPil`) bit for bit.
+* The `...ImageProcessorFast` classes work on batched torch tensors (CPU or GPU) and follow transformers'
+  torchvision back end, implemented with `torch.nn.functional.interpolate` only.
 
 Deliberate differences from transformers, each covered by a test:
 
@@ -14,7 +16,8 @@ Deliberate differences from transformers, each covered by a test:
 * Modes PIL cannot convert to RGB without losing data are scaled, not clipped: `I;16` maps 0..65535 onto 0..255;
   `I` and `F` are read as 8-bit when their values fit in 0..255, as 16-bit when they fit in 0..65535, and `F`
   values in [0, 1] that are not whole numbers as fractions of 255. PIL's own `convert("RGB")` clips these.
-* Bad inputs raise `ImageLoadError` (a `ValueError`) naming the input, where transformers raises assorted errors.
+* Bad inputs raise `ImageLoadError` (a `ValueError`) naming the input, where transformers raises assorted errors;
+  a label map must be one band of whole numbers at its image's size (transformers takes anything and misaligns).
 * The Fast classes save as `ViTImageProcessorFast` / `PvtImageProcessorFast` (transformers 4's names, which
   transformers 5 still resolves to its ViT / PVT processors).
 """
@@ -270,6 +273,18 @@ def _check_array(image: np.ndarray | torch.Tensor, name: str) -> None:
             raise ImageLoadError(f"{name}: contains NaN or infinite values; expected finite pixel values")
 
 
+def image_size(image: Any, input_data_format: str | None = None) -> tuple[int, int]:
+    """(height, width) of one image as the processors read it: a PIL image, or an (H, W), (H, W, C) or (C, H, W)
+    array or tensor (the channel axis found as `_channel_axis` finds it)."""
+    if isinstance(image, PIL.Image.Image):
+        return image.height, image.width
+    if image.ndim == 2:
+        return int(image.shape[0]), int(image.shape[1])
+    axis = _channel_axis(image.shape, input_data_format, _describe(image))
+    height, width = (int(s) for i, s in enumerate(image.shape) if i != axis)
+    return height, width
+
+
 def _flatten_images(images: Any) -> list[Any]:
     """One list of single images from a single image, a list of images, or a 4-d batch array/tensor."""
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
@@ -305,6 +320,66 @@ def _normalize_size(size: Any) -> dict[str, int]:
             return {k: int(v) for k, v in size.items()}
     raise ValueError(f"size must be an int, (height, width), {{'height', 'width'}} or {{'shortest_edge'}} with "
                      f"positive ints, got {size!r}")
+
+
+# ------------------------------------------------------------------------------------------- label maps
+
+_LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _flatten_label_maps(maps: Any, count: int) -> list[Any]:
+    """One list of single maps from a map, a list of maps or a 3-d (batch, H, W) array/tensor. With one image, a
+    3-d array is that image's map (`(1, H, W)`, `(H, W, 1)`, or a multi-channel map `label_array` refuses)."""
+    if isinstance(maps, (np.ndarray, torch.Tensor)) and maps.ndim == 3 and count > 1:
+        return list(maps)
+    if isinstance(maps, (list, tuple)):
+        return list(maps)
+    return [maps]
+
+
+def label_array(label: Any, name: str = "segmentation map") -> np.ndarray:
+    """A segmentation map as an `(H, W)` int64 array of class indices.
+
+    Takes a PIL image of one band (modes L, P, I, I;16: palette images give their indices, not colours) or an array
+    or tensor of shape `(H, W)`, `(1, H, W)` or `(H, W, 1)` holding whole numbers. A colour (multi-channel) map or
+    fractional values raise `ImageLoadError`: they would have to be turned into classes first.
+    """
+    if isinstance(label, PIL.Image.Image):
+        if label.mode not in _LABEL_MODES:
+            raise ImageLoadError(f"{name} is a {label.mode} image; expected one class index per pixel (a PIL image "
+                                 "of mode L, P, I or I;16, or an integer array), not a colour or multi-band image")
+        array = np.array(label)
+    elif isinstance(label, torch.Tensor):
+        array = label.detach().cpu().numpy()
+    elif isinstance(label, np.ndarray):
+        array = label
+    else:
+        raise TypeError(f"{name}: expected a PIL image, numpy array, torch tensor or path, got {type(label).__name__}")
+    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+        array = array[0] if array.shape[0] == 1 else array[..., 0]
+    if array.ndim != 2:
+        raise ImageLoadError(f"{name} has shape {tuple(array.shape)}; expected (height, width) class indices, one "
+                             "channel (a colour-coded mask must be mapped to class indices first)")
+    if array.size == 0:
+        raise ImageLoadError(f"{name} is empty; expected at least one pixel")
+    if array.dtype == bool:
+        return array.astype(np.int64)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ImageLoadError(f"{name}: expected integer class indices, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            value = array[bad].flat[0]
+            raise ImageLoadError(f"{name} holds non-integer values (e.g. {value}); expected integer class indices")
+    return array.astype(np.int64)
+
+
+def reduce_labels(label: np.ndarray) -> np.ndarray:
+    """transformers' `do_reduce_labels`: 0 (background, e.g. ADE20k's "other") becomes 255, the ignore index, and
+    every other class k becomes k - 1; 255 stays 255."""
+    out = label - 1
+    out[(label == 0) | (label == 255)] = 255
+    return out
 
 
 # ------------------------------------------------------------------------------------------- processors
@@ -354,6 +429,7 @@ class _BaseImageProcessor:
         values = dict(do_resize=do_resize, size=size, resample=resample, do_rescale=do_rescale,
                       rescale_factor=rescale_factor, do_normalize=do_normalize, image_mean=image_mean,
                       image_std=image_std, do_convert_rgb=do_convert_rgb)
+        values.update({k: kwargs.pop(k) for k in list(kwargs) if k in self._defaults})  # a subclass's own options
         for key, value in self._resolve(values).items():
             setattr(self, key, value)
         self.exif_transpose = exif_transpose
@@ -371,22 +447,26 @@ class _BaseImageProcessor:
         """Merge per-call overrides (None = keep) into this processor's options and validate the result."""
         base = {k: getattr(self, k, v) for k, v in self._defaults.items()}
         opts = {k: (base[k] if overrides.get(k) is None else overrides[k]) for k in base}
-        opts["size"] = _normalize_size(opts["size"])
+        if opts["size"] is not None or self._defaults["size"] is not None:  # GLPN sizes by `size_divisor`
+            opts["size"] = _normalize_size(opts["size"])
         resample = int(opts["resample"])  # also accepts PIL.Image.Resampling members
         if resample not in RESAMPLE_NAMES:
             raise ValueError(f"resample must be a PIL filter number in 0..5, got {opts['resample']!r}")
         opts["resample"] = resample
         for key in ("image_mean", "image_std"):
             value = opts[key]
-            opts[key] = float(value) if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+            if value is None and opts["do_normalize"]:
+                raise ValueError(f"do_normalize=True needs {key}")
+            if value is not None:
+                opts[key] = float(value) if isinstance(value, (int, float)) else tuple(float(v) for v in value)
         if opts["do_normalize"] and any(s == 0 for s in np.atleast_1d(opts["image_std"])):
             raise ValueError("image_std must not contain zeros")
         opts["rescale_factor"] = float(opts["rescale_factor"])
         return opts
 
-    def __call__(self, images: ImageInput | Sequence[ImageInput], **kwargs: Any) -> BatchFeature:
+    def __call__(self, images: ImageInput | Sequence[ImageInput], *args: Any, **kwargs: Any) -> BatchFeature:
         """Same as `preprocess`."""
-        return self.preprocess(images, **kwargs)
+        return self.preprocess(images, *args, **kwargs)
 
     def preprocess(
         self,
@@ -412,6 +492,11 @@ class _BaseImageProcessor:
         Returns:
             A `BatchFeature` with `pixel_values`.
         """
+        return self._preprocess(images, None, return_tensors, input_data_format, exif_transpose, device, overrides)
+
+    def _preprocess(self, images: Any, label_maps: Any, return_tensors: str | None, fmt: str | None,
+                    exif_transpose: bool | None, device: Any, overrides: dict[str, Any]) -> BatchFeature:  # fmt: skip
+        """`preprocess`, with the label maps of the processors that take them (`labels` in the output)."""
         unknown = set(overrides) - set(self._defaults)
         if unknown:
             raise TypeError(f"unknown preprocess option(s): {sorted(unknown)}")
@@ -419,9 +504,34 @@ class _BaseImageProcessor:
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
         opts = self._resolve(overrides)
         exif = self.exif_transpose if exif_transpose is None else exif_transpose
-        flat = _flatten_images(images)
-        pixel_values = self._process(flat, opts, input_data_format, exif, device)
-        return BatchFeature(pixel_values=self._collate(pixel_values, return_tensors))
+        pixel_values, sizes = self._process(_flatten_images(images), opts, fmt, exif, device)
+        out = BatchFeature(pixel_values=self._collate(pixel_values, return_tensors))
+        if label_maps is not None:
+            out["labels"] = self._collate(self._label_maps(label_maps, sizes, opts, exif, device), return_tensors)
+        return out
+
+    def _label_maps(self, maps: Any, sizes: list[tuple[int, int]], opts: dict[str, Any], exif: bool,
+                    device: Any) -> list[Any]:  # fmt: skip
+        """Label maps checked against their images' sizes, reduced if asked, resized by nearest neighbour (never
+        interpolated, so every output value is one of the input's) to their images' output sizes."""
+        flat = _flatten_label_maps(maps, len(sizes))
+        if len(flat) != len(sizes):
+            raise ValueError(f"got {len(flat)} segmentation maps for {len(sizes)} images; expected one per image")
+        out = []
+        for index, (raw, size) in enumerate(zip(flat, sizes)):
+            name = "segmentation map" + _describe(raw, index).removeprefix("image")
+            label = label_array(self._load(raw, index, exif), name)
+            if label.shape != size:
+                raise ValueError(f"{name} is {label.shape[0]}x{label.shape[1]} but image {index} is "
+                                 f"{size[0]}x{size[1]} (height x width); a label map must have its image's size")
+            if opts.get("do_reduce_labels"):
+                label = reduce_labels(label)
+            target = self._target_size(*size, opts, name) if opts["do_resize"] else size
+            out.append(self._resize_labels(label, target, device))
+        return out
+
+    def _resize_labels(self, label: np.ndarray, size: tuple[int, int], device: Any) -> Any:
+        raise NotImplementedError
 
     @staticmethod
     def _load(image: Any, index: int, exif: bool) -> Any:
@@ -433,8 +543,13 @@ class _BaseImageProcessor:
         return image
 
     def _process(self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool,
-                 device: str | torch.device | None) -> list[Any]:
+                 device: str | torch.device | None) -> tuple[list[Any], list[tuple[int, int]]]:
+        """The processed images, and each one's (height, width) before resizing."""
         raise NotImplementedError
+
+    def _target_size(self, height: int, width: int, opts: dict[str, Any], name: str) -> tuple[int, int]:
+        """The (height, width) an image of this size is resized to."""
+        return _resize_target(height, width, opts["size"])
 
     @staticmethod
     def _collate(images: list[Any], return_tensors: str | None) -> Any:
@@ -511,14 +626,15 @@ class ViTImageProcessor(_BaseImageProcessor):
     image_processor_type = "ViTImageProcessor"
 
     def _process(self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool,
-                 device: str | torch.device | None = None) -> list[np.ndarray]:
-        out = []
+                 device: str | torch.device | None = None) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        out, sizes = [], []
         for index, raw in enumerate(images):
             name = _describe(raw, index)
             image = self._to_chw(self._load(raw, index, exif), opts, fmt, name)
+            sizes.append(tuple(image.shape[1:]))
             try:
                 if opts["do_resize"]:
-                    image = self._resize(image, _resize_target(*image.shape[1:], opts["size"]), opts["resample"])
+                    image = self._resize(image, self._target_size(*image.shape[1:], opts, name), opts["resample"])
                 if opts["do_rescale"]:
                     # Like transformers: compute in float64, store float32.
                     image = (image.astype(np.float64) * opts["rescale_factor"]).astype(np.float32)
@@ -529,7 +645,7 @@ class ViTImageProcessor(_BaseImageProcessor):
             except ValueError as e:
                 raise ImageLoadError(f"{name}: {e}") from e
             out.append(image)
-        return out
+        return out, sizes
 
     @staticmethod
     def _to_chw(image: Any, opts: dict[str, Any], fmt: str | None, name: str) -> np.ndarray:
@@ -589,6 +705,15 @@ class ViTImageProcessor(_BaseImageProcessor):
             raise ValueError(f"image has {channels} channels but image_mean/image_std have {len(mean_arr)}/"
                              f"{len(std_arr)} values; expected one per channel (is do_convert_rgb off?)")
         return (image - mean_arr[:, None, None]) / std_arr[:, None, None]
+
+
+    @staticmethod
+    def _resize_labels(label: np.ndarray, size: tuple[int, int], device: Any = None) -> np.ndarray:
+        """Nearest-neighbour resize with PIL (32-bit integer mode, so indices above 255 survive): transformers'."""
+        if label.min() < -(2**31) or label.max() >= 2**31:
+            raise ValueError(f"label values in [{label.min()}, {label.max()}] do not fit 32 bits")
+        resized = PIL.Image.fromarray(label.astype(np.int32)).resize(size[::-1], resample=PIL.Image.Resampling.NEAREST)
+        return np.array(resized).astype(np.int64)
 
 
 class PvtImageProcessor(ViTImageProcessor):
@@ -685,7 +810,7 @@ class _TorchBackend(_BaseImageProcessor):
         return out.round_().to(dtype)
 
     def _process(self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool,
-                 device: str | torch.device | None = None) -> list[torch.Tensor]:
+                 device: str | torch.device | None = None) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
         tensors, names = [], []
         for index, raw in enumerate(images):
             names.append(_describe(raw, index))
@@ -709,11 +834,22 @@ class _TorchBackend(_BaseImageProcessor):
         for (shape, _, device), indices in groups.items():
             batch = torch.stack([tensors[i] for i in indices])
             if opts["do_resize"]:
-                batch = self._resize_batch(batch, _resize_target(shape[1], shape[2], opts["size"]), opts["resample"])
+                size = self._target_size(shape[1], shape[2], opts, names[indices[0]])
+                batch = self._resize_batch(batch, size, opts["resample"])
             batch = self._rescale_normalize(batch, opts)
             for j, i in enumerate(indices):
                 out[i] = batch[j]
-        return out  # type: ignore[return-value]
+        return out, [tuple(t.shape[1:]) for t in tensors]  # type: ignore[return-value]
+
+    @staticmethod
+    def _resize_labels(label: np.ndarray, size: tuple[int, int], device: Any = None) -> torch.Tensor:
+        """Nearest-exact resize with `F.interpolate`, as transformers' tensor back end (via torchvision) does: on
+        uint8 maps directly, on others through floats wide enough to hold every index exactly."""
+        small = label.min() >= 0 and label.max() <= 255
+        wide = torch.float32 if np.abs(label).max() < 2**24 else torch.float64
+        t = torch.from_numpy(label.astype(np.uint8) if small else label).to(device)
+        out = F.interpolate(t[None, None] if small else t[None, None].to(wide), size=size, mode="nearest-exact")
+        return out[0, 0].long()
 
     @staticmethod
     def _rescale_normalize(batch: torch.Tensor, opts: dict[str, Any]) -> torch.Tensor:
@@ -740,6 +876,136 @@ class PvtImageProcessorFast(_TorchBackend, PvtImageProcessor):
     image_processor_type = "PvtImageProcessorFast"
 
 
+# ------------------------------------------------------------------------- dense prediction: SegFormer, GLPN
+
+
+def semantic_segmentation(
+    logits: torch.Tensor, target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
+    return_segmentation_scores: bool = False,
+) -> list[Any]:  # fmt: skip
+    """Per image, the `(H, W)` class map of segmentation logits `(B, num_labels, h, w)`, the logits first resized
+    (bilinear) to `target_sizes[i]` when given; with `return_segmentation_scores`, `{"segmentation",
+    "segmentation_scores"}` records (the resized logits as scores), as transformers' post-processing returns."""
+    if target_sizes is not None and len(target_sizes) != len(logits):
+        raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {len(logits)}; expected one per image")
+    results = []
+    for i, scores in enumerate(logits):
+        if target_sizes is not None:
+            size = tuple(int(v) for v in target_sizes[i])
+            scores = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
+        classes = scores.argmax(dim=0)
+        results.append(BatchFeature(segmentation=classes, segmentation_scores=scores) if return_segmentation_scores
+                       else classes)  # fmt: skip
+    return results
+
+
+def depth_maps(
+    predicted_depth: torch.Tensor, target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None
+) -> list[dict[str, torch.Tensor]]:
+    """Per image `{"predicted_depth": (H, W)}`, resized (bicubic) to `target_sizes[i]` when given: transformers'
+    `post_process_depth_estimation`."""
+    if target_sizes is not None and len(target_sizes) != len(predicted_depth):
+        raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {len(predicted_depth)}; expected one "
+                         "per image")  # fmt: skip
+    results = []
+    for i, depth in enumerate(predicted_depth):
+        if target_sizes is not None:
+            size = tuple(int(v) for v in target_sizes[i])
+            depth = F.interpolate(depth[None, None], size=size, mode="bicubic", align_corners=False)[0, 0]
+        results.append({"predicted_depth": depth})
+    return results
+
+
+class SegformerImageProcessor(ViTImageProcessor):
+    """SegFormer preprocessing with PIL and NumPy, equal to transformers' `SegformerImageProcessorPil`, label maps
+    included.
+
+    Defaults: RGB, 512x512 bilinear resize, x/255, ImageNet mean/std. `segmentation_maps` come back as `labels`
+    (int64, resized by nearest neighbour to the images' size); `do_reduce_labels` maps 0 to 255 (ignored) and every
+    other class k to k - 1, as ADE20k's checkpoints expect.
+    """
+
+    image_processor_type = "SegformerImageProcessor"
+    _defaults = {**_BaseImageProcessor._defaults, "size": {"height": 512, "width": 512},
+                 "image_mean": IMAGENET_DEFAULT_MEAN, "image_std": IMAGENET_DEFAULT_STD, "do_reduce_labels": False}
+
+    def __init__(self, *args: Any, reduce_labels: bool | None = None, **kwargs: Any) -> None:
+        if reduce_labels is not None:  # the name in the configs of nvidia/segformer-*-ade-*, transformers 4's first
+            kwargs.setdefault("do_reduce_labels", reduce_labels)
+        super().__init__(*args, **kwargs)
+
+    def preprocess(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        segmentation_maps: Any = None,
+        return_tensors: str | None = None,
+        input_data_format: str | None = None,
+        exif_transpose: bool | None = None,
+        device: str | torch.device | None = None,
+        **overrides: Any,
+    ) -> BatchFeature:
+        """Images (as `ViTImageProcessor.preprocess` takes them) and, optionally, one label map per image.
+
+        Args:
+            images: The images.
+            segmentation_maps: Per image an `(H, W)` map of class indices at the image's size: a one-band PIL image
+                (L, P, I), an integer array or tensor, a path, or a list / `(B, H, W)` batch of those.
+            return_tensors, input_data_format, exif_transpose, device, **overrides: As in `ViTImageProcessor`.
+
+        Returns:
+            A `BatchFeature` with `pixel_values`, and `labels` when maps were given.
+        """
+        return self._preprocess(images, segmentation_maps, return_tensors, input_data_format, exif_transpose,
+                                device, overrides)  # fmt: skip
+
+    def post_process_semantic_segmentation(self, outputs: Any, target_sizes: Any = None,
+                                           return_segmentation_scores: bool = False) -> list[Any]:  # fmt: skip
+        """Class maps from a segmentation model's output (see `semantic_segmentation`)."""
+        return semantic_segmentation(outputs.logits, target_sizes, return_segmentation_scores)
+
+
+class GLPNImageProcessor(ViTImageProcessor):
+    """GLPN preprocessing with PIL and NumPy, equal to transformers' `GLPNImageProcessorPil`.
+
+    Defaults: RGB, each side rounded down to a multiple of `size_divisor` (32, so the decoder's maps align) by a
+    bilinear resize, x/255, no normalization.
+    """
+
+    image_processor_type = "GLPNImageProcessor"
+    _defaults = {**_BaseImageProcessor._defaults, "size": None, "do_normalize": False, "image_mean": None,
+                 "image_std": None, "size_divisor": 32}
+
+    def _resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        opts = super()._resolve(overrides)
+        d = opts["size_divisor"]
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ValueError(f"size_divisor must be a positive int, got {opts['size_divisor']!r}")
+        return opts
+
+    def _target_size(self, height: int, width: int, opts: dict[str, Any], name: str) -> tuple[int, int]:
+        d = opts["size_divisor"]
+        if height < d or width < d:
+            raise ImageLoadError(f"{name}: {height}x{width} (height x width) is smaller than size_divisor {d}; "
+                                 f"expected both sides at least {d} pixels")  # fmt: skip
+        return height // d * d, width // d * d
+
+    def post_process_depth_estimation(self, outputs: Any, target_sizes: Any = None) -> list[dict[str, torch.Tensor]]:
+        """Depth maps from a depth model's output, resized to `target_sizes` (see `depth_maps`)."""
+        return depth_maps(outputs.predicted_depth, target_sizes)
+
+
+class SegformerImageProcessorFast(_TorchBackend, SegformerImageProcessor):
+    """SegFormer preprocessing (label maps included) on batched torch tensors, as transformers' tensor back end."""
+
+    image_processor_type = "SegformerImageProcessorFast"
+
+
+class GLPNImageProcessorFast(_TorchBackend, GLPNImageProcessor):
+    """GLPN preprocessing on batched torch tensors, as transformers' tensor back end."""
+
+    image_processor_type = "GLPNImageProcessorFast"
+
+
 # `image_processor_type` values (ours and transformers') -> the class that loads them, for Auto dispatch.
 IMAGE_PROCESSOR_TYPES: dict[str, type[_BaseImageProcessor]] = {
     "ViTImageProcessor": ViTImageProcessor,
@@ -749,9 +1015,19 @@ IMAGE_PROCESSOR_TYPES: dict[str, type[_BaseImageProcessor]] = {
     "PvtImageProcessor": PvtImageProcessor,
     "PvtImageProcessorPil": PvtImageProcessor,
     "PvtImageProcessorFast": PvtImageProcessorFast,
+    "SegformerImageProcessor": SegformerImageProcessor,
+    "SegformerImageProcessorPil": SegformerImageProcessor,
+    "SegformerFeatureExtractor": SegformerImageProcessor,
+    "SegformerImageProcessorFast": SegformerImageProcessorFast,
+    "GLPNImageProcessor": GLPNImageProcessor,
+    "GLPNImageProcessorPil": GLPNImageProcessor,
+    "GLPNFeatureExtractor": GLPNImageProcessor,
+    "GLPNImageProcessorFast": GLPNImageProcessorFast,
 }
 
 __all__ = [
-    "BatchFeature", "IMAGE_PROCESSOR_TYPES", "ImageLoadError", "PvtImageProcessor", "PvtImageProcessorFast",
-    "ViTFeatureExtractor", "ViTImageProcessor", "ViTImageProcessorFast", "convert_to_rgb", "load_image",
+    "BatchFeature", "GLPNImageProcessor", "GLPNImageProcessorFast", "IMAGE_PROCESSOR_TYPES", "ImageLoadError",
+    "PvtImageProcessor", "PvtImageProcessorFast", "SegformerImageProcessor", "SegformerImageProcessorFast",
+    "ViTFeatureExtractor", "ViTImageProcessor", "ViTImageProcessorFast", "convert_to_rgb", "depth_maps",
+    "image_size", "label_array", "load_image", "semantic_segmentation",
 ]

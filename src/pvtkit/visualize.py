@@ -1,4 +1,4 @@
-"""Pictures drawn with PIL and NumPy alone: heat-map colours, overlays, and titled panels side by side."""
+"""Pictures drawn with PIL and NumPy alone: heat-map colours, class colours, overlays, titled panels side by side."""
 
 from __future__ import annotations
 
@@ -37,6 +37,28 @@ def overlay(image: PIL.Image.Image, heat: np.ndarray, alpha: float = 0.55) -> PI
     colours = PIL.Image.fromarray(colormap(normalize(heat)))
     colours = colours.resize(image.size, PIL.Image.Resampling.BICUBIC)
     return PIL.Image.blend(image.convert("RGB"), colours, alpha)
+
+
+def palette(count: int) -> np.ndarray:
+    """`count` distinct uint8 RGB colours, (count, 3): class k's colour spreads the bits of k over the three
+    channels, high bits first, so neighbouring classes differ strongly (the scheme PASCAL VOC's label PNGs use)."""
+    colours = np.zeros((count, 3), dtype=np.uint8)
+    for k in range(count):
+        value, bit = k, 7
+        while value and bit >= 0:
+            for channel in range(3):
+                colours[k, channel] |= ((value >> channel) & 1) << bit
+            value >>= 3
+            bit -= 1
+    return colours
+
+
+def label_overlay(
+    image: PIL.Image.Image, classes: np.ndarray, colours: np.ndarray, alpha: float = 0.5
+) -> PIL.Image.Image:
+    """Each pixel of `image` blended with its class's colour (`classes`: (H, W) indices at the image's size)."""
+    coloured = PIL.Image.fromarray(colours[classes])
+    return PIL.Image.blend(image.convert("RGB"), coloured, alpha)
 
 
 def titled_strip(panels: Sequence[tuple[str, PIL.Image.Image]], pad: int = 6) -> PIL.Image.Image:

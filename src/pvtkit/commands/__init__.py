@@ -3,4 +3,4 @@
 `pvtkit.cli` builds the parser from the modules named in `COMMANDS`, in that order.
 """
 
-COMMANDS = ("classify", "features", "info", "attention", "train", "eval", "convert", "export")
+COMMANDS = ("classify", "segment", "depth", "features", "info", "attention", "train", "eval", "convert", "export")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
-import sys
-from collections.abc import Iterator
-from typing import IO, Any
-
 import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import IO, Any
 
 import torch
 
@@ -137,3 +139,173 @@ def open_output(path: str | None, binary: bool = False) -> Iterator[IO[Any]]:
 
     with atomic_open(path, "wb" if binary else "w") as f:
         yield f
+
+
+# --------------------------------------------------------------------------------------------- image inputs
+
+
+def expand_inputs(inputs: list[str]) -> list[Path | Exception]:
+    """Files and folders -> image paths in order; an input that cannot be expanded becomes its error, in place."""
+    from ..imagefolder import find_images
+
+    items: list[Path | Exception] = []
+    for item in inputs:
+        try:
+            items.extend(find_images([item]))
+        except (OSError, ValueError) as e:
+            items.append(e)
+    return items
+
+
+def input_name(item: Path | Exception, inputs: Sequence[str]) -> str:
+    """How to name an item in messages: its path, or for an expansion error the user's input it is about."""
+    if not isinstance(item, Exception):
+        return str(item)
+    text = str(item)
+    return next((i for i in inputs if i in text), text.split(":")[0])
+
+
+def output_stems(items: Sequence[Path | Exception], inputs: Sequence[str]) -> list[Path | None]:
+    """Per image, the name its output files start with: its path inside the folder it was found in (so a folder's
+    structure is kept), or its file name without the extension; a name two images would share gets `-2`, `-3`."""
+    folders = [Path(i) for i in inputs if Path(i).is_dir()]
+    stems: list[Path | None] = []
+    seen: dict[Path, int] = {}
+    for item in items:
+        if isinstance(item, Exception):
+            stems.append(None)
+            continue
+        folder = next((f for f in folders if item.is_relative_to(f)), None)
+        stem = item.relative_to(folder).with_suffix("") if folder is not None else Path(item.stem)
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else stem.with_name(f"{stem.name}-{seen[stem]}"))
+    return stems
+
+
+def stream_sharded(
+    ctx: Any, items: Sequence[Any], run: Callable[[list[Any]], Iterator[Any]], batch_size: int, desc: str
+) -> Iterator[tuple[int, Any, str | None]]:
+    """Run `run(shard)` (PipelineResults for this rank's share of `items`) on every rank; on the main rank, yield
+    `(index into items, output, error)` for every item in input order, under a progress bar. Every rank takes part
+    in every gathering round, even with nothing left, so uneven shards cannot hang torchrun."""
+    from tqdm import tqdm
+
+    from ..imagefolder import shard
+
+    mine = shard(items, ctx.rank, ctx.world_size)
+    rounds = math.ceil(math.ceil(len(items) / ctx.world_size) / batch_size)
+    results = run(mine)
+    bar = tqdm(total=len(items), unit="img", disable=None if ctx.is_main else True, file=sys.stderr, desc=desc)
+    try:
+        for _ in range(rounds):
+            chunk = [(r.index * ctx.world_size + ctx.rank, r.output, r.error) for r in islice(results, batch_size)]
+            if not ctx.is_main:
+                ctx.gather_objects(chunk)
+                continue
+            for index, output, error in sorted(sum(ctx.gather_objects(chunk), []), key=lambda t: t[0]):
+                if error is not None:
+                    bar.clear()
+                yield index, output, error
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def summarize_failures(command: str, failed: int, total: int, done: str) -> int:
+    """The closing stderr line when some inputs failed; the exit status (1 if any failed)."""
+    if failed:
+        print(f"pvtkit {command}: {failed} of {total} input(s) failed; the others were {done}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+class ResultFiles:
+    """What `segment` and `depth` share: on the rank that computed an image's raw answer, write its files under
+    `root` and turn the answer into its (small) record, which is all that travels to rank 0; a failure to write is
+    that input's error. Subclasses define `write(index, output) -> record`."""
+
+    def __init__(self, root: str | os.PathLike, items: Sequence[Any], inputs: Sequence[str]) -> None:
+        self.root, self.items, self.stems = Path(root), items, output_stems(items, inputs)
+
+    def __call__(self, result: Any, index: int) -> Any:
+        if result.ok:
+            try:
+                result.output = self.write(index, result.output.numpy())
+            except (OSError, ValueError) as e:
+                result.output, result.error = None, f"cannot write the outputs: {e}"
+        return result
+
+    def stem(self, index: int) -> Path:
+        """Where image `index`'s files go, without a suffix (its folder created)."""
+        stem = self.root / self.stems[index]  # type: ignore[operator]
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        return stem
+
+    def write(self, index: int, output: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def write_all(ctx: Any, args: argparse.Namespace, command: str, items: Sequence[Any], pipe: Any, files: ResultFiles,
+              write_record: Callable[..., None], done: str) -> int:  # fmt: skip
+    """Run a dense pipeline over `items` on every rank, write each image's files where it was computed and the
+    records (stdout or `--records`) on rank 0, in input order; the exit status."""
+
+    def results(mine: list[Any]) -> Iterator[Any]:
+        for result in pipe.run(mine, formatted=False):
+            yield files(result, result.index * ctx.world_size + ctx.rank)
+
+    failed = 0
+    with open_output(args.records if ctx.is_main else os.devnull) as stream:
+        for index, record, error in stream_sharded(ctx, items, results, args.batch_size, command):
+            path = input_name(items[index], args.inputs)
+            if error is not None:
+                failed += 1
+                report_failure(command, path, error)
+            write_record(stream, args.format, path, record, error)
+    return summarize_failures(command, failed, len(items), done) if ctx.is_main else 0
+
+
+@contextlib.contextmanager
+def image_job(args: argparse.Namespace, task: str, **options: Any) -> Iterator[tuple[Any, list[Any], Any]]:
+    """What `classify`, `segment` and `depth` share: --batch-size checked, the device and dtype, torchrun's process
+    group (shut down at the end), this process's share of the CPU threads, the inputs expanded, and the `task`
+    pipeline loaded (a model that cannot be loaded is a usage error). Yields (context, items, pipeline)."""
+    from ..distributed import init_distributed, share_cpu_threads, shutdown_distributed
+    from ..pipeline import describe_error, pipeline
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    ctx = init_distributed(device)
+    try:
+        share_cpu_threads(ctx, device)
+        items = expand_inputs(args.inputs)
+        try:
+            pipe = pipeline(task, model=args.model, device=device, dtype=dtype, batch_size=args.batch_size,
+                            num_workers=args.num_workers, revision=args.revision, local_files_only=args.offline,
+                            **options)  # fmt: skip
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot load model {args.model!r}: {describe_error(e)}") from e
+        yield ctx, items, pipe
+    finally:
+        shutdown_distributed()
+
+
+def add_dense_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `segment` and `depth` share after their own: batch, device, records and decoding workers."""
+    from ..distributed import default_workers
+
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (slide mode: windows)")
+    add_device_arguments(parser)
+    parser.add_argument("--format", choices=["table", "json"], default="table",
+                        help="table for humans; json = JSON Lines, one record per input")  # fmt: skip
+    parser.add_argument("--records", help="write the records here (atomically) instead of stdout")
+    parser.add_argument("--num-workers", type=int, default=default_workers(),
+                        help="image-decoding worker processes (0: decode in the main process)")  # fmt: skip
+
+
+def output_folder(args: argparse.Namespace) -> Path:
+    """--output as a folder that may not exist yet; a file there is a usage error."""
+    path = Path(args.output)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output {args.output!r} exists and is not a directory")
+    return path

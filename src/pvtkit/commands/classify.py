@@ -5,31 +5,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
-import sys
-from itertools import islice
-from pathlib import Path
 from typing import IO, Any
 
 from ..distributed import default_workers
 from ._common import (
-    UsageError, add_device_arguments, add_model_arguments, open_output, report_failure, resolve_device,
-    resolve_dtype,
+    UsageError, add_device_arguments, add_model_arguments, image_job, input_name, open_output, report_failure,
+    stream_sharded, summarize_failures,
 )  # fmt: skip
-
-
-def expand_inputs(inputs: list[str]) -> list[Path | Exception]:
-    """Files and folders -> image paths in order; an input that cannot be expanded becomes its error, in place."""
-    from ..imagefolder import find_images
-
-    items: list[Path | Exception] = []
-    for item in inputs:
-        try:
-            items.extend(find_images([item]))
-        except (OSError, ValueError) as e:
-            items.append(e)
-    return items
 
 
 class Writer:
@@ -60,64 +43,19 @@ class Writer:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ..distributed import init_distributed, share_cpu_threads, shutdown_distributed
-    from ..imagefolder import shard
-    from ..pipeline import describe_error, pipeline
-
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    ctx = init_distributed(device)
-    try:
-        share_cpu_threads(ctx, device)
-        items = expand_inputs(args.inputs)
-        try:
-            classifier = pipeline(
-                "image-classification", model=args.model, device=device, dtype=dtype, top_k=args.top_k,
-                batch_size=args.batch_size, num_workers=args.num_workers, revision=args.revision,
-                local_files_only=args.offline,
-            )  # fmt: skip
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot load model {args.model!r}: {describe_error(e)}") from e
-        mine = shard(items, ctx.rank, ctx.world_size)
-        rounds = math.ceil(math.ceil(len(items) / ctx.world_size) / args.batch_size)
-        results = classifier.run(mine)
+    with image_job(args, "image-classification", top_k=args.top_k) as (ctx, items, classifier):
         failed = 0
         with open_output(args.output if ctx.is_main else os.devnull) as stream:
             writer = Writer(stream, args.format)
-            bar = tqdm(total=len(items), unit="img", disable=None if ctx.is_main else True, file=sys.stderr,
-                       desc="classify")  # fmt: skip
-            for _ in range(rounds):  # every rank takes part in every round, even with nothing left
-                chunk = [(r.index * ctx.world_size + ctx.rank, r.output, r.error) for r in islice(results, args.batch_size)]
-                if not ctx.is_main:
-                    ctx.gather_objects(chunk)
-                    continue
-                for index, predictions, error in sorted(sum(ctx.gather_objects(chunk), [])):
-                    item = items[index]
-                    path = str(item) if not isinstance(item, Exception) else _input_of(item, args.inputs)
-                    if error is not None:
-                        failed += 1
-                        bar.clear()
-                        report_failure("classify", path, error)
-                    writer.write(path, predictions, error)
-                    bar.update(1)
-            bar.close()
-        if ctx.is_main and failed:
-            print(f"pvtkit classify: {failed} of {len(items)} input(s) failed; the others were classified",
-                  file=sys.stderr)  # fmt: skip
-        return 1 if failed else 0
-    finally:
-        shutdown_distributed()
-
-
-def _input_of(error: Exception, inputs: list[str]) -> str:
-    """The user's input an expansion error is about (its message names it)."""
-    text = str(error)
-    return next((i for i in inputs if i in text), text.split(":")[0])
+            for index, predictions, error in stream_sharded(ctx, items, classifier.run, args.batch_size, "classify"):
+                path = input_name(items[index], args.inputs)
+                if error is not None:
+                    failed += 1
+                    report_failure("classify", path, error)
+                writer.write(path, predictions, error)
+        return summarize_failures("classify", failed, len(items), "classified") if ctx.is_main else 0
 
 
 def register(sub: Any) -> None:

@@ -9,7 +9,9 @@ from typing import Any
 
 from ._common import UsageError, add_model_arguments, parse_size
 
-TASKS = ("auto", "classification", "features", "backbone")
+# --task -> the task of the family registry
+TASKS = {"classification": "image-classification", "features": "model", "backbone": "backbone",
+         "segmentation": "semantic-segmentation", "depth": "depth-estimation"}  # fmt: skip
 
 
 def parse_batch(value: str) -> int | None:
@@ -23,21 +25,23 @@ def parse_batch(value: str) -> int | None:
 
 def _auto_class(task: str, args: argparse.Namespace) -> Any:
     """The Auto class for `--task`; `auto` follows the checkpoint's `architectures` (a classifier if none)."""
-    from ..auto import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
+    from ..auto import AUTO_CLASSES, AutoConfig
     from ..hub import HubOptions, resolve_file
+    from ..models import family as registry
 
-    if task == "auto":
-        architecture = ""
-        try:
-            file = resolve_file(args.model, "config.json",
-                                HubOptions(revision=args.revision, local_files_only=args.offline))  # fmt: skip
-            if file is not None:
-                architecture = ((AutoConfig.from_pretrained(str(file)).architectures or [""])[0]) or ""
-        except (OSError, ValueError):
-            pass  # no config.json (a timm or whai362/PVT file): a classifier, as convert infers
-        task = "backbone" if architecture.endswith("Backbone") else (
-            "features" if architecture.endswith("Model") else "classification")  # fmt: skip
-    return {"classification": AutoModelForImageClassification, "features": AutoModel, "backbone": AutoBackbone}[task]
+    if task != "auto":
+        return AUTO_CLASSES[TASKS[task]]
+    found = None
+    try:
+        file = resolve_file(args.model, "config.json", HubOptions(revision=args.revision, local_files_only=args.offline))
+        if file is not None:
+            found = registry.class_named((AutoConfig.from_pretrained(str(file)).architectures or [""])[0] or "")
+    except (OSError, ValueError):
+        pass  # no config.json (a timm or whai362/PVT file): a classifier, as convert infers
+    if found is None:
+        return AUTO_CLASSES["image-classification"]
+    family = registry.family_of(found)
+    return AUTO_CLASSES[next(t for t, cls in family.classes.items() if cls is found)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,8 +84,9 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "export",
         help="export a model to ONNX (dynamic, checked in ONNX Runtime) or torch.export",
-        description="Export a PVTv2 or ViT checkpoint for deployment. `onnx` writes one .onnx file that runs at any "
-        "batch size and, for PVTv2, any resolution (ViT: any multiple of the patch size); it is loaded in ONNX "
+        description="Export a PVTv2, SegFormer, GLPN or ViT checkpoint for deployment. `onnx` writes one .onnx file "
+        "that runs at any batch size and, for the pyramid models, any resolution (ViT: any multiple of the patch "
+        "size); it is loaded in ONNX "
         "Runtime and compared with PyTorch at several input shapes, and the command fails, writing nothing, if "
         "the largest relative difference is above 1e-4 (fp32; 1e-2 for fp16). The file's metadata holds "
         "id2label, image_mean/std, size, resample and the input/output names, so a server needs nothing else. "
@@ -104,9 +109,10 @@ def register(sub: Any) -> None:
     for p, dtypes in ((onnx, ["fp32", "fp16"]), (torch_, ["fp32", "fp16", "bf16"])):
         add_model_arguments(p, default=None)
         p.add_argument("--output", "-o", required=True, help="file to write (atomically; nothing is left on failure)")
-        p.add_argument("--task", choices=TASKS, default="auto",
+        p.add_argument("--task", choices=["auto", *TASKS], default="auto",
                        help="head to export: classification (logits), features (last_hidden_state), backbone "
-                       "(stage maps); auto follows the checkpoint's architecture (default)")  # fmt: skip
+                       "(stage maps), segmentation (logits at 1/4 size), depth (predicted_depth); auto follows "
+                       "the checkpoint's architecture (default)")  # fmt: skip
         p.add_argument("--dtype", choices=dtypes, default="fp32", help="weights and compute dtype (default fp32)")
         p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
         p.add_argument("--size", default="dynamic",

@@ -8,10 +8,10 @@ import sys
 from typing import Any
 
 from ._common import (
-    UsageError, add_device_arguments, add_model_arguments, report_failure, resolve_device, resolve_dtype,
+    UsageError, add_device_arguments, add_model_arguments, expand_inputs, report_failure, resolve_device,
+    resolve_dtype,
 )  # fmt: skip
 from ..distributed import default_workers
-from .classify import expand_inputs
 
 
 def parse_stages(text: str | None) -> list[int] | None:

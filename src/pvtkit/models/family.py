@@ -19,10 +19,11 @@ import torch
 StateDict = dict[str, torch.Tensor]
 
 # The registry: one module of this package per family, in the order layouts are tried.
-FAMILY_MODULES = ("pvt_v2", "vit")
+FAMILY_MODULES = ("pvt_v2", "vit", "segformer", "glpn")
 
 # Task names, as the Auto classes and pipelines know them.
-TASKS = ("model", "image-classification", "backbone", "masked-image-modeling")
+TASKS = ("model", "image-classification", "backbone", "masked-image-modeling", "semantic-segmentation",
+         "depth-estimation")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Family:
         config_class: Its config class (which carries the family's title and variant table).
         classes: The model class of each task in `TASKS` the family has.
         processor: `image_processor_type` of the processor a checkpoint without `preprocessor_config.json` gets.
+        task_processors: The same for tasks whose inputs differ (PVTv2's segmentation model: SegFormer's).
         layouts: The checkpoint layouts it reads, transformers' first.
         infer_config: Config fields read off a transformers-named state dict (a checkpoint without `config.json`).
         size_multiple: `(h, w)` that input sides must be multiples of (ViT: the patch).
@@ -86,11 +88,16 @@ class Family:
     describe: Callable[[Any, Any], dict[str, Any]] = _nothing
     export_metadata: Callable[[Any], dict[str, Any]] = _nothing
     feature_options: Mapping[str, Any] = field(default_factory=dict)
+    task_processors: Mapping[str, str] = field(default_factory=dict)
+
+    def processor_for(self, task: str) -> str:
+        """`image_processor_type` of the default processor of the family's `task` model."""
+        return self.task_processors.get(task, self.processor)
 
     @property
     def prefix(self) -> str:
         """The attribute (and state-dict prefix) under which task models hold the encoder (`pvt_v2`)."""
-        return self.classes["image-classification"].base_model_prefix
+        return next(iter(self.classes.values())).base_model_prefix
 
     @property
     def title(self) -> str:

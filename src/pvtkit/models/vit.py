@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import convert
 from .. import cpu_kernels as kernels
 from ..config import PretrainedConfig
-from ..layers import attend, get_activation, map_to_tokens, resize_position_embeddings
+from ..layers import Dense, attend, get_activation, map_to_tokens, resize_position_embeddings
 from ..layers import pair as _pair
 from ..modeling import PreTrainedModel, classification_loss
 from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
@@ -219,17 +219,6 @@ class QKV(nn.Module):
         q, k, v = kernels.linears(x, (self.query, self.key, self.value))  # each (B, N, C)
         heads = (B, N, self.num_heads, self.head_dim)
         return q.view(heads).transpose(1, 2), k.view(heads).transpose(1, 2), v.view(heads).transpose(1, 2)
-
-
-class Dense(nn.Module):
-    """One Linear layer under the name `dense` (transformers' checkpoints nest it one level down)."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(in_features, out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.linear(x, self.dense)
 
 
 class SelfAttention(nn.Module):

@@ -1,0 +1,219 @@
+"""GLPN: monocular depth estimation on the Mix Transformer encoder, with a selective-feature-fusion decoder.
+
+Kim et al., "Global-Local Path Networks for Monocular Depth Estimation with Vertical CutDepth",
+https://arxiv.org/abs/2201.07436.
+
+The encoder is the pyramid encoder (`models/pyramid.py`) under the names GLPN checkpoints carry
+(`glpn.encoder.block.0.0.attention.self.query`, ...: SegFormer's), so `vinvino02/glpn-kitti` and `vinvino02/glpn-nyu`
+load as they are. The decoder goes from the deepest stage up: a 1x1 conv to `decoder_hidden_size`, then at each
+shallower stage a selective feature fusion (the two maps weighted by a learned two-channel attention map) and a 2x
+bilinear upsampling; the head predicts `sigmoid(x) * max_depth` at the input's size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import convert
+from .. import cpu_kernels as kernels
+from ..outputs import BaseModelOutput, DepthEstimatorOutput
+from . import pyramid
+from .family import Family, Layout, StateDict
+
+
+class GLPNConfig(pyramid.PyramidConfig):
+    """Configuration of a GLPN model; field names and defaults are transformers'.
+
+    Args:
+        decoder_hidden_size: Width of the decoder.
+        max_depth: The largest depth the head predicts (the sigmoid's scale), in the labels' unit.
+        head_in_index: Which decoder output the head reads (-1: the last, at the input's size).
+        **kwargs: The encoder's fields (`pyramid.PyramidConfig`) and the common ones.
+    """
+
+    model_type = "glpn"
+    title = "GLPN"
+    variant_prefixes = ("glpn_", "vinvino02/glpn_")
+
+    def __init__(self, decoder_hidden_size: int = 64, max_depth: float = 10, head_in_index: int = -1,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.decoder_hidden_size, self.head_in_index = int(decoder_hidden_size), int(head_in_index)
+        # transformers types the field int: whole depths are written as ints so its strict config loads our file
+        self.max_depth = int(max_depth) if float(max_depth).is_integer() else float(max_depth)
+        if self.decoder_hidden_size < 2 or self.decoder_hidden_size % 2:
+            raise ValueError(f"GLPNConfig: decoder_hidden_size must be an even number >= 2, got {decoder_hidden_size}")
+        if not float(max_depth) > 0:
+            raise ValueError(f"GLPNConfig: max_depth must be positive, got {max_depth}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoder and head
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, 1, 1), nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+class SelectiveFeatureFusion(nn.Module):
+    """Local and global maps weighted by a two-channel attention map computed from both (section 3.4)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.convolutional_layer1 = _conv_bn_relu(2 * channels, channels)
+        self.convolutional_layer2 = _conv_bn_relu(channels, channels // 2)
+        self.convolutional_layer3 = nn.Conv2d(channels // 2, 2, 3, 1, 1)
+
+    def forward(self, local: torch.Tensor, global_: torch.Tensor) -> torch.Tensor:
+        x = torch.cat((local, global_), dim=1)
+        for seq in (self.convolutional_layer1, self.convolutional_layer2):
+            x = seq[2](seq[1](kernels.conv(x, seq[0])))
+        attn = torch.sigmoid(kernels.conv(x, self.convolutional_layer3))  # (B, 2, h, w)
+        return local * attn[:, :1] + global_ * attn[:, 1:]
+
+
+class DecoderStage(nn.Module):
+    """A 1x1 conv to the decoder width (none when the widths agree), fusion with the deeper stage, upsampling."""
+
+    def __init__(self, in_channels: int, out_channels: int, fuse: bool) -> None:
+        super().__init__()
+        self.convolution = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.fusion = SelectiveFeatureFusion(out_channels) if fuse else None
+
+    def forward(self, x: torch.Tensor, deeper: torch.Tensor | None, size: Any) -> torch.Tensor:
+        x = kernels.conv(x, self.convolution) if isinstance(self.convolution, nn.Conv2d) else x
+        if self.fusion is not None and deeper is not None:
+            x = self.fusion(x, deeper)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class GLPNDecoder(nn.Module):
+    """The stages from the deepest up, each upsampled to the next (shallower) stage's size, the last one twice
+    (to 1/2, then to the input's size); returns every stage's output.
+
+    transformers upsamples by exactly 2x each time, which only fits inputs whose sides are multiples of 32; sizes
+    taken from the maps are the same there and also serve every other size."""
+
+    def __init__(self, config: GLPNConfig) -> None:
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.stages = nn.ModuleList(DecoderStage(c, width, i > 0) for i, c in enumerate(config.hidden_sizes[::-1]))
+
+    def forward(self, maps: tuple[torch.Tensor, ...], size: Any) -> list[torch.Tensor]:
+        deepest_first = maps[::-1]
+        targets = [m.shape[-2:] for m in deepest_first[1:]] + [[2 * s for s in deepest_first[-1].shape[-2:]]]
+        outputs, x = [], None
+        for hidden, stage, target in zip(deepest_first, self.stages, targets):
+            x = stage(hidden, x, target)
+            outputs.append(x)
+        outputs[-1] = F.interpolate(outputs[-1], size=size, mode="bilinear", align_corners=False)
+        return outputs
+
+
+class DepthHead(nn.Module):
+    """Conv 3x3, ReLU, conv 3x3 to one channel; depth = sigmoid * `max_depth`: `(B, H, W)`."""
+
+    def __init__(self, config: GLPNConfig) -> None:
+        super().__init__()
+        c = config.decoder_hidden_size
+        self.head = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.ReLU(), nn.Conv2d(c, 1, 3, 1, 1))
+        self.max_depth, self.index = config.max_depth, config.head_in_index
+
+    def forward(self, decoded: list[torch.Tensor]) -> torch.Tensor:
+        x = F.relu(kernels.conv(decoded[self.index], self.head[0]))
+        return (torch.sigmoid(kernels.conv(x, self.head[2])) * self.max_depth).squeeze(1)
+
+
+def silog_loss(predicted: torch.Tensor, target: torch.Tensor, lambd: float = 0.5) -> torch.Tensor:
+    """The scale-invariant log loss (Eigen et al. 2014) over the pixels with a positive target, as transformers
+    computes it: sqrt(mean(d^2) - lambd * mean(d)^2), d = log target - log predicted."""
+    valid = target > 0
+    d = torch.log(target[valid]) - torch.log(predicted[valid])
+    return torch.sqrt(d.pow(2).mean() - lambd * d.mean().pow(2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class GLPNPreTrainedModel(pyramid.MixPreTrainedModel):
+    """GLPN's config class and state-dict prefix; the forward is the pyramid one, attentions flat over blocks."""
+
+    config_class = GLPNConfig
+    base_model_prefix = "glpn"
+
+
+class GLPNModel(GLPNPreTrainedModel, pyramid.PyramidModel):
+    """The MiT encoder. `last_hidden_state` is the last stage's NCHW map; `hidden_states` one map per stage.
+
+    Args:
+        config: The architecture.
+    """
+
+    def __init__(self, config: GLPNConfig) -> None:
+        super().__init__(config)
+        self.encoder = pyramid.MixEncoder(config)
+
+
+class GLPNForDepthEstimation(GLPNPreTrainedModel):
+    """GLPN: the MiT encoder, the decoder and the depth head: `predicted_depth` `(B, H, W)`; with `labels`
+    `(B, H, W)` (0: no ground truth), the scale-invariant log loss.
+
+    Args:
+        config: The architecture; `max_depth` scales the prediction.
+    """
+
+    head_prefixes = ("decoder.", "head.")
+    output_names = ("predicted_depth",)
+
+    def __init__(self, config: GLPNConfig) -> None:
+        super().__init__(config)
+        self.glpn = GLPNModel(config)
+        self.decoder = GLPNDecoder(config)
+        self.head = DepthHead(config)
+
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
+    ) -> DepthEstimatorOutput | tuple:  # fmt: skip
+        """`pixel_values` `(B, num_channels, H, W)`; `labels` `(B, H, W)` ground-truth depth."""
+        pyramid.check_dense_input(pixel_values, self.config)
+        return self._forward(pixel_values, labels, output_attentions, output_hidden_states, return_dict)
+
+    def _head(self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: Any, size: Any) -> DepthEstimatorOutput:
+        depth = self.head(self.decoder(out.hidden_states, size))
+        if labels is not None and labels.shape[-2:] != depth.shape[-2:]:
+            raise ValueError(f"labels have shape {tuple(labels.shape)}; expected (batch, height, width) at the "
+                             f"input's size, {tuple(depth.shape)}")  # fmt: skip
+        loss = silog_loss(depth, labels) if labels is not None else None
+        return DepthEstimatorOutput(loss=loss, predicted_depth=depth, hidden_states=hidden, attentions=attentions)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The published models: GLPN on MiT-B4, trained on KITTI (depths to 80 m) and NYUv2 (to 10 m).
+
+_B4 = {"depths": (3, 8, 27, 3), "hidden_sizes": (64, 128, 320, 512), "decoder_hidden_size": 64}
+VARIANTS: dict[str, dict[str, Any]] = {"kitti": {**_B4, "max_depth": 80}, "nyu": {**_B4, "max_depth": 10}}
+GLPNConfig.variants = VARIANTS
+
+
+def infer_config(state: StateDict) -> dict[str, Any]:
+    """GLPNConfig fields read off a transformers-named state dict (`max_depth` cannot be read: the default, 10)."""
+    s = convert.strip_prefix(state, "glpn.")
+    fields = pyramid.infer_stages(s, "encoder.patch_embeddings.{}.proj.weight", "encoder.block.{}.{}.",
+                                  "attention.self.sr.weight")  # fmt: skip
+    if "head.head.0.weight" in state:
+        fields["decoder_hidden_size"] = state["head.head.0.weight"].shape[0]
+    return fields
+
+
+FAMILY = Family(
+    model_type="glpn", config_class=GLPNConfig, processor="GLPNImageProcessor",
+    classes={"model": GLPNModel, "depth-estimation": GLPNForDepthEstimation},
+    layouts=(Layout("transformers", "glpn", "encoder.patch_embeddings.0.proj.weight", convert.identity),),
+    infer_config=infer_config, min_export_side=pyramid.min_export_side, describe=pyramid.describe,
+)  # fmt: skip

@@ -97,3 +97,30 @@ def test_the_command_line_turns_on_huge_pages_and_the_library_leaves_the_process
     assert _thp_setting("/usr/local/bin/pvtkit", torch_first=False) == "1"
     assert _thp_setting("/usr/local/bin/pvtkit", torch_first=True) == "unset"  # too late: torch read it already
     assert _thp_setting("/home/me/script.py", torch_first=False) == "unset"
+
+
+def test_dense_heads_fast_paths_equal_the_plain_order():
+    """GLPN's conv + BatchNorm + ReLU / sigmoid as single oneDNN calls (the norm folded into the weights), and
+    SegFormer's decode head with each stage's slice of the fuse conv folded into its projection, against the plain
+    path (switch off) and the head in transformers' order (concatenate, then fuse)."""
+    encoder = dict(depths=(1, 1, 1, 1), hidden_sizes=(16, 32, 48, 64), num_attention_heads=(1, 2, 3, 4))
+    glpn = pvtkit.GLPNForDepthEstimation(pvtkit.GLPNConfig(**encoder, decoder_hidden_size=16)).eval()
+    for bn in glpn.modules():  # trained-looking statistics, so folding them is not a no-op
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        with cpu_kernels.record() as ran:
+            fast = glpn(x).predicted_depth
+        with cpu_kernels.flags(enabled=False):
+            plain = glpn(x).predicted_depth
+    if cpu_kernels._CONV_POINTWISE is not None:
+        assert ran["conv_relu"] == 7 and ran["conv_sigmoid"] == 4  # 3 fusions x 2 + the head's; 3 fusions + head
+    assert rel_err(fast, plain) <= 1e-5
+    seg = pvtkit.SegformerForSemanticSegmentation(pvtkit.SegformerConfig(**encoder, num_labels=5)).eval()
+    head = seg.decode_head
+    with torch.no_grad():
+        maps = seg.segformer(x, output_hidden_states=True).hidden_states
+        folded = head(maps)
+        concatenated = head.classifier(torch.relu(head.batch_norm(head._concatenated(maps))))
+    assert folded.is_contiguous() and rel_err(folded, concatenated) <= 1e-5

@@ -19,8 +19,9 @@ from .commands import COMMANDS
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pvtkit",
-        description="PVTv2 and ViT from the command line: classify images, extract features, inspect, fine-tune, "
-        "evaluate, convert and export checkpoints (Hugging Face, timm and the original PVT release). "
+        description="PVTv2, SegFormer, GLPN and ViT from the command line: classify and segment images, estimate "
+        "depth, extract features, inspect, fine-tune, evaluate, convert and export checkpoints (Hugging Face, "
+        "timm, the original PVT and SegFormer releases, mmsegmentation). "
         "Run `pvtkit COMMAND --help` for each command.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is loaded, inferred and converted")

@@ -187,12 +187,17 @@ def rounded_bf16(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """`layer(x)`."""
+    """`layer(x)` (the module is called: what wraps or replaces it, a LoRA adapter, still applies)."""
+    return layer(x) if not choose(x).emulate_bf16 else affine(x, layer.weight, layer.bias)
+
+
+def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, for a weight that is not one layer's (the decode head's folded projections)."""
     if not choose(x).emulate_bf16:
-        return layer(x)
+        return F.linear(x, weight, bias)
     _ran("bf16_emulation")
     with torch.autocast("cpu", enabled=False):
-        return F.linear(rounded_bf16(x), rounded_bf16(layer.weight), rounded_bf16(layer.bias)).to(torch.bfloat16)
+        return F.linear(rounded_bf16(x), rounded_bf16(weight), rounded_bf16(bias)).to(torch.bfloat16)
 
 
 def linears(x: torch.Tensor, layers: Sequence[nn.Linear]) -> list[torch.Tensor]:
@@ -244,14 +249,29 @@ def _conv_pointwise_kernel() -> Any:
 _CONV_POINTWISE = _conv_pointwise_kernel()
 
 
-def conv_act(x: torch.Tensor, layer: nn.Conv2d, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """`act(layer(x))`: for the exact GELU in fp32 CPU inference, one oneDNN call (no autograd: inference only)."""
+_EPILOGUES = {F.gelu: "gelu", F.relu: "relu", torch.sigmoid: "sigmoid"}  # oneDNN's names (exact GELU)
+
+
+def conv_act(
+    x: torch.Tensor, layer: nn.Conv2d, act: Callable[[torch.Tensor], torch.Tensor], norm: nn.BatchNorm2d | None = None
+) -> torch.Tensor:
+    """`act(norm(layer(x)))` (no norm: `act(layer(x))`). In fp32 CPU inference, for a GELU, ReLU or sigmoid, one
+    oneDNN call: an eval-mode BatchNorm folded into the conv's weights and bias, the activation run in the conv's
+    epilogue, so no extra pass over the map (no autograd: inference only)."""
     paths = choose(x)
-    if act is F.gelu and _CONV_POINTWISE is not None and paths.fused:
-        _ran("conv_gelu")
-        c = layer
-        return _CONV_POINTWISE(x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "gelu", [], "none")
+    foldable = norm is None or (not norm.training and norm.running_mean is not None and norm.affine)
+    if act in _EPILOGUES and _CONV_POINTWISE is not None and paths.fused and foldable:
+        _ran(f"conv_{_EPILOGUES[act]}")
+        c, weight, bias = layer, layer.weight, layer.bias
+        if norm is not None:  # norm(y) = (y - mean) * scale + beta, scale = gamma / sqrt(var + eps)
+            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+            weight = weight * scale[:, None, None, None]
+            bias = ((bias if bias is not None else 0) - norm.running_mean) * scale + norm.bias
+        return _CONV_POINTWISE(x, weight, bias, c.padding, c.stride, c.dilation, c.groups, _EPILOGUES[act], [],
+                               "none")  # fmt: skip
     out = conv(x, layer)
+    if norm is not None:
+        out = norm(out)
     if not paths.symbolic and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
         # An elementwise op runs up to 2x slower on a channels-last map than on the same memory seen as a
         # contiguous (B, h, w, C) tensor (bf16 GELU on B0's stage-1 activations: 3.4 vs 1.8 ms): use that view.

@@ -22,14 +22,16 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "convert",
         help="any supported checkpoint -> a transformers-format directory",
-        description="Convert a PVTv2 or ViT checkpoint (transformers, timm or whai362/PVT layout; a directory, a "
+        description="Convert a PVTv2, SegFormer, GLPN or ViT checkpoint (transformers, timm, whai362/PVT, NVlabs "
+        "SegFormer or mmsegmentation layout; a directory, a "
         ".safetensors/.pth/.bin/.pt file or a Hub repo id) into a directory with config.json, model.safetensors "
         "and preprocessor_config.json that transformers and pvtkit load. Without --variant and without a "
         "config.json the architecture is inferred from the tensors.",
     )
     parser.add_argument("source", help="checkpoint: directory, weights file or Hub repo id")
     parser.add_argument("destination", help="output directory (replaced atomically)")
-    parser.add_argument("--variant", help="published architecture to use, e.g. b2, b2_linear, base_patch16_224")
+    parser.add_argument("--variant", help="published architecture to use, e.g. b2, b2_linear, base_patch16_224, "
+                        "mit_b2, glpn_kitti")  # fmt: skip
     parser.add_argument("--dtype", choices=["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"],
                         help="cast the weights before saving (default: keep)")  # fmt: skip
     parser.add_argument("--revision", help="Hub branch, tag or commit")

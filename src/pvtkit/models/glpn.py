@@ -70,9 +70,9 @@ class SelectiveFeatureFusion(nn.Module):
 
     def forward(self, local: torch.Tensor, global_: torch.Tensor) -> torch.Tensor:
         x = torch.cat((local, global_), dim=1)
-        for seq in (self.convolutional_layer1, self.convolutional_layer2):
-            x = seq[2](seq[1](kernels.conv(x, seq[0])))
-        attn = torch.sigmoid(kernels.conv(x, self.convolutional_layer3))  # (B, 2, h, w)
+        for seq in (self.convolutional_layer1, self.convolutional_layer2):  # conv, BatchNorm, ReLU
+            x = kernels.conv_act(x, seq[0], F.relu, norm=seq[1])
+        attn = kernels.conv_act(x, self.convolutional_layer3, torch.sigmoid)  # (B, 2, h, w)
         return local * attn[:, :1] + global_ * attn[:, 1:]
 
 
@@ -124,8 +124,8 @@ class DepthHead(nn.Module):
         self.max_depth, self.index = config.max_depth, config.head_in_index
 
     def forward(self, decoded: list[torch.Tensor]) -> torch.Tensor:
-        x = F.relu(kernels.conv(decoded[self.index], self.head[0]))
-        return (torch.sigmoid(kernels.conv(x, self.head[2])) * self.max_depth).squeeze(1)
+        x = kernels.conv_act(decoded[self.index], self.head[0], F.relu)
+        return (kernels.conv_act(x, self.head[2], torch.sigmoid) * self.max_depth).squeeze(1)
 
 
 def silog_loss(predicted: torch.Tensor, target: torch.Tensor, lambd: float = 0.5) -> torch.Tensor:

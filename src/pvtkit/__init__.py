@@ -55,7 +55,7 @@ from .pipeline import (
     Pipeline,
     pipeline,
 )
-from .evaluation import EvalResult, evaluate
+from .evaluation import EvalResult, SegmentationEvalResult, SegmentationMetric, evaluate, evaluate_segmentation
 from .training import Trainer, TrainingArguments, TrainResult, train
 from .processing import (
     IMAGE_PROCESSOR_TYPES,
@@ -150,6 +150,9 @@ __all__ = [
     "pipeline",
     "EvalResult",
     "evaluate",
+    "SegmentationEvalResult",
+    "SegmentationMetric",
+    "evaluate_segmentation",
     "Trainer",
     "TrainingArguments",
     "TrainResult",

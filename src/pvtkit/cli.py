@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pvtkit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `pvtkit eval ... | head`: the reader has stopped; say nothing, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's exit-time flush does not fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the signal
     except (OSError, ValueError, RuntimeError) as e:
         if args.debug:
             raise

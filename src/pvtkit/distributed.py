@@ -110,3 +110,73 @@ def init_distributed(device: torch.device | None = None, timeout_s: float = 1800
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """A sum over the process group, differentiable: the gradient of every process's input is the sum of all
+    processes' output gradients (each output feeds every process's loss)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class ProcessGroupBatchNorm(torch.nn.BatchNorm2d):
+    """BatchNorm whose training statistics span every process of the group (what `torch.nn.SyncBatchNorm` does
+    on GPUs, for gloo on CPUs too): per-channel sums, sums of squares and counts are all-reduced through
+    a differentiable all-reduce, so N processes of B/N images normalise exactly as one
+    process of B images, in forward and backward. Parameters and buffers keep BatchNorm2d's names (checkpoints do
+    not change); in eval mode, or outside a process group, it is plain BatchNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        c = x.shape[1]
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        stats = _AllReduceSum.apply(torch.cat((x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count)))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n.detach() / (n.detach() - 1).clamp_min(1), m)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def synchronise_batch_norms(model: torch.nn.Module, device: torch.device) -> int:
+    """Make the model's BatchNorm2d layers normalise over the whole process group: `torch.nn.SyncBatchNorm` on
+    CUDA, `ProcessGroupBatchNorm` elsewhere. Returns how many were replaced; the new layers hold the old ones'
+    parameter and buffer objects (an optimizer made before keeps training them)."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.BatchNorm2d:
+                continue
+            cls = torch.nn.SyncBatchNorm if device.type == "cuda" else ProcessGroupBatchNorm
+            new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            # The very parameter and buffer objects: an optimizer made before holds them, and keeps training them.
+            new._parameters, new._buffers = child._parameters, child._buffers
+            new.train(child.training)
+            setattr(parent, name, new)
+            replaced += 1
+    return replaced

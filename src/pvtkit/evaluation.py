@@ -1,4 +1,5 @@
-"""Evaluating an image classifier on class folders: accuracy, top-5, per-class accuracy, a confusion matrix.
+"""Evaluating an image classifier on class folders (accuracy, top-5, per-class accuracy, a confusion matrix) and a
+semantic segmentation model on image/mask folders (mIoU, per-class IoU, pixel and mean class accuracy).
 
 The data is torchvision's `ImageFolder` layout, one folder of images per class. Folders are matched to the model's
 classes by name (`config.id2label`), so a model fine-tuned by `pvtkit train` evaluates on any folder of the same
@@ -98,12 +99,12 @@ def _drop_unreadable(
     return kept, [(str(p), reason) for p, reason in bad.items()]
 
 
-def _warn_unreadable(unreadable: list[tuple[str, str]]) -> None:
+def _warn_unreadable(unreadable: list[tuple[str, str]], what: str = "image") -> None:
     if not unreadable:
         return
     shown = "; ".join(f"{path} ({reason})" for path, reason in unreadable[:5])
     more = f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
-    logger.warning("skipping %d unreadable image(s): %s%s", len(unreadable), shown, more)
+    logger.warning("skipping %d unreadable %s(s): %s%s", len(unreadable), what, shown, more)
 
 
 def load_training_folders(root: str | Path, val_fraction: float = 0.1, check_images: bool = True) -> ImageFolderData:
@@ -331,6 +332,7 @@ class Evaluator:
         self.loader = DataLoader(
             self.dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
             persistent_workers=num_workers > 0, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),  # not the global RNG, which training's dropout draws from
         )  # fmt: skip
 
     @torch.no_grad()
@@ -476,10 +478,11 @@ def _short(text: str, limit: int = 24) -> str:
 
 def draw_confusion_matrix(
     counts: Sequence[Sequence[int]], true_labels: Sequence[str], predicted_labels: Sequence[str],
-    path: str | Path, title: str = "",
+    path: str | Path, title: str = "", show: str = "count",
 ) -> None:  # fmt: skip
     """Draw a confusion matrix as a PNG with PIL: rows are true classes, columns predicted ones, each cell shaded
-    by its share of the row (so classes of any size compare) and labelled with its count when there is room.
+    by its share of the row (so classes of any size compare) and labelled, when there is room, with its count
+    (`show="count"`) or its share of the row in percent (`show="share"`: pixel counts are too long to print).
     Written atomically."""
     from PIL import ImageDraw, ImageFont
 
@@ -516,10 +519,538 @@ def draw_confusion_matrix(
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=color, outline=(220, 220, 220))
             if cell >= 16 and matrix[r, c]:
                 ink = "white" if shares[r, c] > 0.5 else "black"
-                draw.text((x + cell // 2, y + cell // 2), str(matrix[r, c]), fill=ink, font=font, anchor="mm")
+                text = str(matrix[r, c]) if show == "count" else f"{100 * shares[r, c]:.0f}"
+                draw.text((x + cell // 2, y + cell // 2), text, fill=ink, font=font, anchor="mm")
     for c, name in enumerate(col_names):  # column names run upwards
         label = PIL.Image.new("RGB", (width(name) + 4, cell), "white")
         ImageDraw.Draw(label).text((2, cell // 2), name, fill="black", font=font, anchor="lm")
         label = label.rotate(90, expand=True)
         image.paste(label, (left + c * cell, top - 4 - label.height))
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+# ---- semantic segmentation: the data, the metric, the evaluation loop ------------------------------------------
+
+IGNORE_INDEX = 255  # mmsegmentation's and transformers' convention for "no label here"
+LABEL_FILES = ("labels.json", "classes.txt")
+SegSample = tuple[str, str]  # (image path, mask path)
+
+
+class LayoutError(DatasetError):
+    """A segmentation dataset folder in no layout pvtkit recognises (the CLI's exit status 2: a usage mistake)."""
+
+
+@dataclass
+class SegmentationData:
+    """A segmentation dataset found on disk and checked: every mask read once, its values and size compared with
+    its image's.
+
+    Attributes:
+        classes: Class names, index i for mask value i (after `reduce_labels`).
+        train / val: `(image, mask)` path pairs; `val` is empty when there is no validation set.
+        val_source: `"folder"`, `"fraction"` or None, as for classification.
+        layout: Which layout was recognised (`imagefolder.SEGMENTATION_LAYOUTS`).
+        reduce_labels: Whether mask value 0 is "other" (ignored) and k means class k - 1 (ADE20K's convention).
+        unreadable: Pairs left out because the image or the mask cannot be decoded, with the reason.
+    """
+
+    classes: list[str]
+    train: list[SegSample]
+    val: list[SegSample]
+    val_source: str | None
+    layout: str
+    reduce_labels: bool = False
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, list[int]]:
+        """The fingerprint a resumed run must match: the classes and the number of pairs of each split."""
+        return {"classes": [len(self.classes)], "pairs": [len(self.train), len(self.val)]}
+
+
+def read_class_names(root: Path) -> list[str] | None:
+    """Class names from `root/labels.json` (a list of names, or `{"0": "background", ...}` as in `id2label`) or
+    `root/classes.txt` (one name per line), or None when neither exists.
+
+    Raises:
+        DatasetError: The file is there but is not such a list (the message names it).
+    """
+    path = root / "labels.json"
+    if path.is_file():
+        import json
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                data = data.get("id2label", data)
+                ids = sorted(int(k) for k in data)
+                if ids != list(range(len(ids))):
+                    raise ValueError(f"ids {ids[:5]}... are not 0..{len(ids) - 1}")
+                data = [data[str(i)] if str(i) in data else data[i] for i in ids]
+            if not isinstance(data, list) or not all(isinstance(n, (str, int)) for n in data):
+                raise ValueError("not a list of names")
+        except (ValueError, KeyError) as e:
+            raise DatasetError(f"{path}: expected a JSON list of class names or an object {{\"0\": name, ...}} with "
+                               f"ids 0..N-1 ({e})") from None  # fmt: skip
+        return [str(n) for n in data]
+    path = root / "classes.txt"
+    if path.is_file():
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not names:
+            raise DatasetError(f"{path}: holds no class names (expected one per line)")
+        return names
+    return None
+
+
+def read_mask(path: str | Path, reduce: bool = False) -> np.ndarray:
+    """A mask file as `(H, W)` int64 class indices (mode L, P, I or I;16; 255 = ignored), ADE20K-reduced if asked.
+
+    Raises:
+        ImageLoadError: The file cannot be decoded or is not a one-band image of class indices.
+    """
+    from .processing import label_array, reduce_labels
+
+    try:
+        with PIL.Image.open(path) as opened:
+            opened.load()
+            array = label_array(opened, name=f"mask {path}")
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ImageLoadError):
+            raise
+        raise ImageLoadError(f"mask {path}: cannot be decoded ({e})") from e
+    return reduce_labels(array) if reduce else array
+
+
+@dataclass
+class _MaskCheck:
+    size_mismatch: str | None = None
+    unreadable: str | None = None
+    max_value: int = -1
+    out_of_range: int | None = None  # the first value >= the number of classes (when known) that is not 255
+    dominant: int = -1  # the most frequent labelled class (for the stratified hold-out)
+
+
+def _check_pair(image: Path, mask: Path, reduce: bool, num_classes: int | None) -> _MaskCheck:
+    check = _MaskCheck()
+    try:
+        with PIL.Image.open(image) as opened:
+            size = opened.size
+        labels = read_mask(mask, reduce)
+    except (OSError, SyntaxError, ValueError) as e:
+        check.unreadable = str(e) or type(e).__name__
+        return check
+    if (labels.shape[1], labels.shape[0]) != size:
+        check.size_mismatch = f"mask {labels.shape[1]}x{labels.shape[0]}, image {size[0]}x{size[1]} (width x height)"
+        return check
+    counts = np.bincount(labels[labels != IGNORE_INDEX].ravel().clip(0), minlength=1)
+    if (labels < 0).any():
+        check.out_of_range = int(labels.min())
+    present = np.flatnonzero(counts)
+    if len(present):
+        check.max_value = int(present[-1])
+        check.dominant = int(counts.argmax())
+        if num_classes is not None and check.max_value >= num_classes and check.out_of_range is None:
+            check.out_of_range = int(present[present >= num_classes][0])
+    return check
+
+
+def _listed(items: Sequence[str], limit: int = 10) -> str:
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return "".join(f"\n  {item}" for item in items[:limit]) + more
+
+
+def load_segmentation_data(
+    root: str | Path, val_fraction: float = 0.1, reduce_labels: bool = False, progress: bool = False,
+    workers: int = 8,
+) -> SegmentationData:  # fmt: skip
+    """The image/mask pairs of a segmentation dataset, every mask read and checked (`pvtkit train` / `eval`).
+
+    Class names come from `root/labels.json` or `root/classes.txt`, else they are the indices 0..max found. Without
+    a validation folder, `val_fraction` of the pairs is held out, stratified by each mask's most frequent class
+    and the same every time.
+
+    Raises:
+        FileNotFoundError: `root` does not exist.
+        LayoutError: No known layout.
+        DatasetError: Images without masks or masks without images, masks of another size than their image,
+            values that are no class (>= the number of classes, not 255), fewer than two classes, an empty split,
+            or nothing readable; each listed by file name.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from .imagefolder import find_segmentation_layout
+
+    root = Path(root)
+    try:
+        layout = find_segmentation_layout(root)
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        raise LayoutError(str(e)) from None
+    if layout.lone_images or layout.lone_masks:
+        parts = []
+        if layout.lone_images:
+            parts.append(f"{len(layout.lone_images)} image(s) without a mask:{_listed([str(p) for p in layout.lone_images])}")
+        if layout.lone_masks:
+            parts.append(f"{len(layout.lone_masks)} mask(s) without an image:{_listed([str(p) for p in layout.lone_masks])}")
+        raise DatasetError(f"{root} ({layout.name} layout): every image needs a mask of the same name and the "
+                           "reverse; " + "; ".join(parts))  # fmt: skip
+    if not layout.train:
+        raise DatasetError(f"{root} ({layout.name} layout): the training split is empty (no image/mask pairs in "
+                           f"{layout.folders[0]} and {layout.folders[1]})")  # fmt: skip
+    if layout.val is not None and not layout.val:
+        raise DatasetError(f"{root} ({layout.name} layout): the validation split is empty (no image/mask pairs in "
+                           f"{layout.folders[2]} and {layout.folders[3]}); add pairs or remove the folders")  # fmt: skip
+    names = read_class_names(root)
+    pairs = layout.train + (layout.val or [])
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        jobs = pool.map(lambda p: _check_pair(p[0], p[1], reduce_labels, len(names) if names else None), pairs)
+        checks = list(tqdm(jobs, total=len(pairs), desc="checking masks", unit="mask", leave=False, file=sys.stderr,
+                           disable=not progress or len(pairs) < 200))  # fmt: skip
+    mismatched = [f"{m}: {c.size_mismatch}" for (_, m), c in zip(pairs, checks) if c.size_mismatch]
+    if mismatched:
+        raise DatasetError(f"{root}: {len(mismatched)} mask(s) differ in size from their image (a mask labels each "
+                           f"pixel of its image):{_listed(mismatched)}")  # fmt: skip
+    unreadable = [(f"{i} / {m}", c.unreadable) for (i, m), c in zip(pairs, checks) if c.unreadable]
+    top = max((c.max_value for c in checks), default=-1)
+    count = len(names) if names else top + 1
+    expected = (f"class indices 0..{count - 1} ({'from ' + next(str(root / f) for f in LABEL_FILES if (root / f).is_file()) if names else 'found in the masks'})"
+                f" or {IGNORE_INDEX} (ignored)")  # fmt: skip
+    bad = [f"{m}: value {c.out_of_range}" for (_, m), c in zip(pairs, checks) if c.out_of_range is not None]
+    if bad:
+        hint = " (ADE20K-style masks where 0 means 'other' need --reduce-labels)" if names and not reduce_labels else ""
+        raise DatasetError(f"{root}: {len(bad)} mask(s) hold values that are no class; expected {expected}{hint}:"
+                           f"{_listed(bad)}")  # fmt: skip
+    if count < 2:
+        found = "only class 0" if count == 1 else "no labelled pixel at all"
+        raise DatasetError(f"{root}: the masks hold {found}; segmentation needs at least two classes (e.g. background "
+                           "and the object); list them in labels.json or classes.txt if the data lacks one")  # fmt: skip
+    ok = {pair: c for pair, c in zip(pairs, checks) if not c.unreadable}
+    _warn_unreadable(unreadable, "pair")
+    train = [p for p in layout.train if p in ok]
+    if layout.val is not None:
+        val, source = [p for p in layout.val if p in ok], "folder"
+    else:
+        by_class: dict[str, list[Path]] = {}
+        partner = dict(train)
+        for image, _ in train:
+            by_class.setdefault(str(ok[(image, partner[image])].dominant), []).append(image)
+        kept, held = stratified_split(by_class, val_fraction, SPLIT_SEED)
+        held_set = {p for files in held.values() for p in files}
+        val = [(i, m) for i, m in train if i in held_set]
+        train = [(i, m) for i, m in train if i not in held_set]
+        source = "fraction" if val else None
+    if not train:
+        raise DatasetError(f"{root}: none of the training pairs is readable (first: {unreadable[0][0]}: "
+                           f"{unreadable[0][1]})")  # fmt: skip
+    classes = names or [str(i) for i in range(count)]
+    return SegmentationData(classes, [(str(i), str(m)) for i, m in train], [(str(i), str(m)) for i, m in val],
+                            source, layout.name, reduce_labels, unreadable)  # fmt: skip
+
+
+def load_eval_segmentation(
+    root: str | Path, val_fraction: float | None = None, reduce_labels: bool = False, progress: bool = False
+) -> tuple[SegmentationData, list[SegSample]]:
+    """The pairs `pvtkit eval` evaluates: the validation split when there is one, else the hold-out of
+    `val_fraction` (the one training validated on), else every pair."""
+    data = load_segmentation_data(root, val_fraction or 0.0, reduce_labels, progress)
+    if data.val_source == "folder" or val_fraction:
+        return data, data.val
+    return data, data.train
+
+
+class SegmentationMetric:
+    """Intersection and union per class, accumulated over a whole data set the way mmsegmentation and the
+    `evaluate` library's `mean_iou` count them (never averaged per batch): a `num_classes`² confusion matrix of
+    pixels (rows true, columns predicted) over the pixels whose label is not `ignore_index`."""
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: Any = "cpu") -> None:
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add `predicted` class indices against `labels` (same shape)."""
+        if predicted.shape != labels.shape:
+            raise ValueError(f"predictions {tuple(predicted.shape)} and labels {tuple(labels.shape)} differ in shape")
+        k = self.num_classes
+        valid = (labels != self.ignore_index) & (labels >= 0) & (labels < k)
+        index = labels[valid].long() * k + predicted[valid].long()
+        self.confusion += torch.bincount(index, minlength=k * k).reshape(k, k)
+
+    def compute(self) -> dict[str, Any]:
+        """`mean_iou`, `mean_accuracy`, `overall_accuracy` and per class `iou`, `accuracy` (NaN for a class that
+        neither the labels nor the predictions hold; left out of the means)."""
+        return iou_from_confusion(self.confusion.cpu().numpy())
+
+
+def iou_from_confusion(confusion: np.ndarray) -> dict[str, Any]:
+    """The segmentation metrics of a pixel confusion matrix (rows true, columns predicted)."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    intersection = np.diag(confusion)
+    label_area, predicted_area = confusion.sum(1), confusion.sum(0)
+    union = label_area + predicted_area - intersection
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, intersection / union, np.nan)
+        accuracy = np.where(label_area > 0, intersection / label_area, np.nan)
+    total = label_area.sum()
+    return {
+        "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else math.nan,
+        "mean_accuracy": float(np.nanmean(accuracy)) if np.isfinite(accuracy).any() else math.nan,
+        "overall_accuracy": float(intersection.sum() / total) if total else math.nan,
+        "per_category_iou": iou, "per_category_accuracy": accuracy,
+        "label_area": label_area.astype(np.int64), "predicted_area": predicted_area.astype(np.int64),
+    }  # fmt: skip
+
+
+class _PairDataset(Dataset):
+    """Validation pairs: the image as the model takes it (`transform`) and the mask at the image's own size; a pair
+    that cannot be decoded yields `(None, None, index, reason)`."""
+
+    def __init__(self, samples: Sequence[SegSample], transform: Callable[[PIL.Image.Image], np.ndarray],
+                 reduce: bool) -> None:  # fmt: skip
+        self.samples, self.transform, self.reduce = list(samples), transform, reduce
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int, str]:
+        image_path, mask_path = self.samples[index]
+        try:
+            mask = read_mask(mask_path, self.reduce)
+            pixels = self.transform(load_image(image_path))
+        except (ImageLoadError, OSError) as e:
+            return None, None, index, str(e) or type(e).__name__
+        return torch.from_numpy(np.ascontiguousarray(pixels)), torch.from_numpy(mask), index, ""
+
+
+def _as_lists(batch: Sequence[tuple]) -> tuple[list, ...]:
+    return tuple(list(column) for column in zip(*batch))
+
+
+class SlideTransform:
+    """Sliding-window preprocessing: the image resized (aspect kept) so its short side is the window's, then
+    rescaled and normalised by the processor."""
+
+    def __init__(self, processor: Any, window: tuple[int, int]) -> None:
+        self.processor, self.window = processor, window
+
+    def __call__(self, image: PIL.Image.Image) -> np.ndarray:
+        scale = min(self.window) / min(image.size)
+        size = (max(self.window[1], round(image.width * scale)), max(self.window[0], round(image.height * scale)))
+        image = image.resize(size, resample=int(self.processor.resample))
+        return self.processor(image, do_resize=False, return_tensors="np")["pixel_values"][0]
+
+
+@dataclass
+class SegmentationEvalResult:
+    """What `evaluate_segmentation` measured (`mean_iou` etc. as `iou_from_confusion`, over `num_images`).
+
+    Attributes:
+        per_class: Class name -> `{"iou", "accuracy", "pixels", "predicted_pixels"}` (IoU/accuracy None where the
+            class is in neither the labels nor the predictions / not in the labels).
+        confusion: Pixel counts, rows true class, columns predicted, in `class_names` order.
+    """
+
+    mean_iou: float
+    mean_accuracy: float
+    overall_accuracy: float
+    loss: float
+    num_images: int
+    per_class: dict[str, dict[str, Any]]
+    class_names: list[str]
+    confusion: list[list[int]]
+    mode: str = "whole"
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.num_images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v: float) -> float | None:
+            return None if v is None or math.isnan(v) else v
+
+        return {
+            "task": "semantic-segmentation", "mode": self.mode, "mean_iou": clean(self.mean_iou),
+            "mean_accuracy": clean(self.mean_accuracy), "overall_accuracy": clean(self.overall_accuracy),
+            "loss": clean(self.loss), "num_images": self.num_images, "num_skipped": len(self.skipped),
+            "per_class": self.per_class,
+            "confusion_matrix": {"true": self.class_names, "predicted": self.class_names, "counts": self.confusion},
+            "skipped": self.skipped, "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+        }  # fmt: skip
+
+
+class SegmentationEvaluator:
+    """Evaluates a segmentation model on fixed `(image, mask)` pairs, again and again (training validates every
+    epoch): logits upsampled to each image's own size, then compared with its mask pixel by pixel.
+
+    Args:
+        model: A pvtkit (or transformers) segmentation model returning `.logits` `(B, K, h, w)`.
+        samples: All the pairs; this process takes its share under torchrun.
+        processor: The model's image processor (its size is the window in `"slide"` mode).
+        mode: `"whole"` (the processor's resize, one forward per image) or `"slide"` (aspect kept, short side to the
+            processor's size, overlapping windows with a 2/3 stride).
+        reduce_labels: Read masks with ADE20K's convention.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, samples: Sequence[SegSample], processor: Any, *, mode: str = "whole",
+        reduce_labels: bool = False, batch_size: int = 8, num_workers: int = 0, device: torch.device | str = "cpu",
+        amp_dtype: torch.dtype | None = None, ctx: DistContext | None = None, progress: bool = True,
+    ) -> None:  # fmt: skip
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        self.model, self.mode, self.device = model, mode, torch.device(device)
+        self.amp_dtype, self.ctx, self.progress, self.batch_size = amp_dtype, ctx or DistContext(), progress, batch_size
+        self.num_labels = int(model.config.num_labels)
+        self.samples = list(samples)
+        self.window = processor_image_size(processor)
+        transform = ProcessorTransform(processor) if mode == "whole" else SlideTransform(processor, self.window)
+        mine = self.samples[self.ctx.rank :: self.ctx.world_size]
+        self.dataset = _PairDataset(mine, lambda image: transform(image, 0, 0) if mode == "whole" else transform(image),
+                                    reduce_labels)  # fmt: skip
+        self.loader = DataLoader(
+            self.dataset, batch_size=batch_size if mode == "whole" else 1, shuffle=False, num_workers=num_workers,
+            persistent_workers=num_workers > 0, collate_fn=_as_lists,
+            generator=torch.Generator(),  # not the global RNG, which training's dropout draws from
+        )  # fmt: skip
+
+    def _logits(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        with autocast_context(self.device, self.amp_dtype):
+            if self.mode == "whole":
+                logits = self.model(pixel_values=torch.stack(pixels).to(self.device)).logits.float()
+                return [logits[i : i + 1] for i in range(len(pixels))]
+            from .pipeline import sliding_window_logits
+
+            stride = (max(self.window[0] * 2 // 3, 1), max(self.window[1] * 2 // 3, 1))
+            return [sliding_window_logits(self.model, p[None].to(self.device), self.window, stride, self.batch_size)
+                    for p in pixels]  # fmt: skip
+
+    @torch.no_grad()
+    def run(self, desc: str = "eval") -> SegmentationEvalResult:
+        from tqdm import tqdm
+
+        model, device = self.model, self.device
+        was_training = model.training
+        model.eval()
+        metric = SegmentationMetric(self.num_labels, device=device)
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, labelled pixels, images
+        skipped: dict[str, str] = {}
+        start = time.perf_counter()
+        bar = tqdm(total=len(self.samples), desc=desc, unit="img", leave=False, file=sys.stderr,
+                   disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)  # fmt: skip
+        for pixels, masks, indices, reasons in self.loader:
+            for i, reason in zip(indices, reasons):
+                if reason:
+                    skipped[" / ".join(self.dataset.samples[i])] = reason
+            good = [k for k, reason in enumerate(reasons) if not reason]
+            if good:
+                logits = self._logits([pixels[k] for k in good])
+                for k, scores in zip(good, logits):
+                    mask = masks[k].to(device)
+                    up = F.interpolate(scores, size=mask.shape, mode="bilinear", align_corners=False)
+                    metric.update(up.argmax(1)[0], mask)
+                    target = torch.where(mask < self.num_labels, mask, IGNORE_INDEX)
+                    loss = F.cross_entropy(up, target[None], ignore_index=IGNORE_INDEX, reduction="sum")
+                    valid = (target != IGNORE_INDEX).sum()
+                    sums += torch.stack((loss.double(), valid.double(), torch.ones((), dtype=torch.float64,
+                                                                                    device=device)))  # fmt: skip
+            bar.update(len(indices) * self.ctx.world_size)
+        bar.close()
+        self.ctx.all_reduce_sum(metric.confusion)
+        self.ctx.all_reduce_sum(sums)
+        for part in self.ctx.gather_objects(skipped):
+            skipped.update(part)
+        model.train(was_training)
+        return self._result(metric, sums.cpu().tolist(), skipped, time.perf_counter() - start)
+
+    def _result(self, metric: SegmentationMetric, sums: list[float], skipped: dict[str, str],
+                seconds: float) -> SegmentationEvalResult:  # fmt: skip
+        id2label = self.model.config.id2label
+        names = [str(id2label.get(i, i)) for i in range(self.num_labels)]
+        m = metric.compute()
+        per_class = {}
+        for i, name in enumerate(names):
+            iou, accuracy = m["per_category_iou"][i], m["per_category_accuracy"][i]
+            per_class[name] = {"iou": None if np.isnan(iou) else float(iou),
+                               "accuracy": None if np.isnan(accuracy) else float(accuracy),
+                               "pixels": int(m["label_area"][i]), "predicted_pixels": int(m["predicted_area"][i])}  # fmt: skip
+        loss_sum, pixels, count = sums
+        return SegmentationEvalResult(
+            mean_iou=m["mean_iou"], mean_accuracy=m["mean_accuracy"], overall_accuracy=m["overall_accuracy"],
+            loss=loss_sum / pixels if pixels else math.nan, num_images=int(count), per_class=per_class,
+            class_names=names, confusion=metric.confusion.cpu().tolist(), mode=self.mode, skipped=skipped,
+            seconds=seconds,
+        )  # fmt: skip
+
+
+def evaluate_segmentation(
+    model: Any,
+    data: str | Path,
+    *,
+    processor: Any = None,
+    val_fraction: float | None = None,
+    reduce_labels: bool | None = None,
+    mode: str = "whole",
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = None,
+    confusion: str | Path | None = None,
+    progress: bool = True,
+    revision: str | None = None,
+    local_files_only: bool = False,
+) -> SegmentationEvalResult:
+    """Evaluate a semantic segmentation model on a folder of images and masks: mIoU, per-class IoU, pixel
+    accuracy, mean class accuracy, the pixel confusion matrix.
+
+    Args:
+        model: A segmentation model, or where to load one (Hub id, directory, weights file).
+        data: A dataset in one of `imagefolder.SEGMENTATION_LAYOUTS`; its validation split when it has one.
+        processor: The image processor; by default the model's own.
+        val_fraction: Evaluate the hold-out `pvtkit train --val-fraction` validated on.
+        reduce_labels: Read the masks with ADE20K's convention (default: the processor's `do_reduce_labels`).
+        mode: `"whole"` or `"slide"` (see `SegmentationEvaluator`).
+        confusion: Also draw the confusion matrix (shares of each true class's pixels) into this PNG.
+
+    Returns:
+        A `SegmentationEvalResult` (the same on every process under torchrun).
+    """
+    from .distributed import auto_device
+    from .dtypes import parse_dtype
+
+    device = auto_device() if device == "auto" else torch.device(device)
+    ctx = init_distributed(device)
+    name = str(model) if isinstance(model, (str, Path)) else (
+        getattr(model.config, "_name_or_path", "") or type(model).__name__)  # fmt: skip
+    if isinstance(model, (str, Path)):
+        from .auto import AutoModelForSemanticSegmentation
+
+        model = AutoModelForSemanticSegmentation.from_pretrained(model, revision=revision,
+                                                                 local_files_only=local_files_only)  # fmt: skip
+        if processor is None:
+            processor = image_processor_for(name, model, revision=revision, local_files_only=local_files_only)
+    if processor is None:
+        processor = default_image_processor(model)
+    if reduce_labels is None:
+        reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
+    model.to(device)
+    found, samples = load_eval_segmentation(data, val_fraction, reduce_labels, progress and ctx.is_main)
+    if len(found.classes) > model.config.num_labels:
+        raise DatasetError(f"{data}: the masks hold {len(found.classes)} classes, the model predicts "
+                           f"{model.config.num_labels}; expected masks with values below {model.config.num_labels} "
+                           f"(or {IGNORE_INDEX})" + ("" if reduce_labels else "; ADE20K-style masks need reduce_labels"))  # fmt: skip
+    evaluator = SegmentationEvaluator(model, samples, processor, mode=mode, reduce_labels=reduce_labels,
+                                      batch_size=batch_size, num_workers=num_workers, device=device,
+                                      amp_dtype=parse_dtype(dtype), ctx=ctx, progress=progress)  # fmt: skip
+    result = evaluator.run()
+    result.skipped = {**dict(found.unreadable), **result.skipped}
+    if confusion is not None and ctx.is_main:
+        title = f"{name}: mIoU {result.mean_iou:.1%} on {result.num_images} images (share of each true class's pixels)"
+        draw_confusion_matrix(result.confusion, result.class_names, result.class_names, confusion, title,
+                              show="share")  # fmt: skip
+    logger.info("evaluated %s on %s: mIoU %.4f", name, data, result.mean_iou)
+    return result

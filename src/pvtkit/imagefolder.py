@@ -1,9 +1,11 @@
-"""Finding images on disk: the inputs of `pvtkit classify` / `features` and the class folders of a dataset."""
+"""Finding images on disk: the inputs of `pvtkit classify` / `features`, the class folders of a classification
+dataset and the image/mask folders of a segmentation one."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # What PIL reads and people keep photos in; matched case-insensitively.
@@ -145,3 +147,118 @@ def unreadable_images(paths: Sequence[Path], workers: int = 8) -> list[tuple[Pat
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(check, paths, chunksize=64))
     return [r for r in results if r is not None]
+
+
+# ---- image + mask folders (the datasets of `pvtkit train --task semantic-segmentation`) -----------------------
+
+MASK_FOLDER_NAMES = ("masks", "annotations", "labels")
+SEGMENTATION_LAYOUTS = """\
+  DIR/train/images/ + DIR/train/masks/, and DIR/val/ (or validation/) the same way;
+  DIR/images/{training,validation}/ + DIR/annotations/{training,validation}/ (ADE20K's ADEChallengeData2016);
+  DIR/images/ + DIR/masks/, of which a reproducible --val-fraction is held out.
+  An image and its mask share their path without the extension (images/a/1.jpg <-> masks/a/1.png); masks are
+  PNGs of class indices (modes L, P, I;16), 255 = ignored. "masks/" may also be called annotations/ or labels/."""
+
+
+@dataclass
+class SegmentationLayout:
+    """Image/mask pairs found on disk, before any file is read.
+
+    Attributes:
+        name: `"split folders"`, `"ADE20K"` or `"flat"`.
+        train: `(image, mask)` pairs to train on; `val` those to validate on (None: hold a fraction out).
+        lone_images / lone_masks: Files that have no partner (an error for the caller to report).
+        folders: The folders the pairs come from, for messages.
+    """
+
+    name: str
+    train: list[tuple[Path, Path]]
+    val: list[tuple[Path, Path]] | None
+    lone_images: list[Path] = field(default_factory=list)
+    lone_masks: list[Path] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+
+
+def _mask_folder(parent: Path) -> Path | None:
+    return next((parent / n for n in MASK_FOLDER_NAMES if (parent / n).is_dir()), None)
+
+
+def pair_images_and_masks(images: Path, masks: Path) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """Pair `images/**/x.*` with `masks/**/x.*` by their path without the extension: (pairs, lone images, lone
+    masks), in path order. Two images (or two masks) with one name but different extensions cannot be paired.
+
+    Raises:
+        ValueError: Two files in one folder differ only by their extension.
+    """
+
+    def keyed(folder: Path) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for path in _images_in(folder, recursive=True):
+            key = path.relative_to(folder).with_suffix("").as_posix()
+            if key in out:
+                raise ValueError(f"{out[key]} and {path}: two files with one name; an image and its mask are paired "
+                                 "by name, so each name may appear once per folder")  # fmt: skip
+            out[key] = path
+        return out
+
+    by_image, by_mask = keyed(images), keyed(masks)
+    pairs = [(by_image[k], by_mask[k]) for k in sorted(by_image) if k in by_mask]
+    lone_images = [by_image[k] for k in sorted(by_image) if k not in by_mask]
+    lone_masks = [by_mask[k] for k in sorted(by_mask) if k not in by_image]
+    return pairs, lone_images, lone_masks
+
+
+def find_segmentation_layout(root: str | os.PathLike) -> SegmentationLayout:
+    """Recognise one of the three layouts of `SEGMENTATION_LAYOUTS` in `root` and pair its files.
+
+    Raises:
+        FileNotFoundError: `root` is not a directory.
+        ValueError: No layout is recognised (the message says what was expected), or a name is ambiguous.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory (expected images and masks folders)")
+    train_dir = next((root / n for n in SPLIT_NAMES["train"] if (root / n).is_dir()), None)
+    val_dirs = [root / n for n in SPLIT_NAMES["val"] if (root / n).is_dir()]
+    splits: list[tuple[str, Path | None, Path | None]] = []  # (split, images, masks)
+    if train_dir is not None and (train_dir / "images").is_dir() and _mask_folder(train_dir) is not None:
+        name = "split folders"
+        if len(val_dirs) > 1:
+            raise ValueError(f"{root}: holds both val/ and validation/; keep one")
+        splits.append(("train", train_dir / "images", _mask_folder(train_dir)))
+        if val_dirs:
+            v = val_dirs[0]
+            if not (v / "images").is_dir() or _mask_folder(v) is None:
+                raise ValueError(f"{v}: expected images/ and masks/ folders in it, like {train_dir}'s")
+            splits.append(("val", v / "images", _mask_folder(v)))
+    elif (root / "images").is_dir() and _mask_folder(root) is not None:
+        images, masks = root / "images", _mask_folder(root)
+        assert masks is not None
+        split_names = {"train": ("training", "train"), "val": ("validation", "val")}
+        found = {s: next((n for n in names if (images / n).is_dir()), None) for s, names in split_names.items()}
+        if found["train"] is not None:
+            name = "ADE20K"
+            for split, sub in found.items():
+                if sub is None:
+                    continue
+                if not (masks / sub).is_dir():
+                    raise ValueError(f"{images / sub} has no counterpart {masks / sub} for its masks")
+                splits.append((split, images / sub, masks / sub))
+        else:
+            name = "flat"
+            splits.append(("train", images, masks))
+    else:
+        raise ValueError(f"{root}: not a segmentation dataset layout pvtkit knows; expected one of:\n"
+                         f"{SEGMENTATION_LAYOUTS}")  # fmt: skip
+    layout = SegmentationLayout(name, [], None)
+    for split, images, masks in splits:
+        assert images is not None and masks is not None
+        pairs, lone_images, lone_masks = pair_images_and_masks(images, masks)
+        layout.lone_images += lone_images
+        layout.lone_masks += lone_masks
+        layout.folders += [images, masks]
+        if split == "train":
+            layout.train = pairs
+        else:
+            layout.val = pairs
+    return layout

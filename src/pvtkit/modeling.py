@@ -245,21 +245,28 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         embeddings resample them once (timm's method of the same name)."""
         self.config.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else int(image_size)
 
-    def set_labels(self, labels: Sequence[str]) -> None:
-        """Give a classifier these class names: kept as they are when it has exactly these labels, renamed when it
-        has as many, otherwise a freshly initialised head of the right size replaces the old one (and a warning
-        says so)."""
+    label_head = "classifier"  # the module `set_labels` resizes: an nn.Linear, or a 1x1 nn.Conv2d (dense heads)
+
+    def set_labels(self, labels: Sequence[str], keep_order: bool = False) -> None:
+        """Give a classifier (or a segmentation model) these class names: kept as they are when it has exactly these
+        labels (in this order, with `keep_order`: a mask's value i must stay class i), renamed when it has as many,
+        otherwise a freshly initialised head of the right size replaces the old one (and a warning says so)."""
         config, labels = self.config, [str(label) for label in labels]
         current = [str(config.id2label[i]) for i in range(config.num_labels)]
-        if sorted(current) == sorted(labels):
+        if (current == labels) if keep_order else (sorted(current) == sorted(labels)):
             return
-        head = getattr(self, "classifier", None)
-        if head is None:
-            raise ValueError(f"{type(self).__name__} has no classification head to give labels to")
-        if len(current) != len(labels) or not isinstance(head, nn.Linear):
-            self.classifier = nn.Linear(head.in_features if isinstance(head, nn.Linear) else self.head_width,
-                                        len(labels))  # fmt: skip
-            self._init_weights(self.classifier)
+        try:
+            head = self.get_submodule(self.label_head)
+        except AttributeError:
+            raise ValueError(f"{type(self).__name__} has no classification head to give labels to") from None
+        if len(current) != len(labels) or not isinstance(head, (nn.Linear, nn.Conv2d)):
+            if isinstance(head, nn.Conv2d):
+                new: nn.Module = nn.Conv2d(head.in_channels, len(labels), kernel_size=1)
+            else:
+                new = nn.Linear(head.in_features if isinstance(head, nn.Linear) else self.head_width, len(labels))
+            self._init_weights(new)
+            parent, _, name = self.label_head.rpartition(".")
+            setattr(self.get_submodule(parent) if parent else self, name, new)
             self.num_labels = len(labels)
             logger.warning("replaced the model's %d-class head with a new %d-class head for %s", len(current),
                            len(labels), ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else ""))  # fmt: skip

@@ -285,6 +285,26 @@ def slide_windows(
     return windows
 
 
+def sliding_window_logits(
+    model: Any, pixels: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], batch_size: int = 8
+) -> torch.Tensor:
+    """Logits `(1, num_labels, H, W)` of one image `(1, C, H, W)` by sliding windows (`slide_windows`), each
+    window's logits upsampled to the window and averaged where windows overlap; `batch_size` windows per forward."""
+    height, width = pixels.shape[-2:]
+    windows = slide_windows(height, width, crop, stride)
+    total = pixels.new_zeros((1, model.config.num_labels, height, width), dtype=torch.float32)
+    count = pixels.new_zeros((1, 1, height, width), dtype=torch.float32)
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        crops = torch.cat([pixels[..., t:b, l:r] for t, b, l, r in chunk])  # windows share one size
+        logits = model(pixel_values=crops).logits.float()
+        logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+        for (t, b, l, r), window in zip(chunk, logits):
+            total[0, :, t:b, l:r] += window
+            count[0, :, t:b, l:r] += 1
+    return total / count
+
+
 class ImageSegmentationPipeline(Pipeline):
     """Semantic segmentation, in transformers' format: per image one `{"score": None, "label": str, "mask": PIL
     image}` per class present (mask: mode L, 255 where the class is), at the input's size.
@@ -333,21 +353,8 @@ class ImageSegmentationPipeline(Pipeline):
             return [self.slide_logits(image[None])[0].argmax(0).cpu() for image in pixels]
 
     def slide_logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Logits `(1, num_labels, H, W)` of one image by sliding windows (each window's logits upsampled to the
-        window), averaged where windows overlap; the windows run `batch_size` at a time."""
-        height, width = pixels.shape[-2:]
-        windows = slide_windows(height, width, self.crop, self.stride)
-        total = pixels.new_zeros((1, self.model.config.num_labels, height, width), dtype=torch.float32)
-        count = pixels.new_zeros((1, 1, height, width), dtype=torch.float32)
-        for start in range(0, len(windows), self.batch_size):
-            chunk = windows[start : start + self.batch_size]
-            crops = torch.cat([pixels[..., t:b, l:r] for t, b, l, r in chunk])  # windows share one size
-            logits = self.model(pixel_values=crops).logits.float()
-            logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
-            for (t, b, l, r), window in zip(chunk, logits):
-                total[0, :, t:b, l:r] += window
-                count[0, :, t:b, l:r] += 1
-        return total / count
+        """Logits `(1, num_labels, H, W)` of one image by sliding windows (`sliding_window_logits`)."""
+        return sliding_window_logits(self.model, pixels, self.crop, self.stride, self.batch_size)
 
     def postprocess(self, classes: torch.Tensor) -> list[dict[str, Any]]:
         array = classes.numpy()

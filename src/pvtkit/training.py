@@ -1,9 +1,18 @@
-"""Fine-tuning PVTv2 and ViT classifiers on folders of labelled images: on a laptop, or data-parallel under torchrun.
+"""Fine-tuning PVTv2 and ViT classifiers on folders of labelled images, and SegFormer / PVTv2 segmentation models
+on images and masks: on a laptop, or data-parallel under torchrun.
 
 ```python
 result = pvtkit.train(data="flowers/", output_dir="runs/flowers", model="OpenGVLab/pvt_v2_b0", epochs=10)
 result = pvtkit.train(data="digits/", output_dir="runs/digits", arch="b0", image_size=32, lr=2e-3)
+result = pvtkit.train(data="ade/", output_dir="runs/ade", model="nvidia/mit-b0", task="semantic-segmentation",
+                      reduce_labels=True, image_size=512)
 ```
+
+Semantic segmentation (`task="semantic-segmentation"`) follows SegFormer's recipe instead (`SEGMENTATION_DEFAULTS`:
+AdamW lr 6e-5 with the decode head at 10x, weight decay 0.01, poly decay, joint image+mask augmentation in
+`SegmentationTrainTransform`, cross-entropy ignoring 255 averaged over the global batch's labelled pixels), keeps
+the best epoch by validation mIoU (`evaluation.SegmentationEvaluator`) and, under torchrun, normalises BatchNorm
+over all processes; everything below holds for both tasks.
 
 The recipe is the usual one for ViT/PVT fine-tuning: AdamW (no weight decay on biases, norms and position
 embeddings), linear warmup then cosine decay per optimizer step, label smoothing, random-resized-crop + horizontal
@@ -53,17 +62,17 @@ from ._files import atomic_directory, atomic_write, atomic_write_json, find_inte
 from .auto import default_image_processor, image_processor_for
 from .distributed import (
     DistContext, auto_device, default_workers, init_distributed, launched_by_torchrun, share_cpu_threads,
-    shutdown_distributed,
+    shutdown_distributed, synchronise_batch_norms,
 )  # fmt: skip
 from .evaluation import (
-    DatasetError, Evaluator, ImageDataset, ImageFolderData, 
-    load_training_folders, model_label_ids,
+    IGNORE_INDEX, DatasetError, Evaluator, ImageDataset, ImageFolderData, SegmentationData, SegmentationEvaluator,
+    load_segmentation_data, load_training_folders, model_label_ids, read_mask,
 )  # fmt: skip
 from .dtypes import parse_dtype
 from .modeling import PreTrainedModel
 from .models import family as registry
 from .models.family import config_for_variant
-from .processing import fixed_size
+from .processing import ImageLoadError, fixed_size, load_image
 
 logger = logging.getLogger("pvtkit")
 
@@ -78,11 +87,25 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 weights always; bf16 / fp16: autoc
 # The settings that define a run's schedule and result: stored with the checkpoint, and a resumed run must keep
 # them. None in `TrainingArguments` means "the default below, or the resumed run's own value".
 RUN_DEFAULTS: dict[str, Any] = {
-    "data": None, "model": None, "arch": None, "image_size": None, "epochs": 10, "batch_size": 32, "lr": None,
-    "weight_decay": 0.05, "warmup_epochs": 1.0, "label_smoothing": 0.1, "val_fraction": 0.1, "seed": 0,
-    "crop_scale": 0.08, "hflip": True, "max_grad_norm": 1.0,
+    "task": "image-classification", "data": None, "model": None, "arch": None, "image_size": None, "epochs": 10,
+    "batch_size": 32, "lr": None, "weight_decay": 0.05, "warmup_epochs": 1.0, "label_smoothing": 0.1,
+    "val_fraction": 0.1, "seed": 0, "crop_scale": 0.08, "hflip": True, "max_grad_norm": 1.0, "schedule": "cosine",
+    "head_lr_scale": 1.0, "reduce_labels": False, "scale_range": None, "cat_max_ratio": 0.75, "jitter": True,
+    "eval_mode": "whole",
 }  # fmt: skip
 LR_FROM_SCRATCH, LR_FINE_TUNE = 1e-3, 1e-4
+TASKS = ("image-classification", "semantic-segmentation")
+# What semantic segmentation changes in RUN_DEFAULTS: SegFormer's recipe (mmsegmentation's segformer configs).
+SEGMENTATION_DEFAULTS: dict[str, Any] = {
+    "weight_decay": 0.01, "schedule": "poly", "head_lr_scale": 10.0, "scale_range": [0.5, 2.0], "batch_size": 16,
+}  # fmt: skip
+SEG_LR_FROM_SCRATCH, SEG_LR_FINE_TUNE = 6e-4, 6e-5
+# The settings that only one task reads: giving one to the other task is a mistake worth saying.
+TASK_ONLY = {
+    "image-classification": ("label_smoothing", "crop_scale"),
+    "semantic-segmentation": ("reduce_labels", "scale_range", "cat_max_ratio", "jitter", "eval_mode"),
+}
+SCHEDULES = ("cosine", "poly")
 
 
 class TrainingConfigError(ValueError):
@@ -97,7 +120,9 @@ class TrainingArguments:
 
     Args:
         output_dir: Where the run goes: the best model (transformers format), `metrics.jsonl`, `checkpoint/`.
-        data: A folder of class folders, or one with `train/` and `val/` (or `validation/`) folders of them.
+        data: A folder of class folders, or one with `train/` and `val/` (or `validation/`) folders of them; for
+            semantic segmentation, images and masks in one of `imagefolder.SEGMENTATION_LAYOUTS`.
+        task: `image-classification` (default) or `semantic-segmentation`.
         model: A pretrained classifier or encoder to fine-tune (Hub id, directory, weights file).
         arch: Or a variant to train from scratch: PVTv2 `b0`..`b5`, `b2_linear`; ViT `tiny_patch16_224`, ...
         image_size: Training and evaluation resolution (default: the model's processor size, else 224).
@@ -113,6 +138,17 @@ class TrainingArguments:
         crop_scale: Smallest share of the image area a random crop keeps (default 0.08, as timm and torchvision).
         hflip: Random horizontal flips (default True).
         max_grad_norm: Clip the gradient norm to this (0: no clipping; default 1.0).
+        schedule: After the warmup, `cosine` decay (classification's default) or `poly` (linear decay to 0,
+            SegFormer's polynomial schedule of power 1; segmentation's default).
+        head_lr_scale: The head's learning rate is this many times `lr` (default 1; 10 for segmentation, as
+            SegFormer's decode head).
+        reduce_labels: Segmentation: mask value 0 is "other" (ignored) and k means class k - 1 (ADE20K).
+        scale_range: Segmentation: random resize of the short side to `image_size` x a ratio in this range
+            (default 0.5..2).
+        cat_max_ratio: Segmentation: retry a random crop (up to 10 times) while one class fills more than this
+            share of it (default 0.75; 1 = never).
+        jitter: Segmentation: photometric distortion of the image (brightness, contrast, saturation, hue).
+        eval_mode: Segmentation validation: `whole` images or `slide` windows.
         precision: `fp32`, `bf16` (autocast) or `fp16` (autocast with loss scaling; CUDA only).
         grad_accum: Split each process's share of a step into this many micro-batches (saves memory; the
             result does not change).
@@ -129,6 +165,7 @@ class TrainingArguments:
 
     output_dir: str | os.PathLike
     data: str | os.PathLike | None = None
+    task: str | None = None
     model: str | os.PathLike | None = None
     arch: str | None = None
     image_size: int | None = None
@@ -143,6 +180,13 @@ class TrainingArguments:
     crop_scale: float | None = None
     hflip: bool | None = None
     max_grad_norm: float | None = None
+    schedule: str | None = None
+    head_lr_scale: float | None = None
+    reduce_labels: bool | None = None
+    scale_range: tuple[float, float] | list[float] | None = None
+    cat_max_ratio: float | None = None
+    jitter: bool | None = None
+    eval_mode: str | None = None
     precision: str = "fp32"
     grad_accum: int = 1
     num_workers: int = field(default_factory=default_workers)
@@ -163,7 +207,11 @@ class TrainingArguments:
             ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"), ("crop_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("max_grad_norm", lambda v: v >= 0, "0 or more"), ("image_size", lambda v: v >= 8, "at least 8"),
             ("grad_accum", lambda v: v >= 1, "at least 1"), ("num_workers", lambda v: v >= 0, "0 or more"),
-            ("save_steps", lambda v: v >= 0, "0 or more"),
+            ("save_steps", lambda v: v >= 0, "0 or more"), ("head_lr_scale", lambda v: v > 0, "positive"),
+            ("cat_max_ratio", lambda v: 0 < v <= 1, "in (0, 1]"), ("task", lambda v: v in TASKS, " or ".join(TASKS)),
+            ("schedule", lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
+            ("eval_mode", lambda v: v in ("whole", "slide"), "whole or slide"),
+            ("scale_range", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "two ratios, 0 < low <= high"),
         ]  # fmt: skip
         for name, ok, expected in checks:
             value = getattr(self, name)
@@ -196,6 +244,12 @@ class TrainResult:
     best_accuracy: float | None
     seconds: float
     resumed_at_step: int | None = None
+    task: str = "image-classification"
+
+    @property
+    def best_metric(self) -> str:
+        """What `best_accuracy` measures: `val_accuracy`, or for segmentation `val_mean_iou`."""
+        return "val_mean_iou" if self.task == "semantic-segmentation" else "val_accuracy"
 
     def summary(self) -> str:
         last = self.history[-1] if self.history else {}
@@ -207,13 +261,15 @@ class TrainResult:
             f"{minutes}m{seconds:02d}s{' this session' if self.resumed_at_step else ''}, {speed:.0f} images/s"
             + (f" (resumed at step {self.resumed_at_step})" if self.resumed_at_step else "")
         ]
+        what = "mIoU" if self.task == "semantic-segmentation" else "accuracy"
         if self.best_epoch is not None:
-            lines.append(f"best validation accuracy {self.best_accuracy:.2%} at epoch {self.best_epoch} "
-                         f"({self.num_val} images); last epoch {last.get('val_accuracy', float('nan')):.2%}, "
+            lines.append(f"best validation {what} {self.best_accuracy:.2%} at epoch {self.best_epoch} "
+                         f"({self.num_val} images); last epoch {last.get(self.best_metric, float('nan')):.2%}, "
                          f"train loss {last.get('train_loss', float('nan')):.4f}")  # fmt: skip
         elif last:
+            key = "train_pixel_accuracy" if self.task == "semantic-segmentation" else "train_accuracy"
             lines.append(f"no validation set: kept the last epoch's model (train loss {last['train_loss']:.4f}, "
-                         f"train accuracy {last['train_accuracy']:.2%})")  # fmt: skip
+                         f"train {key[6:].replace('_', ' ')} {last[key]:.2%})")  # fmt: skip
         lines.append(f"wrote {self.output_dir}: {', '.join(MODEL_FILES)} (the best model), {METRICS_NAME}, "
                      f"{CHECKPOINT_DIR}/ (to resume)")  # fmt: skip
         return "\n".join(lines)
@@ -268,6 +324,116 @@ class TrainTransform:
         return ((x - self.mean) / self.std).transpose(2, 0, 1)  # (3, H, W)
 
 
+def nearest_resize(labels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize a label map by nearest neighbour (pixel centres, as PIL's NEAREST): never a value between classes."""
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def photometric_distortion(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """mmsegmentation's PhotoMetricDistortion on an `(H, W, 3)` float RGB array in [0, 255]: each with
+    probability 1/2, brightness +-32, contrast x[0.5, 1.5] (before or after the colour changes), saturation
+    x[0.5, 1.5] and hue +-18 degrees of OpenCV's 180, in HSV. The mask is never touched."""
+    if rng.random() < 0.5:
+        x = x + rng.uniform(-32, 32)
+    contrast_first = rng.random() < 0.5
+    contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
+    if contrast is not None and contrast_first:
+        x = x * contrast
+    saturation = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
+    hue = int(rng.integers(-18, 19)) if rng.random() < 0.5 else None
+    if saturation is not None or hue is not None:
+        hsv = np.asarray(PIL.Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).convert("HSV"), dtype=np.float32)
+        if saturation is not None:
+            hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+        if hue is not None:
+            hsv[..., 0] = (hsv[..., 0] + hue * 256 / 180) % 256
+        x = np.asarray(PIL.Image.fromarray(hsv.astype(np.uint8), mode="HSV").convert("RGB"), dtype=np.float32)
+    if contrast is not None and not contrast_first:
+        x = x * contrast
+    return np.clip(x, 0, 255)
+
+
+class SegmentationTrainTransform:
+    """SegFormer's training pipeline (mmsegmentation's), written with PIL and NumPy, on an image and its mask
+    together: random resize (short side to `size` x a ratio in `scale_range`), a random `size` x `size` crop that
+    retries (up to 10 times) while one class fills more than `cat_max_ratio` of its labelled pixels, a horizontal
+    flip, photometric distortion of the image alone, then the processor's rescaling and normalisation; the image
+    is padded with 0 and the mask with 255 (ignored) when the resized image is smaller than the crop. Masks are
+    resized by nearest neighbour. Randomness is a function of (seed, epoch, index) only, as for classification.
+    """
+
+    def __init__(self, processor: Any, size: int, scale_range: tuple[float, float], cat_max_ratio: float,
+                 hflip: bool, jitter: bool, seed: int) -> None:  # fmt: skip
+        self.size, self.scale_range, self.cat_max_ratio = size, tuple(scale_range), cat_max_ratio
+        self.hflip, self.jitter, self.seed = hflip, jitter, seed
+        self.resample = int(processor.resample)
+        self.rescale = float(processor.rescale_factor) if processor.do_rescale else 1.0
+        mean, std = (processor.image_mean, processor.image_std) if processor.do_normalize else (0.0, 1.0)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(-1)
+
+    def _crop(self, labels: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+        S, (H, W) = self.size, labels.shape
+        for _ in range(10):
+            top, left = int(rng.integers(0, max(H - S, 0) + 1)), int(rng.integers(0, max(W - S, 0) + 1))
+            if self.cat_max_ratio >= 1:
+                break
+            window = labels[top : top + S, left : left + S]
+            counts = np.bincount(window[window != IGNORE_INDEX].ravel())
+            counts = counts[counts > 0]
+            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                break
+        return top, left
+
+    def __call__(self, image: PIL.Image.Image, labels: np.ndarray, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch, index])
+        S = self.size
+        scale = rng.uniform(*self.scale_range) * S / min(image.size)
+        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        image = image.resize((width, height), resample=self.resample)
+        labels = nearest_resize(labels, width, height)
+        top, left = self._crop(labels, rng)
+        box = (left, top, min(left + S, width), min(top + S, height))
+        x = np.asarray(image.crop(box), dtype=np.float32)  # (h, w, 3), h, w <= S
+        labels = labels[box[1] : box[3], box[0] : box[2]]
+        if self.hflip and rng.random() < 0.5:
+            x, labels = x[:, ::-1], labels[:, ::-1]
+        if self.jitter:
+            x = photometric_distortion(x, rng)
+        x = ((x * self.rescale - self.mean) / self.std).transpose(2, 0, 1)
+        pixels = np.zeros((3, S, S), dtype=np.float32)
+        target = np.full((S, S), IGNORE_INDEX, dtype=np.int64)
+        pixels[:, : x.shape[1], : x.shape[2]] = x
+        target[: labels.shape[0], : labels.shape[1]] = labels
+        return pixels, target
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Training pairs, transformed together by `(image, mask, index, epoch)`; a pair that cannot be decoded yields a
+    zero image and an all-ignored mask of weight 0 (and the reason), so a batch keeps its shape and the loss and
+    counts leave it out."""
+
+    def __init__(self, samples: list[tuple[str, str]], transform: SegmentationTrainTransform, reduce: bool) -> None:
+        self.samples, self.transform, self.reduce = samples, transform, reduce
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float, int, str]:
+        index, epoch = key
+        image_path, mask_path = self.samples[index]
+        S = self.transform.size
+        try:
+            pixels, target = self.transform(load_image(image_path), read_mask(mask_path, self.reduce), index, epoch)
+        except (ImageLoadError, OSError) as e:
+            return (torch.zeros(3, S, S), torch.full((S, S), IGNORE_INDEX, dtype=torch.int64), 0.0, index,
+                    str(e) or type(e).__name__)  # fmt: skip
+        return torch.from_numpy(pixels), torch.from_numpy(np.ascontiguousarray(target)), 1.0, index, ""
+
+
 class TrainBatchSampler:
     """This process's micro-batches of `(index, epoch)` keys, for one epoch from `start_step` on.
 
@@ -297,23 +463,30 @@ class TrainBatchSampler:
                 yield [(int(i), self.epoch) for i in mine[a * self.micro : (a + 1) * self.micro]]
 
 
-def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup to `base_lr` over `warmup_steps`, then cosine decay towards 0 at `total_steps`."""
+def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
+    """Linear warmup to `base_lr` over `warmup_steps`, then decay towards 0 at `total_steps`: a cosine, or
+    `poly` (power 1: a straight line, SegFormer's schedule)."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "poly":
+        return base_lr * (1.0 - progress)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on weight matrices and kernels; none on biases, norms, tokens, position tables."""
-    decay, no_decay = [], []
+def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weight matrices and kernels; none on biases, norms, tokens, position tables.
+    The head's parameters (`model.head_prefixes`) learn `head_lr_scale` times faster: each group's `lr_scale`
+    multiplies the schedule's rate."""
+    heads = tuple(getattr(model, "head_prefixes", ())) if head_lr_scale != 1.0 else ()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         skip = p.ndim <= 1 or name.endswith(("position_embeddings", "cls_token", "mask_token"))
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((not skip, bool(heads) and name.startswith(heads)), []).append(p)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": head_lr_scale if head else 1.0}
+            for (decay, head), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]  # fmt: skip
 
 
 # ---- models ----------------------------------------------------------------------------------------------------
@@ -327,8 +500,8 @@ def config_for_arch(arch: str, classes: list[str], image_size: int) -> Any:
         raise TrainingConfigError(f"--arch {arch!r}: {e}") from None
 
 
-def _sized_processor(processor: Any, size: int) -> Any:
-    return type(processor).from_dict({**processor.to_dict(), "size": {"height": size, "width": size}})
+def _sized_processor(processor: Any, size: int, **options: Any) -> Any:
+    return type(processor).from_dict({**processor.to_dict(), "size": {"height": size, "width": size}, **options})
 
 
 def _square_size(processor: Any) -> int | None:
@@ -427,6 +600,8 @@ def resolve_run(
     """The run's settings: the arguments with defaults filled in, or on resume, the saved settings (any argument
     given explicitly must agree with them)."""
     given = {k: getattr(args, k) for k in RUN_DEFAULTS}
+    if given["scale_range"] is not None:
+        given["scale_range"] = [float(v) for v in given["scale_range"]]
     if given["data"] is not None:
         given["data"] = str(Path(given["data"]).resolve())
     if given["model"] is not None:
@@ -441,15 +616,26 @@ def resolve_run(
                 f"resume: this run was started with other settings ({'; '.join(changed)}); a resumed run keeps "
                 "its settings: leave these options out, or start a new run in another output directory"
             )
-        return dict(saved)
+        return {**RUN_DEFAULTS, **saved}
     if given["data"] is None:
         raise TrainingConfigError("no training data given (a folder of class folders)")
     if given["model"] is None and given["arch"] is None:
         raise TrainingConfigError("give a model to fine-tune (--model) or an architecture to train from scratch "
                                   "(--arch)")
-    run = {k: (RUN_DEFAULTS[k] if v is None else v) for k, v in given.items()}
+    task = given["task"] or RUN_DEFAULTS["task"]
+    other = next(t for t in TASKS if t != task)
+    stray = [k for k in TASK_ONLY[other] if given[k] is not None and k not in TASK_ONLY[task]]
+    if stray:
+        raise TrainingConfigError(f"{', '.join(k.replace('_', '-') for k in stray)}: only for task {other}, and this "
+                                  f"run's task is {task}")  # fmt: skip
+    defaults = {**RUN_DEFAULTS, **(SEGMENTATION_DEFAULTS if task == "semantic-segmentation" else {})}
+    run = {k: (defaults[k] if v is None else v) for k, v in given.items()}
+    run["task"] = task
     if run["lr"] is None:
-        run["lr"] = LR_FROM_SCRATCH if run["arch"] else LR_FINE_TUNE
+        if task == "semantic-segmentation":
+            run["lr"] = SEG_LR_FROM_SCRATCH if run["arch"] else SEG_LR_FINE_TUNE
+        else:
+            run["lr"] = LR_FROM_SCRATCH if run["arch"] else LR_FINE_TUNE
     return run
 
 
@@ -497,10 +683,12 @@ class RunPlan:
     warmup_steps: int
 
     def lr(self, step: int) -> float:
-        return learning_rate(step, self.settings["lr"], self.warmup_steps, self.total_steps)
+        return learning_rate(step, self.settings["lr"], self.warmup_steps, self.total_steps,
+                             self.settings.get("schedule", "cosine"))  # fmt: skip
 
 
-def plan_run(settings: dict[str, Any], data: ImageFolderData, world_size: int, grad_accum: int) -> RunPlan:
+def plan_run(settings: dict[str, Any], data: ImageFolderData | SegmentationData, world_size: int,
+             grad_accum: int) -> RunPlan:  # fmt: skip
     """The schedule of `settings` on `data` with `world_size` processes: the global batch is split over processes
     and accumulation steps (it must divide evenly) and shrunk, with a warning, when it exceeds the data."""
     unit = world_size * grad_accum
@@ -592,7 +780,7 @@ class Trainer:
             classes=plan.classes, num_train=plan.num_train, num_val=plan.num_val, epochs=plan.settings["epochs"],
             steps=state.global_step, world_size=plan.world_size, history=state.history,
             best_epoch=state.best_epoch if validated else None, best_accuracy=state.best_accuracy if validated else None,
-            seconds=time.perf_counter() - started, resumed_at_step=resumed_at,
+            seconds=time.perf_counter() - started, resumed_at_step=resumed_at, task=plan.settings["task"],
         )  # fmt: skip
 
     # -- set-up, in the order it runs --
@@ -609,14 +797,22 @@ class Trainer:
         self.resumed = resumed is not None
         saved = TrainerState.from_dict(resumed["state"]) if resumed else None
         settings = resolve_run(a, saved.run if saved else None, self.model_given)
-        data = _on_main(self.ctx, lambda: load_training_folders(settings["data"], settings["val_fraction"]))
+        self.segmentation = settings["task"] == "semantic-segmentation"
+        if self.segmentation:
+            data = _on_main(self.ctx, lambda: load_segmentation_data(
+                settings["data"], settings["val_fraction"], settings["reduce_labels"], progress=a.progress))  # fmt: skip
+        else:
+            data = _on_main(self.ctx, lambda: load_training_folders(settings["data"], settings["val_fraction"]))
         if saved is not None and data.counts() != saved.data:
             raise TrainingConfigError(f"resume: the images in {settings['data']} changed since the run started "
                                       "(classes or image counts differ); a resumed run needs the same data")  # fmt: skip
         self.model, self.processor, settings = self._model(settings, data, resumed)
-        ids = model_label_ids(data.classes, self.model.config)
-        self.train_samples = [(p, ids[label]) for p, label in data.train]
-        self.val_samples = [(p, ids[label]) for p, label in data.val]
+        if self.segmentation:  # mask value i is class i: the model's labels are the data's, in order
+            self.train_samples, self.val_samples, ids = list(data.train), list(data.val), list(range(len(data.classes)))
+        else:
+            ids = model_label_ids(data.classes, self.model.config)
+            self.train_samples = [(p, ids[label]) for p, label in data.train]
+            self.val_samples = [(p, ids[label]) for p, label in data.val]
         self.plan = plan = plan_run(settings, data, self.ctx.world_size, a.grad_accum)
         if saved is not None and saved.steps_per_epoch != plan.steps_per_epoch:
             raise TrainingConfigError(f"resume: {plan.steps_per_epoch} steps per epoch now, {saved.steps_per_epoch} "
@@ -640,27 +836,33 @@ class Trainer:
         amp = parse_dtype(a.precision)
         return device, None if amp == torch.float32 else amp
 
-    def _model(self, settings: dict[str, Any], data: ImageFolderData, resumed: dict[str, Any] | None):
+    def _model(self, settings: dict[str, Any], data: ImageFolderData | SegmentationData,
+               resumed: dict[str, Any] | None):  # fmt: skip
         """(model, processor, settings with the image size): on the run's device in fp32 weights (autocast
         computes), with the data's labels, native at the run's image size."""
         model, processor = self._load_or_build(settings, data, resumed)
         if resumed is None:
-            model.config.problem_type = "single_label_classification"
+            if not self.segmentation:
+                model.config.problem_type = "single_label_classification"
             if getattr(model.config, "num_channels", 3) != 3:
                 raise TrainingConfigError(f"the model takes {model.config.num_channels}-channel input; training "
                                           "feeds RGB images (3 channels)")  # fmt: skip
-            model.set_labels(data.classes)
-            settings = {**settings, "image_size": settings["image_size"] or _square_size(processor) or 224}
+            model.set_labels(data.classes, keep_order=self.segmentation)
+            default_size = 512 if self.segmentation else 224
+            settings = {**settings, "image_size": settings["image_size"] or _square_size(processor) or default_size}
             try:
                 model.set_input_size(settings["image_size"])
             except ValueError as e:
                 raise TrainingConfigError(f"image size {settings['image_size']}: {e}") from None
-            processor = _sized_processor(processor, settings["image_size"])
+            extra = ({"do_reduce_labels": bool(settings["reduce_labels"])}
+                     if self.segmentation and "do_reduce_labels" in type(processor)._defaults else {})  # fmt: skip
+            processor = _sized_processor(processor, settings["image_size"], **extra)
         if self.args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         return model.to(device=self.device, dtype=torch.float32), processor, settings
 
-    def _load_or_build(self, settings: dict[str, Any], data: ImageFolderData, resumed: dict[str, Any] | None):
+    def _load_or_build(self, settings: dict[str, Any], data: ImageFolderData | SegmentationData,
+                       resumed: dict[str, Any] | None):  # fmt: skip
         """(model, processor) on the CPU: the checkpoint's to resume, the given instance, a fresh `arch`, or the
         pretrained `model` to fine-tune."""
         from .processing import IMAGE_PROCESSOR_TYPES
@@ -668,7 +870,7 @@ class Trainer:
         if resumed is not None:
             cfg = resumed["config"]
             family = registry.get(cfg["model_type"])
-            model = family.classes["image-classification"](family.config_class.from_dict(cfg))
+            model = self._task_class(family)(family.config_class.from_dict(cfg))
             model.load_state_dict(resumed["weights"])
             kind = resumed["processor"].get("image_processor_type")
             return model, IMAGE_PROCESSOR_TYPES[kind].from_dict(resumed["processor"])
@@ -677,21 +879,35 @@ class Trainer:
             return self.model_given, default_image_processor(self.model_given)
         if settings["arch"]:
             config = config_for_arch(settings["arch"], data.classes, settings["image_size"] or 224)
-            model = registry.family_of(config).classes["image-classification"](config)
+            model = self._task_class(registry.family_of(config))(config)
             return model, default_image_processor(model)
-        from .auto import AutoModelForImageClassification
+        from .auto import AutoModelForImageClassification, AutoModelForSemanticSegmentation
 
         hub = {"revision": self.args.revision, "local_files_only": self.args.offline}
+        auto = AutoModelForSemanticSegmentation if self.segmentation else AutoModelForImageClassification
         try:
-            model = AutoModelForImageClassification.from_pretrained(settings["model"], **hub)
+            model = auto.from_pretrained(settings["model"], **hub)
         except (OSError, ValueError) as e:
             raise TrainingConfigError(f"cannot load model {settings['model']!r}: {e}") from e
         return model, image_processor_for(settings["model"], model, **hub)
 
+    def _task_class(self, family: Any) -> type:
+        """The family's model class for this run's task (a family without one is a usage error)."""
+        task = self.plan_task
+        if task not in family.classes:
+            raise TrainingConfigError(f"{family.title} has no {task} model; {task} trains "
+                                      + ", ".join(f.title for f in registry.families().values() if task in f.classes))  # fmt: skip
+        return family.classes[task]
+
+    @property
+    def plan_task(self) -> str:
+        return "semantic-segmentation" if self.segmentation else "image-classification"
+
     def _optimizer(self, resumed: dict[str, Any] | None):
         """AdamW (and, for fp16, a loss scaler), with the optimizer and RNG state of a resumed run."""
         settings = self.plan.settings
-        optimizer = torch.optim.AdamW(parameter_groups(self.model, settings["weight_decay"]), lr=settings["lr"])
+        groups = parameter_groups(self.model, settings["weight_decay"], settings.get("head_lr_scale", 1.0))
+        optimizer = torch.optim.AdamW(groups, lr=settings["lr"])
         scaler = torch.amp.GradScaler("cuda") if self.args.precision == "fp16" else None
         if resumed is not None:
             training = resumed["training"]
@@ -704,9 +920,11 @@ class Trainer:
         return optimizer, scaler
 
     def _wrapped(self) -> nn.Module:
-        """The model, in DistributedDataParallel under torchrun."""
+        """The model, in DistributedDataParallel under torchrun (BatchNorms then normalise over all processes, so
+        N processes train as one)."""
         if not self.ctx.is_distributed:
             return self.model
+        synchronise_batch_norms(self.model, self.device)
         # Depth-wise conv kernels (C, 1, 3, 3) get gradients whose stride on the size-1 axis differs from the
         # bucket's; the layout is the same memory, and DDP's warning about it on every run would only alarm.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -717,15 +935,29 @@ class Trainer:
         """(this process's batch sampler, its training loader, the validation evaluator or None)."""
         a, plan, settings = self.args, self.plan, self.plan.settings
         size = settings["image_size"]
-        transform = TrainTransform(self.processor, size, settings["crop_scale"], settings["hflip"], settings["seed"])
+        if self.segmentation:
+            seg = SegmentationTrainTransform(self.processor, size, settings["scale_range"], settings["cat_max_ratio"],
+                                             settings["hflip"], settings["jitter"], settings["seed"])  # fmt: skip
+            dataset: Any = PairDataset(self.train_samples, seg, settings["reduce_labels"])
+        else:
+            transform = TrainTransform(self.processor, size, settings["crop_scale"], settings["hflip"], settings["seed"])
+            dataset = ImageDataset(self.train_samples, transform, (3, size, size))
         sampler = TrainBatchSampler(plan.num_train, plan.batch, self.ctx.rank, plan.world_size, plan.grad_accum,
                                     settings["seed"])  # fmt: skip
+        # A generator of its own: each epoch's iterator draws its workers' base seed from it, not from the global
+        # RNG the model's dropout draws from (a run resumed mid-epoch would otherwise get other dropout masks).
         loader = DataLoader(
-            ImageDataset(self.train_samples, transform, (3, size, size)), batch_sampler=sampler,
-            num_workers=a.num_workers, persistent_workers=a.num_workers > 0, pin_memory=self.device.type == "cuda",
+            dataset, batch_sampler=sampler, num_workers=a.num_workers, persistent_workers=a.num_workers > 0,
+            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(settings["seed"]),
         )  # fmt: skip
-        evaluator = None
-        if self.val_samples:
+        evaluator: Any = None
+        if self.val_samples and self.segmentation:
+            evaluator = SegmentationEvaluator(
+                self.model, self.val_samples, self.processor, mode=settings["eval_mode"],
+                reduce_labels=settings["reduce_labels"], batch_size=max(plan.micro, 8), num_workers=a.num_workers,
+                device=self.device, amp_dtype=self.amp_dtype, ctx=self.ctx, progress=a.progress,
+            )  # fmt: skip
+        elif self.val_samples:
             evaluator = Evaluator(
                 self.model, self.val_samples, label_ids, self.processor, batch_size=max(plan.micro, 32),
                 num_workers=a.num_workers, device=self.device, amp_dtype=self.amp_dtype, ctx=self.ctx,
@@ -764,9 +996,9 @@ class Trainer:
         run, accum, steps = plan.settings, plan.grad_accum, plan.steps_per_epoch
         self.sampler.set_epoch(epoch, first)
         self.model.train()
-        # loss sum, correct, images, skipped images: this process's share (the main one carries a resumed epoch's
-        # totals), summed over processes at the end of the epoch.
-        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        # loss sum, correct, counted (images, or labelled pixels), images, skipped images: this process's share (the
+        # main one carries a resumed epoch's totals), summed over processes at the end of the epoch.
+        sums = torch.zeros(5, dtype=torch.float64, device=device)
         seconds_before = 0.0
         if state.running is not None and first:
             if ctx.is_main:
@@ -783,24 +1015,28 @@ class Trainer:
         for step in range(first, steps):
             lr = plan.lr(state.global_step)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             step_loss = 0.0
-            for m in range(accum):
-                pixels, labels, weights, indices, reasons = next(batches)
+            micro_batches = [next(batches) for _ in range(accum)]
+            # The loss is a mean over the global batch (its images, or its labelled pixels), whatever the split:
+            # DDP averages over processes, accumulation sums.
+            if self.segmentation:
+                labelled = sum((b[1] != IGNORE_INDEX).sum() for b in micro_batches).double().to(device)
+                norm = ctx.all_reduce_sum(labelled).item() / plan.world_size
+            else:
+                norm = float(plan.micro * accum)
+            for m, (pixels, labels, weights, indices, reasons) in enumerate(micro_batches):
                 pixels = pixels.to(device, non_blocking=True)
                 labels, weights = labels.to(device), weights.to(device, torch.float32)
                 sync = net.no_sync() if ctx.is_distributed and m < accum - 1 else contextlib.nullcontext()
                 with sync:
                     with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                         logits = net(pixel_values=pixels).logits
-                    per_image = F.cross_entropy(logits.float(), labels, reduction="none",
-                                                label_smoothing=run["label_smoothing"])  # fmt: skip
-                    # Normalised by the global batch: DDP averages over processes, accumulation sums.
-                    loss = (per_image * weights).sum() / (plan.micro * accum)
+                    loss_sum, correct, counted = self._loss(logits.float(), labels, weights)
+                    loss = loss_sum / max(norm, 1.0)
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
                 with torch.no_grad():
-                    correct = ((logits.argmax(-1) == labels).float() * weights).sum()
-                    sums += torch.stack([(per_image * weights).sum().double(), correct.double(),
+                    sums += torch.stack([loss_sum.detach().double(), correct.double(), counted.double(),
                                          weights.sum().double(), (weights == 0).sum().double()])  # fmt: skip
                 step_loss += loss.item()
                 for i, reason in zip(indices.tolist(), reasons):
@@ -829,13 +1065,30 @@ class Trainer:
         if skipped and ctx.is_main:
             logger.warning("epoch %d: skipped %d image(s) that could not be decoded: %s", epoch + 1, len(skipped),
                            "; ".join(f"{p} ({r})" for p, r in list(skipped.items())[:5]))  # fmt: skip
-        loss_sum, correct, count, bad = sums.tolist()
+        loss_sum, correct, count, images, bad = sums.tolist()
+        accuracy = "train_pixel_accuracy" if self.segmentation else "train_accuracy"
         return {
             "epoch": epoch + 1, "step": state.global_step, "lr": lr,
-            "train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1),
-            "images_per_second": (count + bad) / max(seconds, 1e-9), "train_seconds": round(seconds, 3),
+            "train_loss": loss_sum / max(count, 1), accuracy: correct / max(count, 1),
+            "images_per_second": (images + bad) / max(seconds, 1e-9), "train_seconds": round(seconds, 3),
             "skipped_images": int(bad),
         }  # fmt: skip
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor,
+              weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(summed loss, correct, counted) of a micro-batch: per image for classification (label-smoothed
+        cross-entropy, unreadable images weighted 0); per labelled pixel for segmentation (the logits upsampled to
+        the labels, cross-entropy ignoring 255, as transformers' SegFormer loss)."""
+        if not self.segmentation:
+            per_image = F.cross_entropy(logits, labels, reduction="none",
+                                        label_smoothing=self.plan.settings["label_smoothing"])  # fmt: skip
+            correct = ((logits.argmax(-1) == labels).float() * weights).sum()
+            return (per_image * weights).sum(), correct.detach(), weights.sum()
+        up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        valid = labels != IGNORE_INDEX
+        correct = ((up.detach().argmax(1) == labels) & valid).sum()
+        return loss, correct, valid.sum()
 
     def _optimizer_step(self, params: list[nn.Parameter]) -> None:
         if self.scaler is not None:
@@ -854,11 +1107,17 @@ class Trainer:
         improved, state = True, self.state
         if self.evaluator is not None:
             result = self.evaluator.run(desc="validation")
-            record.update(val_loss=result.loss, val_accuracy=result.accuracy, val_top5_accuracy=result.top5_accuracy,
-                          val_images=result.num_images)  # fmt: skip
-            improved = state.best_accuracy is None or result.accuracy > state.best_accuracy
+            if self.segmentation:
+                record.update(val_loss=result.loss, val_mean_iou=result.mean_iou, val_mean_accuracy=result.mean_accuracy,
+                              val_overall_accuracy=result.overall_accuracy, val_images=result.num_images)  # fmt: skip
+                score = -math.inf if math.isnan(result.mean_iou) else result.mean_iou
+            else:
+                record.update(val_loss=result.loss, val_accuracy=result.accuracy,
+                              val_top5_accuracy=result.top5_accuracy, val_images=result.num_images)  # fmt: skip
+                score = result.accuracy
+            improved = state.best_accuracy is None or score > state.best_accuracy
             if improved:
-                state.best_accuracy, state.best_epoch = result.accuracy, epoch + 1
+                state.best_accuracy, state.best_epoch = score, epoch + 1
         state.history.append(record)
         if not self.ctx.is_main:
             return
@@ -869,12 +1128,14 @@ class Trainer:
         if self.show:
             from tqdm import tqdm
 
-            val = ""
+            val, (name, key) = "", (("pixel acc", "train_pixel_accuracy") if self.segmentation
+                                    else ("acc", "train_accuracy"))  # fmt: skip
             if self.evaluator is not None:
-                val = (f", val loss {record['val_loss']:.4f}, val acc {record['val_accuracy']:.2%}"
-                       f"{' (best)' if improved else ''}")  # fmt: skip
-            tqdm.write(f"epoch {epoch + 1}/{self.plan.settings['epochs']}: loss {record['train_loss']:.4f}, acc "
-                       f"{record['train_accuracy']:.2%}{val}, lr {record['lr']:.2e}, "
+                shown = (f"val mIoU {record['val_mean_iou']:.2%}" if self.segmentation
+                         else f"val acc {record['val_accuracy']:.2%}")  # fmt: skip
+                val = f", val loss {record['val_loss']:.4f}, {shown}{' (best)' if improved else ''}"
+            tqdm.write(f"epoch {epoch + 1}/{self.plan.settings['epochs']}: loss {record['train_loss']:.4f}, {name} "
+                       f"{record[key]:.2%}{val}, lr {record['lr']:.2e}, "
                        f"{record['images_per_second']:.0f} img/s", file=sys.stderr)  # fmt: skip
 
     def _save_checkpoint(self, epoch: int, epoch_step: int, running: dict[str, Any] | None) -> None:

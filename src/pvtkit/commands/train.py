@@ -1,4 +1,5 @@
-"""`pvtkit train`: fine-tune (or train from scratch) an image classifier on folders of labelled images."""
+"""`pvtkit train`: fine-tune (or train from scratch) an image classifier on folders of labelled images, or a
+semantic segmentation model on images and masks."""
 
 from __future__ import annotations
 
@@ -8,19 +9,34 @@ from typing import Any
 from ._common import UsageError, on_every_rank, resolve_device
 
 EPILOG = """\
-data layout: DIR/train/<class>/*.jpg with DIR/val/<class>/*.jpg (or validation/), or just DIR/<class>/*.jpg, of
-which a stratified --val-fraction is held out (the same images every time). Class names come from the folder names.
+data layout (classification): DIR/train/<class>/*.jpg with DIR/val/<class>/*.jpg (or validation/), or just
+DIR/<class>/*.jpg, of which a stratified --val-fraction is held out (the same images every time). Class names come
+from the folder names.
 
-output: OUT/config.json, model.safetensors, preprocessor_config.json (the best epoch by validation accuracy, in
-transformers format: pvtkit, transformers and `pvtkit classify` load it), OUT/metrics.jsonl (one line per epoch:
-loss, accuracy, lr, images/s, validation results) and OUT/checkpoint/ (the last state; --resume continues from it).
+data layouts (--task semantic-segmentation), recognised in this order:
+{layouts}
+  Class names come from DIR/labels.json (a list, or {{"0": "road", ...}}) or DIR/classes.txt (one per line), else
+  they are the indices found. --reduce-labels: mask value 0 means "other" (ignored) and k is class k-1 (ADE20K).
+  Every mask is read and checked before training: pairs without a partner, masks of another size than their
+  image and values that are no class stop the run with a list of the files.
+
+segmentation recipe (SegFormer's): AdamW lr 6e-5 (6e-4 with --arch), the decode head 10x (--head-lr-scale),
+weight decay 0.01, linear warmup then polynomial (linear) decay, random resize x0.5..2 (--scale-range), random
+--image-size crop in which no class fills more than 75% (--cat-max-ratio), flip, photometric jitter of the image
+(--no-jitter), nearest resampling of masks, cross-entropy ignoring 255; the best epoch by validation mIoU is kept.
+
+output: OUT/config.json, model.safetensors, preprocessor_config.json (the best epoch by validation accuracy, or
+mIoU, in transformers format: pvtkit, transformers, `pvtkit classify` / `segment` / `eval` load it),
+OUT/metrics.jsonl (one line per epoch: loss, accuracy, lr, images/s, validation results) and OUT/checkpoint/ (the last state; --resume continues from it).
 
 scale out: torchrun --nproc_per_node 4 -m pvtkit train ... (or `torchrun --nnodes 2 ...`): data-parallel with
 PyTorch DDP (NCCL on GPUs, gloo on CPUs). --batch-size is the global batch, so the result does not depend on the
-number of processes.
+number of processes; BatchNorm layers (SegFormer's decode head) normalise over all processes' images.
 
 examples:
   pvtkit train --data flowers/ --model OpenGVLab/pvt_v2_b0 --output runs/flowers
+  pvtkit train --task semantic-segmentation --data ADEChallengeData2016/ --reduce-labels --model nvidia/mit-b0 \\
+      --image-size 512 --batch-size 16 --epochs 20 --output runs/ade
   pvtkit train --data digits/ --arch b0 --image-size 32 --epochs 30 --lr 2e-3 --output runs/digits
   pvtkit train --output runs/flowers --resume          # after a crash: same settings, same schedule
 """
@@ -28,20 +44,24 @@ examples:
 
 def register(sub: Any) -> None:
     from ..distributed import default_workers
-    from ..training import LR_FINE_TUNE, LR_FROM_SCRATCH, RUN_DEFAULTS
+    from ..imagefolder import SEGMENTATION_LAYOUTS
+    from ..training import LR_FINE_TUNE, LR_FROM_SCRATCH, RUN_DEFAULTS, SEGMENTATION_DEFAULTS, TASKS
 
     d = RUN_DEFAULTS
     parser = sub.add_parser(
         "train",
-        help="fine-tune a classifier on folders of labelled images (torchrun for several processes)",
+        help="fine-tune a classifier on labelled images, or a segmentation model on images and masks (torchrun "
+        "for several processes)",
         description="Fine-tune a pretrained PVTv2 or ViT (--model), or train one from scratch (--arch), on a folder\n"
         "of class folders: AdamW, linear warmup + cosine decay per step, label smoothing, random resized crop +\n"
         "flip; the best model by validation accuracy is kept. Options left out take the default shown, or with\n"
-        "--resume, the resumed run's own value.",
-        epilog=EPILOG,
+        "--resume, the resumed run's own value. --task semantic-segmentation trains SegFormer, PVTv2 + SegFormer\n"
+        "head (or any pvtkit segmentation model) on images and masks with SegFormer's recipe; mIoU picks the best.",
+        epilog=EPILOG.format(layouts=SEGMENTATION_LAYOUTS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_argument_group("what to train")
+    what.add_argument("--task", choices=TASKS, help="image-classification (default) or semantic-segmentation")
     what.add_argument("--data", "-d", help="dataset folder (see the layout below); required unless --resume")
     what.add_argument("--model", "-m", help="pretrained model to fine-tune: Hub repo id, directory or weights file "
                       "(a head for the data's classes replaces one of another size)")  # fmt: skip
@@ -55,7 +75,7 @@ def register(sub: Any) -> None:
                      "processor size, else 224)")  # fmt: skip
     how.add_argument("--epochs", type=int, help=f"passes over the training images (default {d['epochs']})")
     how.add_argument("--batch-size", "-b", type=int, help="images per optimizer step over all processes and "
-                     f"accumulation steps (default {d['batch_size']})")  # fmt: skip
+                     f"accumulation steps (default {d['batch_size']}; {SEGMENTATION_DEFAULTS['batch_size']} for segmentation)")  # fmt: skip
     how.add_argument("--lr", type=float, help=f"peak learning rate (default {LR_FROM_SCRATCH:g} with --arch, "
                      f"{LR_FINE_TUNE:g} with --model)")  # fmt: skip
     how.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d['weight_decay']})")
@@ -68,6 +88,21 @@ def register(sub: Any) -> None:
                      f"(default {d['crop_scale']})")  # fmt: skip
     how.add_argument("--no-hflip", dest="hflip", action="store_const", const=False, help="no random horizontal flips")
     how.add_argument("--max-grad-norm", type=float, help=f"gradient clipping; 0 = off (default {d['max_grad_norm']})")
+    how.add_argument("--schedule", choices=["cosine", "poly"], help="decay after the warmup (default cosine; poly, "
+                     "i.e. linear to 0, for segmentation)")  # fmt: skip
+    how.add_argument("--head-lr-scale", type=float, help="the head learns this many times faster (default 1; "
+                     f"{SEGMENTATION_DEFAULTS['head_lr_scale']:g} for segmentation)")  # fmt: skip
+    seg = parser.add_argument_group("segmentation (--task semantic-segmentation)")
+    seg.add_argument("--reduce-labels", action="store_const", const=True, help="mask value 0 is 'other' (ignored), "
+                     "k is class k-1 (ADE20K's masks)")  # fmt: skip
+    seg.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="random resize of the short "
+                     "side to --image-size x a ratio in this range (default 0.5 2.0)")  # fmt: skip
+    seg.add_argument("--cat-max-ratio", type=float, help="retry a random crop while one class fills more than this "
+                     f"share of it; 1 = never (default {d['cat_max_ratio']})")  # fmt: skip
+    seg.add_argument("--no-jitter", dest="jitter", action="store_const", const=False, help="no photometric "
+                     "distortion (brightness, contrast, saturation, hue)")  # fmt: skip
+    seg.add_argument("--eval-mode", choices=["whole", "slide"], help="validation on whole images resized by the "
+                     "processor, or on sliding windows (default whole)")  # fmt: skip
     run_group = parser.add_argument_group("running")
     run_group.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                            help="fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA) "
@@ -89,6 +124,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluation import LayoutError
     from ..training import Trainer, TrainingArguments, TrainingConfigError
 
     with on_every_rank() as main:
@@ -100,13 +136,16 @@ def run(args: argparse.Namespace) -> int:
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                 warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                 val_fraction=args.val_fraction, seed=args.seed, crop_scale=args.crop_scale, hflip=args.hflip,
-                max_grad_norm=args.max_grad_norm, precision=args.precision, grad_accum=args.grad_accum,
+                max_grad_norm=args.max_grad_norm, task=args.task, schedule=args.schedule,
+                head_lr_scale=args.head_lr_scale, reduce_labels=args.reduce_labels, scale_range=args.scale_range,
+                cat_max_ratio=args.cat_max_ratio, jitter=args.jitter, eval_mode=args.eval_mode,
+                precision=args.precision, grad_accum=args.grad_accum,
                 num_workers=args.num_workers, device=args.device, gradient_checkpointing=args.gradient_checkpointing,
                 save_steps=args.save_steps, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                 revision=args.revision, offline=args.offline,
             )  # fmt: skip
             result = Trainer(targs).train()
-        except TrainingConfigError as e:
+        except (TrainingConfigError, LayoutError) as e:
             raise UsageError(_as_flags(str(e))) from e
     if main:
         print(result.summary())

@@ -536,6 +536,7 @@ class PyramidForSemanticSegmentation(PyramidPreTrainedModel):
     `semantic_loss_ignore_index`."""
 
     head_prefixes = ("decode_head.",)
+    label_head = "decode_head.classifier"
     output_names = ("logits",)
     decode_head: AllMlpDecodeHead
 

@@ -500,3 +500,21 @@ def test_a_pvtv2_classifier_starts_a_segmentation_fine_tune_in_bf16_with_checkpo
     assert key in trained and not torch.equal(trained[key], start[key])
     record = read_metrics(out)[0]
     assert np.isfinite(record["train_loss"]) and 0 <= record["val_mean_iou"] <= 1
+
+
+def test_eval_under_torchrun_sums_the_counts_of_both_processes(small, tiny_seg, tmp_path):
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    base = ["-m", "pvtkit", "eval", "-m", str(tiny_seg), "-d", str(small), "--format", "json", "-q",
+            "--num-workers", "0", "--batch-size", "3"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, *base, "-o", str(one)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *base,
+               "-o", str(two)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["num_images"] == b["num_images"] == 16  # 8 per process, each image once
+    assert a["confusion_matrix"] == b["confusion_matrix"]  # pixel counts: exactly the same sums
+    assert a["mean_iou"] == b["mean_iou"] and a["per_class"] == b["per_class"]
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)

@@ -9,7 +9,12 @@ reported, so a burst of load from another process hits all implementations alike
   * peak inference memory, each model and implementation in a fresh subprocess (Linux VmHWM, reset before the
     forward, so the number is the forward's own high-water mark above the loaded model);
   * a training step (forward, backward, AdamW step) for B0 and B2;
-  * linear SRA against SRA from 224 to 1024 pixels (B2-Linear vs B2, pvtkit, batch 1).
+  * linear SRA against SRA from 224 to 1024 pixels (B2-Linear vs B2, pvtkit, batch 1);
+  * the machine's limit, in the same run: the rate of a square fp32 and a bf16 matmul (2048 and 4096) on the
+    same threads, and for every row the GFLOP/s each implementation achieved (the model's FLOPs from
+    `pvtkit.analysis.describe`, what `pvtkit info` prints; a training step counted as 3x the forward) and its
+    share of that peak. Without bf16 instructions (AVX512-BF16 / AMX) the bf16 "peak" is what torch's fallback
+    reaches, and pvtkit's bf16 mode is emulation on the fp32 units: its share is given against the fp32 peak.
 
     python benchmarks/bench_models.py [--quick] [--only b0,vit] [--markdown out.md] [--json out.json]
 
@@ -74,6 +79,45 @@ def have_timm() -> bool:
 
 
 # ---- building the models ----------------------------------------------------------------------------------------
+
+
+def matmul_peak(dtype: str, device: str, sizes: tuple[int, ...] = (2048, 4096), budget: float = 4.0) -> float:
+    """The best GFLOP/s of square `dtype` matmuls of `sizes` on this process's threads: the roofline rows are
+    measured against (a large matmul is the best case of the units every model here spends its time in)."""
+    best = 0.0
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(kind)
+        b = torch.randn(n, n, device=device).to(kind)
+        torch.matmul(a, b)  # warm-up: kernel selection, packing buffers
+        start = time.perf_counter()
+        runs = 0
+        while True:
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+            runs += 1
+            if runs >= 3 and time.perf_counter() - start > budget / len(sizes):
+                break
+    return best
+
+
+def model_gflops(spec: Spec) -> float:
+    """GFLOPs of one forward at 224x224 (2 x multiply-accumulates), counted on the meta device."""
+    from pvtkit.analysis import describe
+
+    cls = pvtkit.ViTForImageClassification if spec.family == "vit" else pvtkit.PvtV2ForImageClassification
+    return describe(cls, pvtkit_config(spec), 224, 224)["flops"] / 1e9
+
+
+def share(images_per_second: float | None, gflops: float, peak: float) -> str:
+    """`achieved GFLOP/s (share of peak)`."""
+    if not images_per_second or not peak:
+        return "n/a"
+    rate = images_per_second * gflops
+    return f"{rate:.0f} ({rate / peak:.0%})"
 
 
 def pvtkit_config(spec: Spec) -> Any:
@@ -366,6 +410,12 @@ def main() -> int:
     load_before = os.getloadavg()
     info, results = machine(), {"models": {}}
     started = time.time()
+    print("matmul peak ...", file=sys.stderr, flush=True)
+    peaks = {d: matmul_peak(d, args.device, (1024, 2048) if args.quick else (2048, 4096)) for d in ("fp32", "bf16")}
+    native_bf16 = args.device == "cuda" or info["avx512_bf16"] or info["amx_bf16"]
+    results["matmul_peak_gflops"] = peaks
+    print(f"  fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", file=sys.stderr, flush=True)
+    rows_roof: list[list[str]] = []
 
     rows_speed, rows_train, rows_mem = [], [], []
     for key in keys:
@@ -373,7 +423,8 @@ def main() -> int:
         batch = QUICK["batch"] if args.quick else spec.batch
         bf16_batch = QUICK["bf16_batch"] if args.quick else spec.bf16_batch
         models = {name: m.to(args.device) for name, m in build(spec, impls).items()}
-        entry: dict[str, Any] = {}
+        gflops = model_gflops(spec)
+        entry: dict[str, Any] = {"gflops": gflops}
         plan = [("fp32", batch), ("bf16", bf16_batch), ("fp32", 1), ("bf16", 1)]
         if args.device == "cuda":  # fast bf16 everywhere: same batch, and fp16 too
             plan = [(dtype, b) for b in (batch, 1) for dtype in ("fp32", "bf16", "fp16")]
@@ -392,6 +443,10 @@ def main() -> int:
                                ratio(med["timm"], med["pvtkit"]), str(runs),
                                f"{cell.error.get('pvtkit', float('nan')):.1g}"])  # fmt: skip
             print("  " + " | ".join(rows_speed[-1]), file=sys.stderr, flush=True)  # partial results as they come
+            # bf16 emulated on fp32 units is measured against the fp32 peak; native bf16 against the bf16 one
+            peak = peaks["bf16"] if dtype != "fp32" and native_bf16 else peaks["fp32"]
+            rows_roof.append([spec.title, label, f"{gflops:.2f}",
+                              *[share(b / med[i] if med[i] else None, gflops, peak) for i in IMPLS]])  # fmt: skip
         del models
         gc.collect()
         train_batch = QUICK["train_batch"] if args.quick else spec.train_batch
@@ -405,6 +460,9 @@ def main() -> int:
             rows_train.append([spec.title, f"fp32 b{train_batch}", *values, ratio(med["transformers"], med["pvtkit"]),
                                ratio(med["timm"], med["pvtkit"]), str(runs)])  # fmt: skip
             print("  " + " | ".join(rows_train[-1]), file=sys.stderr, flush=True)
+            rows_roof.append([spec.title, f"train fp32 b{train_batch}", f"{3 * gflops:.2f}",
+                              *[share(train_batch / med[i] if med[i] else None, 3 * gflops, peaks["fp32"])
+                                for i in IMPLS]])  # fmt: skip
         if not args.no_memory and args.device == "cpu":
             print(f"{spec.title} peak memory ...", file=sys.stderr, flush=True)
             mem = {i: measure_memory(spec, i, batch, args.threads) for i in impls}
@@ -444,6 +502,15 @@ def main() -> int:
                   "| model | run | pvtkit | transformers | timm | vs transformers | vs timm | runs |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         lines += ["| " + " | ".join(r) + " |" for r in rows_train]
+    if rows_roof:
+        bf16_note = ("native bf16 rows against the bf16 peak" if native_bf16 else
+                     "no bf16 instructions here: bf16 rows against the fp32 peak (pvtkit emulates bf16 on the fp32 "
+                     "units; torch's bf16 fallback is far slower)")  # fmt: skip
+        lines += ["", f"Against the machine's limit: GFLOP/s achieved (share of the measured matmul peak: fp32 "
+                  f"{peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; {bf16_note}); batch-1 rows are "
+                  "latency-bound and far from the peak by nature:", "",
+                  "| model | run | GFLOPs per image | pvtkit | transformers | timm |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["| " + " | ".join(r) + " |" for r in rows_roof]
     if rows_mem:
         lines += ["", "Peak inference memory, MiB: the forward's own high-water mark above the loaded model "
                   "(in brackets: the process's peak RSS), one fresh process each:", "",

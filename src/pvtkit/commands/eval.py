@@ -28,7 +28,8 @@ def register(sub: Any) -> None:
         "are upsampled to each image's own size.",
     )
     add_model_arguments(parser, default=None)
-    parser.add_argument("--data", "-d", required=True, help="folder of class folders, or a dataset with val/")
+    parser.add_argument("--data", "-d", required=True, help="folder of class folders, or a dataset with val/; for segmentation, images "
+                        "and masks in a layout of `pvtkit train --help`")
     parser.add_argument("--val-fraction", type=float, help="evaluate only the stratified hold-out that `pvtkit "
                         "train --val-fraction` validated on (for data without a val/ folder)")  # fmt: skip
     parser.add_argument("--format", choices=["table", "json"], default="table",

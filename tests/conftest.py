@@ -1,4 +1,5 @@
-"""Shared test helpers: the relative-error measure every parity test uses, and quiet, seeded runs."""
+"""Shared test helpers: the relative-error measure every parity test uses, quiet, seeded runs, and killing a
+training run part-way."""
 
 from __future__ import annotations
 
@@ -59,3 +60,27 @@ def lay_out_hub_cache(cache: Path, repo_id: str, source: Path, commit: str = HUB
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
     return snapshot
+
+
+def kill_training_at_step(command: list[str], out: Path, step: int, cwd: Path, timeout: float = 120) -> None:
+    """Run a `pvtkit train ... --save-steps 1` command and SIGKILL it once its checkpoint records `step` optimizer
+    steps (one thread, as the tests' in-process runs: the same kernels, the same numbers); asserts it was killed."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    state_file = out / "checkpoint" / "trainer_state.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads(state_file.read_text())["global_step"] >= step:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err.decode()[-2000:]}"

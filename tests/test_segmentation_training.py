@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 from sklearn.metrics import confusion_matrix
+
+from conftest import kill_training_at_step
 
 import pvtkit
 from pvtkit.cli import main as cli
@@ -422,20 +422,8 @@ def test_a_sigkilled_segmentation_run_resumes_to_the_same_result(small, tiny_seg
 
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "pvtkit", *tiny_args(small, tiny_seg, killed, "--epochs", "3", "--save-steps", "1")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    kill_training_at_step(command, killed, 8, ROOT)
     state_file = killed / "checkpoint" / "trainer_state.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if json.loads(state_file.read_text())["global_step"] >= 8:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err.decode()[-2000:]}"
     state = json.loads(state_file.read_text())
     assert 8 <= state["global_step"] < state["total_steps"] == 18
 

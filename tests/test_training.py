@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
+
+from conftest import kill_training_at_step
 
 import pvtkit
 from pvtkit.cli import main as cli
@@ -171,20 +172,8 @@ def test_tiny_run_learns_and_a_sigkilled_run_resumes_to_the_same_result(small, t
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "pvtkit",
                *tiny_args(small, tiny_pvt, killed, "--epochs", "3", "--save-steps", "1")]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as this process runs now: the same kernels, the same numbers
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    kill_training_at_step(command, killed, 5, ROOT)
     state_file = killed / "checkpoint" / "trainer_state.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if json.loads(state_file.read_text())["global_step"] >= 5:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err.decode()[-2000:]}"
     state = json.loads(state_file.read_text())
     assert 5 <= state["global_step"] < state["total_steps"] == 27
     # What the kill left behind is whole: the checkpoint loads as a model.

@@ -118,16 +118,12 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
         out = x.clone()
         dist.all_reduce(out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
         grad = grad.clone()
         dist.all_reduce(grad)
         return grad
@@ -141,8 +137,6 @@ class ProcessGroupBatchNorm(torch.nn.BatchNorm2d):
     not change); in eval mode, or outside a process group, it is plain BatchNorm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         c = x.shape[1]

@@ -400,6 +400,25 @@ class Evaluator:
         )  # fmt: skip
 
 
+def _prepare(model: Any, auto_class: Any, processor: Any, device: str | torch.device, revision: str | None,
+             local_files_only: bool) -> tuple[Any, Any, str, torch.device, DistContext]:  # fmt: skip
+    """What both evaluations start with: (the model loaded with `auto_class` if a path or Hub id was given, on the
+    device; its processor, by default its own; its name for messages; the device; the process group)."""
+    from .distributed import auto_device
+
+    device = auto_device() if device == "auto" else torch.device(device)
+    ctx = init_distributed(device)
+    name = str(model) if isinstance(model, (str, Path)) else (
+        getattr(model.config, "_name_or_path", "") or type(model).__name__)  # fmt: skip
+    if isinstance(model, (str, Path)):
+        model = auto_class.from_pretrained(model, revision=revision, local_files_only=local_files_only)
+        if processor is None:
+            processor = image_processor_for(name, model, revision=revision, local_files_only=local_files_only)
+    if processor is None:
+        processor = default_image_processor(model)
+    return model.to(device), processor, name, device, ctx
+
+
 def evaluate(
     model: Any,
     data: str | Path,
@@ -433,26 +452,11 @@ def evaluate(
     Returns:
         An `EvalResult` (the same on every process under torchrun; only the main one writes `confusion`).
     """
-    from .distributed import auto_device
+    from .auto import AutoModelForImageClassification
     from .dtypes import parse_dtype
 
-    device = auto_device() if device == "auto" else torch.device(device)
-    ctx = init_distributed(device)
-    if isinstance(model, (str, Path)):
-        name = str(model)
-    else:
-        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    if isinstance(model, (str, Path)):
-        from .auto import AutoModelForImageClassification
-
-        model = AutoModelForImageClassification.from_pretrained(
-            model, revision=revision, local_files_only=local_files_only
-        )
-        if processor is None:
-            processor = image_processor_for(name, model, revision=revision, local_files_only=local_files_only)
-    if processor is None:
-        processor = default_image_processor(model)
-    model.to(device)
+    model, processor, name, device, ctx = _prepare(model, AutoModelForImageClassification, processor, device,
+                                                   revision, local_files_only)  # fmt: skip
     directory, by_class, unreadable = load_eval_folders(data, val_fraction)
     classes = list(by_class)
     ids = model_label_ids(classes, model.config, str(directory))
@@ -1019,25 +1023,13 @@ def evaluate_segmentation(
     Returns:
         A `SegmentationEvalResult` (the same on every process under torchrun).
     """
-    from .distributed import auto_device
+    from .auto import AutoModelForSemanticSegmentation
     from .dtypes import parse_dtype
 
-    device = auto_device() if device == "auto" else torch.device(device)
-    ctx = init_distributed(device)
-    name = str(model) if isinstance(model, (str, Path)) else (
-        getattr(model.config, "_name_or_path", "") or type(model).__name__)  # fmt: skip
-    if isinstance(model, (str, Path)):
-        from .auto import AutoModelForSemanticSegmentation
-
-        model = AutoModelForSemanticSegmentation.from_pretrained(model, revision=revision,
-                                                                 local_files_only=local_files_only)  # fmt: skip
-        if processor is None:
-            processor = image_processor_for(name, model, revision=revision, local_files_only=local_files_only)
-    if processor is None:
-        processor = default_image_processor(model)
+    model, processor, name, device, ctx = _prepare(model, AutoModelForSemanticSegmentation, processor, device,
+                                                   revision, local_files_only)  # fmt: skip
     if reduce_labels is None:
         reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
-    model.to(device)
     found, samples = load_eval_segmentation(data, val_fraction, reduce_labels, progress and ctx.is_main)
     if len(found.classes) > model.config.num_labels:
         raise DatasetError(f"{data}: the masks hold {len(found.classes)} classes, the model predicts "

@@ -299,6 +299,20 @@ def random_resized_crop_box(
     return (width - w) / 2, (height - h) / 2, (width + w) / 2, (height + h) / 2
 
 
+class Normalize:
+    """The processor's rescaling and normalisation of an `(H, W, 3)` float array, returned as `(3, H, W)`: what the
+    training transforms do after their own (random) resizing."""
+
+    def __init__(self, processor: Any) -> None:
+        self.rescale = float(processor.rescale_factor) if processor.do_rescale else 1.0
+        mean, std = (processor.image_mean, processor.image_std) if processor.do_normalize else (0.0, 1.0)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(-1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ((x * self.rescale - self.mean) / self.std).transpose(2, 0, 1)
+
+
 class TrainTransform:
     """Random resized crop and horizontal flip, then the processor's rescaling and normalisation.
 
@@ -308,11 +322,7 @@ class TrainTransform:
 
     def __init__(self, processor: Any, size: int, crop_scale: float, hflip: bool, seed: int) -> None:
         self.size, self.scale, self.hflip, self.seed = size, (crop_scale, 1.0), hflip, seed
-        self.resample = int(processor.resample)
-        self.rescale = float(processor.rescale_factor) if processor.do_rescale else 1.0
-        mean, std = (processor.image_mean, processor.image_std) if processor.do_normalize else (0.0, 1.0)
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
-        self.std = np.asarray(std, dtype=np.float32).reshape(-1)
+        self.resample, self.normalize = int(processor.resample), Normalize(processor)
 
     def __call__(self, image: PIL.Image.Image, index: int, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch, index])
@@ -320,8 +330,7 @@ class TrainTransform:
         image = image.resize((self.size, self.size), resample=self.resample, box=box)
         if self.hflip and rng.random() < 0.5:
             image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-        x = np.asarray(image, dtype=np.float32) * self.rescale  # (H, W, 3)
-        return ((x - self.mean) / self.std).transpose(2, 0, 1)  # (3, H, W)
+        return self.normalize(np.asarray(image, dtype=np.float32))  # (3, H, W)
 
 
 def nearest_resize(labels: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -369,11 +378,7 @@ class SegmentationTrainTransform:
                  hflip: bool, jitter: bool, seed: int) -> None:  # fmt: skip
         self.size, self.scale_range, self.cat_max_ratio = size, tuple(scale_range), cat_max_ratio
         self.hflip, self.jitter, self.seed = hflip, jitter, seed
-        self.resample = int(processor.resample)
-        self.rescale = float(processor.rescale_factor) if processor.do_rescale else 1.0
-        mean, std = (processor.image_mean, processor.image_std) if processor.do_normalize else (0.0, 1.0)
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
-        self.std = np.asarray(std, dtype=np.float32).reshape(-1)
+        self.resample, self.normalize = int(processor.resample), Normalize(processor)
 
     def _crop(self, labels: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
         S, (H, W) = self.size, labels.shape
@@ -403,7 +408,7 @@ class SegmentationTrainTransform:
             x, labels = x[:, ::-1], labels[:, ::-1]
         if self.jitter:
             x = photometric_distortion(x, rng)
-        x = ((x * self.rescale - self.mean) / self.std).transpose(2, 0, 1)
+        x = self.normalize(x)
         pixels = np.zeros((3, S, S), dtype=np.float32)
         target = np.full((S, S), IGNORE_INDEX, dtype=np.int64)
         pixels[:, : x.shape[1], : x.shape[2]] = x

@@ -108,6 +108,25 @@ def hub_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"revision": getattr(args, "revision", None), "local_files_only": bool(getattr(args, "offline", False))}
 
 
+def checkpoint_task(args: argparse.Namespace) -> str | None:
+    """The registry task of `args.model`'s class, read off its `config.json` `architectures` (None: no config, or
+    an architecture pvtkit has no class for; e.g. a timm or whai362/PVT file, which convert reads as a classifier)."""
+    from ..auto import AutoConfig
+    from ..hub import HubOptions, resolve_file
+    from ..models import family as registry
+
+    try:
+        file = resolve_file(args.model, "config.json", HubOptions(**hub_kwargs(args)))
+        if file is None:
+            return None
+        found = registry.class_named((AutoConfig.from_pretrained(str(file)).architectures or [""])[0] or "")
+    except (OSError, ValueError):
+        return None
+    if found is None:
+        return None
+    return next(t for t, cls in registry.family_of(found).classes.items() if cls is found)
+
+
 def load_model(auto_class: Any, args: argparse.Namespace, **kwargs: Any) -> Any:
     """`auto_class.from_pretrained(args.model)`; a model that cannot be found or read is a `UsageError`."""
     try:

@@ -8,7 +8,7 @@ import json
 from typing import IO, Any
 
 from ._common import (
-    UsageError, add_device_arguments, add_model_arguments, hub_kwargs, load_model, load_processor, on_every_rank,
+    UsageError, add_device_arguments, add_model_arguments, checkpoint_task, load_model, load_processor, on_every_rank,
     open_output, resolve_device, resolve_dtype,
 )  # fmt: skip
 
@@ -95,18 +95,10 @@ def write_segmentation_table(stream: IO[str], report: dict[str, Any]) -> None:
 
 
 def _is_segmentation(args: argparse.Namespace) -> bool:
-    """--task, else the model's config: its `architectures` name a semantic segmentation class."""
+    """--task, else the task of the model's class (its config's `architectures`)."""
     if args.task is not None:
         return args.task == "semantic-segmentation"
-    from .._files import read_json
-    from ..hub import HubOptions, resolve_checkpoint
-
-    try:
-        found = resolve_checkpoint(args.model, HubOptions(**hub_kwargs(args)))
-        config = read_json(found.config_file) if found.config_file else {}
-    except (OSError, ValueError):
-        return False  # the loader below says what is wrong with the model
-    return any("SemanticSegmentation" in str(a) for a in config.get("architectures") or [])
+    return checkpoint_task(args) == "semantic-segmentation"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,23 +25,12 @@ def parse_batch(value: str) -> int | None:
 
 def _auto_class(task: str, args: argparse.Namespace) -> Any:
     """The Auto class for `--task`; `auto` follows the checkpoint's `architectures` (a classifier if none)."""
-    from ..auto import AUTO_CLASSES, AutoConfig
-    from ..hub import HubOptions, resolve_file
-    from ..models import family as registry
+    from ..auto import AUTO_CLASSES
+    from ._common import checkpoint_task
 
     if task != "auto":
         return AUTO_CLASSES[TASKS[task]]
-    found = None
-    try:
-        file = resolve_file(args.model, "config.json", HubOptions(revision=args.revision, local_files_only=args.offline))
-        if file is not None:
-            found = registry.class_named((AutoConfig.from_pretrained(str(file)).architectures or [""])[0] or "")
-    except (OSError, ValueError):
-        pass  # no config.json (a timm or whai362/PVT file): a classifier, as convert infers
-    if found is None:
-        return AUTO_CLASSES["image-classification"]
-    family = registry.family_of(found)
-    return AUTO_CLASSES[next(t for t, cls in family.classes.items() if cls is found)]
+    return AUTO_CLASSES[checkpoint_task(args) or "image-classification"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -43,6 +43,22 @@ def _model_type_of(path: str | os.PathLike, kwargs: dict[str, Any]) -> tuple[str
     return layout.model_type, {"state_dict": state}
 
 
+def checkpoint_task(source: str | os.PathLike, **hub_options: Any) -> str | None:
+    """The registry task (`image-classification`, `semantic-segmentation`, ...) of a checkpoint's class, read off its
+    `config.json` `architectures`; None when it has no config or an architecture pvtkit has no class for (a timm or
+    whai362/PVT file, which loads as a classifier)."""
+    try:
+        file = resolve_file(source, "config.json", _hub_options(hub_options))
+        if file is None:
+            return None
+        found = registry.class_named((AutoConfig.from_pretrained(str(file)).architectures or [""])[0] or "")
+    except (OSError, ValueError):
+        return None
+    if found is None:
+        return None
+    return next(t for t, cls in registry.family_of(found).classes.items() if cls is found)
+
+
 class _AutoModel:
     """Dispatch `from_pretrained` / `from_config` on `model_type` to the family's class for `task`."""
 

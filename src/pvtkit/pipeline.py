@@ -223,16 +223,23 @@ class ImageClassificationPipeline(Pipeline):
         self.labels = self.label_names()
 
     def forward(self, pixels: torch.Tensor, sizes: Any = None, top_k: int | None = None) -> list[list[dict[str, Any]]]:
+        with torch.inference_mode():
+            logits = self.model(pixel_values=pixels).logits
+        return self.records(logits, top_k)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits `(N, classes)` -> float32 scores: softmax, or per-class sigmoids for a multi-label model."""
+        if self.model.config.problem_type == "multi_label_classification":
+            return logits.float().sigmoid()
+        return logits.float().softmax(-1)
+
+    def records(self, logits: torch.Tensor, top_k: int | None = None) -> list[list[dict[str, Any]]]:
+        """Logits `(N, classes)` -> per image its top-k `{"label", "score"}` records, best first (the server's
+        answers are these too)."""
         k = min(top_k or self.top_k, len(self.labels))
         if k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        with torch.inference_mode():
-            logits = self.model(pixel_values=pixels).logits.float()
-        if self.model.config.problem_type == "multi_label_classification":
-            scores = logits.sigmoid()
-        else:
-            scores = logits.softmax(-1)
-        values, indices = scores.topk(k, dim=-1)
+        values, indices = self.scores(logits).topk(k, dim=-1)
         return [
             [{"label": self.labels[j], "score": float(v)} for v, j in zip(vs.tolist(), js.tolist())]
             for vs, js in zip(values, indices)
@@ -360,6 +367,15 @@ class ImageSegmentationPipeline(Pipeline):
         array = classes.numpy()
         masks = ((k, PIL.Image.fromarray(((array == k) * 255).astype(np.uint8))) for k in np.unique(array))
         return [{"score": None, "label": self.labels[int(k)], "mask": mask} for k, mask in masks]
+
+
+def class_areas(classes: Any, labels: list[str]) -> list[dict[str, Any]]:
+    """Per class present: id, label, pixel count and fraction of the image, largest first."""
+    ids, counts = np.unique(classes, return_counts=True)
+    total = int(counts.sum())
+    order = np.argsort(-counts, kind="stable")
+    return [{"id": int(ids[i]), "label": labels[int(ids[i])], "pixels": int(counts[i]),
+             "fraction": round(int(counts[i]) / total, 6)} for i in order]  # fmt: skip
 
 
 class DepthEstimationPipeline(Pipeline):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -114,48 +115,57 @@ def _describe(image: Any, index: int | None = None) -> str:
 
 
 def load_image(
-    image: str | os.PathLike | PIL.Image.Image, exif_transpose: bool = True, convert_rgb: bool = True
+    image: str | os.PathLike | bytes | PIL.Image.Image, exif_transpose: bool = True, convert_rgb: bool = True,
+    name: str | None = None,
 ) -> PIL.Image.Image:
-    """Open an image file (or take a PIL image), fully decoded, upright and, by default, in RGB.
+    """Open an image file or encoded bytes (or take a PIL image), fully decoded, upright and, by default, in RGB.
 
     Args:
-        image: A path to an image file, or an already opened PIL image.
+        image: A path to an image file, the bytes of an encoded image (an upload), or an already opened PIL image.
         exif_transpose: Rotate/flip the image as its EXIF orientation tag says, as cameras and viewers do.
         convert_rgb: Convert to RGB with `convert_to_rgb` (alpha composited over white, 16-bit data scaled).
+        name: What error messages call encoded bytes (default: "image bytes").
 
     Returns:
         The image, decoded into memory (the file is closed).
 
     Raises:
         FileNotFoundError: The path does not name a file.
-        ImageLoadError: The file is not an image PIL can decode, is truncated, or is so large that PIL's
-            decompression-bomb guard (`PIL.Image.MAX_IMAGE_PIXELS`) refuses it.
+        ImageLoadError: The file or bytes are not an image PIL can decode, are truncated or empty, or are so large
+            that PIL's decompression-bomb guard (`PIL.Image.MAX_IMAGE_PIXELS`) refuses them.
     """
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file not found: '{path}'")
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        if isinstance(image, (str, os.PathLike)):
+            source: Any = os.fspath(image)
+            label = f"'{source}'"
+            if not os.path.isfile(source):
+                raise FileNotFoundError(f"image file not found: {label}")
+        else:
+            source, label = io.BytesIO(image), name or "image bytes"
+            if not len(image):
+                raise ImageLoadError(f"{label}: empty (0 bytes); expected an encoded image (JPEG, PNG, ...)")
         try:
             # PIL only warns between MAX_IMAGE_PIXELS and twice that; we treat both levels as refusal.
             with warnings.catch_warnings():
                 warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-                with PIL.Image.open(path) as opened:
+                with PIL.Image.open(source) as opened:
                     opened.load()
                     img = opened
         except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
             raise ImageLoadError(
-                f"'{path}': refusing to decode an image this large ({e}); expected at most "
+                f"{label}: refusing to decode an image this large ({e}); expected at most "
                 f"{PIL.Image.MAX_IMAGE_PIXELS} pixels. Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted."
             ) from e
         except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+            reason = "not a format PIL recognises" if isinstance(e, PIL.UnidentifiedImageError) else str(e)
             raise ImageLoadError(
-                f"'{path}': cannot decode as an image ({e}); expected a complete image file PIL can read "
+                f"{label}: cannot decode as an image ({reason}); expected a complete image file PIL can read "
                 "(JPEG, PNG, WebP, BMP, TIFF, GIF, ...)"
             ) from e
     elif isinstance(image, PIL.Image.Image):
         img = image
     else:
-        raise TypeError(f"load_image expects a path or a PIL image, got {type(image).__name__}")
+        raise TypeError(f"load_image expects a path, encoded bytes or a PIL image, got {type(image).__name__}")
     if exif_transpose:
         img = PIL.ImageOps.exif_transpose(img)
     return convert_to_rgb(img) if convert_rgb else img

@@ -3,4 +3,5 @@
 `pvtkit.cli` builds the parser from the modules named in `COMMANDS`, in that order.
 """
 
-COMMANDS = ("classify", "segment", "depth", "features", "info", "attention", "train", "eval", "convert", "export")
+COMMANDS = ("classify", "segment", "depth", "features", "info", "attention", "train", "eval", "convert", "export",
+            "serve")

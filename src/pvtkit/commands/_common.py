@@ -109,22 +109,10 @@ def hub_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def checkpoint_task(args: argparse.Namespace) -> str | None:
-    """The registry task of `args.model`'s class, read off its `config.json` `architectures` (None: no config, or
-    an architecture pvtkit has no class for; e.g. a timm or whai362/PVT file, which convert reads as a classifier)."""
-    from ..auto import AutoConfig
-    from ..hub import HubOptions, resolve_file
-    from ..models import family as registry
+    """The registry task of `args.model`'s class (`auto.checkpoint_task`)."""
+    from ..auto import checkpoint_task as task_of_checkpoint
 
-    try:
-        file = resolve_file(args.model, "config.json", HubOptions(**hub_kwargs(args)))
-        if file is None:
-            return None
-        found = registry.class_named((AutoConfig.from_pretrained(str(file)).architectures or [""])[0] or "")
-    except (OSError, ValueError):
-        return None
-    if found is None:
-        return None
-    return next(t for t, cls in registry.family_of(found).classes.items() if cls is found)
+    return task_of_checkpoint(args.model, **hub_kwargs(args))
 
 
 def load_model(auto_class: Any, args: argparse.Namespace, **kwargs: Any) -> Any:

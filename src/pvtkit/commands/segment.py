@@ -7,20 +7,10 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+from ..pipeline import class_areas
 from ._common import (
     ResultFiles, UsageError, add_dense_arguments, add_model_arguments, image_job, output_folder, parse_size, write_all,
 )  # fmt: skip
-
-
-def class_areas(classes: Any, labels: list[str]) -> list[dict[str, Any]]:
-    """Per class present: id, label, pixel count and fraction of the image, largest first."""
-    import numpy as np
-
-    ids, counts = np.unique(classes, return_counts=True)
-    total = int(counts.sum())
-    order = np.argsort(-counts, kind="stable")
-    return [{"id": int(ids[i]), "label": labels[int(ids[i])], "pixels": int(counts[i]),
-             "fraction": round(int(counts[i]) / total, 6)} for i in order]  # fmt: skip
 
 
 def write_label_png(path: Path, classes: Any, num_labels: int) -> None:

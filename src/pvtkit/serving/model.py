@@ -1,0 +1,426 @@
+"""One served model: a KServe `Model` whose requests (V1, V2 or a plain upload) feed a dynamic batcher.
+
+Request flow: the protocol's body -> images decoded and preprocessed in a thread pool (off the event loop) ->
+each image queued in the model's `DynamicBatcher` -> one forward pass per gathered batch in `inference_mode` ->
+per-image answers formatted for the protocol that asked. The answers are the pipeline's (`pvtkit classify` /
+`pvtkit segment`), computed from the same logits.
+
+Inputs, by protocol:
+
+- V1 (TF Serving REST, Vertex AI): `{"instances": [{"b64": "<base64 image>"}, ...]}` (also `{"image_bytes":
+  {"b64": ...}}`, a bare base64 string, or a `(3, H, W)` nested list of preprocessed pixels), optional
+  `"parameters": {"top_k": 3}`. Answer: `{"predictions": [...]}`, one entry per instance.
+- V2 (Open Inference Protocol): one input, either `BYTES` of shape `[N]` / `[N, 1]` (encoded images) or `FP32`
+  `[N, 3, H, W]` (preprocessed pixels). Outputs `logits`, `probabilities` (`[N, classes]`), `labels` (`BYTES`) and
+  `scores` (`[N, top_k]`); Triton's classification extension (an output's `classification: k` parameter) gives
+  `"score:index:label"` strings. A segmentation model answers `segmentation` (`INT64 [N, H, W]` class maps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..pipeline import class_areas, describe_error, pipeline
+from ..processing import ImageLoadError, load_image
+from . import _kserve
+from .batching import DeadlineExceeded, DynamicBatcher
+from .metrics import METRICS
+
+kserve = _kserve.kserve
+InvalidInput = kserve.errors.InvalidInput
+InferRequest, InferResponse, InferOutput = kserve.InferRequest, kserve.InferResponse, kserve.InferOutput
+
+# The registry's task of a checkpoint -> the pipeline that serves it.
+SERVED_TASKS = {"image-classification": "image-classification", "semantic-segmentation": "image-segmentation"}
+CLASSIFICATION_OUTPUTS = ("logits", "probabilities", "labels", "scores")
+
+
+@dataclass
+class Job:
+    """One request on its way through preprocess -> predict -> postprocess."""
+
+    protocol: str  # "v1", "v2" or "upload"
+    pixels: list[np.ndarray]  # per image (3, H, W) float32
+    sizes: list[tuple[int, int]]  # per image (height, width) before resizing
+    top_k: int
+    request: Any = None  # the V2 InferRequest
+    results: list[Any] = field(default_factory=list)  # per image: logits (classes,) or class map (H, W)
+
+
+class ImageModel(kserve.Model):
+    """A pvtkit classification or segmentation checkpoint served through KServe's data plane.
+
+    Args:
+        name: The name in the URL (`/v2/models/{name}/infer`).
+        source: A Hub id, directory or weights file (any layout pvtkit reads), or a loaded model.
+        device, dtype: Where and in which precision the model runs.
+        max_batch_size, max_delay_ms, max_queue: The batcher's limits (see `DynamicBatcher`).
+        timeout_s: Each request's deadline, from arrival to answer (a 504 past it).
+        top_k: Labels per image unless a request asks otherwise.
+        decode_threads: Threads that decode and preprocess images.
+        warmup: Run the model once per batch size it will see before reporting ready.
+        hub: `revision`, `local_files_only`.
+    """
+
+    def __init__(
+        self, name: str, source: Any, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+        max_batch_size: int = 8, max_delay_ms: float = 5.0, max_queue: int = 256, timeout_s: float = 30.0,
+        top_k: int = 5, decode_threads: int = 2, warmup: bool = True, **hub: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(name)
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        self.source, self.device, self.dtype, self.hub = source, device, dtype, hub
+        self.timeout_s, self.top_k, self.warmup_enabled = timeout_s, top_k, warmup
+        self.batcher = DynamicBatcher(self._forward, max_batch_size, max_delay_ms / 1000, max_queue,
+                                      on_batch=METRICS.batch_size.labels(name).observe)  # fmt: skip
+        METRICS.queue_depth.labels(name).set_function(lambda: self.batcher.depth)
+        self.decoder = concurrent.futures.ThreadPoolExecutor(decode_threads, thread_name_prefix=f"decode-{name}")
+        self.pipe: Any = None
+        self.task = ""
+        self.loaded = False  # weights in memory (ready: loaded and warmed up)
+
+    # ------------------------------------------------------------------------------------------- loading
+
+    def load(self) -> bool:
+        """Load the checkpoint and its processor (raises what pvtkit's loaders raise); `warm_up` makes it ready."""
+        from ..auto import checkpoint_task
+        from ..modeling import PreTrainedModel
+
+        task = "image-classification"
+        if not isinstance(self.source, PreTrainedModel):
+            task = SERVED_TASKS.get(checkpoint_task(self.source, **self.hub) or "image-classification", "")
+        elif hasattr(self.source, "decode_head"):
+            task = "image-segmentation"
+        if not task:
+            raise ValueError(f"{self.source}: pvtkit serve serves classification and semantic-segmentation models")
+        options = {"top_k": self.top_k} if task == "image-classification" else {}
+        self.pipe = pipeline(task, model=self.source, device=self.device, dtype=self.dtype, **options, **self.hub)
+        self.task, self.loaded = task, True
+        return True
+
+    def warm_up(self) -> None:
+        """One forward pass at batch 1 and at the largest batch, at the processor's size, then ready."""
+        if self.warmup_enabled:
+            size = self._fixed_size() or (224, 224)
+            for n in sorted({1, self.batcher.max_batch_size}):
+                self._forward(np.zeros((n, 3, *size), np.float32))
+        self.ready = True
+
+    def _fixed_size(self) -> tuple[int, int] | None:
+        from ..processing import fixed_size
+
+        return fixed_size(self.pipe.image_processor)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.pipe.labels
+
+    # ------------------------------------------------------------------------------------------- running
+
+    def _forward(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """A batch `(N, 3, H, W)` -> per image its float32 logits, in the worker thread."""
+        pipe = self.pipe
+        batch = torch.from_numpy(pixels).to(pipe.device, pipe.dtype)
+        with torch.inference_mode():
+            logits = pipe.model(pixel_values=batch).logits.float().cpu()
+        return list(logits.numpy())
+
+    async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
+        """KServe's preprocess -> predict -> postprocess, under the request's deadline."""
+        call = super().__call__(body, headers) if verb is None else super().__call__(body, headers, verb)
+        return await self._within_deadline(call)
+
+    async def _within_deadline(self, work: Any) -> Any:
+        try:
+            return await asyncio.wait_for(work, self.timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"model {self.name!r}: no answer within the {self.timeout_s:g} s deadline "
+                                   "(--timeout-s)") from None  # fmt: skip
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Job:
+        if isinstance(payload, InferRequest):
+            return await self._v2_job(payload)
+        if isinstance(payload, dict):
+            return await self._v1_job(payload)
+        raise InvalidInput(f"model {self.name!r}: expected a JSON object with \"instances\" (V1) or a V2 inference "
+                           f"request, got {type(payload).__name__}")  # fmt: skip
+
+    async def predict(self, job: Job, headers: dict[str, str] | None = None, response_headers: Any = None) -> Job:
+        started = time.monotonic()
+        try:
+            job.results = list(await asyncio.gather(*(self.batcher.submit(p) for p in job.pixels)))
+        except ValueError as e:  # the model refused the input's shape (a size off ViT's patch grid, ...)
+            raise InvalidInput(f"model {self.name!r}: {describe_error(e)}") from e
+        METRICS.inference_seconds.labels(self.name).observe(time.monotonic() - started)
+        return job
+
+    async def postprocess(self, job: Job, headers: dict[str, str] | None = None, response_headers: Any = None) -> Any:
+        if job.protocol == "v2":
+            return self._v2_response(job)
+        if job.protocol == "v1":
+            return {"predictions": [self.record(job, i) for i in range(len(job.results))]}
+        return job
+
+    async def run_images(self, images: list[tuple[str, bytes]], top_k: int | None = None) -> Job:
+        """The plain `/predict` upload path: named encoded images -> a finished job (answers in `record`)."""
+        job = Job("upload", [], [], self._top_k(top_k, "top_k"))
+
+        async def work() -> Job:
+            await self._decode_into(job, [data for _, data in images], [name for name, _ in images])
+            return await self.predict(job)
+
+        return await self._within_deadline(work())
+
+    # ------------------------------------------------------------------------------------------- decoding
+
+    def _top_k(self, value: Any, where: str) -> int:
+        if value is None:
+            return self.top_k
+        try:
+            k = int(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{where}: expected a positive integer, got {value!r}") from None
+        if k < 1 or isinstance(value, bool):
+            raise InvalidInput(f"{where}: expected a positive integer, got {value!r}")
+        return min(k, len(self.labels))
+
+    def _decode_one(self, data: bytes, name: str) -> tuple[np.ndarray, tuple[int, int]]:
+        try:
+            image = load_image(data, name=name)
+        except ImageLoadError as e:
+            raise InvalidInput(str(e)) from e
+        size = (image.height, image.width)
+        pixels = self.pipe.image_processor(image, return_tensors="np")["pixel_values"][0]
+        return pixels.astype(np.float32, copy=False), size
+
+    async def _decode_into(self, job: Job, blobs: list[bytes], names: list[str]) -> None:
+        if not blobs:
+            raise InvalidInput(f"model {self.name!r}: the request has no images")
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(*(loop.run_in_executor(self.decoder, self._decode_one, data, name)
+                                         for data, name in zip(blobs, names)))  # fmt: skip
+        job.pixels = [p for p, _ in decoded]
+        job.sizes = [s for _, s in decoded]
+
+    def _pixels(self, value: Any, where: str) -> np.ndarray:
+        """A preprocessed `(3, H, W)` image, checked."""
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(f"{where}: expected numbers (preprocessed pixels), got {describe_error(e)}") from None
+        channels = getattr(self.pipe.model.config, "num_channels", 3)
+        if array.ndim != 3 or array.shape[0] != channels:
+            raise InvalidInput(f"{where}: expected preprocessed pixels of shape ({channels}, height, width), got "
+                               f"shape {tuple(array.shape)}")  # fmt: skip
+        if array.shape[1] < 1 or array.shape[2] < 1 or not np.isfinite(array).all():
+            raise InvalidInput(f"{where}: expected a non-empty, finite ({channels}, H, W) array")
+        return array
+
+    async def _v1_job(self, body: dict[str, Any]) -> Job:
+        if "instances" not in body and "inputs" not in body:
+            raise InvalidInput(f"model {self.name!r}: a V1 request is {{\"instances\": [...]}}; got the keys "
+                               f"{sorted(body)}")  # fmt: skip
+        instances = body.get("instances", body.get("inputs"))
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput("\"instances\": expected a non-empty list")
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("\"parameters\": expected an object")
+        job = Job("v1", [], [], self._top_k(parameters.get("top_k"), "parameters.top_k"))
+        blobs, names, tensors = [], [], []
+        for i, instance in enumerate(instances):
+            where = f"instances[{i}]"
+            encoded = _b64_of(instance)
+            if encoded is not None:
+                try:
+                    blobs.append(base64.b64decode(encoded, validate=True))
+                except (binascii.Error, ValueError):
+                    raise InvalidInput(f"{where}: \"b64\" is not valid base64") from None
+                names.append(where)
+            elif isinstance(instance, list):
+                tensors.append(self._pixels(instance, where))
+            else:
+                raise InvalidInput(f"{where}: expected {{\"b64\": \"<base64 image>\"}} or a (3, H, W) list of "
+                                   f"pixels, got {type(instance).__name__}")  # fmt: skip
+        if blobs and tensors:
+            raise InvalidInput("\"instances\": mix of encoded images and pixel arrays; send one kind per request")
+        if blobs:
+            await self._decode_into(job, blobs, names)
+        else:
+            job.pixels, job.sizes = tensors, [tuple(t.shape[1:]) for t in tensors]
+        return job
+
+    async def _v2_job(self, request: Any) -> Job:
+        if len(request.inputs) != 1:
+            raise InvalidInput(f"model {self.name!r} takes one input (encoded images as BYTES, or FP32 pixels "
+                               f"[N, 3, H, W]); the request has {len(request.inputs)}")  # fmt: skip
+        tensor = request.inputs[0]
+        parameters = request.parameters or {}
+        job = Job("v2", [], [], self._top_k(_parameter(parameters.get("top_k")), "parameters.top_k"), request)
+        where = f"input {tensor.name!r}"
+        try:
+            array = tensor.as_numpy()
+        except Exception as e:  # KServe's decoder: data that does not fit the declared shape or datatype
+            raise InvalidInput(f"{where}: {describe_error(e)}") from None
+        if tensor.datatype == "BYTES":
+            if array.ndim == 2 and array.shape[1] == 1:
+                array = array[:, 0]
+            if array.ndim != 1:
+                raise InvalidInput(f"{where}: BYTES of shape [N] or [N, 1] (one encoded image each), got shape "
+                                   f"{list(array.shape)}")  # fmt: skip
+            if tensor._raw_data is None:  # JSON can't carry raw bytes: images come base64-encoded, as strings
+                blobs = []
+                for i, text in enumerate(array):
+                    try:
+                        blobs.append(base64.b64decode(text, validate=True))
+                    except (binascii.Error, ValueError, TypeError):
+                        raise InvalidInput(f"{where}[{i}]: in JSON, BYTES images are base64 text; this is not "
+                                           "valid base64 (or use the binary-data extension)") from None  # fmt: skip
+            else:
+                blobs = [bytes(b) for b in array]
+            await self._decode_into(job, blobs, [f"{where}[{i}]" for i in range(len(blobs))])
+        elif tensor.datatype in ("FP32", "FP16", "FP64"):
+            if array.ndim == 3:
+                array = array[None]
+            if array.ndim != 4:
+                raise InvalidInput(f"{where}: pixels of shape [N, 3, H, W], got shape {list(array.shape)}")
+            job.pixels = [self._pixels(a, f"{where}[{i}]") for i, a in enumerate(array)]
+            job.sizes = [tuple(a.shape[1:]) for a in job.pixels]
+        else:
+            raise InvalidInput(f"{where}: datatype {tensor.datatype}; expected BYTES (encoded images) or FP32 "
+                               "(preprocessed pixels)")  # fmt: skip
+        for output in request.request_outputs or []:
+            if output.name not in self.output_names:
+                raise InvalidInput(f"model {self.name!r} has no output {output.name!r}; it has "
+                                   f"{', '.join(self.output_names)}")  # fmt: skip
+        return job
+
+    # ------------------------------------------------------------------------------------------- answers
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("segmentation",) if self.task == "image-segmentation" else CLASSIFICATION_OUTPUTS
+
+    def class_map(self, job: Job, index: int) -> np.ndarray:
+        """A segmentation answer: the `(H, W)` class map at the image's own size."""
+        from ..processing import semantic_segmentation
+
+        logits = torch.from_numpy(job.results[index])[None]
+        return semantic_segmentation(logits, [job.sizes[index]])[0].numpy()
+
+    def record(self, job: Job, index: int) -> Any:
+        """Image `index`'s answer as the CLI writes it: top-k `{"label", "score"}` records (classification) or
+        the size and per-class areas (segmentation)."""
+        if self.task == "image-segmentation":
+            classes = self.class_map(job, index)
+            return {"size": list(classes.shape), "classes": class_areas(classes, self.labels)}
+        return self.pipe.records(torch.from_numpy(job.results[index])[None], job.top_k)[0]
+
+    def _v2_response(self, job: Job) -> Any:
+        request = job.request
+        wanted = request.request_outputs or []
+        names = [o.name for o in wanted] or (["segmentation"] if self.task == "image-segmentation"
+                                              else ["logits", "labels", "scores"])  # fmt: skip
+        classification = {o.name: _parameter((o.parameters or {}).get("classification")) for o in wanted}
+        outputs = []
+        if self.task == "image-segmentation":
+            maps = [self.class_map(job, i) for i in range(len(job.results))]
+            if len({m.shape for m in maps}) > 1:
+                raise InvalidInput("the images have different sizes, so their class maps do not stack into one "
+                                   "tensor; send them in separate requests")  # fmt: skip
+            stacked = np.stack(maps).astype(np.int64)
+            outputs.append(InferOutput("segmentation", list(stacked.shape), "INT64", stacked))
+        else:
+            logits = torch.from_numpy(np.stack(job.results))
+            scores = self.pipe.scores(logits)
+            k = job.top_k
+            top_scores, top_ids = scores.topk(k, dim=-1)
+            for name in names:
+                count = classification.get(name)
+                if count is not None:  # Triton's classification extension: "score:index:label", best first
+                    values = logits.float() if name == "logits" else scores
+                    count = self._top_k(count, f"output {name!r} classification")
+                    v, ids = values.topk(count, dim=-1)
+                    data = np.array([[f"{a:f}:{j}:{self.labels[j]}".encode() for a, j in zip(vs.tolist(), js.tolist())]
+                                     for vs, js in zip(v, ids)], dtype=np.object_)  # fmt: skip
+                    outputs.append(InferOutput(name, list(data.shape), "BYTES", data))
+                elif name in ("logits", "probabilities"):
+                    data = (logits if name == "logits" else scores).numpy().astype(np.float32)
+                    outputs.append(InferOutput(name, list(data.shape), "FP32", data))
+                elif name == "labels":
+                    data = np.array([[self.labels[j].encode() for j in js] for js in top_ids.tolist()], np.object_)
+                    outputs.append(InferOutput(name, list(data.shape), "BYTES", data))
+                else:
+                    data = top_scores.numpy().astype(np.float32)
+                    outputs.append(InferOutput(name, list(data.shape), "FP32", data))
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs,
+            requested_outputs=wanted or None, use_binary_outputs=request.use_binary_outputs,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------- metadata
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        size = self._fixed_size() if self.pipe is not None else None
+        height, width = size or (-1, -1)
+        return [{"name": "image", "datatype": "BYTES", "shape": [-1]},
+                {"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, height, width]}]  # fmt: skip
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        if self.task == "image-segmentation":
+            return [{"name": "segmentation", "datatype": "INT64", "shape": [-1, -1, -1]}]
+        classes = len(self.labels) if self.pipe is not None else -1
+        return [{"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+                {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
+                {"name": "scores", "datatype": "FP32", "shape": [-1, -1]}]  # fmt: skip
+
+    def stop(self) -> None:
+        self.ready = False
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+
+
+def _b64_of(instance: Any) -> str | None:
+    """The base64 text of a V1 instance: `{"b64": s}`, `{"<name>": {"b64": s}}` (Vertex AI's `image_bytes`), or a
+    bare string; None for anything else."""
+    if isinstance(instance, str):
+        return instance
+    if isinstance(instance, dict):
+        if isinstance(instance.get("b64"), str):
+            return instance["b64"]
+        inner = [v["b64"] for v in instance.values() if isinstance(v, dict) and isinstance(v.get("b64"), str)]
+        if len(inner) == 1:
+            return inner[0]
+    return None
+
+
+def _parameter(value: Any) -> Any:
+    """A V2 parameter's value (KServe passes REST parameters as plain values, gRPC ones as InferParameter)."""
+    for attr in ("int64_param", "string_param", "bool_param"):
+        if hasattr(value, attr) and value.HasField(attr):
+            return getattr(value, attr)
+    return value
+
+
+def default_name(source: Any) -> str:
+    """A URL-safe model name from a Hub id or path: `OpenGVLab/pvt_v2_b0` -> `pvt_v2_b0`."""
+    text = os.path.basename(os.path.normpath(str(source))) or str(source)
+    text = os.path.splitext(text)[0] if os.path.isfile(str(source)) else text
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-.")
+    return cleaned or "model"
+
+

@@ -69,6 +69,20 @@ def offline(model_dir: str, images: list[bytes], batch: int, folder: Path) -> fl
     return len(paths) / elapsed
 
 
+def forward_ms_per_image(model_dir: str, batch: int, repeats: int = 5) -> float:
+    """The model alone (no decoding, no HTTP): milliseconds per image at `batch`, median of `repeats`."""
+    model = pvtkit.PvtV2ForImageClassification.from_pretrained(model_dir).eval()
+    pixels = torch.randn(batch, 3, 224, 224)
+    times = []
+    with torch.inference_mode():
+        model(pixel_values=pixels)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model(pixel_values=pixels)
+            times.append((time.perf_counter() - started) * 1000 / batch)
+    return float(np.median(times))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,6 +109,16 @@ def start_server(model_dir: str, batch: int, delay_ms: float, extra: list[str]) 
         time.sleep(0.2)
     process.kill()
     raise RuntimeError("the server did not become ready")
+
+
+def batch_stats(port: int) -> tuple[float, float]:
+    """(images, forward passes) so far, from the server's own `pvtkit_batch_size` histogram."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(("pvtkit_batch_size_sum", "pvtkit_batch_size_count"))}  # fmt: skip
+    return values.get("pvtkit_batch_size_sum", 0.0), values.get("pvtkit_batch_size_count", 0.0)
 
 
 def load(port: int, images: list[bytes], clients: int, total: int) -> tuple[float, list[float]]:
@@ -130,6 +154,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16,64")
     parser.add_argument("--batch", type=int, default=16, help="--max-batch-size with batching on, and offline batch")
     parser.add_argument("--delay-ms", type=float, default=5.0)
+    parser.add_argument("--only-on", action="store_true", help="skip the no-batching server")
     parser.add_argument("--server-args", default="", help="more `pvtkit serve` flags, e.g. '--threads 1'")
     parser.add_argument("--markdown", help="also write the table here")
     args = parser.parse_args()
@@ -147,15 +172,22 @@ def main() -> None:
         folder.mkdir()
         offline_rate = offline(model_dir, images * max(1, args.requests // len(images)), args.batch, folder)
         print(f"offline Pipeline.run (pvtkit classify), batch {args.batch}: {offline_rate:.1f} img/s", flush=True)
-        for mode, batch in (("on", args.batch), ("off", 1)):
+        alone = {b: forward_ms_per_image(model_dir, b) for b in (1, 8, args.batch)}
+        print("the model alone, ms per image by batch:", json.dumps(alone), flush=True)
+        modes = [("on", args.batch), ("off", 1)] if not args.only_on else [("on", args.batch)]
+        for mode, batch in modes:
             process, port = start_server(model_dir, batch, args.delay_ms, args.server_args.split())
             try:
                 load(port, images, 4, 32)  # warm-up
                 for n in clients:
+                    images_before, passes_before = batch_stats(port)
                     rate, lat = load(port, images, n, max(args.requests, 2 * n))
+                    images_after, passes_after = batch_stats(port)
+                    mean_batch = (images_after - images_before) / max(passes_after - passes_before, 1)
                     p50, p95, p99 = (float(np.percentile(lat, q)) * 1000 for q in (50, 95, 99))
                     rows.append({"batching": mode, "clients": n, "img_s": rate, "p50_ms": p50, "p95_ms": p95,
-                                 "p99_ms": p99, "share_of_offline": rate / offline_rate})  # fmt: skip
+                                 "p99_ms": p99, "share_of_offline": rate / offline_rate,
+                                 "mean_batch": mean_batch})  # fmt: skip
                     print(json.dumps(rows[-1]), flush=True)
             finally:
                 process.terminate()
@@ -164,14 +196,16 @@ def main() -> None:
     by = {(r["batching"], r["clients"]): r for r in rows}
     lines = [f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average "
              f"{load_before[0]:.2f} before, {load_after[0]:.2f} after. PVTv2-B0 224x224 fp32, raw JPEG uploads to "
-             f"POST /predict{(' (serve ' + args.server_args + ')') if args.server_args else ''}; offline `pvtkit classify` (Pipeline.run, batch {args.batch}): {offline_rate:.1f} img/s.",
-             "", "| batching | clients | img/s | p50 ms | p95 ms | p99 ms | of offline | on / off |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"POST /predict{(' (serve ' + args.server_args + ')') if args.server_args else ''}; offline `pvtkit classify` (Pipeline.run, batch {args.batch}): {offline_rate:.1f} img/s; the model alone: "
+             + ", ".join(f"{ms:.1f} ms/img at batch {b}" for b, ms in alone.items()) + ".",
+             "", "| batching | clients | img/s | p50 ms | p95 ms | p99 ms | of offline | on / off | mean batch |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        speedup = r["img_s"] / by[("off", r["clients"])]["img_s"] if r["batching"] == "on" else 1.0
+        off = by.get(("off", r["clients"]))
+        speedup = r["img_s"] / off["img_s"] if r["batching"] == "on" and off else 1.0
         lines.append(f"| {r['batching']} (max {args.batch if r['batching'] == 'on' else 1}) | {r['clients']} | "
                      f"{r['img_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
-                     f"{100 * r['share_of_offline']:.0f}% | {speedup:.2f}x |")  # fmt: skip
+                     f"{100 * r['share_of_offline']:.0f}% | {speedup:.2f}x | {r['mean_batch']:.1f} |")  # fmt: skip
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -94,9 +94,10 @@ def reference_logits(reference, data: bytes) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def serving(*models: ImageModel, max_body_mb: float = 20.0, grace_s: float = 10.0):
+def serving(*models: ImageModel, max_body_mb: float = 20.0, grace_s: float = 10.0, grpc_address: str | None = None):
     """`models` (loaded) served on a free loopback port in a background thread; yields the base URL."""
-    server = make_server(build_app(list(models), max_body_mb=max_body_mb), grace_s=grace_s)
+    app = build_app(list(models), max_body_mb=max_body_mb, grpc_address=grpc_address, grace_s=grace_s)
+    server = make_server(app, grace_s=grace_s)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -182,6 +183,52 @@ def test_v2_with_tritonclient_binary_and_json(server, photos, reference):
     tensor.set_data_from_numpy(pixels["pixel_values"], binary_data=True)
     result = client.infer("tiny-pvt", [tensor], outputs=[triton.InferRequestedOutput("logits")])
     np.testing.assert_allclose(result.as_numpy("logits"), expected[:2], rtol=1e-5, atol=1e-6)
+
+
+GRPC_CLIENT = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+client = triton.InferenceServerClient(sys.argv[1])
+out = {"live": client.is_server_live(), "ready": client.is_server_ready(), "model": client.is_model_ready("tiny-pvt")}
+blobs = [open(path, "rb").read() for path in sys.argv[2:]]
+image = triton.InferInput("image", [len(blobs)], "BYTES")
+image.set_data_from_numpy(np.array(blobs, dtype=np.object_))
+result = client.infer("tiny-pvt", [image], outputs=[triton.InferRequestedOutput("logits"),
+                                                     triton.InferRequestedOutput("labels")])
+out["logits"] = result.as_numpy("logits").tolist()
+out["labels"] = [[b.decode() for b in row] for row in result.as_numpy("labels")]
+bad = triton.InferInput("image", [1], "BYTES")
+bad.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
+for name, model, inputs in [("bad", "tiny-pvt", [bad]), ("missing", "no-such-model", [image])]:
+    try:
+        client.infer(model, inputs)
+    except InferenceServerException as e:
+        out[name] = [e.status(), e.message()]
+print(json.dumps(out))
+"""
+
+
+def test_v2_over_grpc_with_tritonclient(pvt_dir, photos, reference, tmp_path):
+    # tritonclient.grpc and KServe register the same protobuf names: the client runs in a process of its own.
+    names = ["chelsea.jpg", "logo.png"]
+    for n in names:
+        (tmp_path / n).write_bytes(photos[n])
+    port = free_port()
+    with serving(loaded("tiny-pvt", pvt_dir, max_batch_size=4), grpc_address=f"127.0.0.1:{port}") as url:
+        wait_ready(url)
+        run = subprocess.run([sys.executable, "-c", GRPC_CLIENT, f"127.0.0.1:{port}", *(str(tmp_path / n) for n in names)],
+                             capture_output=True, text=True, timeout=120, env=ENV)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout)
+    assert out["live"] and out["ready"] and out["model"]
+    expected = np.stack([reference_logits(reference, photos[n]) for n in names])
+    np.testing.assert_allclose(out["logits"], expected, rtol=1e-5, atol=1e-6)
+    assert out["labels"] == [[r["label"] for r in reference([pvtkit.load_image(photos[n])])[0]] for n in names]
+    assert out["bad"][0] == "StatusCode.INVALID_ARGUMENT" and "cannot decode as an image" in out["bad"][1]
+    assert out["missing"][0] == "StatusCode.NOT_FOUND"
 
 
 def test_v2_errors_through_tritonclient(server, photos):
@@ -311,6 +358,12 @@ def test_bad_requests_get_a_clear_answer_and_the_server_stays_up(server, photos)
         ("bad base64", v1, b'{"instances": [{"b64": "%%%"}]}', json_type, 400, "base64"),
         ("pixels of the wrong rank", v1, b'{"instances": [[1, 2, 3]]}', json_type, 400, "shape"),
         ("unknown model v1", f"{server}/v1/models/nope:predict", b'{"instances": []}', json_type, 404, "nope"),
+        ("parameters not an object", v2, SHORT_BINARY[:-2] + b'],"parameters":[1]}',
+         {"content-type": "application/octet-stream"}, 400, "parameters"),
+        ("more images than the queue holds", v1, json.dumps({"instances": [{"b64": "AAAA"}] * 300}).encode(),
+         json_type, 400, "per request"),
+        ("repository unload is not served", f"{server}/v2/repository/models/tiny-pvt/unload", b"", json_type, 404,
+         "not found"),
     ]  # fmt: skip
     for name, url, body, headers, status, fragment in cases:
         if body is None:  # a multipart form with a text field only
@@ -319,6 +372,12 @@ def test_bad_requests_get_a_clear_answer_and_the_server_stays_up(server, photos)
             r = requests.post(url, data=body, headers=headers, timeout=30)
         assert r.status_code == status, (name, r.status_code, r.text)
         assert fragment.lower() in r.json()["error"].lower(), (name, r.text)
+    chunked = requests.post(f"{server}/predict", data=iter([b"\xff" * 2**19] * 4), timeout=30,
+                            headers={"content-type": "image/jpeg"})  # no Content-Length: refused as it arrives
+    assert chunked.status_code == 413 and "MiB limit" in chunked.json()["error"]
+    charset = requests.post(v1, data=json.dumps({"instances": [{"b64": base64.b64encode(jpg).decode()}]}),
+                            headers={"content-type": "application/json; charset=utf-8"}, timeout=30)
+    assert charset.status_code == 200 and len(charset.json()["predictions"][0]) == 5
     assert requests.get(f"{server}/v2/health/live", timeout=10).status_code == 200
     ok = requests.post(f"{server}/predict", data=jpg, headers={"content-type": "image/jpeg"}, timeout=30)
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 5
@@ -400,7 +459,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_deadline_504(pvt_dir, p
         for gate in gates:
             gate.open.set()
         assert [f.result().status_code for f in held] == [200, 200, 200]  # the queued ones were not lost
-        assert post(f"{url}/predict?model=slow").status_code == 200
+        assert post(f"{url}/predict?model=busy").status_code == 200
 
 
 def test_ready_only_after_warm_up(pvt_dir, photos):
@@ -418,6 +477,22 @@ def test_ready_only_after_warm_up(pvt_dir, photos):
         release.set()
         wait_ready(url)
         assert requests.get(f"{url}/v2/models/warming/ready", timeout=10).status_code == 200
+
+
+def test_a_failed_warm_up_is_logged_and_keeps_the_model_unready(pvt_dir, caplog):
+    model = loaded("broken", pvt_dir)
+
+    def fail(pixels):
+        raise RuntimeError("out of memory at batch 16")
+
+    model._forward = fail  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="pvtkit.serve"), serving(model) as url:
+        deadline = time.monotonic() + 30
+        while model.warm_up_error is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = requests.get(f"{url}/v2/health/ready", timeout=10)
+        assert r.status_code == 503 and "warm-up failed: broken (out of memory at batch 16)" in r.json()["error"]
+    assert any("warm-up of broken failed" in m for m in caplog.messages)
 
 
 def test_batcher_bounds_its_queue_and_drops_what_timed_out():

@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     for option, value in [("--max-delay-ms", args.max_delay_ms), ("--max-body-mb", args.max_body_mb)]:
         if value < 0:
             raise UsageError(f"{option} must be 0 or more, got {value}")
+    if args.grace_s < 0:
+        raise UsageError(f"--grace-s must be 0 or more, got {args.grace_s}")
     if args.timeout_s <= 0:
         raise UsageError(f"--timeout-s must be positive, got {args.timeout_s}")
     if not 0 <= args.port <= 65535:
@@ -39,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    configure_logging(args.log_format, args.log_level)
     models = []
     for text in args.model:
         name, source = parse_model(text)
@@ -53,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot load model {source!r}: {e}") from e
         models.append(model)
     try:
-        app = build_app(models, max_body_mb=args.max_body_mb)
+        grpc = None if args.grpc_port is None else f"{args.host}:{args.grpc_port}"
+        app = build_app(models, max_body_mb=args.max_body_mb, grpc_address=grpc, grace_s=args.grace_s)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    configure_logging(args.log_format, args.log_level)  # from here on the process is the server's
     run_server(app, host=args.host, port=args.port, grace_s=args.grace_s)
     return 0
 
@@ -66,7 +69,7 @@ def register(sub: Any) -> None:
         help="an inference server (KServe V1/V2 protocols, dynamic batching, metrics)",
         description="Serve classification and semantic-segmentation checkpoints over HTTP, with KServe's model "
         "server protocols so existing clients work: the Open Inference Protocol (V2: `POST /v2/models/NAME/infer`, "
-        "Triton's tritonclient works, binary data included), TF Serving's REST API (V1: `POST "
+        "Triton's tritonclient works, binary data included; over gRPC too with --grpc-port), TF Serving's REST API (V1: `POST "
         "/v1/models/NAME:predict` with {\"instances\": [{\"b64\": ...}]}), a plain `POST /predict` image upload "
         "(curl -F file=@cat.jpg) answering like `pvtkit classify --format json`, and a page at / to drop an image "
         "on. Concurrent requests are batched into one forward pass (up to --max-batch-size images, waiting at most "
@@ -83,6 +86,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--offline", action="store_true", help="never touch the network; use the Hub cache only")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all, as in a container)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (0: any free port)")
+    parser.add_argument("--grpc-port", type=int, help="also serve the V2 protocol over gRPC on this port (KServe's "
+                        "gRPC service; tritonclient.grpc works); default: off")
     parser.add_argument("--max-batch-size", type=int, default=16, help="most images per forward pass (1: no batching)")
     parser.add_argument("--max-delay-ms", type=float, default=5.0,
                         help="how long the oldest waiting image waits for others to join its batch")

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import re
 import signal
 import sys
@@ -30,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import REGISTRY, exposition
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..pipeline import describe_error
 from ._kserve import DataPlane, ModelRepositoryExtension, kserve, register_v1_endpoints, register_v2_endpoints
@@ -62,6 +64,9 @@ class _DataPlane(DataPlane):
     """KServe's data plane, with a request it cannot parse (a missing key, a bad binary header) answered 400."""
 
     def decode(self, body: Any, headers: Any, *args: Any, **kwargs: Any) -> Any:
+        kind = (headers or {}).get("content-type", "")
+        if kind.split(";")[0].strip().lower() in ("application/json", "application/x-www-form-urlencoded", ""):
+            headers = {**headers, "content-type": "application/json"}  # `; charset=utf-8`, `curl -d`: still JSON
         try:
             return super().decode(body, headers, *args, **kwargs)
         except errors.InvalidInput:
@@ -69,6 +74,10 @@ class _DataPlane(DataPlane):
         except Exception as e:  # KeyError, TypeError, ValueError, IndexError from a malformed request
             raise errors.InvalidInput(f"malformed inference request: {type(e).__name__}: {describe_error(e)}") from e
 
+
+    async def ready(self) -> bool:
+        """Ready once every model is loaded and warmed up (KServe's own answers True at once)."""
+        return all(m.ready for m in self.model_registry.get_models().values())
 
     def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> Any:
         if isinstance(body, bytes):
@@ -94,9 +103,12 @@ def binary_infer_request(body: bytes, headers: dict[str, str], model_name: str) 
                                   f"start of the {len(body)}-byte body") from None  # fmt: skip
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise errors.InvalidInput("a V2 request is a JSON object with an \"inputs\" list")
+    if header.get("parameters") is not None and not isinstance(header["parameters"], dict):
+        raise errors.InvalidInput("\"parameters\": expected an object")
     start, inputs = size, []
     for i, spec in enumerate(header["inputs"]):
-        if not isinstance(spec, dict) or not {"name", "shape", "datatype"} <= spec.keys():
+        if not isinstance(spec, dict) or not {"name", "shape", "datatype"} <= spec.keys() or \
+                not isinstance(spec.get("parameters") or {}, dict):
             raise errors.InvalidInput(f"inputs[{i}]: expected an object with name, shape and datatype")
         tensor = InferInput(spec["name"], spec["shape"], spec["datatype"], parameters=spec.get("parameters"))
         binary = (spec.get("parameters") or {}).get("binary_data_size")
@@ -116,15 +128,12 @@ def binary_infer_request(body: bytes, headers: dict[str, str], model_name: str) 
     outputs = header.get("outputs")
     requested = None
     if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
-            raise errors.InvalidInput("\"outputs\": expected a list of objects with a name")
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o and
+                                                    isinstance(o.get("parameters") or {}, dict) for o in outputs):
+            raise errors.InvalidInput("\"outputs\": expected a list of objects with a name (and object parameters)")
         requested = [RequestedOutput(o["name"], o.get("parameters")) for o in outputs]
     return InferRequest(model_name=model_name, infer_inputs=inputs, request_id=header.get("id"),
                         parameters=header.get("parameters"), request_outputs=requested)  # fmt: skip
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class Limits:
@@ -145,16 +154,27 @@ class Limits:
         limit = self.max_body_bytes
         received = 0
 
+        async def too_large() -> None:
+            body = json.dumps({"error": f"request body over the {limit / 2**20:g} MiB limit (--max-body-mb)"})
+            await tracked_send({"type": "http.response.start", "status": 413,
+                                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body.encode()})
+            status["refused"] = True
+
         async def counted_receive() -> dict:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge
+                if received > limit:  # a body with no (or a false) Content-Length: refuse it as it arrives
+                    if not status["sent"]:
+                        await too_large()
+                    return {"type": "http.disconnect"}  # the app stops reading; what it sends is dropped
             return message
 
         async def tracked_send(message: dict) -> None:
+            if status.get("refused"):
+                return
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
                 message.setdefault("headers", [])
@@ -167,14 +187,13 @@ class Limits:
             declared = 0
         try:
             if declared > limit:
-                raise _BodyTooLarge
-            await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLarge:
-            if not status["sent"]:
-                body = json.dumps({"error": f"request body over the {limit / 2**20:g} MiB limit (--max-body-mb)"})
-                await tracked_send({"type": "http.response.start", "status": 413,
-                                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
-                await send({"type": "http.response.body", "body": body.encode()})
+                await too_large()
+            else:
+                try:
+                    await self.app(scope, counted_receive, tracked_send)
+                except Exception:
+                    if not status.get("refused"):  # after a 413 the app's complaint about its cut body is moot
+                        raise
         finally:
             self.stats["answered"] += 1
             code = status["code"]
@@ -213,6 +232,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def deadline(_: Request, exc: Exception) -> Response:
         return _error(504, str(exc))
 
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:  # no such route, wrong method
+        return _error(exc.status_code, f"{exc.detail}: see GET / for the page, /v2/models for the models")
+
     async def not_implemented(_: Request, exc: Exception) -> Response:
         return _error(501, str(exc))
 
@@ -224,14 +246,47 @@ def _install_error_handlers(app: FastAPI) -> None:
         (errors.InvalidInput, bad_input), (RequestValidationError, validation), (errors.ModelNotFound, not_found),
         (errors.ModelNotReady, unavailable), (errors.ServerNotReady, unavailable),
         (errors.ServerNotLive, unavailable), (Overloaded, overloaded), (DeadlineExceeded, deadline),
-        (NotImplementedError, not_implemented), (errors.UnsupportedProtocol, not_implemented),
+        (StarletteHTTPException, http_error), (NotImplementedError, not_implemented), (errors.UnsupportedProtocol, not_implemented),
         (Exception, internal),
     ]:  # fmt: skip
         app.add_exception_handler(kind, handler)
 
 
-def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0) -> Any:
-    """The ASGI app serving `models` (loaded; `warm_up` runs at startup, in a thread, and makes each ready)."""
+async def start_grpc(dataplane: DataPlane, repository: Any, address: str) -> Any:
+    """KServe's V2 gRPC service (its servicer and interceptors) on `address` (host:port), in this event loop."""
+    from grpc import StatusCode, aio
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    class Errors(ExceptionToStatusInterceptor):
+        """KServe's exception -> status mapping, plus the batcher's two refusals."""
+
+        async def handle_exception(self, ex: Exception, request: Any, context: Any, method_name: str) -> None:
+            if isinstance(ex, Overloaded):
+                await context.abort(StatusCode.RESOURCE_EXHAUSTED, str(ex))
+            elif isinstance(ex, DeadlineExceeded):
+                await context.abort(StatusCode.DEADLINE_EXCEEDED, str(ex))
+            elif isinstance(ex, errors.InvalidInput):
+                await context.abort(StatusCode.INVALID_ARGUMENT, str(ex))
+            else:
+                await super().handle_exception(ex, request, context, method_name)
+
+    server = aio.server(interceptors=(Errors(),), options=[("grpc.max_receive_message_length", 64 * 2**20),
+                                                           ("grpc.max_send_message_length", 64 * 2**20)])
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane, ModelRepositoryExtension(model_registry=repository)), server)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    await server.start()
+    logger.info("gRPC listening", extra={"fields": {"address": address}})
+    return server
+
+
+def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0, grpc_address: str | None = None,
+              grace_s: float = 30.0) -> Any:  # fmt: skip
+    """The ASGI app serving `models` (loaded; `warm_up` runs at startup, in a thread, and makes each ready), and
+    with `grpc_address` (host:port) the V2 gRPC service beside it, stopped with the same grace."""
     if not models:
         raise ValueError("build_app needs at least one model")
     names = [m.name for m in models]
@@ -248,11 +303,20 @@ def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0) -> Any:
         for model in models:
             model.batcher.start()
         # Warm up off the event loop: liveness answers meanwhile, readiness only once every model is warm.
-        warming = [asyncio.get_running_loop().run_in_executor(None, m.warm_up) for m in models]
-        warming_task = asyncio.gather(*warming, return_exceptions=True)
+        async def warm(model: ImageModel) -> None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, model.warm_up)
+            except Exception as e:  # the model stays unready; say why
+                model.warm_up_error = describe_error(e)
+                logger.error("warm-up of %s failed: %s", model.name, model.warm_up_error, exc_info=e)
+
+        warming_task = asyncio.gather(*(warm(m) for m in models))
+        grpc_server = await start_grpc(dataplane, repository, grpc_address) if grpc_address else None
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=grace_s)  # refuses new calls, lets those in flight finish
             await warming_task
             for model in models:
                 await model.batcher.drain()
@@ -278,10 +342,19 @@ def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0) -> Any:
 
     @app.get("/v2/health/ready")
     async def ready() -> Any:
+        failed = [f"{m.name} ({m.warm_up_error})" for m in models if m.warm_up_error]
+        if failed:
+            raise errors.ServerNotReady(f"warm-up failed: {', '.join(failed)}")
         waiting = [m.name for m in models if not m.ready]
         if waiting:
             raise errors.ServerNotReady(f"loading or warming up: {', '.join(waiting)}")
         return {"ready": True}
+
+    # KServe's repository extension (load / unload by anyone who can reach the port) is not served: an unloaded
+    # model could not come back, since the models are given at start. Registered first, so it shadows KServe's.
+    @app.api_route("/v2/repository/{rest:path}", methods=["GET", "POST"], include_in_schema=False)
+    async def repository(rest: str) -> Any:
+        raise StarletteHTTPException(404, "Not Found (the model repository extension is not served)")
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
@@ -305,12 +378,16 @@ def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0) -> Any:
         job = await model.run_images(images, top_k=query.get("top_k"))
         overlay = query.get("overlay", "").lower() in ("1", "true", "yes")
         out = []
-        for i, (name, data) in enumerate(images):
+        overlays: list[str] = []
+        if overlay and model.task == "image-segmentation":  # drawing is real work: off the event loop
+            overlays = await asyncio.get_running_loop().run_in_executor(
+                model.decoder, lambda: [_overlay_data_url(model, job, i, d) for i, (_, d) in enumerate(images)])
+        for i, (name, _) in enumerate(images):
             record = model.record(job, i)
             if model.task == "image-segmentation":
                 record = {"path": name, **record}
-                if overlay:
-                    record["overlay"] = _overlay_data_url(model, job, i, data)
+                if overlays:
+                    record["overlay"] = overlays[i]
             else:
                 record = {"path": name, "predictions": record}
             out.append(record)
@@ -345,7 +422,7 @@ def _overlay_data_url(model: ImageModel, job: Any, index: int, data: bytes) -> s
     from ..visualize import label_overlay, palette
 
     image = load_image(data)
-    blended = label_overlay(image, model.class_map(job, index), palette(max(len(model.labels), 1)), 0.5)
+    blended = label_overlay(image, job.maps[index], palette(max(len(model.labels), 1)), 0.5)
     buffer = io.BytesIO()
     blended.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -381,7 +458,7 @@ def make_server(app: Any, host: str = "127.0.0.1", port: int = 8080, grace_s: fl
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=int(grace_s), timeout_keep_alive=5)  # fmt: skip
+                            timeout_graceful_shutdown=math.ceil(grace_s), timeout_keep_alive=5)  # fmt: skip
     return uvicorn.Server(config)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 
 class Overloaded(Exception):
-    """The queue is full: the request is refused before any work is done on it."""
+    """The queue is full: the request is refused (before its images are decoded, when the model checks first)."""
 
     def __init__(self, queued: int, retry_after_s: float) -> None:
         super().__init__(f"server busy: {queued} images are already waiting (--max-queue); retry in "

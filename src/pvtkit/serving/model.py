@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import json
 import os
 import time
 import uuid
@@ -55,7 +56,8 @@ class Job:
     sizes: list[tuple[int, int]]  # per image (height, width) before resizing
     top_k: int
     request: Any = None  # the V2 InferRequest
-    results: list[Any] = field(default_factory=list)  # per image: logits (classes,) or class map (H, W)
+    results: list[Any] = field(default_factory=list)  # per image: its logits
+    maps: list[np.ndarray] = field(default_factory=list)  # segmentation: per image its (H, W) class map
 
 
 class ImageModel(kserve.Model):
@@ -92,6 +94,7 @@ class ImageModel(kserve.Model):
         self.pipe: Any = None
         self.task = ""
         self.loaded = False  # weights in memory (ready: loaded and warmed up)
+        self.warm_up_error: str | None = None
 
     # ------------------------------------------------------------------------------------------- loading
 
@@ -154,6 +157,11 @@ class ImageModel(kserve.Model):
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Job:
         if isinstance(payload, InferRequest):
             return await self._v2_job(payload)
+        if isinstance(payload, (bytes, str)):  # KServe leaves a body it did not take for JSON as it came
+            try:
+                payload = json.loads(payload)
+            except ValueError as e:
+                raise InvalidInput(f"model {self.name!r}: the body is not JSON ({e})") from None
         if isinstance(payload, dict):
             return await self._v1_job(payload)
         raise InvalidInput(f"model {self.name!r}: expected a JSON object with \"instances\" (V1) or a V2 inference "
@@ -161,12 +169,31 @@ class ImageModel(kserve.Model):
 
     async def predict(self, job: Job, headers: dict[str, str] | None = None, response_headers: Any = None) -> Job:
         started = time.monotonic()
+        self._check_room(len(job.pixels))
+        tasks = [asyncio.ensure_future(self.batcher.submit(p)) for p in job.pixels]
         try:
-            job.results = list(await asyncio.gather(*(self.batcher.submit(p) for p in job.pixels)))
+            job.results = list(await asyncio.gather(*tasks))
         except ValueError as e:  # the model refused the input's shape (a size off ViT's patch grid, ...)
             raise InvalidInput(f"model {self.name!r}: {describe_error(e)}") from e
+        finally:
+            for task in tasks:  # one image failed (or the deadline passed): the others leave the queue unrun
+                task.cancel()
         METRICS.inference_seconds.labels(self.name).observe(time.monotonic() - started)
+        if self.task == "image-segmentation":  # upsampling to the images' sizes is real work: off the event loop
+            job.maps = await asyncio.get_running_loop().run_in_executor(
+                self.decoder, lambda: [self.class_map(job, i) for i in range(len(job.results))])
         return job
+
+    def _check_room(self, count: int) -> None:
+        """Refuse a request whose images could never fit the queue (400) or do not fit it now (503), before any
+        work is spent on them."""
+        from .batching import Overloaded
+
+        if count > self.batcher.max_queue:
+            raise InvalidInput(f"model {self.name!r}: the request has {count} images; at most {self.batcher.max_queue}"
+                               " (--max-queue) per request")  # fmt: skip
+        if self.batcher.depth + count > self.batcher.max_queue:
+            raise Overloaded(self.batcher.depth, retry_after_s=1.0)
 
     async def postprocess(self, job: Job, headers: dict[str, str] | None = None, response_headers: Any = None) -> Any:
         if job.protocol == "v2":
@@ -210,6 +237,7 @@ class ImageModel(kserve.Model):
     async def _decode_into(self, job: Job, blobs: list[bytes], names: list[str]) -> None:
         if not blobs:
             raise InvalidInput(f"model {self.name!r}: the request has no images")
+        self._check_room(len(blobs))
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(*(loop.run_in_executor(self.decoder, self._decode_one, data, name)
                                          for data, name in zip(blobs, names)))  # fmt: skip
@@ -282,7 +310,7 @@ class ImageModel(kserve.Model):
             if array.ndim != 1:
                 raise InvalidInput(f"{where}: BYTES of shape [N] or [N, 1] (one encoded image each), got shape "
                                    f"{list(array.shape)}")  # fmt: skip
-            if tensor._raw_data is None:  # JSON can't carry raw bytes: images come base64-encoded, as strings
+            if tensor._raw_data is None and not request.from_grpc:  # JSON has no raw bytes: base64 text
                 blobs = []
                 for i, text in enumerate(array):
                     try:
@@ -303,6 +331,9 @@ class ImageModel(kserve.Model):
         else:
             raise InvalidInput(f"{where}: datatype {tensor.datatype}; expected BYTES (encoded images) or FP32 "
                                "(preprocessed pixels)")  # fmt: skip
+        if self.task == "image-segmentation" and len(set(job.sizes)) > 1:
+            raise InvalidInput("the images have different sizes, so their class maps do not stack into one tensor; "
+                               "send them in separate requests")  # fmt: skip
         for output in request.request_outputs or []:
             if output.name not in self.output_names:
                 raise InvalidInput(f"model {self.name!r} has no output {output.name!r}; it has "
@@ -326,7 +357,7 @@ class ImageModel(kserve.Model):
         """Image `index`'s answer as the CLI writes it: top-k `{"label", "score"}` records (classification) or
         the size and per-class areas (segmentation)."""
         if self.task == "image-segmentation":
-            classes = self.class_map(job, index)
+            classes = job.maps[index]
             return {"size": list(classes.shape), "classes": class_areas(classes, self.labels)}
         return self.pipe.records(torch.from_numpy(job.results[index])[None], job.top_k)[0]
 
@@ -338,12 +369,8 @@ class ImageModel(kserve.Model):
         classification = {o.name: _parameter((o.parameters or {}).get("classification")) for o in wanted}
         outputs = []
         if self.task == "image-segmentation":
-            maps = [self.class_map(job, i) for i in range(len(job.results))]
-            if len({m.shape for m in maps}) > 1:
-                raise InvalidInput("the images have different sizes, so their class maps do not stack into one "
-                                   "tensor; send them in separate requests")  # fmt: skip
-            stacked = np.stack(maps).astype(np.int64)
-            outputs.append(InferOutput("segmentation", list(stacked.shape), "INT64", stacked))
+            stacked = np.stack(job.maps).astype(np.int64)
+            outputs.append(_output("segmentation", "INT64", stacked))
         else:
             logits = torch.from_numpy(np.stack(job.results))
             scores = self.pipe.scores(logits)
@@ -357,16 +384,16 @@ class ImageModel(kserve.Model):
                     v, ids = values.topk(count, dim=-1)
                     data = np.array([[f"{a:f}:{j}:{self.labels[j]}".encode() for a, j in zip(vs.tolist(), js.tolist())]
                                      for vs, js in zip(v, ids)], dtype=np.object_)  # fmt: skip
-                    outputs.append(InferOutput(name, list(data.shape), "BYTES", data))
+                    outputs.append(_output(name, "BYTES", data))
                 elif name in ("logits", "probabilities"):
                     data = (logits if name == "logits" else scores).numpy().astype(np.float32)
-                    outputs.append(InferOutput(name, list(data.shape), "FP32", data))
+                    outputs.append(_output(name, "FP32", data))
                 elif name == "labels":
                     data = np.array([[self.labels[j].encode() for j in js] for js in top_ids.tolist()], np.object_)
-                    outputs.append(InferOutput(name, list(data.shape), "BYTES", data))
+                    outputs.append(_output(name, "BYTES", data))
                 else:
                     data = top_scores.numpy().astype(np.float32)
-                    outputs.append(InferOutput(name, list(data.shape), "FP32", data))
+                    outputs.append(_output(name, "FP32", data))
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs,
             requested_outputs=wanted or None, use_binary_outputs=request.use_binary_outputs,
@@ -392,6 +419,14 @@ class ImageModel(kserve.Model):
     def stop(self) -> None:
         self.ready = False
         self.decoder.shutdown(wait=False, cancel_futures=True)
+
+
+def _output(name: str, datatype: str, data: np.ndarray) -> Any:
+    """A V2 output holding its data raw, which both of KServe's encoders take (REST re-encodes it as JSON when the
+    client asked for no binary data; 0.21's gRPC encoder fails on an output given as an array)."""
+    output = InferOutput(name, list(data.shape), datatype)
+    output.set_data_from_numpy(data, binary_data=True)
+    return output
 
 
 def _b64_of(instance: Any) -> str | None:

@@ -1,7 +1,10 @@
 """pvtkit: PVTv2, SegFormer, GLPN and ViT in PyTorch, with Hugging Face formats native."""
 
+import importlib as _importlib
+import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
+from typing import Any as _Any
 
 # The `pvtkit` command owns its process, so it turns on PyTorch's transparent-huge-page backing for large CPU
 # tensors: one page fault per 2 MB instead of one per 4 kB, which on some machines (VMs especially) is a large
@@ -26,79 +29,100 @@ if "torch" not in _sys.modules and _args is not None:
     if next((a for a in _args if not a.startswith("-")), None) == "serve":
         _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import analysis, cpu_kernels
-from .config import PretrainedConfig
-from .modeling import LoadingError, PreTrainedModel
-from .models.pvt_v2 import (
-    VARIANTS as PVT_V2_VARIANTS,
-    PvtV2Backbone,
-    PvtV2Config,
-    PvtV2ForImageClassification,
-    PvtV2ForSemanticSegmentation,
-    PvtV2Model,
-)
-from .models.segformer import (
-    SegformerConfig,
-    SegformerForImageClassification,
-    SegformerForSemanticSegmentation,
-    SegformerModel,
-)
-from .models.glpn import GLPNConfig, GLPNForDepthEstimation, GLPNModel
-from .models.vit import (
-    VARIANTS as VIT_VARIANTS,
-    ViTConfig,
-    ViTForImageClassification,
-    ViTForMaskedImageModeling,
-    ViTModel,
-    ViTPreTrainedModel,
-)
-from .auto import (
-    AutoBackbone,
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForDepthEstimation,
-    AutoModelForImageClassification,
-    AutoModelForMaskedImageModeling,
-    AutoModelForSemanticSegmentation,
-    convert_checkpoint,
-)
-from .pipeline import (
-    DepthEstimationPipeline,
-    ImageClassificationPipeline,
-    ImageFeatureExtractionPipeline,
-    ImageSegmentationPipeline,
-    Pipeline,
-    pipeline,
-)
-from .evaluation import EvalResult, SegmentationEvalResult, SegmentationMetric, evaluate, evaluate_segmentation
-from .training import Trainer, TrainingArguments, TrainResult, train
-from .processing import (
-    IMAGE_PROCESSOR_TYPES,
-    BatchFeature,
-    GLPNImageProcessor,
-    GLPNImageProcessorFast,
-    ImageLoadError,
-    PvtImageProcessor,
-    PvtImageProcessorFast,
-    SegformerImageProcessor,
-    SegformerImageProcessorFast,
-    ViTFeatureExtractor,
-    ViTImageProcessor,
-    ViTImageProcessorFast,
-    convert_to_rgb,
-    load_image,
-)
-from .outputs import (
-    BackboneOutput,
-    BaseModelOutput,
-    BaseModelOutputWithPooling,
-    DepthEstimatorOutput,
-    ImageClassifierOutput,
-    MaskedImageModelingOutput,
-    ModelOutput,
-    SemanticSegmenterOutput,
-)
+# Public name -> (module, attribute), imported on first use (PEP 562): `import pvtkit` loads no torch, so
+# `pvtkit.keras`, the config classes and the hub code stay usable in a process without PyTorch.
+_PUBLIC: dict[str, tuple[str, str]] = {
+    "analysis": (".analysis", ""),
+    "cpu_kernels": (".cpu_kernels", ""),
+    "PretrainedConfig": (".config", "PretrainedConfig"),
+    "LoadingError": (".modeling", "LoadingError"),
+    "PreTrainedModel": (".modeling", "PreTrainedModel"),
+    "PVT_V2_VARIANTS": (".models.pvt_v2", "VARIANTS"),
+    "PvtV2Backbone": (".models.pvt_v2", "PvtV2Backbone"),
+    "PvtV2Config": (".models.pvt_v2", "PvtV2Config"),
+    "PvtV2ForImageClassification": (".models.pvt_v2", "PvtV2ForImageClassification"),
+    "PvtV2ForSemanticSegmentation": (".models.pvt_v2", "PvtV2ForSemanticSegmentation"),
+    "PvtV2Model": (".models.pvt_v2", "PvtV2Model"),
+    "SegformerConfig": (".models.segformer", "SegformerConfig"),
+    "SegformerForImageClassification": (".models.segformer", "SegformerForImageClassification"),
+    "SegformerForSemanticSegmentation": (".models.segformer", "SegformerForSemanticSegmentation"),
+    "SegformerModel": (".models.segformer", "SegformerModel"),
+    "GLPNConfig": (".models.glpn", "GLPNConfig"),
+    "GLPNForDepthEstimation": (".models.glpn", "GLPNForDepthEstimation"),
+    "GLPNModel": (".models.glpn", "GLPNModel"),
+    "VIT_VARIANTS": (".models.vit", "VARIANTS"),
+    "ViTConfig": (".models.vit", "ViTConfig"),
+    "ViTForImageClassification": (".models.vit", "ViTForImageClassification"),
+    "ViTForMaskedImageModeling": (".models.vit", "ViTForMaskedImageModeling"),
+    "ViTModel": (".models.vit", "ViTModel"),
+    "ViTPreTrainedModel": (".models.vit", "ViTPreTrainedModel"),
+    "AutoBackbone": (".auto", "AutoBackbone"),
+    "AutoConfig": (".auto", "AutoConfig"),
+    "AutoImageProcessor": (".auto", "AutoImageProcessor"),
+    "AutoModel": (".auto", "AutoModel"),
+    "AutoModelForDepthEstimation": (".auto", "AutoModelForDepthEstimation"),
+    "AutoModelForImageClassification": (".auto", "AutoModelForImageClassification"),
+    "AutoModelForMaskedImageModeling": (".auto", "AutoModelForMaskedImageModeling"),
+    "AutoModelForSemanticSegmentation": (".auto", "AutoModelForSemanticSegmentation"),
+    "convert_checkpoint": (".auto", "convert_checkpoint"),
+    "DepthEstimationPipeline": (".pipeline", "DepthEstimationPipeline"),
+    "ImageClassificationPipeline": (".pipeline", "ImageClassificationPipeline"),
+    "ImageFeatureExtractionPipeline": (".pipeline", "ImageFeatureExtractionPipeline"),
+    "ImageSegmentationPipeline": (".pipeline", "ImageSegmentationPipeline"),
+    "Pipeline": (".pipeline", "Pipeline"),
+    "pipeline": (".pipeline", "pipeline"),
+    "EvalResult": (".evaluation", "EvalResult"),
+    "SegmentationEvalResult": (".evaluation", "SegmentationEvalResult"),
+    "SegmentationMetric": (".evaluation", "SegmentationMetric"),
+    "evaluate": (".evaluation", "evaluate"),
+    "evaluate_segmentation": (".evaluation", "evaluate_segmentation"),
+    "Trainer": (".training", "Trainer"),
+    "TrainingArguments": (".training", "TrainingArguments"),
+    "TrainResult": (".training", "TrainResult"),
+    "train": (".training", "train"),
+    "IMAGE_PROCESSOR_TYPES": (".processing", "IMAGE_PROCESSOR_TYPES"),
+    "BatchFeature": (".processing", "BatchFeature"),
+    "GLPNImageProcessor": (".processing", "GLPNImageProcessor"),
+    "GLPNImageProcessorFast": (".processing", "GLPNImageProcessorFast"),
+    "ImageLoadError": (".processing", "ImageLoadError"),
+    "PvtImageProcessor": (".processing", "PvtImageProcessor"),
+    "PvtImageProcessorFast": (".processing", "PvtImageProcessorFast"),
+    "SegformerImageProcessor": (".processing", "SegformerImageProcessor"),
+    "SegformerImageProcessorFast": (".processing", "SegformerImageProcessorFast"),
+    "ViTFeatureExtractor": (".processing", "ViTFeatureExtractor"),
+    "ViTImageProcessor": (".processing", "ViTImageProcessor"),
+    "ViTImageProcessorFast": (".processing", "ViTImageProcessorFast"),
+    "convert_to_rgb": (".processing", "convert_to_rgb"),
+    "load_image": (".processing", "load_image"),
+    "BackboneOutput": (".outputs", "BackboneOutput"),
+    "BaseModelOutput": (".outputs", "BaseModelOutput"),
+    "BaseModelOutputWithPooling": (".outputs", "BaseModelOutputWithPooling"),
+    "DepthEstimatorOutput": (".outputs", "DepthEstimatorOutput"),
+    "ImageClassifierOutput": (".outputs", "ImageClassifierOutput"),
+    "MaskedImageModelingOutput": (".outputs", "MaskedImageModelingOutput"),
+    "ModelOutput": (".outputs", "ModelOutput"),
+    "SemanticSegmenterOutput": (".outputs", "SemanticSegmenterOutput"),
+}
+
+
+
+def __getattr__(name: str) -> _Any:
+    """Import a public name's module when the name is first used (and any submodule, as `import` would have)."""
+    if name in _PUBLIC:
+        module, attr = _PUBLIC[name]
+        loaded = _importlib.import_module(module, __name__)
+        value = getattr(loaded, attr) if attr else loaded
+    elif _importlib_util.find_spec(f"{__name__}.{name}") is not None:
+        value = _importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
 from ._files import find_interrupted_save
 
@@ -194,8 +194,14 @@ def resolve_checkpoint(path: str | os.PathLike, options: HubOptions = HubOptions
     raise FileNotFoundError(f"{path}: no such directory or file{hint}")
 
 
+if TYPE_CHECKING:
+    import torch
+
+
 def load_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
     """Read and merge the tensors of every shard (safetensors, or pickles through `weights_only=True`)."""
+    import torch  # here, not at the top: finding a checkpoint (the rest of this module) needs no PyTorch
+
     state: dict[str, torch.Tensor] = {}
     for file in files:
         if not file.is_file():

@@ -104,3 +104,21 @@ def test_import_pvtkit_loads_no_torch_until_a_model_is_used():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_pvtkit_pipeline_stays_the_function_after_its_module_is_imported():
+    """`pvtkit.pipeline` is the function even once `pvtkit/pipeline.py` is imported (which sets the package's
+    attribute), as it was before the public API became lazy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pvtkit\n"
+        "from pvtkit.pipeline import slide_windows\n"
+        "import pvtkit.pipeline as p\n"
+        "assert callable(pvtkit.pipeline) and pvtkit.pipeline.__module__ == 'pvtkit.pipeline', pvtkit.pipeline\n"
+        "assert callable(p)\n"
+        "import sys; assert sys.modules['pvtkit.pipeline'].slide_windows is slide_windows\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]

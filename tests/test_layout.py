@@ -81,12 +81,18 @@ def test_fast_path_decisions_live_in_cpu_kernels():
     assert offenders == []
 
 
-def test_import_pvtkit_loads_no_torch_until_a_model_is_used():
-    """`import pvtkit` is lazy (PEP 562): configs and the public table load without PyTorch; the first model class
-    imports it; every public name resolves; submodules stay reachable as attributes."""
+def run_fresh_python(code: str) -> None:
+    """Run `code` in a new interpreter (nothing imported yet) and fail with its stderr if it fails."""
     import subprocess
     import sys
 
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_import_pvtkit_loads_no_torch_until_a_model_is_used():
+    """`import pvtkit` is lazy (PEP 562): configs and the public table load without PyTorch; the first model class
+    imports it; every public name resolves; submodules stay reachable as attributes."""
     code = (
         "import sys, pvtkit\n"
         "assert 'torch' not in sys.modules, 'import pvtkit loaded torch'\n"
@@ -102,16 +108,12 @@ def test_import_pvtkit_loads_no_torch_until_a_model_is_used():
         "try:\n    pvtkit.no_such_name\nexcept AttributeError as e:\n    assert 'no_such_name' in str(e)\n"
         "else:\n    raise AssertionError('no AttributeError')\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run_fresh_python(code)
 
 
 def test_pvtkit_pipeline_stays_the_function_after_its_module_is_imported():
     """`pvtkit.pipeline` is the function even once `pvtkit/pipeline.py` is imported (which sets the package's
     attribute), as it was before the public API became lazy."""
-    import subprocess
-    import sys
-
     code = (
         "import pvtkit\n"
         "from pvtkit.pipeline import slide_windows\n"
@@ -120,5 +122,4 @@ def test_pvtkit_pipeline_stays_the_function_after_its_module_is_imported():
         "assert callable(p)\n"
         "import sys; assert sys.modules['pvtkit.pipeline'].slide_windows is slide_windows\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run_fresh_python(code)

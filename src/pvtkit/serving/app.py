@@ -60,6 +60,15 @@ def route_of(path: str) -> str:
     return next((name for pattern, name in _ROUTES if pattern.match(path)), "other")
 
 
+def not_ready(models: Any) -> str | None:
+    """Why the server is not ready (a model whose warm-up failed, or one still loading), or None when it is."""
+    failed = [f"{m.name} ({m.warm_up_error})" for m in models if m.warm_up_error]
+    if failed:
+        return f"warm-up failed: {', '.join(failed)}"
+    waiting = [m.name for m in models if not m.ready]
+    return f"loading or warming up: {', '.join(waiting)}" if waiting else None
+
+
 class _DataPlane(DataPlane):
     """KServe's data plane, with a request it cannot parse (a missing key, a bad binary header) answered 400."""
 
@@ -77,7 +86,7 @@ class _DataPlane(DataPlane):
 
     async def ready(self) -> bool:
         """Ready once every model is loaded and warmed up (KServe's own answers True at once)."""
-        return all(m.ready for m in self.model_registry.get_models().values())
+        return not_ready(self.model_registry.get_models().values()) is None
 
     def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> Any:
         if isinstance(body, bytes):
@@ -342,12 +351,9 @@ def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0, grpc_addr
 
     @app.get("/v2/health/ready")
     async def ready() -> Any:
-        failed = [f"{m.name} ({m.warm_up_error})" for m in models if m.warm_up_error]
-        if failed:
-            raise errors.ServerNotReady(f"warm-up failed: {', '.join(failed)}")
-        waiting = [m.name for m in models if not m.ready]
-        if waiting:
-            raise errors.ServerNotReady(f"loading or warming up: {', '.join(waiting)}")
+        reason = not_ready(models)
+        if reason is not None:
+            raise errors.ServerNotReady(reason)
         return {"ready": True}
 
     # KServe's repository extension (load / unload by anyone who can reach the port) is not served: an unloaded

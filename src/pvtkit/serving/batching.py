@@ -40,7 +40,7 @@ class _Item:
     pixels: np.ndarray  # (C, H, W), the model's dtype-independent float32 input
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
-    queued: bool = True  # still in the waiting deque (removing a missing item would format it in the error)
+    # repr=False: deque.remove's "not in deque" error formats the item, which must never print its pixels
 
 
 class DynamicBatcher:
@@ -109,21 +109,21 @@ class DynamicBatcher:
         finally:
             if not item.future.done():  # timed out or cancelled: never run it
                 item.future.cancel()
-            if item.queued:
-                item.queued = False
-                self._waiting.remove(item)
+            try:
+                self._waiting.remove(item)  # still waiting (timed out or cancelled); a taken item is gone already
+            except ValueError:
+                pass
 
     def _take_batch(self) -> list[_Item]:
         """The oldest live image and up to `max_batch_size - 1` more of its shape, in arrival order."""
         while self._waiting and self._waiting[0].future.done():
-            self._waiting.popleft().queued = False
+            self._waiting.popleft()
         if not self._waiting:
             return []
         shape = self._waiting[0].pixels.shape
         batch = [item for item in self._waiting if item.pixels.shape == shape and not item.future.done()]
         batch = batch[: self.max_batch_size]
         for item in batch:
-            item.queued = False
             self._waiting.remove(item)
         return batch
 

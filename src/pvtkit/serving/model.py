@@ -35,7 +35,7 @@ import torch
 from ..pipeline import class_areas, describe_error, pipeline
 from ..processing import ImageLoadError, load_image
 from . import _kserve
-from .batching import DeadlineExceeded, DynamicBatcher
+from .batching import DeadlineExceeded, DynamicBatcher, Overloaded
 from .metrics import METRICS
 
 kserve = _kserve.kserve
@@ -187,8 +187,6 @@ class ImageModel(kserve.Model):
     def _check_room(self, count: int) -> None:
         """Refuse a request whose images could never fit the queue (400) or do not fit it now (503), before any
         work is spent on them."""
-        from .batching import Overloaded
-
         if count > self.batcher.max_queue:
             raise InvalidInput(f"model {self.name!r}: the request has {count} images; at most {self.batcher.max_queue}"
                                " (--max-queue) per request")  # fmt: skip
@@ -379,7 +377,7 @@ class ImageModel(kserve.Model):
             for name in names:
                 count = classification.get(name)
                 if count is not None:  # Triton's classification extension: "score:index:label", best first
-                    values = logits.float() if name == "logits" else scores
+                    values = logits if name == "logits" else scores
                     count = self._top_k(count, f"output {name!r} classification")
                     v, ids = values.topk(count, dim=-1)
                     data = np.array([[f"{a:f}:{j}:{self.labels[j]}".encode() for a, j in zip(vs.tolist(), js.tolist())]

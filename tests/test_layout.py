@@ -14,8 +14,10 @@ import pvtkit
 from pvtkit.models import family as registry
 
 SRC = Path(pvtkit.__file__).parent
-# `models/` is where families live; the public API (`pvtkit/__init__.py`) names their classes for users.
-OUTSIDE_MODELS = sorted(p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] != "models" and p != SRC / "__init__.py")
+# `models/` is where families live, and `keras/` where the Keras versions of some live; the public API
+# (`pvtkit/__init__.py`) names their classes for users.
+OUTSIDE_MODELS = sorted(p for p in SRC.rglob("*.py")
+                        if p.relative_to(SRC).parts[0] not in ("models", "keras") and p != SRC / "__init__.py")  # fmt: skip
 
 
 def family_references(path: Path, root: Path = SRC) -> list[str]:

@@ -100,11 +100,14 @@ def atomic_directory(path: str | os.PathLike, drop: Iterable[str] = ()) -> Itera
     try:
         yield staging
         mode = _default_mode()
-        for f in os.scandir(staging):
-            if f.is_file(follow_symlinks=False):
-                os.chmod(f.path, mode)  # some writers (safetensors) create files private to the owner
-            with open(f.path, "rb+") as fh:
-                os.fsync(fh.fileno())
+        for root, _, files in os.walk(staging):  # folders too: a SavedModel has variables/ and assets/
+            for name in files:
+                file = os.path.join(root, name)
+                if os.path.islink(file):
+                    continue
+                os.chmod(file, mode)  # some writers (safetensors) create files private to the owner
+                with open(file, "rb+") as fh:
+                    os.fsync(fh.fileno())
         if not path.exists():
             os.rename(staging, path)
         else:

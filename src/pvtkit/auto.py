@@ -14,7 +14,7 @@ from ._files import read_json
 from .config import PretrainedConfig
 from .convert import detect_layout, to_transformers, unwrap
 from .hub import HubOptions, load_state_dict, resolve_checkpoint, resolve_file
-from .layers import pair
+from .config import pair
 from .modeling import PreTrainedModel
 from .models import family as registry
 from .processing import IMAGE_PROCESSOR_TYPES, PREPROCESSOR_CONFIG_NAME

@@ -18,6 +18,10 @@ from ._files import atomic_write_json, read_json
 
 CONFIG_NAME = "config.json"
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+# transformers' `hidden_act` names that pvtkit's models implement ("gelu" is the exact erf GELU); each framework's
+# layers map every one of them (`pvtkit.layers.ACTIVATIONS`, `pvtkit.keras`).
+ACTIVATION_NAMES = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish",
+                    "tanh", "sigmoid")  # fmt: skip
 
 C = TypeVar("C", bound="PretrainedConfig")
 
@@ -205,6 +209,21 @@ class PretrainedConfig:
             if all(ours.get(k) == v for k, v in theirs.items() if k not in ignored):
                 return name
         return None
+
+
+def pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """`16` -> `(16, 16)`; `(224, 320)` stays (height, width)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"expected an int or a (height, width) pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def check_activation(name: str, field: str = "hidden_act") -> None:
+    """Raise a ValueError unless `name` is one of `ACTIVATION_NAMES`."""
+    if name not in ACTIVATION_NAMES:
+        raise ValueError(f"unknown {field} {name!r}; expected one of {sorted(ACTIVATION_NAMES)}")
 
 
 def check_lengths(owner: str, expected: int, **lists: Any) -> None:

@@ -7,6 +7,9 @@ reads transformers' and timm's (`blocks.0.attn.qkv.weight`). All are converted t
 own). A converter is an ordered list of `(regex, replacement)` rules (`rename`, `stage_renamer`) plus the tensor
 splits the rules cannot express (`split`: `kv` -> key, value; `qkv` -> query, key, value).
 
+Nothing here imports a framework: the rules work on PyTorch tensors and NumPy arrays alike, so the Keras models read
+checkpoints through the same code without loading torch (they pass their family's `layouts`).
+
 Checkpoints wrapped as `{"model": ...}`, `{"state_dict": ...}` or `{"module": ...}`, and keys carrying a
 `module.` / `backbone.` / `encoder.` prefix (DDP, detection and segmentation frameworks), are unwrapped first.
 """
@@ -16,12 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
 from typing import Any
-
-import torch
 
 from .models.family import Layout, StateDict, all_layouts, families, get
 
@@ -32,6 +34,10 @@ Rules = list[tuple[str, str]]
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module", "net")
 # Prefixes frameworks put in front of a backbone's keys; stripped when the rest of the key is recognisable.
 FOREIGN_PREFIXES = ("module.", "backbone.", "model.", "encoder.backbone.")
+
+
+class LoadingError(ValueError):
+    """A checkpoint's tensors do not fit the model: the message lists every offending key."""
 
 
 # ---- the rule machinery -----------------------------------------------------------------------------------------
@@ -60,8 +66,10 @@ def split(state: StateDict, fused: str, parts: tuple[str, ...]) -> StateDict:
         if not m:
             out[key] = value
             continue
-        for part, chunk in zip(parts, value.chunk(len(parts), dim=0)):
-            out[f"{m.group(1)}.{part}.{m.group(2)}"] = chunk.clone()
+        size = value.shape[0] // len(parts)
+        for i, part in enumerate(parts):
+            chunk = value[i * size : (i + 1) * size]  # a view: copied, so each part owns its memory (safetensors)
+            out[f"{m.group(1)}.{part}.{m.group(2)}"] = chunk.clone() if hasattr(chunk, "clone") else chunk.copy()
     return out
 
 
@@ -87,6 +95,20 @@ def prefix_encoder(state: StateDict, prefix: str, heads: tuple[str, ...] = ("cla
     return {(k if k.startswith(heads) else prefix + k): v for k, v in state.items()}
 
 
+def align_prefix(state: StateDict, own_keys: Iterable[str], prefix: str) -> tuple[StateDict, list[str]]:
+    """Put a checkpoint's keys under the model's convention: an encoder-only checkpoint into a task model gets
+    `prefix` (`vit.`) in front; a task checkpoint into the encoder loses it and its heads. Returns the aligned
+    state and the head keys dropped."""
+    model_prefixed = any(k.startswith(prefix) for k in own_keys)
+    ckpt_prefixed = any(k.startswith(prefix) for k in state)
+    if model_prefixed and not ckpt_prefixed:
+        return {prefix + k: v for k, v in state.items()}, []
+    if ckpt_prefixed and not model_prefixed:
+        dropped = [k for k in state if not k.startswith(prefix)]
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, dropped
+    return state, []
+
+
 def strip_prefix(state: StateDict, prefix: str) -> StateDict:
     return {k.removeprefix(prefix): v for k, v in state.items()}
 
@@ -97,10 +119,19 @@ def identity(state: StateDict) -> StateDict:
 
 # ---- detection --------------------------------------------------------------------------------------------------
 
+
+def is_array(value: Any) -> bool:
+    """A NumPy array, or a PyTorch tensor (checked only when torch is loaded: nothing here imports it)."""
+    import numpy as np
+
+    torch = sys.modules.get("torch")
+    return isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor))
+
+
 def unwrap(obj: Any, source: str = "checkpoint") -> StateDict:
     """The tensor dict inside a training checkpoint (`{"model": ...}`, `{"state_dict": ...}`, ...)."""
     for _ in range(3):
-        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if isinstance(obj, dict) and obj and all(is_array(v) for v in obj.values()):
             return obj
         if isinstance(obj, dict):
             inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
@@ -109,30 +140,39 @@ def unwrap(obj: Any, source: str = "checkpoint") -> StateDict:
                 continue
         break
     if isinstance(obj, dict):
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        tensors = {k: v for k, v in obj.items() if is_array(v)}
         if tensors:
             return tensors
     raise ValueError(f"{source} holds no tensors: expected a state dict (or one under 'model' / 'state_dict')")
 
 
-def detect_layout(state: StateDict, source: str = "checkpoint", prefer: str | None = None) -> tuple[Layout, StateDict]:
+def detect_layout(
+    state: StateDict, source: str = "checkpoint", prefer: str | None = None, layouts: Sequence[Layout] | None = None
+) -> tuple[Layout, StateDict]:
     """Find which layout `state` is in, after stripping framework prefixes (`module.`, `backbone.` ...). Families
     whose layouts look alike (a bare MiT encoder is one for SegFormer and GLPN alike) are told apart by `prefer`,
-    the family the caller asks for, whose layouts are tried first."""
+    the family the caller asks for, whose layouts are tried first. `layouts` limits the search to those (each
+    naming its `prefix`), which reads a checkpoint without importing any family's PyTorch classes."""
     candidates = [state]
     for prefix in FOREIGN_PREFIXES:
         if any(k.startswith(prefix) for k in state):
             candidates.append({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-    layouts = sorted(all_layouts(), key=lambda layout: layout.model_type != prefer)
+    given = layouts is not None
+    layouts = sorted(all_layouts() if layouts is None else layouts, key=lambda layout: layout.model_type != prefer)
     for candidate in candidates:
         for layout in layouts:  # the sentinel, bare or under the family's prefix (`pvt_v2.`)
-            if layout.sentinel in candidate or f"{get(layout.model_type).prefix}.{layout.sentinel}" in candidate:
+            prefix = layout.prefix or get(layout.model_type).prefix
+            if layout.sentinel in candidate or f"{prefix}.{layout.sentinel}" in candidate:
                 if candidate is not state:
                     dropped = len(state) - len(candidate)
                     logger.info("%s: using the %d keys under a framework prefix (%d others dropped)", source,
                                 len(candidate), dropped)  # fmt: skip
                 return layout, candidate
     sample = ", ".join(list(state)[:5])
+    if given:
+        names = ", ".join(f"{lo.model_type} {lo.name}" for lo in layouts)
+        raise ValueError(f"{source} is not a checkpoint in a layout this model reads ({names}); its first keys are: "
+                         f"{sample}")  # fmt: skip
     names = [f.title for f in families().values()]
     titles = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
     known = "; ".join(f"{f.title}: {', '.join(dict.fromkeys(lo.name for lo in f.layouts))}"
@@ -141,9 +181,12 @@ def detect_layout(state: StateDict, source: str = "checkpoint", prefer: str | No
                      f"{sample}")  # fmt: skip
 
 
-def to_transformers(state: StateDict, model_type: str | None = None, source: str = "checkpoint") -> tuple[StateDict, Layout]:
-    """Convert any supported checkpoint to transformers' names; check it holds the family asked for."""
-    layout, state = detect_layout(unwrap(state, source), source, prefer=model_type)
+def to_transformers(
+    state: StateDict, model_type: str | None = None, source: str = "checkpoint", layouts: Sequence[Layout] | None = None
+) -> tuple[StateDict, Layout]:
+    """Convert any supported checkpoint to transformers' names; check it holds the family asked for. `layouts`:
+    as in `detect_layout`."""
+    layout, state = detect_layout(unwrap(state, source), source, prefer=model_type, layouts=layouts)
     if model_type is not None and layout.model_type != model_type:
         found, wanted = families()[layout.model_type].title, families()[model_type].title
         raise ValueError(f"{source} is a {found} checkpoint ({layout.name} layout), not a {wanted} one; load it with "
@@ -154,11 +197,14 @@ def to_transformers(state: StateDict, model_type: str | None = None, source: str
 # ---- config inference -------------------------------------------------------------------------------------------
 
 
-def infer_config(state: StateDict, layout: Layout) -> dict[str, Any]:
+def infer_config(
+    state: StateDict, layout: Layout, infer: Callable[[StateDict], dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Config fields for a converted state dict that came without a config.json: the family reads the architecture
-    off the tensors, the layout adds what its code fixes (timm's LayerNorm epsilon), and a 1000-class head is an
-    ImageNet-1k classifier and gets its class names."""
-    fields = {**get(layout.model_type).infer_config(state), **layout.config_fields}
+    off the tensors (`infer`, default the family's), the layout adds what its code fixes (timm's LayerNorm epsilon),
+    and a 1000-class head is an ImageNet-1k classifier and gets its class names."""
+    infer = infer or get(layout.model_type).infer_config
+    fields = {**infer(state), **layout.config_fields}
     if fields.get("num_labels") == 1000:
         fields["id2label"] = dict(enumerate(imagenet_labels()))
     return fields

@@ -36,7 +36,7 @@ from . import cpu_kernels
 from ._files import atomic_files
 from .auto import default_image_processor
 from .dtypes import parse_dtype, short_name
-from .layers import pair
+from .config import pair
 from .models import family as registry
 from .processing import RESAMPLE_NAMES, fixed_size
 

@@ -6,22 +6,14 @@ go through `cpu_kernels`, which decides their fast paths.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
-
-
-def pair(value: int | Sequence[int]) -> tuple[int, int]:
-    """`16` -> `(16, 16)`; `(224, 320)` stays (height, width)."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ValueError(f"expected an int or a (height, width) pair, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+from .config import check_activation
 
 
 def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -49,10 +41,8 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation function called `name` in transformers' configs."""
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown hidden_act {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+    check_activation(name)
+    return ACTIVATIONS[name]
 
 
 class DropPath(nn.Module):

@@ -18,11 +18,13 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 
+from . import outputs
 from ._files import atomic_directory, atomic_write, read_json
 from .config import PretrainedConfig
-from .convert import infer_config, to_transformers
+from .convert import LoadingError, align_prefix, infer_config, to_transformers
 from .dtypes import parse_dtype
 from .hub import HubOptions, load_state_dict, resolve_checkpoint
 
@@ -33,9 +35,19 @@ WEIGHTS_NAME = "pytorch_model.bin"
 
 M = TypeVar("M", bound="PreTrainedModel")
 
-class LoadingError(ValueError):
-    """A checkpoint's tensors do not fit the model: the message lists every offending key."""
 
+def _register_output(cls: type) -> None:
+    """Make an output class a PyTorch pytree node, so torch.export, torch.compile and torch.func take it."""
+    pytree.register_pytree_node(
+        cls,
+        lambda out: (list(out.values()), out.keys()),
+        lambda values, names: cls(**dict(zip(names, values))),
+        serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        flatten_with_keys_fn=lambda out: ([(pytree.MappingKey(k), v) for k, v in out.items()], out.keys()),
+    )
+
+
+outputs.add_registrar(_register_output)
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: PretrainedConfig) -> torch.Tensor:
     """The loss transformers computes for a classifier, chosen by `config.problem_type`.
@@ -426,15 +438,7 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         """Copy `state` into the model, adding or stripping `base_model_prefix` as the two layouts need; returns
         the loading info (`missing_keys`, `unexpected_keys`, `mismatched_keys`, `error_msgs`)."""
         own = self.state_dict()
-        prefix = self.base_model_prefix + "."
-        model_prefixed = any(k.startswith(prefix) for k in own)
-        ckpt_prefixed = any(k.startswith(prefix) for k in state)
-        dropped_heads: list[str] = []
-        if model_prefixed and not ckpt_prefixed:  # an encoder-only checkpoint into a task model
-            state = {prefix + k: v for k, v in state.items()}
-        elif ckpt_prefixed and not model_prefixed:  # a task checkpoint into the encoder (or backbone)
-            dropped_heads = [k for k in state if not k.startswith(prefix)]
-            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        state, dropped_heads = align_prefix(state, own, self.base_model_prefix + ".")
         heads = tuple(self.head_prefixes)
         if not any(k in own and not (heads and k.startswith(heads)) for k in state):
             raise LoadingError(f"{source} shares no weight with {type(self).__name__}: its keys look like "

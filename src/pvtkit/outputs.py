@@ -3,17 +3,33 @@
 They read as attributes (`out.logits`), as keys (`out["logits"]`, `"logits" in out`, `out.get(...)`, `dict(out)`:
 the fields that are not None) and, for code written against transformers' tuple outputs, by position (`out[0]`),
 where fields that are None are skipped, as transformers does. Code that tests `isinstance(out, dict)` (Trainer,
-Deformable DETR's backbone wrapper) takes them as it takes transformers'. Every output class is a PyTorch pytree
-node, so `torch.export`, `torch.compile` and `torch.func` take the models' outputs as they are.
+Deformable DETR's backbone wrapper) takes them as it takes transformers'.
+
+The same classes serve the PyTorch and the Keras models, so this module imports no framework. Each framework that
+traces through outputs registers them as its pytree nodes through `add_registrar` when it loads: `pvtkit.modeling`
+for PyTorch (`torch.export`, `torch.compile`, `torch.func`), `pvtkit.keras` for Keras' trees and JAX's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.utils._pytree as pytree
+if TYPE_CHECKING:
+    import torch
+
+_CLASSES: list[type] = []  # every output class, in definition order
+_REGISTRARS: list[Callable[[type], None]] = []  # one per framework that has loaded: registers a class as its node
+
+
+def add_registrar(register: Callable[[type], None]) -> None:
+    """Have `register(cls)` run for every output class, those defined so far and any defined later. A framework
+    calls this once, when it loads, to make the outputs its pytree nodes; children are the fields that are not
+    None, named, as transformers' outputs flatten (tracing transforms take only tensors)."""
+    _REGISTRARS.append(register)
+    for cls in _CLASSES:
+        register(cls)
 
 
 @dataclass
@@ -22,15 +38,19 @@ class ModelOutput(dict):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # Children are the fields that are not None, named in the context, as transformers' outputs flatten:
-        # torch.func's transforms take only tensors.
-        pytree.register_pytree_node(
-            cls,
-            lambda out: (list(out.values()), out.keys()),
-            lambda values, names: cls(**dict(zip(names, values))),
-            serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
-            flatten_with_keys_fn=lambda out: ([(pytree.MappingKey(k), v) for k, v in out.items()], out.keys()),
-        )
+        _CLASSES.append(cls)
+        for register in _REGISTRARS:
+            register(cls)
+
+    def __post_init__(self) -> None:
+        # Built the way `dict` is, from (name, value) pairs in the first argument: TensorFlow rebuilds the outputs
+        # of a traced function so (`type(out)(pairs)`), as it does any mapping.
+        names = [f.name for f in fields(self)]
+        first = getattr(self, names[0])
+        if isinstance(first, (Iterator, dict)) and all(getattr(self, n) is None for n in names[1:]):
+            setattr(self, names[0], None)
+            for key, value in first.items() if isinstance(first, dict) else first:
+                self[key] = value
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)

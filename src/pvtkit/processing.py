@@ -33,13 +33,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
+import importlib
+import sys
+
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
-import torch
-import torch.nn.functional as F
 
 from pvtkit._files import atomic_write_json
+
+
+class _ImportedAtFirstUse:
+    """A module imported when one of its attributes is first read. The PIL processors returning NumPy run without
+    PyTorch (a TensorFlow or JAX process, `pvtkit.keras`); the tensor back ends, `return_tensors="pt"` and the
+    post-processing of model outputs import it when they run."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+torch: Any = _ImportedAtFirstUse("torch")
+F: Any = _ImportedAtFirstUse("torch.nn.functional")
+
+
+def _is_tensor(value: Any) -> bool:
+    """A PyTorch tensor? (Only when torch is loaded: without it, nothing is one, and nothing imports it.)"""
+    module = sys.modules.get("torch")
+    return module is not None and isinstance(value, module.Tensor)
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -47,7 +70,7 @@ IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
-ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, str, os.PathLike]
+ImageInput = Union[PIL.Image.Image, np.ndarray, "torch.Tensor", str, os.PathLike]
 
 # PIL's resampling filter numbers, which is how transformers stores `resample` in its JSON files.
 RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
@@ -87,12 +110,12 @@ class BatchFeature(dict):
         device = kwargs.pop("device", None)
         dtype = kwargs.pop("dtype", None)
         for arg in args:
-            if isinstance(arg, torch.dtype):
+            if type(arg).__name__ == "dtype" and type(arg).__module__ == "torch":
                 dtype = arg
             else:
                 device = arg
         for key, value in self.items():
-            if isinstance(value, torch.Tensor):
+            if _is_tensor(value):
                 self[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else None, **kwargs)
         return self
 
@@ -108,7 +131,7 @@ def _describe(image: Any, index: int | None = None) -> str:
     if isinstance(image, PIL.Image.Image):
         path = getattr(image, "filename", "") or ""
         return f"{where}(PIL {image.mode} {image.size[0]}x{image.size[1]}{', ' + path if path else ''})"
-    if isinstance(image, (np.ndarray, torch.Tensor)):
+    if isinstance(image, np.ndarray) or _is_tensor(image):
         kind = "numpy array" if isinstance(image, np.ndarray) else "torch tensor"
         return f"{where}({kind} of shape {tuple(image.shape)}, dtype {image.dtype})"
     return f"{where}({type(image).__name__})"
@@ -297,12 +320,12 @@ def image_size(image: Any, input_data_format: str | None = None) -> tuple[int, i
 
 def _flatten_images(images: Any) -> list[Any]:
     """One list of single images from a single image, a list of images, or a 4-d batch array/tensor."""
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+    if (isinstance(images, np.ndarray) or _is_tensor(images)) and images.ndim == 4:
         return list(images)
     if isinstance(images, (list, tuple)):
         flat = []
         for item in images:
-            flat.extend(list(item) if isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4 else [item])
+            flat.extend(list(item) if (isinstance(item, np.ndarray) or _is_tensor(item)) and item.ndim == 4 else [item])
         if not flat:
             raise ImageLoadError("no images were given; expected at least one image")
         return flat
@@ -340,7 +363,7 @@ _LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
 def _flatten_label_maps(maps: Any, count: int) -> list[Any]:
     """One list of single maps from a map, a list of maps or a 3-d (batch, H, W) array/tensor. With one image, a
     3-d array is that image's map (`(1, H, W)`, `(H, W, 1)`, or a multi-channel map `label_array` refuses)."""
-    if isinstance(maps, (np.ndarray, torch.Tensor)) and maps.ndim == 3 and count > 1:
+    if (isinstance(maps, np.ndarray) or _is_tensor(maps)) and maps.ndim == 3 and count > 1:
         return list(maps)
     if isinstance(maps, (list, tuple)):
         return list(maps)
@@ -359,7 +382,7 @@ def label_array(label: Any, name: str = "segmentation map") -> np.ndarray:
             raise ImageLoadError(f"{name} is a {label.mode} image; expected one class index per pixel (a PIL image "
                                  "of mode L, P, I or I;16, or an integer array), not a colour or multi-band image")
         array = np.array(label)
-    elif isinstance(label, torch.Tensor):
+    elif _is_tensor(label):
         array = label.detach().cpu().numpy()
     elif isinstance(label, np.ndarray):
         array = label
@@ -548,7 +571,7 @@ class _BaseImageProcessor:
         """Open paths; other inputs pass through. Raises TypeError for unsupported input types."""
         if isinstance(image, (str, os.PathLike)):
             return load_image(image, exif_transpose=exif, convert_rgb=False)
-        if not isinstance(image, (PIL.Image.Image, np.ndarray, torch.Tensor)):
+        if not (isinstance(image, (PIL.Image.Image, np.ndarray)) or _is_tensor(image)):
             raise TypeError(f"{_describe(image, index)}: expected a PIL image, numpy array, torch tensor or path")
         return image
 
@@ -570,7 +593,7 @@ class _BaseImageProcessor:
         if len(shapes) > 1:
             raise ValueError(f"cannot stack images of different shapes {shapes} into one tensor; use a fixed "
                              "{'height', 'width'} size or return_tensors=None")
-        if isinstance(images[0], torch.Tensor):
+        if _is_tensor(images[0]):
             stacked = torch.stack(images)
             return stacked if return_tensors == "pt" else stacked.cpu().numpy()
         stacked = np.stack(images)
@@ -663,7 +686,7 @@ class ViTImageProcessor(_BaseImageProcessor):
         if isinstance(image, PIL.Image.Image):
             array = _pil_to_array(image, opts["do_convert_rgb"], name)
             return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
-        if isinstance(image, torch.Tensor):
+        if _is_tensor(image):
             image = image.detach().cpu()
             image = (image.float() if image.dtype in (torch.bfloat16, torch.float16) else image).numpy()
         _check_array(image, name)

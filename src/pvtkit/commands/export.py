@@ -1,9 +1,11 @@
-"""`pvtkit export`: a checkpoint -> an ONNX file or a `torch.export` program, checked against PyTorch."""
+"""`pvtkit export`: a checkpoint -> an ONNX file or a `torch.export` program, checked against PyTorch, or a TF
+SavedModel (through pvtkit's Keras models), checked against Keras."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -33,7 +35,73 @@ def _auto_class(task: str, args: argparse.Namespace) -> Any:
     return AUTO_CLASSES[checkpoint_task(args) or "image-classification"]
 
 
+def _saved_model(args: argparse.Namespace) -> int:
+    """`pvtkit export saved-model`: the Keras model (TensorFlow back end unless KERAS_BACKEND says otherwise),
+    exported, reloaded with `tf.saved_model.load` and compared with the Keras model at two batch sizes."""
+    import time
+
+    import numpy as np
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise UsageError("pvtkit export saved-model needs TensorFlow: pip install \"pvtkit[tensorflow]\"") from None
+    from .. import keras as pk
+    from .._files import read_json
+    from ..hub import HubOptions, resolve_file
+    from ._common import hub_kwargs
+
+    hub = hub_kwargs(args)
+    if args.task == "auto":  # the checkpoint's architecture, a classifier when it names none pvtkit.keras has
+        file = resolve_file(args.model, "config.json", HubOptions(revision=hub["revision"],
+                                                                  local_files_only=hub["local_files_only"]))  # fmt: skip
+        architecture = ((read_json(file).get("architectures") or [""]) if file is not None else [""])[0]
+        named = [t for t, cls in pk.TASK_CLASSES.items() if cls.__name__ == architecture]
+        task = named[0] if named else "image-classification"
+    else:
+        task = TASKS[args.task]
+    if task not in pk.TASK_CLASSES:
+        raise UsageError(f"--task {args.task}: pvtkit's Keras models cover {', '.join(pk.TASK_CLASSES)}")
+    classes = pk.TASK_CLASSES
+    started = time.perf_counter()
+    try:
+        model = classes[task].from_pretrained(args.model, **hub)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load model {args.model!r} for pvtkit's Keras models: {e}") from e
+    print(f"exporting {type(model).__name__} from {args.model} to {args.output} (Keras on "
+          f"{pk.keras_backend()}) ...", file=sys.stderr)  # fmt: skip
+    model.export(args.output, image_bytes=args.image_bytes)
+    report: dict[str, Any] = {"output": str(args.output), "class": type(model).__name__, "backend": pk.keras_backend(),
+                              "signatures": ["serving_default"] + (["serve_image_bytes"] if args.image_bytes else []),
+                              "export_s": round(time.perf_counter() - started, 2)}  # fmt: skip
+    if not args.no_verify:
+        loaded = tf.saved_model.load(str(args.output))
+        worst = 0.0
+        for batch in (1, 3):
+            pixels = np.random.default_rng(batch).standard_normal(model.dummy_inputs().shape[1:])
+            pixels = np.broadcast_to(pixels, (batch, *pixels.shape)).astype(np.float32)
+            got = loaded.signatures["serving_default"](pixel_values=tf.constant(pixels))
+            want = model(pixels, training=False)
+            for name, value in got.items():
+                reference = np.asarray(want[name])
+                worst = max(worst, float(np.abs(value.numpy() - reference).max() / (np.abs(reference).max() + 1e-12)))
+        report["max_relative_error"] = worst
+        if worst > 1e-4:
+            raise RuntimeError(f"the SavedModel at {args.output} differs from the Keras model by {worst:.2e} "
+                               "(relative), more than 1e-4")  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        checked = (f"; reloaded and checked at batch 1 and 3: max relative error {report['max_relative_error']:.1e}"
+                   if "max_relative_error" in report else "")  # fmt: skip
+        print(f"wrote {args.output}: signatures {', '.join(report['signatures'])}{checked}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.format == "saved-model":
+        return _saved_model(args)
     from .. import export as exporting
     from ._common import load_model, load_processor
 
@@ -80,12 +148,14 @@ def register(sub: Any) -> None:
         "the largest relative difference is above 1e-4 (fp32; 1e-2 for fp16). The file's metadata holds "
         "id2label, image_mean/std, size, resample and the input/output names, so a server needs nothing else. "
         "`torch` writes a torch.export program (.pt2) for `torch.export.load`. Needs `pip install "
-        "\"pvtkit[export]\"` (onnx, onnxscript, onnxruntime) for ONNX.",
+        "\"pvtkit[export]\"` (onnx, onnxscript, onnxruntime) for ONNX. `saved-model` writes a TF SavedModel of a "
+        "ViT for TF Serving through pvtkit's Keras models (`pip install \"pvtkit[tensorflow]\"`).",
         epilog="examples:\n"
         "  pvtkit export onnx --model OpenGVLab/pvt_v2_b0 --output pvt_v2_b0.onnx\n"
         "  pvtkit export onnx --model my-vit --output vit.onnx --size 384 --batch 1 --dtype fp16\n"
         "  pvtkit export onnx --model my-model --output m.onnx --with-preprocessing --quantize dynamic\n"
-        "  pvtkit export torch --model OpenGVLab/pvt_v2_b2 --output pvt_v2_b2.pt2",
+        "  pvtkit export torch --model OpenGVLab/pvt_v2_b2 --output pvt_v2_b2.pt2\n"
+        "  pvtkit export saved-model --model google/vit-base-patch16-224 --output vit_sm --image-bytes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     formats = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
@@ -118,3 +188,24 @@ def register(sub: Any) -> None:
                       help="dynamic int8 quantization of the weights (ONNX Runtime); prints top-1 agreement and "
                       "logit drift against fp32 on real photos")  # fmt: skip
     torch_.set_defaults(opset=None, quantize=None)
+    saved = formats.add_parser(
+        "saved-model", help="a TF SavedModel of a ViT, for TF Serving (Keras 3)",
+        description="Export a ViT checkpoint (transformers' or timm's layout) as a TF SavedModel directory through "
+        "pvtkit's Keras models: signature `serving_default` takes float pixel_values (batch, 3, H, W) at the "
+        "model's size (batch dynamic) and returns logits (or last_hidden_state and pooler_output); "
+        "--image-bytes adds `serve_image_bytes`, which takes encoded images (a string tensor, TF Serving's "
+        "{\"b64\": ...}) and decodes, resizes and normalizes them in the graph with the checkpoint's processor "
+        "settings. The SavedModel is reloaded and compared with the Keras model at two batch sizes (relative "
+        "error at most 1e-4) unless --no-verify. Back end: KERAS_BACKEND (default tensorflow; jax exports through "
+        "jax2tf). Needs `pip install \"pvtkit[tensorflow]\"`.",
+    )  # fmt: skip
+    add_model_arguments(saved, default=None)
+    saved.add_argument("--output", "-o", required=True, help="directory to write (replaced atomically)")
+    saved.add_argument("--task", choices=["auto", "classification", "features"], default="auto",
+                       help="classification (logits) or features (last_hidden_state, pooler_output); auto follows "
+                       "the checkpoint's architecture (default)")  # fmt: skip
+    saved.add_argument("--image-bytes", action="store_true",
+                       help="add the serve_image_bytes signature (encoded images in, preprocessing in the graph)")
+    saved.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
+    saved.add_argument("--json", action="store_true", help="print the export report as JSON")
+    saved.set_defaults(run=run)

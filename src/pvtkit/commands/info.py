@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from ..layers import pair
+from ..config import pair
 from ._common import UsageError, add_model_arguments, hub_kwargs, parse_size
 
 

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-StateDict = dict[str, torch.Tensor]
+# Tensors by name: PyTorch tensors, or NumPy arrays where no PyTorch is loaded (the Keras models). This module and
+# the layouts' converters import no framework.
+StateDict = dict[str, Any]
 
 # The registry: one module of this package per family, in the order layouts are tried.
 FAMILY_MODULES = ("pvt_v2", "vit", "segformer", "glpn")
@@ -37,6 +37,8 @@ class Layout:
         convert: The pure `dict -> dict` conversion to transformers' names.
         config_fields: Config fields the source's code fixes and a checkpoint without `config.json` cannot tell
             (timm's LayerNorm epsilon).
+        prefix: The family's state-dict prefix (`vit`), for layouts that are read without the family's PyTorch
+            classes (the Keras models'); empty means the family's (`Family.prefix`), which it must equal.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Layout:
     sentinel: str
     convert: Callable[[StateDict], StateDict]
     config_fields: Mapping[str, Any] = field(default_factory=dict)
+    prefix: str = ""
 
 
 def _no_multiple(config: Any) -> tuple[int, int]:
@@ -89,6 +92,12 @@ class Family:
     export_metadata: Callable[[Any], dict[str, Any]] = _nothing
     feature_options: Mapping[str, Any] = field(default_factory=dict)
     task_processors: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for layout in self.layouts:
+            if layout.prefix and layout.prefix != self.prefix:
+                raise ValueError(f"layout {layout.name} of {self.model_type} names prefix {layout.prefix!r}; the "
+                                 f"family's is {self.prefix!r}")  # fmt: skip
 
     def processor_for(self, task: str) -> str:
         """`image_processor_type` of the default processor of the family's `task` model."""

@@ -23,130 +23,18 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .. import convert
 from .. import cpu_kernels as kernels
-from ..config import PretrainedConfig
+from ..config import pair as _pair
 from ..layers import Dense, attend, get_activation, map_to_tokens, resize_position_embeddings
-from ..layers import pair as _pair
 from ..modeling import PreTrainedModel, classification_loss
 from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
-from .family import Family, Layout, StateDict
+from .family import Family
+from .vit_config import LAYOUTS, VARIANTS, ViTConfig, check_pixel_values, infer_config
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+__all__ = ["VARIANTS", "ViTConfig", "ViTForImageClassification", "ViTForMaskedImageModeling", "ViTModel",
+           "ViTPreTrainedModel"]  # fmt: skip
+
 Tensors = tuple[torch.Tensor, ...]
-
-
-class ViTConfig(PretrainedConfig):
-    """Configuration of a ViT model; field names and defaults are transformers' (the defaults are ViT-B/16 at 224).
-
-    Args:
-        hidden_size: Width of the token embeddings; must be divisible by `num_attention_heads`.
-        num_hidden_layers: Number of transformer layers.
-        num_attention_heads: Attention heads per layer.
-        intermediate_size: Hidden width of each layer's MLP.
-        hidden_act: MLP activation (transformers' names: "gelu" is the exact erf GELU).
-        hidden_dropout_prob: Dropout on the embeddings and after the attention projection and the MLP.
-        attention_probs_dropout_prob: Dropout on the attention weights.
-        initializer_range: Std of the truncated normal init of Linear/Conv weights and of the [CLS] and position
-            embeddings.
-        layer_norm_eps: Epsilon of every LayerNorm (1e-12 as in transformers; timm's weights use 1e-6).
-        image_size: Input size the position embeddings are laid out for, an int or (height, width).
-        patch_size: Side of the square patches, an int or (height, width); must divide `image_size`.
-        num_channels: Input channels.
-        qkv_bias: Bias in the query/key/value projections.
-        encoder_stride: Upsampling factor of the masked-image-modeling decoder; must equal `patch_size` there.
-        pooler_output_size: Width of the pooler's output; None means `hidden_size`.
-        pooler_act: Activation of the pooler ("tanh").
-        interpolate_pos_encoding: pvtkit field: the default of the forward argument of the same name, so a training
-            loop or an exported model can run at other resolutions without passing it on every call. transformers
-            keeps the key on load and ignores it.
-        attn_implementation: "sdpa" (fused kernels, the default) or "eager" (explicit softmax). As in transformers,
-            it is a run-time choice and is not written to `config.json`. Attention weights, when asked for, always
-            come from the eager path.
-        **kwargs: The common fields of `PretrainedConfig` (num_labels, id2label, problem_type, ...).
-    """
-
-    model_type = "vit"
-    title = "ViT"
-
-    def __init__(
-        self,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "gelu",
-        hidden_dropout_prob: float = 0.0,
-        attention_probs_dropout_prob: float = 0.0,
-        initializer_range: float = 0.02,
-        layer_norm_eps: float = 1e-12,
-        image_size: int | Sequence[int] = 224,
-        patch_size: int | Sequence[int] = 16,
-        num_channels: int = 3,
-        qkv_bias: bool = True,
-        encoder_stride: int = 16,
-        pooler_output_size: int | None = None,
-        pooler_act: str = "tanh",
-        interpolate_pos_encoding: bool = False,
-        attn_implementation: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.hidden_size = int(hidden_size)
-        self.num_hidden_layers = int(num_hidden_layers)
-        self.num_attention_heads = int(num_attention_heads)
-        self.intermediate_size = int(intermediate_size)
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = float(hidden_dropout_prob)
-        self.attention_probs_dropout_prob = float(attention_probs_dropout_prob)
-        self.initializer_range = float(initializer_range)
-        self.layer_norm_eps = float(layer_norm_eps)
-        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else int(image_size)
-        self.patch_size = list(patch_size) if isinstance(patch_size, (list, tuple)) else int(patch_size)
-        self.num_channels = int(num_channels)
-        self.qkv_bias = bool(qkv_bias)
-        self.encoder_stride = int(encoder_stride)
-        self.pooler_output_size = int(pooler_output_size) if pooler_output_size else self.hidden_size
-        self.pooler_act = pooler_act
-        self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
-        self.attn_implementation = attn_implementation  # type: ignore[assignment]  # the setter validates
-        self._validate()
-
-    @property
-    def attn_implementation(self) -> str:
-        """"sdpa" or "eager"; kept out of `config.json` (underscore attribute), as transformers does."""
-        return self._attn_implementation or "sdpa"
-
-    @attn_implementation.setter
-    def attn_implementation(self, value: str | None) -> None:
-        if value is not None and value not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"ViTConfig: attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {value!r}")
-        self._attn_implementation = value
-
-    def _validate(self) -> None:
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels",
-                     "encoder_stride", "pooler_output_size"):  # fmt: skip
-            if getattr(self, name) <= 0:
-                raise ValueError(f"ViTConfig: {name} must be positive, got {getattr(self, name)}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"ViTConfig: hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                f"{self.num_attention_heads}; expected a multiple of {self.num_attention_heads}"
-            )
-        (ih, iw), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
-        if min(ih, iw, ph, pw) <= 0 or ih % ph or iw % pw:
-            raise ValueError(
-                f"ViTConfig: patch_size {self.patch_size} must divide image_size {self.image_size}; "
-                f"expected an image side that is a positive multiple of the patch side"
-            )
-        get_activation(self.hidden_act)
-        get_activation(self.pooler_act)
-
-    def copy(self, **changes: Any) -> ViTConfig:
-        changes.setdefault("attn_implementation", self._attn_implementation)  # not in to_dict(), so carry it over
-        return super().copy(**changes)
-
-    variant_prefixes = ("vit_",)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -396,21 +284,14 @@ class ViTModel(ViTPreTrainedModel):
         self.post_init()
 
     def _check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate: bool):
-        C, shape = self.config.num_channels, tuple(pixel_values.shape)
-        if len(shape) != 4 or shape[1] != C:
-            raise ValueError(f"pixel_values must have shape (batch, {C}, height, width), got {shape}")
+        tracing = kernels.tracing()
+        check_pixel_values(pixel_values.shape, self.config, interpolate, sizes=not tracing)
         H, W = pixel_values.shape[-2:]
-        (ph, pw), (ih, iw) = self.patch_size, self.image_size
-        if kernels.tracing():  # symbolic sizes: a run-time assertion in an exported program, not a Python branch
+        ph, pw = self.patch_size
+        if tracing:  # symbolic sizes: a run-time assertion in an exported program, not a Python branch
             torch._check(H % ph == 0 and W % pw == 0,
                          lambda: f"ViT input size {H}x{W} is not a multiple of the patch size {ph}x{pw}")  # fmt: skip
             return
-        if not interpolate and (H, W) != (ih, iw):
-            raise ValueError(f"Input image size ({H}*{W}) doesn't match model ({ih}*{iw}): expected {ih}x{iw}, "
-                             "or pass interpolate_pos_encoding=True (or set it in the config)")  # fmt: skip
-        if H % ph or W % pw:
-            raise ValueError(f"Input image size ({H}*{W}) is not a multiple of the patch size ({ph}*{pw}); "
-                             "expected height and width divisible by it")  # fmt: skip
         if bool_masked_pos is None:
             return
         if self.embeddings.mask_token is None:
@@ -549,90 +430,6 @@ class ViTForMaskedImageModeling(ViTPreTrainedModel):
         return result if self._flag(return_dict, "return_dict") else result.to_tuple()
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The published variants. Widths and depths: ViT-B/L/H from the ViT paper (Table 1); Ti and S from DeiT
-# (arXiv:2012.12877) and "How to train your ViT?" (AugReg, arXiv:2106.10270), whose weights timm and the Hub carry.
-# Only the (patch, resolution) pairs with released weights are listed; ViT-H exists only as H/14 at 224.
-
-_SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3, "intermediate_size": 768},
-    "small": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "intermediate_size": 1536},
-    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
-    "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
-    "huge": {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16, "intermediate_size": 5120},
-}
-_PUBLISHED = (
-    ("tiny", 16, 224), ("tiny", 16, 384),
-    ("small", 16, 224), ("small", 16, 384), ("small", 32, 224), ("small", 32, 384),
-    ("base", 16, 224), ("base", 16, 384), ("base", 32, 224), ("base", 32, 384),
-    ("large", 16, 224), ("large", 16, 384), ("large", 32, 224), ("large", 32, 384),
-    ("huge", 14, 224),
-)  # fmt: skip
-VARIANTS: dict[str, dict[str, Any]] = {
-    f"{size}_patch{patch}_{res}": {**_SIZES[size], "patch_size": patch, "encoder_stride": patch, "image_size": res}
-    for size, patch, res in _PUBLISHED
-}
-ViTConfig.variants = VARIANTS
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoint layouts: timm's names -> transformers', and config inference.
-
-_TIMM_RULES: convert.Rules = [
-    (r"^cls_token$", "vit.embeddings.cls_token"),
-    (r"^pos_embed$", "vit.embeddings.position_embeddings"),
-    (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
-    (r"^blocks\.(\d+)\.norm1\.", r"vit.encoder.layer.\1.layernorm_before."),
-    (r"^blocks\.(\d+)\.norm2\.", r"vit.encoder.layer.\1.layernorm_after."),
-    (r"^blocks\.(\d+)\.attn\.qkv\.", r"vit.encoder.layer.\1.attention.attention.qkv."),
-    (r"^blocks\.(\d+)\.attn\.proj\.", r"vit.encoder.layer.\1.attention.output.dense."),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"vit.encoder.layer.\1.intermediate.dense."),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"vit.encoder.layer.\1.output.dense."),
-    (r"^norm\.", "vit.layernorm."),
-    (r"^head\.", "classifier."),
-]
-
-
-def from_timm(state: StateDict) -> StateDict:
-    """timm's `vit_*` state dict (class-token models) -> transformers' `ViTForImageClassification` names."""
-    unsupported = sorted({k.split(".")[0] for k in state if k.startswith(("fc_norm", "pre_logits", "reg_token", "norm_pre", "attn_pool"))})  # fmt: skip
-    if unsupported:
-        raise ValueError(
-            f"this timm ViT uses {', '.join(unsupported)}, which transformers' ViT has no place for; only "
-            "class-token ViTs (timm's vit_*_patch*_224/384 layout) convert"
-        )
-    qkv = ("attention.attention.query", "attention.attention.key", "attention.attention.value")
-    return convert.split(convert.rename(state, _TIMM_RULES), "attention.attention.qkv", qkv)
-
-
-_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # head counts cannot be read off the tensors: by width
-
-
-def infer_config(state: StateDict) -> dict[str, Any]:
-    """ViTConfig fields read off a transformers-named state dict."""
-    s = convert.strip_prefix(state, "vit.")
-    proj = s.get("embeddings.patch_embeddings.projection.weight")
-    if proj is None:
-        raise ValueError("cannot infer a ViT config: no embeddings.patch_embeddings.projection.weight")
-    hidden, channels, patch = proj.shape[0], proj.shape[1], proj.shape[-1]
-    layers = 0
-    while f"encoder.layer.{layers}.layernorm_before.weight" in s:
-        layers += 1
-    positions = s["embeddings.position_embeddings"].shape[1] - 1
-    side = int(round(positions**0.5))
-    if side * side != positions:
-        raise ValueError(f"cannot infer the image size: {positions} position embeddings do not form a square grid")
-    fields: dict[str, Any] = {
-        "hidden_size": hidden, "num_hidden_layers": layers, "num_channels": channels, "patch_size": patch,
-        "encoder_stride": patch, "image_size": side * patch, "num_attention_heads": _HEADS.get(hidden, max(1, hidden // 64)),
-        "intermediate_size": s["encoder.layer.0.intermediate.dense.weight"].shape[0],
-        "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in s,
-    }  # fmt: skip
-    if "classifier.weight" in state:
-        fields["num_labels"] = state["classifier.weight"].shape[0]
-    return fields
-
-
 def describe(config: ViTConfig, out: Any) -> dict[str, Any]:
     """Patch size and grid, tokens, layers, widths and heads at the input size (`config.image_size`)."""
     (h, w), (ph, pw) = _pair(config.image_size), _pair(config.patch_size)
@@ -647,10 +444,7 @@ FAMILY = Family(
     model_type="vit", config_class=ViTConfig, processor="ViTImageProcessor",
     classes={"model": ViTModel, "image-classification": ViTForImageClassification,
              "masked-image-modeling": ViTForMaskedImageModeling},
-    layouts=(
-        Layout("transformers", "vit", "embeddings.patch_embeddings.projection.weight", convert.identity),
-        Layout("timm", "vit", "blocks.0.attn.qkv.weight", from_timm, {"layer_norm_eps": 1e-6}),
-    ),
+    layouts=LAYOUTS,
     infer_config=infer_config, size_multiple=lambda config: _pair(config.patch_size),
     min_export_side=lambda config: 2 * max(_pair(config.patch_size)), describe=describe,
     export_metadata=lambda config: {"patch_size": list(_pair(config.patch_size))},

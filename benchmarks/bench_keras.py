@@ -1,4 +1,5 @@
-"""ViT in Keras 3 (JAX and TensorFlow back ends) against pvtkit's PyTorch ViT: inference, same weights, same run.
+"""ViT and PVTv2 in Keras 3 (JAX and TensorFlow back ends) against pvtkit's PyTorch models: inference, same
+weights, same run.
 
 Each framework runs in its own process (Keras fixes its back end at import), on one checkpoint written once by
 PyTorch (random weights: speed does not depend on them). The Keras models run compiled, the Keras way
@@ -7,7 +8,7 @@ frameworks take turns for `--rounds` rounds; each process warms up (compiles), t
 table gives the median of the rounds' medians and the spread (min-max) across rounds, and the load average around
 the run (ratios from a run above ~1.5 are not worth quoting).
 
-    python benchmarks/bench_keras.py [--variant base_patch16_224] [--batch 16] [--rounds 2] [--iters 5]
+    python benchmarks/bench_keras.py [--variant base_patch16_224 | b0 | b2 ...] [--batch 16] [--rounds 2] [--iters 5]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def worker(framework: str, checkpoint: str, batch: int, iters: int) -> dict:
 
         import pvtkit
 
-        model = pvtkit.ViTForImageClassification.from_pretrained(checkpoint).eval()
+        model = pvtkit.AutoModelForImageClassification.from_pretrained(checkpoint).eval()
         pixels = torch.from_numpy(x)
 
         def step() -> None:
@@ -49,7 +50,7 @@ def worker(framework: str, checkpoint: str, batch: int, iters: int) -> dict:
         os.environ["KERAS_BACKEND"] = framework
         import pvtkit.keras as pk
 
-        model = pk.ViTForImageClassification.from_pretrained(checkpoint)
+        model = pk.model_class(checkpoint).from_pretrained(checkpoint)
 
         def step() -> None:
             model.predict_on_batch(x)
@@ -83,8 +84,6 @@ def main() -> None:
 
     import torch
 
-    import pvtkit
-
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_models import machine
 
@@ -98,8 +97,10 @@ def main() -> None:
                 versions[name] = "not installed"
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        config = pvtkit.ViTConfig.from_variant(args.variant)
-        pvtkit.ViTForImageClassification(config).save_pretrained(tmp)
+        from pvtkit.models.family import config_for_variant, get
+
+        config = config_for_variant(args.variant)
+        get(config.model_type).classes["image-classification"](config).save_pretrained(tmp)
         load_before = os.getloadavg()[0]
         runs: dict[str, list[dict]] = {f: [] for f in FRAMEWORKS}
         for _ in range(args.rounds):
@@ -111,7 +112,7 @@ def main() -> None:
                 runs[framework].append(json.loads(out.stdout.strip().splitlines()[-1]))
         load_after = os.getloadavg()[0]
     info = machine()
-    print(f"# ViT {args.variant}, batch {args.batch}, fp32 inference; {info['cpu']}, {info['cores']} cores; "
+    print(f"# {config.title} {args.variant}, batch {args.batch}, fp32 inference; {info['cpu']}, {info['cores']} cores; "
           f"torch {info['torch']}, keras {versions['keras']}, jax {versions['jax']}, tensorflow {versions['tensorflow']}; "
           f"load average {load_before:.2f} before, {load_after:.2f} after")  # fmt: skip
     base = statistics.median(r["median_s"] for r in runs["torch"])

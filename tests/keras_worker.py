@@ -55,6 +55,28 @@ def main(work: Path, dest: Path) -> None:
         except ValueError as e:
             result["errors"][name] = str(e)
 
+    # PVTv2: the classifier (SRA) and the encoder (linear SRA) at 224, an odd size and one smaller than SRA's window.
+    pclf = pk.PvtV2ForImageClassification.from_pretrained(work / "pvt_classifier")
+    penc = pk.PvtV2Model.from_pretrained(work / "pvt_encoder")
+    for name in ("native", "pvt_odd", "pvt_small"):
+        x = inputs[name][:2]
+        o = pclf(x, output_hidden_states=True, output_attentions=True)
+        out[f"pvt_{name}_logits"] = np.asarray(o.logits)
+        out[f"pvt_{name}_attention_0_0"] = np.asarray(o.attentions[0][0])
+        e = penc(x, output_hidden_states=True)
+        out[f"pvt_enc_{name}_last_hidden_state"] = np.asarray(e.last_hidden_state)
+        for i, (hc, he) in enumerate(zip(o.hidden_states, e.hidden_states)):
+            out[f"pvt_{name}_hidden_{i}"], out[f"pvt_enc_{name}_hidden_{i}"] = np.asarray(hc), np.asarray(he)
+    timm_pvt = pk.PvtV2ForImageClassification.from_pretrained(work / "timm_pvt" / "model.safetensors")
+    out["timm_pvt_logits"] = np.asarray(timm_pvt(inputs["timm_pvt_x"]).logits)
+    pclf.save_pretrained(dest / "pvt_from_keras")
+    for name, x in {"rank": inputs["native"][0], "channels": inputs["native"][:, :1]}.items():
+        try:
+            pclf(x)
+            result["errors"][f"pvt_{name}"] = None
+        except ValueError as e:
+            result["errors"][f"pvt_{name}"] = str(e)
+
     # Training the Keras way on scikit-learn's digits: 8x8 gray -> 16x16 RGB, a small ViT from scratch.
     keras.utils.set_random_seed(0)
     d = inputs
@@ -68,6 +90,13 @@ def main(work: Path, dest: Path) -> None:
     result["fit"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     predicted = model.predict(d["digits_val_x"], verbose=0)
     result["predict_accuracy"] = float((np.asarray(predicted["logits"]).argmax(-1) == d["digits_val_y"]).mean())
+    pcfg = pk.PvtV2Config(depths=(1, 1, 1, 1), hidden_sizes=(16, 32, 48, 64), num_attention_heads=(1, 2, 3, 4),
+                          num_labels=10)  # fmt: skip
+    pvt = pk.PvtV2ForImageClassification(pcfg)
+    pvt.compile(optimizer=keras.optimizers.AdamW(2e-3), metrics=["accuracy"])  # no loss: transformers' own
+    history = pvt.fit(d["digits_train_x"], d["digits_train_y"], batch_size=64, epochs=3, verbose=0,
+                      validation_data=(d["digits_val_x"], d["digits_val_y"]))  # fmt: skip
+    result["pvt_fit"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
     # SavedModel: written here (on this back end), reloaded with TensorFlow, run at two batch sizes.
     import tensorflow as tf
@@ -89,6 +118,11 @@ def main(work: Path, dest: Path) -> None:
     out["processor_pixels"] = pixels["pixel_values"]
     out["processor_logits"] = np.asarray(clf(pixels["pixel_values"]).logits)
     out["saved_bytes_logits"] = loaded.signatures["serve_image_bytes"](image_bytes=images)["logits"].numpy()
+    pclf.export(dest / "pvt_saved_model")
+    loaded_pvt = tf.saved_model.load(str(dest / "pvt_saved_model"))
+    for batch in (1, 3):
+        got = loaded_pvt.signatures["serving_default"](pixel_values=tf.constant(inputs["native"][:batch]))
+        out[f"pvt_saved_b{batch}_logits"] = got["logits"].numpy()
     if (work / "cli_saved_model").is_dir():  # the one `pvtkit export saved-model` wrote
         cli = tf.saved_model.load(str(work / "cli_saved_model"))
         out["cli_bytes_logits"] = cli.signatures["serve_image_bytes"](image_bytes=images)["logits"].numpy()

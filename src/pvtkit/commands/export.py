@@ -48,25 +48,16 @@ def _saved_model(args: argparse.Namespace) -> int:
     except ImportError:
         raise UsageError("pvtkit export saved-model needs TensorFlow: pip install \"pvtkit[tensorflow]\"") from None
     from .. import keras as pk
-    from .._files import read_json
-    from ..hub import HubOptions, resolve_file
     from ._common import hub_kwargs
 
     hub = hub_kwargs(args)
-    if args.task == "auto":  # the checkpoint's architecture, a classifier when it names none pvtkit.keras has
-        file = resolve_file(args.model, "config.json", HubOptions(revision=hub["revision"],
-                                                                  local_files_only=hub["local_files_only"]))  # fmt: skip
-        architecture = ((read_json(file).get("architectures") or [""]) if file is not None else [""])[0]
-        named = [t for t, cls in pk.TASK_CLASSES.items() if cls.__name__ == architecture]
-        task = named[0] if named else "image-classification"
-    else:
-        task = TASKS[args.task]
-    if task not in pk.TASK_CLASSES:
-        raise UsageError(f"--task {args.task}: pvtkit's Keras models cover {', '.join(pk.TASK_CLASSES)}")
-    classes = pk.TASK_CLASSES
+    try:
+        cls = pk.model_class(args.model, None if args.task == "auto" else TASKS[args.task], **hub)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot export {args.model!r} as a SavedModel: {e}") from e
     started = time.perf_counter()
     try:
-        model = classes[task].from_pretrained(args.model, **hub)
+        model = cls.from_pretrained(args.model, **hub)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model {args.model!r} for pvtkit's Keras models: {e}") from e
     print(f"exporting {type(model).__name__} from {args.model} to {args.output} (Keras on "
@@ -79,7 +70,8 @@ def _saved_model(args: argparse.Namespace) -> int:
         loaded = tf.saved_model.load(str(args.output))
         worst = 0.0
         for batch in (1, 3):
-            pixels = np.random.default_rng(batch).standard_normal(model.dummy_inputs().shape[1:])
+            pixels = np.random.default_rng(batch).standard_normal((model.config.num_channels,
+                                                                   *model.image_size_for_export()))  # fmt: skip
             pixels = np.broadcast_to(pixels, (batch, *pixels.shape)).astype(np.float32)
             got = loaded.signatures["serving_default"](pixel_values=tf.constant(pixels))
             want = model(pixels, training=False)
@@ -149,7 +141,7 @@ def register(sub: Any) -> None:
         "id2label, image_mean/std, size, resample and the input/output names, so a server needs nothing else. "
         "`torch` writes a torch.export program (.pt2) for `torch.export.load`. Needs `pip install "
         "\"pvtkit[export]\"` (onnx, onnxscript, onnxruntime) for ONNX. `saved-model` writes a TF SavedModel of a "
-        "ViT for TF Serving through pvtkit's Keras models (`pip install \"pvtkit[tensorflow]\"`).",
+        "ViT or PVTv2 for TF Serving through pvtkit's Keras models (`pip install \"pvtkit[tensorflow]\"`).",
         epilog="examples:\n"
         "  pvtkit export onnx --model OpenGVLab/pvt_v2_b0 --output pvt_v2_b0.onnx\n"
         "  pvtkit export onnx --model my-vit --output vit.onnx --size 384 --batch 1 --dtype fp16\n"
@@ -189,10 +181,11 @@ def register(sub: Any) -> None:
                       "logit drift against fp32 on real photos")  # fmt: skip
     torch_.set_defaults(opset=None, quantize=None)
     saved = formats.add_parser(
-        "saved-model", help="a TF SavedModel of a ViT, for TF Serving (Keras 3)",
-        description="Export a ViT checkpoint (transformers' or timm's layout) as a TF SavedModel directory through "
-        "pvtkit's Keras models: signature `serving_default` takes float pixel_values (batch, 3, H, W) at the "
-        "model's size (batch dynamic) and returns logits (or last_hidden_state and pooler_output); "
+        "saved-model", help="a TF SavedModel of a ViT or PVTv2, for TF Serving (Keras 3)",
+        description="Export a ViT or PVTv2 checkpoint (transformers', timm's or the PVT authors' layout) as a TF "
+        "SavedModel directory through pvtkit's Keras models: signature `serving_default` takes float pixel_values "
+        "(batch, 3, H, W) at the model's size (config image_size; batch dynamic) and returns logits (or "
+        "last_hidden_state, and ViT's pooler_output); "
         "--image-bytes adds `serve_image_bytes`, which takes encoded images (a string tensor, TF Serving's "
         "{\"b64\": ...}) and decodes, resizes and normalizes them in the graph with the checkpoint's processor "
         "settings. The SavedModel is reloaded and compared with the Keras model at two batch sizes (relative "
@@ -202,7 +195,7 @@ def register(sub: Any) -> None:
     add_model_arguments(saved, default=None)
     saved.add_argument("--output", "-o", required=True, help="directory to write (replaced atomically)")
     saved.add_argument("--task", choices=["auto", "classification", "features"], default="auto",
-                       help="classification (logits) or features (last_hidden_state, pooler_output); auto follows "
+                       help="classification (logits) or features (last_hidden_state, ...); auto follows "
                        "the checkpoint's architecture (default)")  # fmt: skip
     saved.add_argument("--image-bytes", action="store_true",
                        help="add the serve_image_bytes signature (encoded images in, preprocessing in the graph)")

@@ -18,19 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from .._files import atomic_directory
-from ..config import pair
 
 # PIL's resample codes (what `preprocessor_config.json` stores) -> tf.image.resize methods.
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic", 1: "lanczos5", 4: "area", 5: "bicubic"}
 
 
-def preprocessing_settings(config: Any, processor: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The processor settings the bytes signature applies: a `preprocessor_config.json`'s fields over
-    `ViTImageProcessor`'s defaults at the model's size."""
-    h, w = pair(config.image_size)
+def preprocessing_settings(model: Any, processor: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The processor settings the bytes signature applies: a `preprocessor_config.json`'s fields over the family's
+    default processor's (ViT's 0.5 mean and std, PVTv2's ImageNet ones) at the model's size."""
+    h, w = model.image_size_for_export()
     settings: dict[str, Any] = {"do_resize": True, "size": {"height": h, "width": w}, "resample": 2,
                                 "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-                                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}  # fmt: skip
+                                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                                **model.processor_defaults}  # fmt: skip
     settings.update({k: v for k, v in (processor or {}).items() if k in settings})
     size = settings["size"]
     if not (isinstance(size, dict) and {"height", "width"} <= set(size)):
@@ -65,7 +65,7 @@ def export_saved_model(
     pixel_spec = tf.TensorSpec((None, C, H, W), tf.float32, name="pixel_values")
     serve_fn = archive.add_endpoint("serve", serve, input_signature=[pixel_spec])
     if image_bytes:
-        settings = preprocessing_settings(model.config, processor)
+        settings = preprocessing_settings(model, processor)
         size = (int(settings["size"]["height"]), int(settings["size"]["width"]))
         if size != (H, W):
             raise ValueError(f"the processor resizes to {size[0]}x{size[1]}, but the model takes {H}x{W}")

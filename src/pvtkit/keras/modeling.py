@@ -87,11 +87,11 @@ def read_weights(files: Iterable[Path]) -> dict[str, np.ndarray]:
         if file.suffix == ".safetensors":
             state.update(read_safetensors(file))
             continue
+        import importlib.util
+
         from ..hub import load_state_dict
 
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("torch") is None:
             raise ValueError(f"{file} is a pickled PyTorch file, which needs torch to read; convert it to "
                              "safetensors (`pvtkit convert`) or install torch") from None  # fmt: skip
         state.update({k: v.float().numpy() if v.is_floating_point() else v.numpy()
@@ -99,10 +99,16 @@ def read_weights(files: Iterable[Path]) -> dict[str, np.ndarray]:
     return state
 
 
+# How a Keras variable's axes map to its PyTorch tensor's: Dense kernels are (in, out) where Linear is (out, in);
+# conv kernels (kh, kw, in, out) where Conv2d's are (out, in, kh, kw); depth-wise ones (kh, kw, C, 1) / (C, 1, kh, kw).
+_TO_TORCH = {"linear": (1, 0), "conv": (3, 2, 0, 1), "depthwise": (2, 3, 0, 1)}
+_TO_KERAS = {"linear": (1, 0), "conv": (2, 3, 1, 0), "depthwise": (2, 3, 0, 1)}
+
+
 def to_keras(array: np.ndarray, kind: str) -> np.ndarray:
     """A transformers-named tensor in the layout of its Keras variable."""
-    if kind == "linear":  # (out, in) -> (in, out)
-        array = array.T
+    if kind in _TO_KERAS:
+        array = array.transpose(_TO_KERAS[kind])
     elif kind == "patch":  # conv (hidden, C, ph, pw) -> (C*ph*pw, hidden)
         array = array.reshape(array.shape[0], -1).T
     return np.ascontiguousarray(array)
@@ -110,20 +116,23 @@ def to_keras(array: np.ndarray, kind: str) -> np.ndarray:
 
 def to_torch_layout(value: np.ndarray, kind: str, torch_shape: tuple[int, ...]) -> np.ndarray:
     """A Keras variable's value in transformers' layout (`torch_shape`)."""
-    if kind in ("linear", "patch"):
+    if kind in _TO_TORCH:
+        value = value.transpose(_TO_TORCH[kind])
+    elif kind == "patch":
         value = value.T
     return np.ascontiguousarray(value.reshape(torch_shape))
 
 
 class Weight:
-    """One Keras variable under its transformers name: how it is laid out there, and its shape there."""
+    """One Keras variable under its transformers name: how it is laid out there (`kind`: same, linear, conv,
+    depthwise, patch), and its shape there."""
 
     __slots__ = ("variable", "kind", "torch_shape")
 
     def __init__(self, variable: Any, kind: str = "same", torch_shape: tuple[int, ...] | None = None) -> None:
         self.variable, self.kind = variable, kind
         shape = tuple(variable.shape)
-        self.torch_shape = torch_shape or (shape[::-1] if kind == "linear" else shape)
+        self.torch_shape = torch_shape or (tuple(shape[i] for i in _TO_TORCH[kind]) if kind in _TO_TORCH else shape)
 
 
 def dense_weights(layer: keras.layers.Dense, name: str) -> dict[str, Weight]:
@@ -151,6 +160,8 @@ class KerasPreTrainedModel(keras.Model):
     base_model_prefix: ClassVar[str] = ""
     layouts: ClassVar[tuple[Layout, ...]] = ()
     head_prefixes: ClassVar[tuple[str, ...]] = ()
+    # What the family's default image processor does differently from ViTImageProcessor's (for `export`).
+    processor_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: PretrainedConfig, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -297,3 +308,40 @@ class KerasPreTrainedModel(keras.Model):
         self.newly_initialized_weights = fresh
         return {"missing_keys": missing, "unexpected_keys": unexpected,
                 "mismatched_keys": [(k, tuple(state[k].shape), own[k].torch_shape) for k in mismatched]}  # fmt: skip
+
+
+class ClassifierTraining:
+    """Keras' training loop for a classifier whose output is an `ImageClassifierOutput`: the compiled loss and
+    metrics see the logits; compiled without a loss, transformers' loss for the config's problem type is used."""
+
+    config: Any
+
+    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None,
+                     training: bool = True) -> Any:  # fmt: skip
+        logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
+        if getattr(self, "_compile_loss", None) is None and y is not None:
+            loss = classification_loss(logits, y, self.config)
+            return loss + keras.ops.sum(self.losses) if self.losses else loss  # type: ignore[attr-defined]
+        return super().compute_loss(x, y, logits, sample_weight, training)  # type: ignore[misc]
+
+    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
+        return super().compute_metrics(x, y, logits, sample_weight)  # type: ignore[misc]
+
+
+def classification_loss(logits: Any, labels: Any, config: PretrainedConfig) -> Any:
+    """transformers' loss for the config's problem type (inferred from the labels as it does): mean squared error
+    for one output, cross-entropy for integer labels, binary cross-entropy for multi-hot float labels."""
+    ops = keras.ops
+    problem = config.problem_type
+    if problem is None:
+        integer = "int" in keras.backend.standardize_dtype(labels.dtype if hasattr(labels, "dtype") else
+                                                           np.asarray(labels).dtype)  # fmt: skip
+        problem = ("regression" if config.num_labels == 1 else
+                   "single_label_classification" if integer else "multi_label_classification")  # fmt: skip
+    if problem == "regression":
+        return ops.mean(ops.square(ops.reshape(logits, (-1,)) - ops.cast(ops.reshape(labels, (-1,)), logits.dtype)))
+    if problem == "single_label_classification":
+        labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+    return ops.mean(keras.losses.binary_crossentropy(ops.cast(labels, logits.dtype), logits, from_logits=True))

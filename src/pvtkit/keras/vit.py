@@ -14,7 +14,6 @@ align_corners=False, border clamped), written as two small interpolation matrice
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -25,26 +24,8 @@ from keras import layers, ops
 from ..config import pair
 from ..models.vit_config import LAYOUTS, ViTConfig, check_pixel_values, infer_config
 from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from .modeling import KerasPreTrainedModel, Weight, dense_weights, norm_weights
-
-
-def _gelu_tanh(x: Any) -> Any:
-    return ops.gelu(x, approximate=True)
-
-
-# transformers' `hidden_act` names (`pvtkit.config.ACTIVATION_NAMES`) -> Keras ops; "gelu" is the exact erf GELU.
-ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
-    "gelu": lambda x: ops.gelu(x, approximate=False),
-    "gelu_new": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
-    "gelu_fast": _gelu_tanh,
-    "quick_gelu": lambda x: x * ops.sigmoid(1.702 * x),
-    "relu": ops.relu,
-    "silu": ops.silu,
-    "swish": ops.silu,
-    "tanh": ops.tanh,
-    "sigmoid": ops.sigmoid,
-}
+from .layers import ACTIVATIONS
+from .modeling import ClassifierTraining, KerasPreTrainedModel, Weight, dense_weights, norm_weights
 
 
 @lru_cache(maxsize=64)
@@ -293,7 +274,7 @@ class ViTModel(ViTPreTrainedModel):
         return self.vit.hf_weights()
 
 
-class ViTForImageClassification(ViTPreTrainedModel):
+class ViTForImageClassification(ClassifierTraining, ViTPreTrainedModel):
     """ViT with a linear classifier on the final-layernormed [CLS] token (`logits` `(B, num_labels)`).
 
     Trains the Keras way: `compile(optimizer, loss=..., metrics=...)` then `fit(pixels, labels)`; the loss and
@@ -325,33 +306,3 @@ class ViTForImageClassification(ViTPreTrainedModel):
         if self.classifier is not None:
             found.update(dense_weights(self.classifier, "classifier"))
         return found
-
-    # Keras' training loop hands the model's output to the loss and the metrics: they get the logits.
-    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None,
-                     training: bool = True) -> Any:  # fmt: skip
-        logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
-        if getattr(self, "_compile_loss", None) is None and y is not None:
-            loss = classification_loss(logits, y, self.config)
-            return loss + ops.sum(self.losses) if self.losses else loss
-        return super().compute_loss(x, y, logits, sample_weight, training)
-
-    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
-        return super().compute_metrics(x, y, logits, sample_weight)
-
-
-def classification_loss(logits: Any, labels: Any, config: ViTConfig) -> Any:
-    """transformers' loss for the config's problem type (inferred from the labels as it does): mean squared error
-    for one output, cross-entropy for integer labels, binary cross-entropy for multi-hot float labels."""
-    problem = config.problem_type
-    if problem is None:
-        integer = "int" in keras.backend.standardize_dtype(labels.dtype if hasattr(labels, "dtype") else
-                                                           np.asarray(labels).dtype)  # fmt: skip
-        problem = ("regression" if config.num_labels == 1 else
-                   "single_label_classification" if integer else "multi_label_classification")  # fmt: skip
-    if problem == "regression":
-        return ops.mean(ops.square(ops.reshape(logits, (-1,)) - ops.cast(ops.reshape(labels, (-1,)), logits.dtype)))
-    if problem == "single_label_classification":
-        labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-    return ops.mean(keras.losses.binary_crossentropy(ops.cast(labels, logits.dtype), logits, from_logits=True))

@@ -21,18 +21,18 @@ from torch import nn
 from .. import convert
 from .. import cpu_kernels as kernels
 from ..outputs import BaseModelOutput, DepthEstimatorOutput
-from . import pyramid
+from . import pyramid, pyramid_config
 from .family import Family, Layout, StateDict
 
 
-class GLPNConfig(pyramid.PyramidConfig):
+class GLPNConfig(pyramid_config.PyramidConfig):
     """Configuration of a GLPN model; field names and defaults are transformers'.
 
     Args:
         decoder_hidden_size: Width of the decoder.
         max_depth: The largest depth the head predicts (the sigmoid's scale), in the labels' unit.
         head_in_index: Which decoder output the head reads (-1: the last, at the input's size).
-        **kwargs: The encoder's fields (`pyramid.PyramidConfig`) and the common ones.
+        **kwargs: The encoder's fields (`pyramid_config.PyramidConfig`) and the common ones.
     """
 
     model_type = "glpn"
@@ -204,7 +204,7 @@ GLPNConfig.variants = VARIANTS
 def infer_config(state: StateDict) -> dict[str, Any]:
     """GLPNConfig fields read off a transformers-named state dict (`max_depth` cannot be read: the default, 10)."""
     s = convert.strip_prefix(state, "glpn.")
-    fields = pyramid.infer_stages(s, "encoder.patch_embeddings.{}.proj.weight", "encoder.block.{}.{}.",
+    fields = pyramid_config.infer_stages(s, "encoder.patch_embeddings.{}.proj.weight", "encoder.block.{}.{}.",
                                   "attention.self.sr.weight")  # fmt: skip
     if "head.head.0.weight" in state:
         fields["decoder_hidden_size"] = state["head.head.0.weight"].shape[0]

@@ -18,13 +18,13 @@ from typing import Any
 
 
 from .. import convert
-from . import pyramid
+from . import pyramid, pyramid_config
 from .family import Family, Layout, StateDict
 
 logger = logging.getLogger("pvtkit")
 
 
-class SegformerConfig(pyramid.PyramidConfig):
+class SegformerConfig(pyramid_config.PyramidConfig):
     """Configuration of a SegFormer model; field names and defaults are transformers' (MiT-B0, 256-wide head).
 
     Args:
@@ -32,7 +32,7 @@ class SegformerConfig(pyramid.PyramidConfig):
         decoder_hidden_size: Width of the all-MLP decode head.
         semantic_loss_ignore_index: Label value the segmentation loss ignores.
         reshape_last_stage: Return the last stage as an NCHW map (True) or as `(B, N, C)` tokens.
-        **kwargs: The encoder's fields (`pyramid.PyramidConfig`) and the common ones (num_labels, id2label, ...).
+        **kwargs: The encoder's fields (`pyramid_config.PyramidConfig`) and the common ones (num_labels, id2label, ...).
     """
 
     model_type = "segformer"
@@ -194,7 +194,7 @@ def from_mmseg(state: StateDict) -> StateDict:
 def infer_config(state: StateDict) -> dict[str, Any]:
     """SegformerConfig fields read off a transformers-named state dict."""
     s = convert.strip_prefix(state, "segformer.")
-    fields = pyramid.infer_stages(s, "encoder.patch_embeddings.{}.proj.weight", "encoder.block.{}.{}.",
+    fields = pyramid_config.infer_stages(s, "encoder.patch_embeddings.{}.proj.weight", "encoder.block.{}.{}.",
                                   "attention.self.sr.weight")  # fmt: skip
     if "classifier.weight" in state:
         fields["num_labels"] = state["classifier.weight"].shape[0]

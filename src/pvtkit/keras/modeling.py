@@ -181,7 +181,7 @@ class KerasPreTrainedModel(keras.Model):
         from .export import export_saved_model
 
         if not self.built:
-            self(self.dummy_inputs(), training=False)
+            self.build(self.dummy_inputs().shape)
         return export_saved_model(self, filepath, image_bytes=image_bytes,
                                   processor=processor if processor is not None else self.processor_config,
                                   verbose=verbose)  # fmt: skip
@@ -266,7 +266,7 @@ class KerasPreTrainedModel(keras.Model):
         elif config_overrides:
             config = config.copy(**config_overrides)
         model = cls(config, **model_kwargs)
-        model(model.dummy_inputs(), training=False)  # builds every variable
+        model.build(model.dummy_inputs().shape)  # every variable, from the shapes alone
         head_resized = "num_labels" in config_overrides or "id2label" in config_overrides
         model.loading_info = model._assign(state, source, ignore_mismatched_sizes or head_resized)
         config._name_or_path = source

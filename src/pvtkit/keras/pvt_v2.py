@@ -22,12 +22,13 @@ from ..models.pvt_v2_config import LAYOUTS, PvtV2Config, infer_config
 from ..models.pyramid_config import check_pixel_values
 from ..outputs import BaseModelOutput, ImageClassifierOutput
 from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from .layers import ACTIVATIONS, DropPath, pool_matrix
+from .layers import ACTIVATIONS, DropPath, depthwise_conv, pool_matrix
 from .modeling import ClassifierTraining, KerasPreTrainedModel, Weight, dense_weights, norm_weights
 
 
 class Conv(layers.Layer):
-    """A PyTorch-style Conv2d on channels-last maps: symmetric zero padding `pad`, then a valid conv."""
+    """A PyTorch-style Conv2d on channels-last maps: symmetric zero padding `pad`, then a valid conv (depth-wise:
+    stride 1 only)."""
 
     def __init__(self, filters: int, kernel: int, stride: int = 1, pad: int = 0, depthwise: bool = False,
                  **kwargs: Any) -> None:  # fmt: skip
@@ -41,11 +42,11 @@ class Conv(layers.Layer):
         self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
 
     def call(self, x: Any) -> Any:
+        if self.depthwise:  # stride 1 (the MLP's 3x3)
+            return depthwise_conv(x, self.kernel, self.pad) + self.bias
         if self.pad:
             p = self.pad
             x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-        if self.depthwise:
-            return ops.depthwise_conv(x, self.kernel, strides=self.stride, padding="valid") + self.bias
         return ops.conv(x, self.kernel, strides=self.stride, padding="valid") + self.bias
 
     def hf_weights(self, name: str) -> dict[str, Weight]:
@@ -60,6 +61,11 @@ class OverlapPatchEmbed(layers.Layer):
         super().__init__(**kwargs)
         self.proj = Conv(dim, patch, stride, pad=patch // 2)
         self.layer_norm = layers.LayerNormalization(epsilon=eps)
+
+    def build(self, input_shape: Any) -> None:
+        self.proj.build(input_shape)
+        self.layer_norm.build((None, None, self.proj.filters))
+        self.built = True
 
     def call(self, x: Any) -> tuple[Any, int, int]:
         x = self.proj(x)  # (B, h, w, C)
@@ -87,6 +93,15 @@ class SpatialReductionAttention(layers.Layer):
         self.layer_norm = layers.LayerNormalization(epsilon=eps) if self.reduction is not None else None
         self.attention_dropout = layers.Dropout(attn_drop) if attn_drop > 0 else None
         self.dropout = layers.Dropout(drop) if drop > 0 else None
+
+    def build(self, input_shape: Any) -> None:
+        tokens = (None, None, self.dim)
+        for layer in (self.query, self.key, self.value, self.proj):
+            layer.build(tokens)
+        if self.reduction is not None:
+            self.reduction.build((None, None, None, self.dim))
+            self.layer_norm.build(tokens)
+        self.built = True
 
     def _reduce(self, x: Any, h: int, w: int) -> Any:
         """(B, h*w, C) -> the (B, M, C) tokens keys and values are computed from."""
@@ -148,6 +163,14 @@ class Block(layers.Layer):
         self.dropout = layers.Dropout(drop) if drop > 0 else None
         self.drop_path = DropPath(drop_path)
 
+    def build(self, input_shape: Any) -> None:
+        tokens = (None, None, input_shape[-1])
+        for layer in (self.layer_norm_1, self.attention, self.layer_norm_2, self.dense1):
+            layer.build(tokens)
+        self.dwconv.build((None, None, None, self.hidden))
+        self.dense2.build((None, None, self.hidden))
+        self.built = True
+
     def _drop(self, x: Any, training: bool | None) -> Any:
         return self.dropout(x, training=training) if self.dropout is not None else x
 
@@ -190,6 +213,15 @@ class PvtV2Encoder(layers.Layer):
                              c.attention_probs_dropout_prob, rates[self.starts[i] + j], eps)
                        for i in range(c.num_encoder_blocks) for j in range(c.depths[i])]  # fmt: skip
         self.norms = [layers.LayerNormalization(epsilon=eps) for _ in range(c.num_encoder_blocks)]
+
+    def build(self, input_shape: Any) -> None:
+        c = self.config
+        for i in range(c.num_encoder_blocks):
+            embed, blocks, norm = self.stage(i)
+            embed.build((None, None, None, c.num_channels if i == 0 else c.hidden_sizes[i - 1]))
+            for layer in (*blocks, norm):
+                layer.build((None, None, c.hidden_sizes[i]))
+        self.built = True
 
     def stage(self, i: int) -> tuple[OverlapPatchEmbed, list[Block], Any]:
         return self.embeds[i], self.blocks[self.starts[i] : self.starts[i + 1]], self.norms[i]
@@ -272,6 +304,10 @@ class PvtV2Model(PvtV2PreTrainedModel):
         last = hidden[-1] if hidden else ops.transpose(last, (0, 3, 1, 2))
         return BaseModelOutput(last_hidden_state=last, hidden_states=hidden, attentions=attentions)
 
+    def build(self, input_shape: Any) -> None:
+        self.encoder.build(input_shape)
+        self.built = True
+
     def hf_weights(self) -> dict[str, Weight]:
         return self.encoder.hf_weights("")
 
@@ -298,6 +334,12 @@ class PvtV2ForImageClassification(ClassifierTraining, PvtV2PreTrainedModel):
         pooled = ops.mean(last, axis=(1, 2))  # (B, C)
         logits = self.classifier(pooled) if self.classifier is not None else pooled
         return ImageClassifierOutput(logits=logits, hidden_states=hidden, attentions=attentions)
+
+    def build(self, input_shape: Any) -> None:
+        self.encoder.build(input_shape)
+        if self.classifier is not None:
+            self.classifier.build((None, self.config.hidden_sizes[-1]))
+        self.built = True
 
     def hf_weights(self) -> dict[str, Weight]:
         found = self.encoder.hf_weights("pvt_v2.")

@@ -123,6 +123,14 @@ class EncoderLayer(layers.Layer):
         self.dropout = layers.Dropout(drop) if drop > 0 else None
         self.attention_dropout = layers.Dropout(attn_drop) if attn_drop > 0 else None
 
+    def build(self, input_shape: Any) -> None:  # every variable from the shapes alone, no forward needed
+        tokens = (None, None, input_shape[-1])
+        for layer in (self.layernorm_before, self.query, self.key, self.value, self.proj, self.layernorm_after,
+                      self.intermediate):  # fmt: skip
+            layer.build(tokens)
+        self.out.build((None, None, self.intermediate.units))
+        self.built = True
+
     def _drop(self, x: Any, training: bool | None) -> Any:
         return self.dropout(x, training=training) if self.dropout is not None else x
 
@@ -178,6 +186,16 @@ class ViTEncoder(layers.Layer):
         self.layernorm = layers.LayerNormalization(epsilon=c.layer_norm_eps)
         self.pooler = layers.Dense(c.pooler_output_size) if add_pooling_layer else None
         self.pooler_act = ACTIVATIONS[c.pooler_act]
+
+    def build(self, input_shape: Any) -> None:
+        tokens = (None, None, self.config.hidden_size)
+        self.embeddings.build(input_shape)
+        for layer in self.layer:
+            layer.build(tokens)
+        self.layernorm.build(tokens)
+        if self.pooler is not None:
+            self.pooler.build((None, self.config.hidden_size))
+        self.built = True
 
     def check_inputs(self, shape: tuple, interpolate: bool) -> None:
         """The PyTorch model's checks and messages, on the static shape (which must know height and width)."""
@@ -270,6 +288,10 @@ class ViTModel(ViTPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled, hidden_states=hidden,
                                           attentions=attn)  # fmt: skip
 
+    def build(self, input_shape: Any) -> None:
+        self.vit.build(input_shape)
+        self.built = True
+
     def hf_weights(self) -> dict[str, Weight]:
         return self.vit.hf_weights()
 
@@ -300,6 +322,12 @@ class ViTForImageClassification(ClassifierTraining, ViTPreTrainedModel):
         cls = x[:, 0]  # (B, C)
         logits = self.classifier(cls) if self.classifier is not None else cls
         return ImageClassifierOutput(logits=logits, hidden_states=hidden, attentions=attn)
+
+    def build(self, input_shape: Any) -> None:
+        self.vit.build(input_shape)
+        if self.classifier is not None:
+            self.classifier.build((None, self.config.hidden_size))
+        self.built = True
 
     def hf_weights(self) -> dict[str, Weight]:
         found = self.vit.hf_weights("vit.")

@@ -45,9 +45,13 @@ class ModelOutput(dict):
     def __post_init__(self) -> None:
         # Built the way `dict` is, from (name, value) pairs in the first argument: TensorFlow rebuilds the outputs
         # of a traced function so (`type(out)(pairs)`), as it does any mapping.
+        # Every forward builds an output: the cheap test first, the field list only when it passes.
+        first_name = next(iter(self.__dataclass_fields__))
+        first = getattr(self, first_name)
+        if not isinstance(first, (Iterator, dict)):
+            return
         names = [f.name for f in fields(self)]
-        first = getattr(self, names[0])
-        if isinstance(first, (Iterator, dict)) and all(getattr(self, n) is None for n in names[1:]):
+        if all(getattr(self, n) is None for n in names[1:]):
             setattr(self, names[0], None)
             for key, value in first.items() if isinstance(first, dict) else first:
                 self[key] = value

@@ -51,8 +51,10 @@ class _ImportedAtFirstUse:
     def __init__(self, name: str) -> None:
         self._name = name
 
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(importlib.import_module(self._name), attr)
+    def __getattr__(self, attr: str) -> Any:  # only for names not yet cached on the instance
+        value = getattr(importlib.import_module(self._name), attr)
+        setattr(self, attr, value)  # the tensor back ends read torch.* per image: one lookup, then an attribute
+        return value
 
 
 torch: Any = _ImportedAtFirstUse("torch")

@@ -20,7 +20,7 @@ from typing import Any
 from .._files import atomic_directory
 
 # PIL's resample codes (what `preprocessor_config.json` stores) -> tf.image.resize methods.
-_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic", 1: "lanczos5", 4: "area", 5: "bicubic"}
+_RESAMPLE = {0: "nearest", 1: "lanczos3", 2: "bilinear", 3: "bicubic", 4: "area", 5: "bicubic"}
 
 
 def preprocessing_settings(model: Any, processor: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -311,10 +311,18 @@ class KerasPreTrainedModel(keras.Model):
 
 
 class ClassifierTraining:
-    """Keras' training loop for a classifier whose output is an `ImageClassifierOutput`: the compiled loss and
-    metrics see the logits; compiled without a loss, transformers' loss for the config's problem type is used."""
+    """A classifier's head and Keras' training loop for it (output an `ImageClassifierOutput`): the compiled loss
+    and metrics see the logits; compiled without a loss, transformers' loss for the config's problem type is used."""
 
     config: Any
+    classifier: Any  # a Dense layer, or None for num_labels=0 (the pooled features are the logits)
+
+    def _build_classifier(self, width: int) -> None:
+        if self.classifier is not None:
+            self.classifier.build((None, width))
+
+    def _classifier_weights(self) -> dict[str, Weight]:
+        return dense_weights(self.classifier, "classifier") if self.classifier is not None else {}
 
     def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None,
                      training: bool = True) -> Any:  # fmt: skip

@@ -337,12 +337,8 @@ class PvtV2ForImageClassification(ClassifierTraining, PvtV2PreTrainedModel):
 
     def build(self, input_shape: Any) -> None:
         self.encoder.build(input_shape)
-        if self.classifier is not None:
-            self.classifier.build((None, self.config.hidden_sizes[-1]))
+        self._build_classifier(self.config.hidden_sizes[-1])
         self.built = True
 
     def hf_weights(self) -> dict[str, Weight]:
-        found = self.encoder.hf_weights("pvt_v2.")
-        if self.classifier is not None:
-            found.update(dense_weights(self.classifier, "classifier"))
-        return found
+        return {**self.encoder.hf_weights("pvt_v2."), **self._classifier_weights()}

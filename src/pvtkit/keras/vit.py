@@ -325,12 +325,8 @@ class ViTForImageClassification(ClassifierTraining, ViTPreTrainedModel):
 
     def build(self, input_shape: Any) -> None:
         self.vit.build(input_shape)
-        if self.classifier is not None:
-            self.classifier.build((None, self.config.hidden_size))
+        self._build_classifier(self.config.hidden_size)
         self.built = True
 
     def hf_weights(self) -> dict[str, Weight]:
-        found = self.vit.hf_weights("vit.")
-        if self.classifier is not None:
-            found.update(dense_weights(self.classifier, "classifier"))
-        return found
+        return {**self.vit.hf_weights("vit."), **self._classifier_weights()}

@@ -25,6 +25,7 @@ timm and pvtkit (e.g. `pip install timm transformers && pip install --no-deps -e
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -272,6 +273,45 @@ def measure_training(spec: Spec, impls, batch: int, args) -> Cell:
     return cell
 
 
+def measure_compiled(spec: Spec, impls, batch: int, args) -> tuple[Cell, dict[str, float]]:
+    """fp32 inference, compiled: pvtkit through `pvtkit.optimize` (which compiles where that pays and runs eagerly
+    elsewhere), the others through `torch.compile` with what fits CPU inference (Inductor, freezing, static
+    shapes), as a user compiling them would; pvtkit's plain eager forward beside them. Returns the timings and
+    each one's first call (compilation included), in seconds."""
+    models = build(spec, impls)
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch)).to(args.device)
+    fns: dict[str, Callable[[], Any]] = {}
+    for name, model in models.items():
+        model.to(args.device)
+        if name == "pvtkit":
+            eager = build(spec, ("pvtkit",))["pvtkit"].to(args.device)
+            eager.load_state_dict(model.state_dict())
+            fns["pvtkit eager"] = functools.partial(_infer, eager, x, args.device)
+            compiled = pvtkit.optimize(model)
+        else:
+            compiled = torch.compile(model, dynamic=False, options={"freezing": True})
+        fns[name] = functools.partial(_infer, compiled, x, args.device)
+    outs, first, warm = {}, {}, {}
+    for name, fn in fns.items():
+        outs[name], first[name] = timed(fn)
+        warm[name] = timed(fn)[1]  # what one round costs, compiled
+    cell = interleaved(fns, args.repeats, args.budget, warm)
+    if "transformers" in outs:
+        cell.error = {name: rel_err(out, outs["transformers"]) for name, out in outs.items()}
+        bad = {name: e for name, e in cell.error.items() if e > 1e-3}
+        if bad:
+            raise SystemExit(f"{spec.title} compiled outputs disagree with transformers: {bad}")
+    return cell, first
+
+
+def _infer(model: torch.nn.Module, x: torch.Tensor, device: str) -> torch.Tensor:
+    with torch.no_grad():
+        out = logits(model, x)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return out
+
+
 # ---- peak memory, one fresh process per model and implementation -----------------------------------------------
 
 
@@ -283,26 +323,42 @@ def _status_kb(field_name: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field_name}")
 
 
-def memory_child(key: str, impl: str, batch: int) -> None:
-    """In a fresh process: build one model, reset the RSS high-water mark, run one forward, print the peaks (MiB)."""
+def memory_child(key: str, impl: str, batch: int, train: bool = False) -> None:
+    """In a fresh process: build one model, reset the RSS high-water mark, run one forward (with `train`: one
+    training step after a first one, so the optimizer state exists), print the peaks (MiB)."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     model = build(SPECS[key], (impl,) if impl != "transformers" else ("transformers",))[impl]
     x = torch.randn(batch, 3, 224, 224)
+    if train:
+        model.train()
+        y = torch.randint(0, 1000, (batch,))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def run() -> None:
+            torch.nn.functional.cross_entropy(logits(model, x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        run()
+    else:
+        def run() -> None:
+            with torch.inference_mode():
+                logits(model, x)
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
     base = _status_kb("VmRSS")
-    with torch.inference_mode():
-        logits(model, x)
+    run()
     peak = _status_kb("VmHWM")
     print(json.dumps({"peak_mib": peak / 1024, "forward_mib": (peak - base) / 1024}))
 
 
-def measure_memory(spec: Spec, impl: str, batch: int, threads: int) -> dict[str, float] | None:
+def measure_memory(spec: Spec, impl: str, batch: int, threads: int, train: bool = False) -> dict[str, float] | None:
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     env = {**os.environ, "BENCH_THREADS": str(threads)}
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", spec.key, impl, str(batch)]
+    cmd += ["train"] if train else []
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         print(f"memory run {spec.key}/{impl} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -394,11 +450,18 @@ def main() -> int:
     parser.add_argument("--no-scaling", action="store_true", help="skip linear SRA vs SRA")
     parser.add_argument("--markdown", help="also write the tables to this Markdown file")
     parser.add_argument("--json", help="also write every number to this JSON file")
-    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="also compiled rows: pvtkit.optimize against "
+                        "torch.compile of transformers' and timm's models (Inductor, freezing), with compile times")
+    parser.add_argument("--compile-only", action="store_true", help="only the compiled rows (implies --compile)")
+    parser.add_argument("--memory-child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
+        key, impl, batch, *train = args.memory_child
+        memory_child(key, impl, int(batch), train == ["train"])
         return 0
+    args.compile = args.compile or args.compile_only
+    if args.compile_only:
+        args.no_train = args.no_memory = args.no_scaling = True
     keys = list(SPECS) if not args.only else [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SPECS]
     if unknown:
@@ -415,9 +478,10 @@ def main() -> int:
     native_bf16 = args.device == "cuda" or info["avx512_bf16"] or info["amx_bf16"]
     results["matmul_peak_gflops"] = peaks
     print(f"  fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", file=sys.stderr, flush=True)
-    rows_roof: list[list[str]] = []
+    # (model, run, GFLOPs, images per second per implementation, which peak): formatted once the peak is final
+    rows_roof: list[tuple[str, str, float, dict[str, float | None], str]] = []
 
-    rows_speed, rows_train, rows_mem = [], [], []
+    rows_speed, rows_train, rows_mem, rows_compiled = [], [], [], []
     for key in keys:
         spec = SPECS[key]
         batch = QUICK["batch"] if args.quick else spec.batch
@@ -428,6 +492,8 @@ def main() -> int:
         plan = [("fp32", batch), ("bf16", bf16_batch), ("fp32", 1), ("bf16", 1)]
         if args.device == "cuda":  # fast bf16 everywhere: same batch, and fp16 too
             plan = [(dtype, b) for b in (batch, 1) for dtype in ("fp32", "bf16", "fp16")]
+        if args.compile_only:
+            plan = []
         for dtype, b in plan:
             label = f"{dtype} b{b}"
             print(f"{spec.title} {label} ...", file=sys.stderr, flush=True)
@@ -444,11 +510,25 @@ def main() -> int:
                                f"{cell.error.get('pvtkit', float('nan')):.1g}"])  # fmt: skip
             print("  " + " | ".join(rows_speed[-1]), file=sys.stderr, flush=True)  # partial results as they come
             # bf16 emulated on fp32 units is measured against the fp32 peak; native bf16 against the bf16 one
-            peak = peaks["bf16"] if dtype != "fp32" and native_bf16 else peaks["fp32"]
-            rows_roof.append([spec.title, label, f"{gflops:.2f}",
-                              *[share(b / med[i] if med[i] else None, gflops, peak) for i in IMPLS]])  # fmt: skip
+            rates = {i: b / med[i] if med[i] else None for i in IMPLS}
+            rows_roof.append((spec.title, label, gflops, rates, "bf16" if dtype != "fp32" and native_bf16 else "fp32"))
         del models
         gc.collect()
+        for b in (1, batch) if args.compile else ():
+            print(f"{spec.title} compiled fp32 b{b} ...", file=sys.stderr, flush=True)
+            cell, first = measure_compiled(spec, impls, b, args)
+            entry[f"compiled fp32 b{b}"] = {"seconds": cell.seconds, "first_call": first, "error": cell.error}
+            names = ("pvtkit", "transformers", "timm", "pvtkit eager")
+            med = {i: cell.median(i) for i in names}
+            if b == 1:
+                values = [fmt(med[i] * 1e3 if med[i] else None, unit=" ms") for i in names]
+            else:
+                values = [fmt(b / med[i] if med[i] else None, unit=" img/s") for i in names]
+            runs = min(len(v) for v in cell.seconds.values())
+            compile_s = " / ".join(fmt(first.get(i), 0) for i in names[:3])
+            rows_compiled.append([spec.title, f"fp32 b{b}", *values, ratio(med["transformers"], med["pvtkit"]),
+                                  ratio(med["timm"], med["pvtkit"]), compile_s, str(runs)])  # fmt: skip
+            print("  " + " | ".join(rows_compiled[-1]), file=sys.stderr, flush=True)
         train_batch = QUICK["train_batch"] if args.quick else spec.train_batch
         if spec.train_batch and not args.no_train:
             print(f"{spec.title} training step b{train_batch} ...", file=sys.stderr, flush=True)
@@ -460,17 +540,22 @@ def main() -> int:
             rows_train.append([spec.title, f"fp32 b{train_batch}", *values, ratio(med["transformers"], med["pvtkit"]),
                                ratio(med["timm"], med["pvtkit"]), str(runs)])  # fmt: skip
             print("  " + " | ".join(rows_train[-1]), file=sys.stderr, flush=True)
-            rows_roof.append([spec.title, f"train fp32 b{train_batch}", f"{3 * gflops:.2f}",
-                              *[share(train_batch / med[i] if med[i] else None, 3 * gflops, peaks["fp32"])
-                                for i in IMPLS]])  # fmt: skip
+            rates = {i: train_batch / med[i] if med[i] else None for i in IMPLS}
+            rows_roof.append((spec.title, f"train fp32 b{train_batch}", 3 * gflops, rates, "fp32"))
         if not args.no_memory and args.device == "cpu":
             print(f"{spec.title} peak memory ...", file=sys.stderr, flush=True)
             mem = {i: measure_memory(spec, i, batch, args.threads) for i in impls}
             entry["memory"] = mem
-            cells = [fmt(mem[i]["forward_mib"], 0) if mem.get(i) else "n/a" for i in IMPLS]
-            peaks = [fmt(mem[i]["peak_mib"], 0) if mem.get(i) else "n/a" for i in IMPLS]
-            rows_mem.append([spec.title, f"fp32 b{batch}", *[f"{c} ({p})" for c, p in zip(cells, peaks)]])
-            print("  " + " | ".join(rows_mem[-1]), file=sys.stderr, flush=True)
+            runs_mem = [("inference", batch, False)]
+            if spec.train_batch and not args.no_train:
+                runs_mem.append(("training step", train_batch, True))
+            for what, b, train in runs_mem:
+                mem = {i: measure_memory(spec, i, b, args.threads, train) for i in impls}
+                entry["memory" if not train else "train_memory"] = mem
+                cells = [fmt(mem[i]["forward_mib"], 0) if mem.get(i) else "n/a" for i in IMPLS]
+                rss = [fmt(mem[i]["peak_mib"], 0) if mem.get(i) else "n/a" for i in IMPLS]
+                rows_mem.append([spec.title, f"{what} fp32 b{b}", *[f"{c} ({p})" for c, p in zip(cells, rss)]])
+                print("  " + " | ".join(rows_mem[-1]), file=sys.stderr, flush=True)
         results["models"][key] = entry
 
     scaling = None
@@ -480,6 +565,11 @@ def main() -> int:
         scaling = measure_scaling(sizes, args)
         results["scaling"] = scaling
 
+    if rows_roof:  # the peak again at the end, the better of the two kept: one slow moment must not set the limit
+        print("matmul peak again ...", file=sys.stderr, flush=True)
+        for d in peaks:
+            peaks[d] = max(peaks[d], matmul_peak(d, args.device, (1024, 2048) if args.quick else (2048, 4096)))
+        print(f"  fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     minutes = (time.time() - started) / 60
     gpu = f", {info['gpu']}" if args.device == "cuda" else ""
@@ -494,9 +584,18 @@ def main() -> int:
         + (" (--quick)" if args.quick else "")
     )
     lines = [header, ""]
-    lines += ["| model | run | pvtkit | transformers | timm | vs transformers | vs timm | runs | pvtkit rel. err. |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    lines += ["| " + " | ".join(r) + " |" for r in rows_speed]
+    if rows_speed:
+        lines += ["| model | run | pvtkit | transformers | timm | vs transformers | vs timm | runs | pvtkit rel. err. |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["| " + " | ".join(r) + " |" for r in rows_speed]
+    if rows_compiled:
+        lines += ["", "Compiled (fp32 inference): pvtkit through `pvtkit.optimize`, transformers and timm through "
+                  "`torch.compile(model, dynamic=False, options={'freezing': True})`; pvtkit's eager forward beside "
+                  "them; first call in seconds (compilation included):", "",
+                  "| model | run | pvtkit optimize | transformers compiled | timm compiled | pvtkit eager | "
+                  "vs transformers | vs timm | first call s (pvtkit / transformers / timm) | runs |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["| " + " | ".join(r) + " |" for r in rows_compiled]
     if rows_train:
         lines += ["", "Training step (forward, backward, AdamW step):", "",
                   "| model | run | pvtkit | transformers | timm | vs transformers | vs timm | runs |",
@@ -510,10 +609,12 @@ def main() -> int:
                   f"{peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; {bf16_note}); batch-1 rows are "
                   "latency-bound and far from the peak by nature:", "",
                   "| model | run | GFLOPs per image | pvtkit | transformers | timm |", "|---|---|---|---|---|---|"]  # fmt: skip
-        lines += ["| " + " | ".join(r) + " |" for r in rows_roof]
+        for title, run, gflops, rates, peak in rows_roof:
+            shares = [share(rates[i], gflops, peaks[peak]) for i in IMPLS]
+            lines.append("| " + " | ".join([title, run, f"{gflops:.2f}", *shares]) + " |")
     if rows_mem:
-        lines += ["", "Peak inference memory, MiB: the forward's own high-water mark above the loaded model "
-                  "(in brackets: the process's peak RSS), one fresh process each:", "",
+        lines += ["", "Peak memory, MiB: the run's own high-water mark above the loaded model (a training step: "
+                  "above the model and AdamW's state, after a first step; in brackets: the process's peak RSS), one fresh process each:", "",
                   "| model | run | pvtkit | transformers | timm |", "|---|---|---|---|---|"]  # fmt: skip
         lines += ["| " + " | ".join(r) + " |" for r in rows_mem]
     if scaling:

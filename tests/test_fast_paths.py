@@ -35,6 +35,65 @@ def test_chunked_and_fused_mlp_equal_the_whole_batch_unfused_path(linear):
         assert ran["conv_gelu"] == 5
 
 
+def _gradients(model, x, y, **flags):
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    with cpu_kernels.flags(**flags), cpu_kernels.record() as ran:
+        loss = model(x, labels=y).loss
+        loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    return loss.detach(), grads, x.grad, ran
+
+
+@pytest.mark.parametrize("linear,act", [(False, "gelu"), (True, "gelu"), (False, "gelu_new"), (False, "silu")])
+def test_recomputed_training_mlp_gives_the_plain_gradients(linear, act):
+    """fp32 CPU training: the MLP runs in pieces and recomputes its hidden activations in its backward (exact GELU
+    fused with the conv, tanh GELU with aten's backward, any other activation through autograd; linear SRA's ReLU
+    first). Loss, every parameter's gradient and the input's gradient equal the plain path's up to summation order.
+    """
+    config = pvtkit.PvtV2Config(**TINY, linear_attention=linear, hidden_act=act, drop_path_rate=0.0)
+    model = pvtkit.PvtV2ForImageClassification(config).train()
+    x, y = torch.randn(5, 3, 97, 131), torch.randint(0, 7, (5,))
+    assert cpu_kernels.choose(x).recompute and "recomputed" in cpu_kernels.choose(x).why
+    plain_loss, plain, plain_x, ran = _gradients(model, x, y, enabled=False)
+    assert not ran
+    _, _, _, ran = _gradients(model, x, y)
+    assert ran["mlp_recompute"] == 0  # these hidden activations are small (< recompute_bytes): stored as usual
+    # one piece; one image per piece; the first Linear's output stored rather than recomputed
+    for flags in ({"recompute_bytes": 0}, {"recompute_bytes": 0, "small_bytes": 1},
+                  {"recompute_bytes": 0, "small_bytes": 1, "keep_width": 0}):  # fmt: skip
+        loss, grads, grad_x, ran = _gradients(model, x, y, **flags)
+        assert ran["mlp_recompute"] == 5  # every block (2 + 1 + 1 + 1)
+        assert rel_err(loss, plain_loss) <= 1e-6 and rel_err(grad_x, plain_x) <= 1e-5
+        scale = max(g.abs().max().item() for g in plain.values())
+        params = dict(model.named_parameters())
+        for name, g in grads.items():
+            assert rel_err(g, plain[name], floor=1e-6 * scale) <= 1e-5, name
+            if "mlp" in name:  # the parameters' own layout, which DDP's gradient buckets expect
+                assert g.stride() == params[name].stride(), name
+
+
+def test_recomputed_mlp_steps_aside_for_dropout_adapters_and_function_transforms():
+    config = pvtkit.PvtV2Config(**TINY, hidden_dropout_prob=0.1)
+    model = pvtkit.PvtV2ForImageClassification(config).train()
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 7, (2,))
+    with cpu_kernels.flags(recompute_bytes=0), cpu_kernels.record() as ran:
+        model(x, labels=y).loss.backward()
+    assert ran["mlp_recompute"] == 0  # dropout inside the MLP: the plain layers
+    model = pvtkit.PvtV2ForImageClassification(pvtkit.PvtV2Config(**TINY)).train()
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(p):
+        return torch.func.functional_call(model, p, (x,), {"labels": y}).loss
+
+    with cpu_kernels.flags(recompute_bytes=0), cpu_kernels.record() as ran:
+        transformed = torch.func.grad(loss)(params)
+    assert ran["mlp_recompute"] == 0
+    model(x, labels=y).loss.backward()
+    for name, p in model.named_parameters():
+        assert rel_err(transformed[name], p.grad, floor=1e-8) <= 1e-5, name
+
+
 def test_the_switch_gives_the_plain_maths_and_says_why():
     model = pvtkit.PvtV2ForImageClassification(pvtkit.PvtV2Config(**TINY)).eval()
     x = torch.randn(3, 3, 64, 80)

@@ -35,6 +35,7 @@ if "torch" not in _sys.modules and _args is not None:
 _PUBLIC: dict[str, tuple[str, str]] = {
     "analysis": (".analysis", ""),
     "cpu_kernels": (".cpu_kernels", ""),
+    "optimize": (".compiling", "optimize"),
     "PretrainedConfig": (".config", "PretrainedConfig"),
     "LoadingError": (".convert", "LoadingError"),
     "PreTrainedModel": (".modeling", "PreTrainedModel"),
@@ -146,6 +147,7 @@ __version__ = "0.1.0"
 __all__ = [
     "analysis",
     "cpu_kernels",
+    "optimize",
     "IMAGE_PROCESSOR_TYPES",
     "BatchFeature",
     "GLPNImageProcessor",

@@ -16,13 +16,18 @@ PyTorch op or a faster formulation of the same maths:
   Inductor uses: the largest tensor is written once instead of twice), and the spatial-reduction conv (kernel =
   stride) as one matmul over gathered windows on inputs up to `small_bytes` (no oneDNN per-call layout work:
   0.43 -> 0.11 ms per stage-1 call of B0 at batch 1).
+* **recompute** (fp32 CPU training): PVTv2's MLP runs in pieces and recomputes its hidden activations in its
+  backward instead of storing them (`conv_mlp`): they are the model's largest tensors, and tensors that big are
+  page-faulted in afresh on every step (PVTv2-B0 at batch 32 on the AVX-512 EPYC: 26.4 img/s and 246 MiB of
+  training memory above the model; transformers 14.7 img/s and 1002 MiB).
 * **nchw_mlp**: while exporting to ONNX, PVTv2's MLP runs on an NCHW map with its Linear layers as 1x1 convs, the
   layout ONNX Runtime runs fastest (see the PVTv2 MLP).
 
 Traced, compiled and exported forwards take the plain maths (symbolic sizes, no Python loop over a symbolic
-batch); so do autograd and non-CPU devices, except for the bf16 emulation. `flags(...)` changes the settings for a
-block of code (`enabled=False`: the plain reference maths everywhere) and `record()` counts which fast paths ran:
-tests and users choose and see paths without patching anything.
+batch); so do non-CPU devices and autograd under bf16 autocast or a torch.func transform, except for the bf16
+emulation. `flags(...)` changes the settings for a block of code (`enabled=False`: the plain reference maths
+everywhere) and `record()` counts which fast paths ran: tests and users choose and see paths without patching
+anything.
 """
 
 from __future__ import annotations
@@ -49,10 +54,17 @@ class Settings:
         native_bf16: Whether the CPU has bf16 matrix instructions; None asks oneDNN. False forces the emulation.
         onnx_nchw_mlp: Export PVTv2's MLP to ONNX in NCHW (faster in ONNX Runtime); False keeps its Linear layers
             as MatMul/Gemm (what int8 quantization rewrites).
+        recompute_bytes: fp32 CPU training recomputes an MLP's hidden activations in its backward when they
+            take more than this (bytes, whole batch); smaller ones are stored, as usual.
+        keep_width: ... except the first Linear's output, which is stored when the MLP's input is at least this
+            wide: recomputing it costs 2 x width FLOPs per value, storing it a fresh page per 1024 values (~1.4 us
+            on the AVX-512 EPYC), even near width 100 (PVTv2-B2 training: +6% with 128).
     """
 
     enabled: bool = True
     small_bytes: int = 4 << 20
+    recompute_bytes: int = 8 << 20
+    keep_width: int = 128
     native_bf16: bool | None = None
     onnx_nchw_mlp: bool = True
 
@@ -67,6 +79,7 @@ class Paths:
     pieces: bool = False
     fused: bool = False
     nchw_mlp: bool = False
+    recompute: bool = False
 
 
 _settings = Settings()
@@ -78,7 +91,9 @@ _TRACED_BF16 = Paths("traced or compiled under emulated bf16 autocast", symbolic
 _ONNX = Paths("exporting to ONNX: the plain maths with symbolic sizes, the PVTv2 MLP in NCHW", symbolic=True,
               nchw_mlp=True)  # fmt: skip
 _DEVICE = Paths("not on the CPU: the plain maths")
-_GRAD = Paths("autograd records the forward: the whole batch, unfused")
+_GRAD = Paths("fp32 CPU training: the MLP in pieces, its hidden activations recomputed in the backward",
+              recompute=True)  # fmt: skip
+_FUNC = Paths("autograd under a torch.func transform (grad, vmap, ...): the whole batch, unfused")
 _GRAD_BF16 = Paths("autograd under emulated bf16 autocast: bf16 maths on fp32 units", emulate_bf16=True)
 _INFER = Paths("CPU inference in a low-precision dtype: the MLP in pieces", pieces=True)
 _INFER_BF16 = Paths("CPU inference under emulated bf16 autocast: bf16 maths on fp32 units, the MLP in pieces",
@@ -141,6 +156,14 @@ def _onednn_has_bf16() -> bool:
         return True  # unknown: leave autocast alone
 
 
+def _functorch_wrapped(x: torch.Tensor) -> bool:
+    """Whether `x` is a torch.func transform's wrapper (custom autograd Functions need more to run under those)."""
+    try:
+        return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
+    except AttributeError:  # pragma: no cover - older or newer torch without the query: assume plain tensors
+        return False
+
+
 def native_bf16() -> bool:
     """Whether oneDNN has bf16 matmul/conv kernels for this CPU (AVX512-BF16, AMX, or Arm BF16)."""
     return _onednn_has_bf16() if _settings.native_bf16 is None else _settings.native_bf16
@@ -170,7 +193,9 @@ def choose(x: torch.Tensor) -> Paths:
     if not cpu:
         return _DEVICE
     if torch.is_grad_enabled():
-        return _GRAD_BF16 if emulate else _GRAD
+        if emulate:
+            return _GRAD_BF16
+        return _FUNC if _functorch_wrapped(x) else _GRAD
     if emulate:
         return _INFER_BF16
     return _INFER_FP32 if x.dtype == torch.float32 else _INFER
@@ -315,3 +340,145 @@ def in_pieces(fn: Callable[..., torch.Tensor], x: torch.Tensor, bytes_per_image:
             _ran("pieces")
             return torch.cat([fn(part, *args) for part in x.split(rows)])
     return fn(x, *args)
+
+
+# ---- training: the conv MLP in pieces, recomputed in its backward ---------------------------------------------
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation of GELU (transformers' "gelu_new", "gelu_pytorch_tanh", "gelu_fast")."""
+    return F.gelu(x, approximate="tanh")
+
+
+_GELUS = {F.gelu: "none", gelu_tanh: "tanh"}  # aten's `approximate` for the GELUs with a direct backward
+
+
+def conv_mlp(
+    x: torch.Tensor, h: int, w: int, dense1: nn.Linear, dwconv: nn.Conv2d, dense2: nn.Linear,
+    act: Callable[[torch.Tensor], torch.Tensor], relu_first: bool,
+) -> torch.Tensor | None:  # fmt: skip
+    """PVTv2's MLP, `dense2(act(dwconv(relu?(dense1(x)))))` on `(B, h*w, C)` tokens, for fp32 CPU training; None
+    where this path does not apply (the caller runs the plain layers).
+
+    The hidden activations are the largest tensors of the model (PVTv2-B0 at batch 32: three of 103 MB per
+    stage-1 block, stored for the backward, and four more made by it). Tensors that big come fresh from the OS and
+    are page-faulted in on every step (about 37 ms per 103 MB on the AVX-512 EPYC), so the step spends more time
+    faulting than computing there. Here the forward runs a few images at a time (`small_bytes` of hidden
+    activations per piece), stores its input (and, for inputs at least `keep_width` wide, `dense1`'s output), and
+    the backward recomputes each piece's hidden activations (the depth-wise conv, the activation, for narrow
+    inputs `dense1`) and takes its gradients while they are in cache: at most one hidden-sized tensor is stored,
+    none is allocated by the backward, and the gradients are the plain path's up to the order of the sums. MLPs
+    whose hidden activations take at most `recompute_bytes` are left to the plain layers (no faults to save).
+    Applies to plain `nn.Linear` / `nn.Conv2d` layers with biases, fp32, no autocast, eager, no MLP dropout.
+    """
+    plain = type(dense1) is nn.Linear and type(dense2) is nn.Linear and type(dwconv) is nn.Conv2d
+    params = (dense1.weight, dense1.bias, dwconv.weight, dwconv.bias, dense2.weight, dense2.bias)
+    big = x.shape[0] * x.shape[1] * dense1.out_features * 4 > _settings.recompute_bytes
+    if not (plain and big and choose(x).recompute and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and all(p is not None and p.dtype == torch.float32 and p.device == x.device for p in params)):
+        return None
+    _ran("mlp_recompute")
+    c = dwconv
+    meta = (h, w, act, _GELUS.get(act), relu_first, (c.stride, c.padding, c.dilation, c.groups))
+    return _RecomputedMlp.apply(x, *params, meta)
+
+
+class _RecomputedMlp(torch.autograd.Function):
+    """`conv_mlp`'s forward and backward (see there); saves the input and the weights only."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, wc: torch.Tensor, bc: torch.Tensor,
+                w2: torch.Tensor, b2: torch.Tensor, meta: tuple) -> torch.Tensor:  # fmt: skip
+        h, w, act, gelu, relu_first, conv_args = meta
+        x = x.contiguous()
+        B, N, C = x.shape
+        hidden = w1.shape[0]
+        rows = max(1, _settings.small_bytes // max(1, N * hidden * 4))
+        out = x.new_empty(B, N, w2.shape[0])
+        fused = gelu == "none" and _CONV_POINTWISE is not None
+        # dense1's output is kept where recomputing it costs more than storing it (wide inputs: see `conv_mlp`)
+        kept = x.new_empty(B, N, hidden) if C >= _settings.keep_width else None
+        for start in range(0, B, rows):
+            piece = x[start : start + rows]
+            target = None if kept is None else kept[start : start + rows]
+            grid = _hidden_map(piece, w1, b1, h, w, relu_first, target)  # (b, hidden, h, w), channels-last
+            if fused:  # the depth-wise conv and the exact GELU in one oneDNN call
+                a = _CONV_POINTWISE(grid, wc, bc, conv_args[1], conv_args[0], conv_args[2], conv_args[3], "gelu", [],
+                                    "none")  # fmt: skip
+            else:
+                a = act(F.conv2d(grid, wc, bc, *conv_args))
+            target = out[start : start + rows].view(-1, out.shape[-1])
+            torch.addmm(b2, _rows(a), w2.t(), out=target)
+        ctx.save_for_backward(x, w1, b1, wc, bc, w2, b2, kept)
+        ctx.meta, ctx.rows = meta, rows
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w1, b1, wc, bc, w2, b2, kept = ctx.saved_tensors
+        h, w, act, gelu, relu_first, conv_args = ctx.meta
+        stride, padding, dilation, groups = conv_args
+        grad = grad.contiguous()
+        B, N, C = x.shape
+        need = ctx.needs_input_grad
+        gx = torch.empty_like(x) if need[0] else None
+        g1, gb1, gc, gbc = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(wc), torch.zeros_like(bc)
+        g2 = torch.zeros_like(w2)
+        for start in range(0, B, ctx.rows):
+            piece, g = x[start : start + ctx.rows], grad[start : start + ctx.rows].reshape(-1, grad.shape[-1])
+            if kept is None:  # recomputed: (b, hidden, h, w), channels-last
+                grid = _hidden_map(piece, w1, b1, h, w, relu_first)
+            else:
+                grid = kept[start : start + ctx.rows].view(piece.shape[0], h, w, -1).permute(0, 3, 1, 2)
+            pre = F.conv2d(grid, wc, bc, stride, padding, dilation, groups)  # the activation's input
+            rows = _rows(pre)
+            if gelu is not None:
+                a = F.gelu(rows, approximate=gelu)
+                g2.addmm_(g.t(), a)
+                ga = torch.mm(g, w2, out=a)  # a is spent: its memory takes the gradient
+                ga = torch.ops.aten.gelu_backward.grad_input(ga, rows, approximate=gelu, grad_input=ga)
+            else:
+                with torch.enable_grad():
+                    leaf = rows.detach().requires_grad_()
+                    a = act(leaf)
+                g2.addmm_(g.t(), a.detach())
+                (ga,) = torch.autograd.grad(a, leaf, torch.mm(g, w2))
+            g_pre = ga.view(pre.shape[0], h, w, -1).permute(0, 3, 1, 2)  # channels-last, like `pre`
+            # Two calls: oneDNN's combined one ran 2.4x slower than both apart at PVTv2's stage-2 pieces (512 x 28^2)
+            conv_grad = functools.partial(torch.ops.aten.convolution_backward, g_pre, grid, wc, [wc.shape[0]], stride,
+                                          padding, dilation, False, [0, 0], groups)  # fmt: skip
+            _, g_wc, g_bc = conv_grad([False, True, True])
+            gc += g_wc
+            gbc += g_bc
+            g_grid = conv_grad([True, False, False])[0]
+            g_hidden = _rows(g_grid.contiguous(memory_format=torch.channels_last))
+            if relu_first:
+                g_hidden = g_hidden.masked_fill_(_rows(grid) <= 0, 0.0)
+            g1.addmm_(g_hidden.t(), piece.reshape(-1, C))
+            gb1 += g_hidden.sum(0)
+            if gx is not None:
+                torch.mm(g_hidden, w1, out=gx[start : start + ctx.rows].view(-1, C))
+        gb2 = grad.reshape(-1, grad.shape[-1]).sum(0)
+        grads = (gx, g1, gb1, gc, gbc, g2, gb2)
+        return (*(g if n else None for g, n in zip(grads, need)), None)
+
+
+def _hidden_map(piece: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, h: int, w: int, relu: bool,
+                out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """`relu?(piece @ w1.T + b1)` for `(b, h*w, C)` tokens (into `out`, `(b, h*w, hidden)`, if given), seen as a
+    `(b, hidden, h, w)` channels-last map."""
+    b = piece.shape[0]
+    rows = piece.reshape(-1, piece.shape[-1])
+    if out is None:
+        hidden = torch.addmm(b1, rows, w1.t())
+    else:
+        hidden = torch.addmm(b1, rows, w1.t(), out=out.view(len(rows), -1))
+    if relu:
+        hidden.relu_()
+    return hidden.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _rows(grid: torch.Tensor) -> torch.Tensor:
+    """A channels-last `(b, C, h, w)` map as `(b*h*w, C)` rows (a view)."""
+    return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1])

@@ -20,16 +20,12 @@ def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
-def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
 # transformers' `hidden_act` names -> functions. "gelu" is the exact (erf) GELU, as in transformers.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
-    "gelu_new": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
-    "gelu_fast": _gelu_tanh,
+    "gelu_new": cpu_kernels.gelu_tanh,
+    "gelu_pytorch_tanh": cpu_kernels.gelu_tanh,
+    "gelu_fast": cpu_kernels.gelu_tanh,
     "quick_gelu": _quick_gelu,
     "relu": F.relu,
     "silu": F.silu,

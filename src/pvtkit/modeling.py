@@ -122,6 +122,8 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
     output_names: ClassVar[tuple[str, ...]] = ()
     main_input_name: ClassVar[str] = "pixel_values"
     supports_gradient_checkpointing: ClassVar[bool] = True
+    # The largest CPU inference batch `pvtkit.optimize` runs compiled (None: any); larger ones run eagerly.
+    compiled_batch_limit: ClassVar[int | None] = None
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()

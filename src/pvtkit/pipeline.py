@@ -111,6 +111,7 @@ class Pipeline:
         dtype: torch.dtype | None = None,
         batch_size: int = 8,
         num_workers: int = 0,
+        compile: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -125,6 +126,10 @@ class Pipeline:
             )  # fmt: skip
         self.device = auto_device() if device in (None, "auto") else torch.device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
+        if compile:
+            from .compiling import optimize
+
+            optimize(self.model)
         self.dtype = dtype or next(model.parameters()).dtype
         self.image_processor = image_processor
         self.batch_size = batch_size
@@ -425,6 +430,7 @@ def pipeline(
     num_workers: int = 0,
     revision: str | None = None,
     local_files_only: bool = False,
+    compile: bool = False,
     **task_options: Any,
 ) -> Pipeline:
     """Build an inference pipeline, as `transformers.pipeline` does.
@@ -440,6 +446,8 @@ def pipeline(
         device, dtype: Where and in which precision to run ("auto"/None picks the GPU when there is one).
         batch_size, num_workers: Images per forward pass; background decoding processes.
         revision, local_files_only: Hub options.
+        compile: Run the model through `pvtkit.optimize` (torch.compile where it pays; eager with a warning where
+            no compiler works).
         **task_options: `top_k` for classification; `pooled`, `stages` (e.g. [1, 4]) for feature extraction;
             `mode` ("whole" / "slide"), `crop`, `stride` for segmentation.
     """
@@ -471,7 +479,7 @@ def pipeline(
         else:
             image_processor = image_processor_for(where, loaded, **hub)
     return _PIPELINES[task](loaded, image_processor, device=device, dtype=dtype, batch_size=batch_size,
-                            num_workers=num_workers, **task_options)  # fmt: skip
+                            num_workers=num_workers, compile=compile, **task_options)  # fmt: skip
 
 
 def _feature_model(source: Any, stages: Iterable[int] | None, hub: dict[str, Any]) -> PreTrainedModel:

@@ -155,6 +155,8 @@ class TrainingArguments:
         num_workers: DataLoader worker processes per training process.
         device: `auto` (the local GPU, else the CPU), `cpu`, `cuda`, `cuda:1`, `mps`.
         gradient_checkpointing: Recompute activations in backward (less memory, slower).
+        compile: Run the model through `pvtkit.optimize` (weights not frozen): compiled on CUDA, and for the
+            batch-1 evaluations on a CPU; CPU training steps stay eager, which measured faster there.
         save_steps: Also checkpoint every this many optimizer steps (0: at epoch ends only).
         resume: Continue the run in `output_dir` from its checkpoint.
         overwrite: Start afresh in an `output_dir` that holds a run or other files (its model files, metrics
@@ -192,6 +194,7 @@ class TrainingArguments:
     num_workers: int = field(default_factory=default_workers)
     device: str = "auto"
     gradient_checkpointing: bool = False
+    compile: bool = False
     save_steps: int = 0
     resume: bool = False
     overwrite: bool = False
@@ -864,7 +867,12 @@ class Trainer:
             processor = _sized_processor(processor, settings["image_size"], **extra)
         if self.args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        return model.to(device=self.device, dtype=torch.float32), processor, settings
+        model = model.to(device=self.device, dtype=torch.float32)
+        if self.args.compile:
+            from .compiling import optimize
+
+            optimize(model, freeze=False)
+        return model, processor, settings
 
     def _load_or_build(self, settings: dict[str, Any], data: ImageFolderData | SegmentationData,
                        resumed: dict[str, Any] | None):  # fmt: skip

@@ -71,6 +71,17 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=names(COMPUTE_DTYPES), help="compute dtype (default float32)")
 
 
+def add_compile_argument(parser: Any, help: str | None = None) -> None:
+    """`--compile`: the model through `pvtkit.optimize`."""
+    parser.add_argument(
+        "--compile", action="store_true",
+        help=help or "torch.compile the model where that pays (pvtkit.optimize): Inductor with frozen weights for CPU "
+        "batches of one image (larger CPU batches run faster on the eager fast paths, and stay eager), every batch on "
+        "CUDA; each new input shape compiles first (tens of seconds on a CPU); without a working compiler: a "
+        "warning, then eager",
+    )  # fmt: skip
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` -> the local GPU when there is one (the rank's own under torchrun), else the CPU."""
     if name == "auto":
@@ -289,7 +300,7 @@ def image_job(args: argparse.Namespace, task: str, **options: Any) -> Iterator[t
         try:
             pipe = pipeline(task, model=args.model, device=device, dtype=dtype, batch_size=args.batch_size,
                             num_workers=args.num_workers, revision=args.revision, local_files_only=args.offline,
-                            **options)  # fmt: skip
+                            compile=args.compile, **options)  # fmt: skip
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot load model {args.model!r}: {describe_error(e)}") from e
         yield ctx, items, pipe
@@ -303,6 +314,7 @@ def add_dense_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (slide mode: windows)")
     add_device_arguments(parser)
+    add_compile_argument(parser)
     parser.add_argument("--format", choices=["table", "json"], default="table",
                         help="table for humans; json = JSON Lines, one record per input")  # fmt: skip
     parser.add_argument("--records", help="write the records here (atomically) instead of stdout")

@@ -10,7 +10,8 @@ from typing import IO, Any
 
 from ..distributed import default_workers
 from ._common import (
-    UsageError, add_device_arguments, add_model_arguments, image_job, input_name, open_output, report_failure,
+    UsageError, add_compile_argument, add_device_arguments,
+    add_model_arguments, image_job, input_name, open_output, report_failure,
     stream_sharded, summarize_failures,
 )  # fmt: skip
 
@@ -78,6 +79,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--top-k", type=int, default=5, help="labels per image")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     add_device_arguments(parser)
+    add_compile_argument(parser)
     parser.add_argument("--format", choices=["table", "json", "csv"], default="table",
                         help="table for humans; json = JSON Lines, one record per input; csv = one row per label")
     parser.add_argument("--output", "-o", help="write here (atomically) instead of stdout")

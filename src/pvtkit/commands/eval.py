@@ -8,7 +8,8 @@ import json
 from typing import IO, Any
 
 from ._common import (
-    UsageError, add_device_arguments, add_model_arguments, checkpoint_task, load_model, load_processor, on_every_rank,
+    UsageError, add_compile_argument, add_device_arguments,
+    add_model_arguments, checkpoint_task, load_model, load_processor, on_every_rank,
     open_output, resolve_device, resolve_dtype,
 )  # fmt: skip
 
@@ -48,6 +49,7 @@ def register(sub: Any) -> None:
                         help="data-loading processes (default %(default)s)")  # fmt: skip
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     add_device_arguments(parser)
+    add_compile_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -122,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         ctx = init_distributed(device)
         model = load_model(AutoModelForSemanticSegmentation if segmentation else AutoModelForImageClassification, args)
         processor = load_processor(args, model)
+        if args.compile:
+            from ..compiling import optimize
+
+            optimize(model.to(device))
         common = dict(processor=processor, val_fraction=args.val_fraction, batch_size=args.batch_size,
                       num_workers=args.num_workers, device=device, dtype=dtype, confusion=args.confusion,
                       progress=not args.quiet)  # fmt: skip

@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 from ._common import (
-    UsageError, add_device_arguments, add_model_arguments, expand_inputs, report_failure, resolve_device,
+    UsageError, add_compile_argument, add_device_arguments,
+    add_model_arguments, expand_inputs, report_failure, resolve_device,
     resolve_dtype,
 )  # fmt: skip
 from ..distributed import default_workers
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         extractor = pipeline(
             "image-feature-extraction", model=args.model, device=device, dtype=dtype, pooled=args.pooled,
             stages=stages, batch_size=args.batch_size, num_workers=args.num_workers, revision=args.revision,
-            local_files_only=args.offline,
+            local_files_only=args.offline, compile=args.compile,
         )  # fmt: skip
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model {args.model!r}: {describe_error(e)}") from e
@@ -94,5 +95,6 @@ def register(sub: Any) -> None:
     parser.add_argument("--pooled", action="store_true", help="spatially pooled embeddings instead of maps")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     add_device_arguments(parser)
+    add_compile_argument(parser)
     parser.add_argument("--num-workers", type=int, default=default_workers(), help="image-decoding processes")
     parser.set_defaults(run=run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import UsageError, add_device_arguments, hub_kwargs, resolve_device, resolve_dtype
+from ._common import UsageError, add_compile_argument, add_device_arguments, hub_kwargs, resolve_device, resolve_dtype
 
 
 def parse_model(text: str) -> tuple[str | None, str]:
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         model = ImageModel(name or default_name(source), source, device=device, dtype=dtype,
                            max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
                            max_queue=args.max_queue, timeout_s=args.timeout_s, top_k=args.top_k,
-                           decode_threads=args.decode_threads, warmup=not args.no_warmup, **hub_kwargs(args))  # fmt: skip
+                           decode_threads=args.decode_threads, warmup=not args.no_warmup, compile=args.compile,
+                           **hub_kwargs(args))  # fmt: skip
         try:
             model.load()
         except (OSError, ValueError) as e:
@@ -98,6 +99,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--decode-threads", type=int, default=2, help="threads decoding and preprocessing images")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice)")
     add_device_arguments(parser)
+    add_compile_argument(parser)
     parser.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take")
     parser.add_argument("--no-warmup", action="store_true", help="ready at once, without the warm-up forward passes")
     parser.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines on stderr")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import UsageError, on_every_rank, resolve_device
+from ._common import UsageError, add_compile_argument, on_every_rank, resolve_device
 
 EPILOG = """\
 data layout (classification): DIR/train/<class>/*.jpg with DIR/val/<class>/*.jpg (or validation/), or just
@@ -114,6 +114,10 @@ def register(sub: Any) -> None:
     run_group.add_argument("--device", default="auto", help="auto (the local GPU when there is one), cpu, cuda, mps")
     run_group.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in "
                            "backward: less memory, ~30%% slower")  # fmt: skip
+    add_compile_argument(run_group, help="torch.compile the model where that pays (pvtkit.optimize, weights not "
+                         "frozen): every step on CUDA; on a CPU the batch-1 evaluations only (CPU training steps run "
+                         "faster eagerly, measured: README 'Speed'); without a working compiler: a warning, then "
+                         "eager")  # fmt: skip
     run_group.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N optimizer steps "
                            "(default: at the end of each epoch)")  # fmt: skip
     run_group.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
@@ -141,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 cat_max_ratio=args.cat_max_ratio, jitter=args.jitter, eval_mode=args.eval_mode,
                 precision=args.precision, grad_accum=args.grad_accum,
                 num_workers=args.num_workers, device=args.device, gradient_checkpointing=args.gradient_checkpointing,
+                compile=args.compile,
                 save_steps=args.save_steps, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                 revision=args.revision, offline=args.offline,
             )  # fmt: skip

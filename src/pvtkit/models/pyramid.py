@@ -166,6 +166,10 @@ class ConvMlp(nn.Module):
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         if kernels.choose(x).nchw_mlp:
             return self._nchw(x, h, w)
+        if not (self.training and self.dropout.p > 0):  # fp32 CPU training: in pieces, recomputed in the backward
+            out = kernels.conv_mlp(x, h, w, self.dense1, self.dwconv.dwconv, self.dense2, self.act, self.linear)
+            if out is not None:
+                return out
         # The hidden activations are the model's largest tensors: CPU inference takes a few images at a time.
         return kernels.in_pieces(self._tokens, x, h * w * self.dense1.out_features * 4, h, w)
 
@@ -303,6 +307,9 @@ class PyramidPreTrainedModel(PreTrainedModel):
     """
 
     nested_attentions = True
+    # Batches the eager forward runs in pieces (more than one 224px image at stage 1) ran faster eagerly than any
+    # compiled graph on the CPU (README "Speed"): `pvtkit.optimize` compiles batch 1 only.
+    compiled_batch_limit = 1
 
     def forward(
         self,

@@ -72,13 +72,14 @@ class ImageModel(kserve.Model):
         top_k: Labels per image unless a request asks otherwise.
         decode_threads: Threads that decode and preprocess images.
         warmup: Run the model once per batch size it will see before reporting ready.
+        compile: Run the model through `pvtkit.optimize` (batch-1 graphs compile during the warm-up).
         hub: `revision`, `local_files_only`.
     """
 
     def __init__(
         self, name: str, source: Any, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
         max_batch_size: int = 8, max_delay_ms: float = 5.0, max_queue: int = 256, timeout_s: float = 30.0,
-        top_k: int = 5, decode_threads: int = 2, warmup: bool = True, **hub: Any,
+        top_k: int = 5, decode_threads: int = 2, warmup: bool = True, compile: bool = False, **hub: Any,
     ) -> None:  # fmt: skip
         super().__init__(name)
         if timeout_s <= 0:
@@ -86,7 +87,7 @@ class ImageModel(kserve.Model):
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         self.source, self.device, self.dtype, self.hub = source, device, dtype, hub
-        self.timeout_s, self.top_k, self.warmup_enabled = timeout_s, top_k, warmup
+        self.timeout_s, self.top_k, self.warmup_enabled, self.compile = timeout_s, top_k, warmup, compile
         self.batcher = DynamicBatcher(self._forward, max_batch_size, max_delay_ms / 1000, max_queue,
                                       on_batch=METRICS.batch_size.labels(name).observe)  # fmt: skip
         METRICS.queue_depth.labels(name).set_function(lambda: self.batcher.depth)
@@ -111,7 +112,8 @@ class ImageModel(kserve.Model):
         if not task:
             raise ValueError(f"{self.source}: pvtkit serve serves classification and semantic-segmentation models")
         options = {"top_k": self.top_k} if task == "image-classification" else {}
-        self.pipe = pipeline(task, model=self.source, device=self.device, dtype=self.dtype, **options, **self.hub)
+        self.pipe = pipeline(task, model=self.source, device=self.device, dtype=self.dtype, compile=self.compile,
+                             **options, **self.hub)  # fmt: skip
         self.task, self.loaded = task, True
         return True
 

@@ -544,8 +544,6 @@ def main() -> int:
             rows_roof.append((spec.title, f"train fp32 b{train_batch}", 3 * gflops, rates, "fp32"))
         if not args.no_memory and args.device == "cpu":
             print(f"{spec.title} peak memory ...", file=sys.stderr, flush=True)
-            mem = {i: measure_memory(spec, i, batch, args.threads) for i in impls}
-            entry["memory"] = mem
             runs_mem = [("inference", batch, False)]
             if spec.train_batch and not args.no_train:
                 runs_mem.append(("training step", train_batch, True))

@@ -8,7 +8,11 @@ The compiler failures are real: a fresh interpreter with `CXX` naming no compile
 
 from __future__ import annotations
 
+import copy
+import inspect
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +27,7 @@ from conftest import rel_err
 
 import pvtkit
 from pvtkit import cpu_kernels
+from pvtkit.compiling import CompiledForward
 
 TINY = dict(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4), num_labels=5)
 
@@ -47,7 +52,7 @@ def test_compiled_batch_one_equals_eager_larger_batches_stay_eager_and_weights_a
         assert rel_err(out, eager_one) <= 1e-5
         with cpu_kernels.record() as ran:  # batch 3 > the limit: the eager fast paths, nothing compiled
             assert rel_err(model(three).logits, eager_three) <= 1e-6
-        assert ran["conv_gelu"] > 0 and len(compiled.compile_seconds) == 1
+        assert ran["conv_gelu"] > 0 and ran["pieces"] == 0 and len(compiled.compile_seconds) == 1
         # A bad input raises what the eager forward raises, and does not switch compiling off.
         with pytest.raises(ValueError, match=r"must have shape \(batch, 3, height, width\)"):
             model(torch.randn(1, 2, 64, 64))
@@ -55,9 +60,31 @@ def test_compiled_batch_one_equals_eager_larger_batches_stay_eager_and_weights_a
         # Weights written in place (what load_state_dict and optimizers do): the frozen graph is compiled again.
         model.classifier.bias.add_(1.0)
         assert rel_err(model(one).logits, eager_one + 1.0) <= 1e-5
-    assert model.state_dict().keys() == set(keys) and list(model.state_dict()) == keys
+    assert list(model.state_dict()) == keys
+    # The forward's signature (transformers' Trainer reads it); copies run eagerly, and save and load as usual.
+    assert list(inspect.signature(model.forward).parameters)[:2] == ["pixel_values", "labels"]
+    twin = copy.deepcopy(model)
+    assert not isinstance(twin.forward, CompiledForward) and twin.forward.__self__ is twin
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.inference_mode():
+        assert torch.equal(loaded(three).logits, twin(three).logits)
     pvtkit.optimize(model, enabled=False)
     assert "forward" not in model.__dict__
+
+
+def test_a_pipeline_compiles_only_where_something_would(caplog):
+    """On the CPU a PVTv2 pipeline at batch size 8 would compile only a last batch of one (tens of seconds for one
+    image): it says so and stays eager; at batch size 1 the model is optimized."""
+    model = tiny_model()
+    with caplog.at_level(logging.WARNING, logger="pvtkit"):
+        pvtkit.pipeline("image-classification", model=model, device="cpu", batch_size=8, compile=True)
+    assert "forward" not in model.__dict__
+    assert any("batches of at most 1 image" in r.getMessage() for r in caplog.records)
+    pvtkit.pipeline("image-classification", model=model, device="cpu", batch_size=1, compile=True)
+    assert isinstance(model.__dict__.get("forward"), CompiledForward)
 
 
 def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.utils.prune as prune
 from conftest import rel_err
 
 import pvtkit
@@ -41,7 +42,7 @@ def _gradients(model, x, y, **flags):
     with cpu_kernels.flags(**flags), cpu_kernels.record() as ran:
         loss = model(x, labels=y).loss
         loss.backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads, x.grad, ran
 
 
@@ -59,9 +60,10 @@ def test_recomputed_training_mlp_gives_the_plain_gradients(linear, act):
     assert not ran
     _, _, _, ran = _gradients(model, x, y)
     assert ran["mlp_recompute"] == 0  # these hidden activations are small (< recompute_bytes): stored as usual
-    # one piece; one image per piece; the first Linear's output stored rather than recomputed
+    # one piece; one image per piece; pieces of 2, 2, 1 with the first Linear's output stored, not recomputed
+    two_images = 2 * 25 * 33 * 16 * 8 * 4  # stage 1: a 25 x 33 map, 128 hidden channels, fp32
     for flags in ({"recompute_bytes": 0}, {"recompute_bytes": 0, "small_bytes": 1},
-                  {"recompute_bytes": 0, "small_bytes": 1, "keep_width": 0}):  # fmt: skip
+                  {"recompute_bytes": 0, "small_bytes": two_images, "keep_width": 0}):  # fmt: skip
         loss, grads, grad_x, ran = _gradients(model, x, y, **flags)
         assert ran["mlp_recompute"] == 5  # every block (2 + 1 + 1 + 1)
         assert rel_err(loss, plain_loss) <= 1e-6 and rel_err(grad_x, plain_x) <= 1e-5
@@ -73,7 +75,31 @@ def test_recomputed_training_mlp_gives_the_plain_gradients(linear, act):
                 assert g.stride() == params[name].stride(), name
 
 
-def test_recomputed_mlp_steps_aside_for_dropout_adapters_and_function_transforms():
+def test_recomputed_mlp_skips_frozen_weights_and_steps_aside_for_hooked_layers():
+    """Frozen weights get no gradient (and no work); a layer with a hook (pruning, weight norm, per-sample
+    gradients, ZeRO-3 gathering) or a wrapped layer is called as a module: that MLP takes the plain layers."""
+    model = pvtkit.PvtV2ForImageClassification(pvtkit.PvtV2Config(**TINY)).train()
+    x, y = torch.randn(3, 3, 64, 64), torch.randint(0, 7, (3,))
+    for name, p in model.named_parameters():  # what an adapter leaves trainable: one projection, the head
+        p.requires_grad_("dense2" in name or "classifier" in name)
+    plain_loss, plain, _, _ = _gradients(model, x, y, enabled=False)
+    loss, grads, _, ran = _gradients(model, x, y, recompute_bytes=0)
+    assert ran["mlp_recompute"] == 5 and rel_err(loss, plain_loss) <= 1e-6
+    assert set(grads) == set(plain) and all("dense2" in n or "classifier" in n for n in grads)
+    for name, g in grads.items():
+        assert rel_err(g, plain[name]) <= 1e-5, name
+    model.requires_grad_(True)
+    first_mlp = model.pvt_v2.encoder.layers[0].blocks[0].mlp
+    calls = []
+    first_mlp.dense1.register_forward_hook(lambda *args: calls.append(1))
+    prune.l1_unstructured(first_mlp.dense2, "weight", amount=0.5)
+    for _ in range(2):  # pruning's pre-hook rebuilds the weight on every call
+        _, _, _, ran = _gradients(model, x, y, recompute_bytes=0)
+        assert ran["mlp_recompute"] == 4  # the other four blocks
+    assert len(calls) == 2
+
+
+def test_recomputed_mlp_steps_aside_for_dropout_and_function_transforms():
     config = pvtkit.PvtV2Config(**TINY, hidden_dropout_prob=0.1)
     model = pvtkit.PvtV2ForImageClassification(config).train()
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 7, (2,))

@@ -371,16 +371,37 @@ def conv_mlp(
     whose hidden activations take at most `recompute_bytes` are left to the plain layers (no faults to save).
     Applies to plain `nn.Linear` / `nn.Conv2d` layers with biases, fp32, no autocast, eager, no MLP dropout.
     """
-    plain = type(dense1) is nn.Linear and type(dense2) is nn.Linear and type(dwconv) is nn.Conv2d
-    params = (dense1.weight, dense1.bias, dwconv.weight, dwconv.bias, dense2.weight, dense2.bias)
+    layers = (dense1, dwconv, dense2)
     big = x.shape[0] * x.shape[1] * dense1.out_features * 4 > _settings.recompute_bytes
-    if not (plain and big and choose(x).recompute and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and all(p is not None and p.dtype == torch.float32 and p.device == x.device for p in params)):
+    if not (big and choose(x).recompute and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and all(_plain_layer(m, x.device) for m in layers) and not _global_module_hooks()):
         return None
+    params = (dense1.weight, dense1.bias, dwconv.weight, dwconv.bias, dense2.weight, dense2.bias)
     _ran("mlp_recompute")
     c = dwconv
     meta = (h, w, act, _GELUS.get(act), relu_first, (c.stride, c.padding, c.dilation, c.groups))
     return _RecomputedMlp.apply(x, *params, meta)
+
+
+def _plain_layer(module: nn.Module, device: torch.device) -> bool:
+    """A bare `nn.Linear` / `nn.Conv2d` whose call is exactly its maths: no hooks (forward, pre-forward, backward:
+    pruning, hook-based weight norm, per-sample-gradient and ZeRO-3 hooks run there), no parametrization, plain fp32
+    parameters with a bias, on `device`. Anything else must be called, so the plain layers run."""
+    if type(module) not in (nn.Linear, nn.Conv2d):
+        return False
+    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks:
+        return False
+    params = module._parameters
+    weight, bias = params.get("weight"), params.get("bias")
+    return all(type(p) is nn.Parameter and p.dtype == torch.float32 and p.device == device for p in (weight, bias))
+
+
+def _global_module_hooks() -> bool:
+    """Whether hooks registered for every module (`nn.modules.module.register_module_forward_hook`, ...) exist."""
+    m = nn.modules.module
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+             "_global_backward_pre_hooks")  # fmt: skip
+    return any(getattr(m, name, None) for name in names)
 
 
 class _RecomputedMlp(torch.autograd.Function):
@@ -421,11 +442,12 @@ class _RecomputedMlp(torch.autograd.Function):
         stride, padding, dilation, groups = conv_args
         grad = grad.contiguous()
         B, N, C = x.shape
-        need = ctx.needs_input_grad
+        need = ctx.needs_input_grad  # frozen weights (adapters elsewhere, saliency maps) get no gradient work
         gx = torch.empty_like(x) if need[0] else None
-        g1, gb1, gc, gbc = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(wc), torch.zeros_like(bc)
-        g2 = torch.zeros_like(w2)
-        for start in range(0, B, ctx.rows):
+        g1, gb1, gc, gbc, g2 = (torch.zeros_like(t) if n else None for t, n in zip((w1, b1, wc, bc, w2), need[1:6]))
+        below_act = any(need[:5])  # anything beneath the activation: the input, dense1, the conv
+        below_conv = any(need[:3])
+        for start in range(0, B, ctx.rows) if (below_act or need[5]) else ():
             piece, g = x[start : start + ctx.rows], grad[start : start + ctx.rows].reshape(-1, grad.shape[-1])
             if kept is None:  # recomputed: (b, hidden, h, w), channels-last
                 grid = _hidden_map(piece, w1, b1, h, w, relu_first)
@@ -435,33 +457,45 @@ class _RecomputedMlp(torch.autograd.Function):
             rows = _rows(pre)
             if gelu is not None:
                 a = F.gelu(rows, approximate=gelu)
-                g2.addmm_(g.t(), a)
+                if g2 is not None:
+                    g2.addmm_(g.t(), a)
+                if not below_act:
+                    continue
                 ga = torch.mm(g, w2, out=a)  # a is spent: its memory takes the gradient
                 ga = torch.ops.aten.gelu_backward.grad_input(ga, rows, approximate=gelu, grad_input=ga)
             else:
                 with torch.enable_grad():
                     leaf = rows.detach().requires_grad_()
                     a = act(leaf)
-                g2.addmm_(g.t(), a.detach())
+                if g2 is not None:
+                    g2.addmm_(g.t(), a.detach())
+                if not below_act:
+                    continue
                 (ga,) = torch.autograd.grad(a, leaf, torch.mm(g, w2))
             g_pre = ga.view(pre.shape[0], h, w, -1).permute(0, 3, 1, 2)  # channels-last, like `pre`
             # Two calls: oneDNN's combined one ran 2.4x slower than both apart at PVTv2's stage-2 pieces (512 x 28^2)
             conv_grad = functools.partial(torch.ops.aten.convolution_backward, g_pre, grid, wc, [wc.shape[0]], stride,
                                           padding, dilation, False, [0, 0], groups)  # fmt: skip
-            _, g_wc, g_bc = conv_grad([False, True, True])
-            gc += g_wc
-            gbc += g_bc
+            if gc is not None or gbc is not None:
+                _, g_wc, g_bc = conv_grad([False, gc is not None, gbc is not None])
+                if gc is not None:
+                    gc += g_wc
+                if gbc is not None:
+                    gbc += g_bc
+            if not below_conv:
+                continue
             g_grid = conv_grad([True, False, False])[0]
             g_hidden = _rows(g_grid.contiguous(memory_format=torch.channels_last))
             if relu_first:
                 g_hidden = g_hidden.masked_fill_(_rows(grid) <= 0, 0.0)
-            g1.addmm_(g_hidden.t(), piece.reshape(-1, C))
-            gb1 += g_hidden.sum(0)
+            if g1 is not None:
+                g1.addmm_(g_hidden.t(), piece.reshape(-1, C))
+            if gb1 is not None:
+                gb1 += g_hidden.sum(0)
             if gx is not None:
                 torch.mm(g_hidden, w1, out=gx[start : start + ctx.rows].view(-1, C))
-        gb2 = grad.reshape(-1, grad.shape[-1]).sum(0)
-        grads = (gx, g1, gb1, gc, gbc, g2, gb2)
-        return (*(g if n else None for g, n in zip(grads, need)), None)
+        gb2 = grad.reshape(-1, grad.shape[-1]).sum(0) if need[6] else None
+        return gx, g1, gb1, gc, gbc, g2, gb2, None
 
 
 def _hidden_map(piece: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, h: int, w: int, relu: bool,

@@ -111,7 +111,7 @@ class Pipeline:
         dtype: torch.dtype | None = None,
         batch_size: int = 8,
         num_workers: int = 0,
-        compile: bool = False,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -127,9 +127,9 @@ class Pipeline:
         self.device = auto_device() if device in (None, "auto") else torch.device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
         if compile:
-            from .compiling import optimize
+            from .compiling import optimize_for
 
-            optimize(self.model)
+            optimize_for(self.model, batch_size, self.device, **(compile if isinstance(compile, dict) else {}))
         self.dtype = dtype or next(model.parameters()).dtype
         self.image_processor = image_processor
         self.batch_size = batch_size
@@ -430,7 +430,7 @@ def pipeline(
     num_workers: int = 0,
     revision: str | None = None,
     local_files_only: bool = False,
-    compile: bool = False,
+    compile: bool | dict[str, Any] = False,
     **task_options: Any,
 ) -> Pipeline:
     """Build an inference pipeline, as `transformers.pipeline` does.
@@ -447,7 +447,8 @@ def pipeline(
         batch_size, num_workers: Images per forward pass; background decoding processes.
         revision, local_files_only: Hub options.
         compile: Run the model through `pvtkit.optimize` (torch.compile where it pays; eager with a warning where
-            no compiler works).
+            no compiler works); a dict passes options to it. On the CPU a batch size above the model's
+            `compiled_batch_limit` (1 for PVTv2, SegFormer, GLPN) compiles nothing, with a warning.
         **task_options: `top_k` for classification; `pooled`, `stages` (e.g. [1, 4]) for feature extraction;
             `mode` ("whole" / "slide"), `crop`, `stride` for segmentation.
     """

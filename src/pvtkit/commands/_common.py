@@ -75,10 +75,10 @@ def add_compile_argument(parser: Any, help: str | None = None) -> None:
     """`--compile`: the model through `pvtkit.optimize`."""
     parser.add_argument(
         "--compile", action="store_true",
-        help=help or "torch.compile the model where that pays (pvtkit.optimize): Inductor with frozen weights for CPU "
-        "batches of one image (larger CPU batches run faster on the eager fast paths, and stay eager), every batch on "
-        "CUDA; each new input shape compiles first (tens of seconds on a CPU); without a working compiler: a "
-        "warning, then eager",
+        help=help or "torch.compile the model where that pays (pvtkit.optimize): Inductor with frozen weights on the "
+        "CPU for PVTv2/SegFormer/GLPN batches of one image (use --batch-size 1; larger batches run faster on the "
+        "eager paths and stay eager) and any ViT batch, every batch on CUDA; each new input shape compiles first "
+        "(tens of seconds on a CPU); without a working compiler: a warning, then eager",
     )  # fmt: skip
 
 

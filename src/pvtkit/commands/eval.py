@@ -125,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(AutoModelForSemanticSegmentation if segmentation else AutoModelForImageClassification, args)
         processor = load_processor(args, model)
         if args.compile:
-            from ..compiling import optimize
+            from ..compiling import optimize_for
 
-            optimize(model.to(device))
+            optimize_for(model.to(device), args.batch_size, device)
         common = dict(processor=processor, val_fraction=args.val_fraction, batch_size=args.batch_size,
                       num_workers=args.num_workers, device=device, dtype=dtype, confusion=args.confusion,
                       progress=not args.quiet)  # fmt: skip

@@ -115,9 +115,9 @@ def register(sub: Any) -> None:
     run_group.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in "
                            "backward: less memory, ~30%% slower")  # fmt: skip
     add_compile_argument(run_group, help="torch.compile the model where that pays (pvtkit.optimize, weights not "
-                         "frozen): every step on CUDA; on a CPU the batch-1 evaluations only (CPU training steps run "
-                         "faster eagerly, measured: README 'Speed'); without a working compiler: a warning, then "
-                         "eager")  # fmt: skip
+                         "frozen): every step on CUDA; on a CPU a ViT's evaluations only (CPU training steps and "
+                         "PVTv2's batched evaluations run faster eagerly, measured: README 'Speed'); without a "
+                         "working compiler: a warning, then eager")  # fmt: skip
     run_group.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N optimizer steps "
                            "(default: at the end of each epoch)")  # fmt: skip
     run_group.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")

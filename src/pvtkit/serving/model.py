@@ -112,8 +112,13 @@ class ImageModel(kserve.Model):
         if not task:
             raise ValueError(f"{self.source}: pvtkit serve serves classification and semantic-segmentation models")
         options = {"top_k": self.top_k} if task == "image-classification" else {}
-        self.pipe = pipeline(task, model=self.source, device=self.device, dtype=self.dtype, compile=self.compile,
-                             **options, **self.hub)  # fmt: skip
+        self.pipe = pipeline(task, model=self.source, device=self.device, dtype=self.dtype, **options, **self.hub)
+        if self.compile:  # the batches a server runs vary (1 when quiet): compiled where it pays, eager elsewhere
+            from ..compiling import optimize
+
+            # One graph for every batch size above 1 (a symbolic batch): the warm-up's batch 1 and largest batch
+            # compile all there is before the server reports ready.
+            optimize(self.pipe.model, dynamic=True)
         self.task, self.loaded = task, True
         return True
 

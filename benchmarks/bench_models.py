@@ -25,7 +25,7 @@ timm and pvtkit (e.g. `pip install timm transformers && pip install --no-deps -e
 from __future__ import annotations
 
 import argparse
-import functools
+import copy
 import gc
 import json
 import os
@@ -214,32 +214,39 @@ def autocast(dtype: str, device: str):
     return torch.autocast(device, dtype=lowp or torch.bfloat16, enabled=lowp is not None)
 
 
+def inference(model: torch.nn.Module, x: torch.Tensor, dtype: str, device: str) -> Callable[[], torch.Tensor]:
+    """One timed inference call of `model` on `x` (under autocast for bf16 / fp16)."""
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), autocast(dtype, device):
+            out = logits(model, x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def check_errors(cell: Cell, outs: dict[str, torch.Tensor], tol: float, what: str) -> None:
+    """Each implementation's relative error against transformers' output into `cell`; one past `tol` stops the
+    run (nothing is timed on wrong numbers)."""
+    if "transformers" not in outs:
+        return
+    cell.error = {name: rel_err(out.float(), outs["transformers"].float()) for name, out in outs.items()}
+    bad = {name: e for name, e in cell.error.items() if e > tol}
+    if bad:
+        raise SystemExit(f"{what} disagree with transformers (relative error > {tol:g}): {bad}")
+
+
 def measure_inference(models, batch: int, dtype: str, args) -> Cell:
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch), device="cpu").to(args.device)
-
-    def forward(model):
-        def run():
-            with torch.inference_mode(), autocast(dtype, args.device):
-                out = logits(model, x)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            return out
-
-        return run
-
-    fns = {name: forward(m) for name, m in models.items()}
+    fns = {name: inference(m, x, dtype, args.device) for name, m in models.items()}
     outs, first = {}, {}  # the first call checks the outputs and warms up (kernel selection, allocator)
     for name, fn in fns.items():
         outs[name], first[name] = timed(fn)
     cell = interleaved(fns, args.repeats, args.budget, first)
-    reference = outs.get("transformers")
-    if reference is not None:
-        cell.error = {name: rel_err(out.float(), reference.float()) for name, out in outs.items()}
-        # timm's 1e-5 epsilons in two LayerNorms shift its outputs ~1e-5; bf16 rounding ~1e-2
-        tol = 1e-3 if dtype == "fp32" else 5e-2
-        bad = {name: e for name, e in cell.error.items() if e > tol}
-        if bad:
-            raise SystemExit(f"outputs disagree with transformers (relative error > {tol:g}): {bad}")
+    # timm's 1e-5 epsilons in two LayerNorms shift its outputs ~1e-5; bf16 rounding ~1e-2
+    check_errors(cell, outs, 1e-3 if dtype == "fp32" else 5e-2, "outputs")
     return cell
 
 
@@ -265,11 +272,7 @@ def measure_training(spec: Spec, impls, batch: int, args) -> Cell:
     for name, fn in fns.items():  # the first step (before any update: identical weights) is the check
         losses[name], first[name] = timed(fn)
     cell = interleaved(fns, args.repeats, args.budget, first)
-    if "transformers" in losses:
-        cell.error = {name: rel_err(loss, losses["transformers"]) for name, loss in losses.items()}
-        bad = {name: e for name, e in cell.error.items() if e > 1e-3}
-        if bad:
-            raise SystemExit(f"{spec.title} training losses disagree with transformers: {bad}")
+    check_errors(cell, losses, 1e-3, f"{spec.title} training losses")
     return cell
 
 
@@ -284,32 +287,18 @@ def measure_compiled(spec: Spec, impls, batch: int, args) -> tuple[Cell, dict[st
     for name, model in models.items():
         model.to(args.device)
         if name == "pvtkit":
-            eager = build(spec, ("pvtkit",))["pvtkit"].to(args.device)
-            eager.load_state_dict(model.state_dict())
-            fns["pvtkit eager"] = functools.partial(_infer, eager, x, args.device)
+            fns["pvtkit eager"] = inference(copy.deepcopy(model), x, "fp32", args.device)
             compiled = pvtkit.optimize(model)
         else:
             compiled = torch.compile(model, dynamic=False, options={"freezing": True})
-        fns[name] = functools.partial(_infer, compiled, x, args.device)
+        fns[name] = inference(compiled, x, "fp32", args.device)
     outs, first, warm = {}, {}, {}
     for name, fn in fns.items():
         outs[name], first[name] = timed(fn)
         warm[name] = timed(fn)[1]  # what one round costs, compiled
     cell = interleaved(fns, args.repeats, args.budget, warm)
-    if "transformers" in outs:
-        cell.error = {name: rel_err(out, outs["transformers"]) for name, out in outs.items()}
-        bad = {name: e for name, e in cell.error.items() if e > 1e-3}
-        if bad:
-            raise SystemExit(f"{spec.title} compiled outputs disagree with transformers: {bad}")
+    check_errors(cell, outs, 1e-3, f"{spec.title} compiled outputs")
     return cell, first
-
-
-def _infer(model: torch.nn.Module, x: torch.Tensor, device: str) -> torch.Tensor:
-    with torch.no_grad():
-        out = logits(model, x)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return out
 
 
 # ---- peak memory, one fresh process per model and implementation -----------------------------------------------

@@ -357,8 +357,8 @@ def conv_mlp(
     x: torch.Tensor, h: int, w: int, dense1: nn.Linear, dwconv: nn.Conv2d, dense2: nn.Linear,
     act: Callable[[torch.Tensor], torch.Tensor], relu_first: bool,
 ) -> torch.Tensor | None:  # fmt: skip
-    """PVTv2's MLP, `dense2(act(dwconv(relu?(dense1(x)))))` on `(B, h*w, C)` tokens, for fp32 CPU training; None
-    where this path does not apply (the caller runs the plain layers).
+    """PVTv2's MLP, `dense2(act(dwconv(relu?(dense1(x)))))` on `(B, h*w, C)` tokens, for fp32 CPU training where
+    `choose(x).recompute` (the caller asks); None where this path does not apply (the caller runs the plain layers).
 
     The hidden activations are the largest tensors of the model (PVTv2-B0 at batch 32: three of 103 MB per
     stage-1 block, stored for the backward, and four more made by it). Tensors that big come fresh from the OS and
@@ -373,7 +373,7 @@ def conv_mlp(
     """
     layers = (dense1, dwconv, dense2)
     big = x.shape[0] * x.shape[1] * dense1.out_features * 4 > _settings.recompute_bytes
-    if not (big and choose(x).recompute and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    if not (big and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and all(_plain_layer(m, x.device) for m in layers) and not _global_module_hooks()):
         return None
     params = (dense1.weight, dense1.bias, dwconv.weight, dwconv.bias, dense2.weight, dense2.bias)

@@ -164,9 +164,10 @@ class ConvMlp(nn.Module):
         self.linear = linear
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        if kernels.choose(x).nchw_mlp:
+        paths = kernels.choose(x)
+        if paths.nchw_mlp:
             return self._nchw(x, h, w)
-        if not (self.training and self.dropout.p > 0):  # fp32 CPU training: in pieces, recomputed in the backward
+        if paths.recompute and not (self.training and self.dropout.p > 0):  # in pieces, recomputed in the backward
             out = kernels.conv_mlp(x, h, w, self.dense1, self.dwconv.dwconv, self.dense2, self.act, self.linear)
             if out is not None:
                 return out

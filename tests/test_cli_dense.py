@@ -19,7 +19,7 @@ from conftest import assert_close
 
 import pvtkit
 from pvtkit.cli import main
-from pvtkit.pipeline import slide_windows
+from pvtkit.pipelines import slide_windows
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 LABELS = {0: "sky", 1: "cat", 2: "cup", 3: "road", 4: "tree"}

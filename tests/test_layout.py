@@ -120,7 +120,7 @@ def test_pvtkit_pipeline_stays_the_function_after_its_module_is_imported():
     attribute), as it was before the public API became lazy."""
     code = (
         "import pvtkit\n"
-        "from pvtkit.pipeline import slide_windows\n"
+        "from pvtkit.pipelines import slide_windows\n"
         "import pvtkit.pipeline as p\n"
         "assert callable(pvtkit.pipeline) and pvtkit.pipeline.__module__ == 'pvtkit.pipeline', pvtkit.pipeline\n"
         "assert callable(p)\n"

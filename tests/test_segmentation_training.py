@@ -27,8 +27,11 @@ from conftest import kill_training_at_step
 
 import pvtkit
 from pvtkit.cli import main as cli
-from pvtkit.evaluation import IGNORE_INDEX, SegmentationMetric, load_segmentation_data
-from pvtkit.training import SegmentationTrainTransform, learning_rate, nearest_resize, parameter_groups
+from pvtkit.data.folders import IGNORE_INDEX
+from pvtkit.data.segmentation import load_segmentation_data
+from pvtkit.evaluation import SegmentationMetric
+from pvtkit.data.transforms import SegmentationTrainTransform, nearest_resize
+from pvtkit.training import learning_rate, parameter_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["background", *(str(d) for d in range(10))]

@@ -27,8 +27,10 @@ from conftest import kill_training_at_step
 import pvtkit
 from pvtkit.cli import main as cli
 from pvtkit.evaluation import draw_confusion_matrix, evaluate
-from pvtkit.imagefolder import stratified_split
-from pvtkit.training import TrainBatchSampler, learning_rate, random_resized_crop_box
+from pvtkit.data.folders import stratified_split
+from pvtkit.data.sampling import TrainBatchSampler
+from pvtkit.data.transforms import random_resized_crop_box
+from pvtkit.training import learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 

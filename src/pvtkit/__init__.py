@@ -4,7 +4,6 @@ import importlib as _importlib
 import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
-import types as _types
 from typing import Any as _Any
 
 # The `pvtkit` command owns its process, so it turns on PyTorch's transparent-huge-page backing for large CPU
@@ -67,12 +66,12 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "AutoModelForMaskedImageModeling": (".auto", "AutoModelForMaskedImageModeling"),
     "AutoModelForSemanticSegmentation": (".auto", "AutoModelForSemanticSegmentation"),
     "convert_checkpoint": (".auto", "convert_checkpoint"),
-    "DepthEstimationPipeline": (".pipeline", "DepthEstimationPipeline"),
-    "ImageClassificationPipeline": (".pipeline", "ImageClassificationPipeline"),
-    "ImageFeatureExtractionPipeline": (".pipeline", "ImageFeatureExtractionPipeline"),
-    "ImageSegmentationPipeline": (".pipeline", "ImageSegmentationPipeline"),
-    "Pipeline": (".pipeline", "Pipeline"),
-    "pipeline": (".pipeline", "pipeline"),
+    "DepthEstimationPipeline": (".pipelines", "DepthEstimationPipeline"),
+    "ImageClassificationPipeline": (".pipelines", "ImageClassificationPipeline"),
+    "ImageFeatureExtractionPipeline": (".pipelines", "ImageFeatureExtractionPipeline"),
+    "ImageSegmentationPipeline": (".pipelines", "ImageSegmentationPipeline"),
+    "Pipeline": (".pipelines", "Pipeline"),
+    "pipeline": (".pipelines", "pipeline"),
     "EvalResult": (".evaluation", "EvalResult"),
     "SegmentationEvalResult": (".evaluation", "SegmentationEvalResult"),
     "SegmentationMetric": (".evaluation", "SegmentationMetric"),
@@ -124,22 +123,6 @@ def __getattr__(name: str) -> _Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_PUBLIC))
-
-
-# Public names that are also submodules' names (`pvtkit.pipeline`, the function, and `pvtkit/pipeline.py`): importing
-# the submodule sets it as the package's attribute, which would hide the function; the eager `from .pipeline import
-# pipeline` used to rebind it. The package refuses that one assignment, so the name keeps meaning the function.
-_SHADOWED = {name for name, (module, attr) in _PUBLIC.items() if attr and module == f".{name}"}
-
-
-class _Package(_types.ModuleType):
-    def __setattr__(self, name: str, value: _Any) -> None:
-        if name in _SHADOWED and isinstance(value, _types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
 
 
 __version__ = "0.1.0"

@@ -49,7 +49,7 @@ def describe(model_class: type, config: Any, height: int, width: int) -> dict[st
         "input": [config.num_channels, height, width],
         "macs": counter.get_total_flops() // 2,
         "flops": counter.get_total_flops(),
-        "num_labels": config.num_labels if hasattr(model, "classifier") else None,
+        "num_labels": config.num_labels if _labelled(model) else None,
         **family.describe(model.config, out),
     }
 
@@ -93,3 +93,13 @@ def attention_maps(
         rows, cols = key_grid(keys.numel(), h, w)
         maps.append((f"{title} ({rows}x{cols} keys)", keys.reshape(rows, cols).cpu().numpy()))
     return maps
+
+
+def _labelled(model: Any) -> bool:
+    """Whether the model's task predicts classes (a classifier's or a segmentation head's `num_labels`)."""
+    from . import tasks
+
+    try:
+        return tasks.task_of(model).labelled
+    except ValueError:
+        return False

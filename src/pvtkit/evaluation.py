@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,229 +26,18 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ._files import atomic_write
 from .auto import default_image_processor, image_processor_for
 from .distributed import DistContext, init_distributed
-from .imagefolder import find_split_folders, scan_class_folders, stratified_split, unreadable_images
-from .processing import ImageLoadError, fixed_size, load_image
+from .data.classification import ImageDataset, load_eval_folders, model_label_ids
+from .data.folders import IGNORE_INDEX, DatasetError
+from .data.segmentation import EvalPairDataset, SegSample, as_lists, load_eval_segmentation
+from .models.pyramid import segmentation_loss
+from .data.transforms import ProcessorTransform, SlideTransform, processor_image_size
 
 logger = logging.getLogger("pvtkit")
-
-# The hold-out split never depends on --seed: `pvtkit eval --val-fraction F` must find exactly the images that
-# `pvtkit train --val-fraction F` held out, whatever seed the training used.
-SPLIT_SEED = 0
-
-Sample = tuple[str, int]  # (image path, class index)
-
-
-class DatasetError(ValueError):
-    """A dataset directory that cannot be used as it is; the message names the folder or file and what is wrong."""
-
-
-# ---- finding the data ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ImageFolderData:
-    """A classification dataset found on disk.
-
-    Attributes:
-        classes: Class names (the folder names), sorted.
-        train: `(path, class index)` pairs to train on.
-        val: `(path, class index)` pairs to validate on; empty when there is no validation set.
-        val_source: Where `val` came from: `"folder"` (a `val/` or `validation/` folder), `"fraction"` (held out
-            of the training folders), or None.
-        unreadable: Files left out because PIL cannot read them, with the reason.
-    """
-
-    classes: list[str]
-    train: list[Sample]
-    val: list[Sample]
-    val_source: str | None
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-
-    def counts(self) -> dict[str, list[int]]:
-        """Class name -> [training images, validation images]: the fingerprint a resumed run must match."""
-        out = {name: [0, 0] for name in self.classes}
-        for column, samples in enumerate((self.train, self.val)):
-            for _, label in samples:
-                out[self.classes[label]][column] += 1
-        return out
-
-
-def _class_folders(directory: Path) -> dict[str, list[Path]]:
-    by_class = scan_class_folders(directory)
-    if not by_class:
-        loose = any(p.is_file() for p in directory.iterdir())
-        raise DatasetError(
-            f"{directory}: no class folders; expected one subfolder of images per class "
-            f"(e.g. {directory / 'cat' / '1.jpg'})" + (", not images directly in it" if loose else "")
-        )
-    return by_class
-
-
-def _drop_unreadable(
-    parts: Sequence[dict[str, list[Path]]], check: bool
-) -> tuple[list[dict[str, list[Path]]], list[tuple[str, str]]]:
-    if not check:
-        return list(parts), []
-    bad = dict(unreadable_images([p for part in parts for files in part.values() for p in files]))
-    kept = [{name: [p for p in files if p not in bad] for name, files in part.items()} for part in parts]
-    return kept, [(str(p), reason) for p, reason in bad.items()]
-
-
-def _warn_unreadable(unreadable: list[tuple[str, str]], what: str = "image") -> None:
-    if not unreadable:
-        return
-    shown = "; ".join(f"{path} ({reason})" for path, reason in unreadable[:5])
-    more = f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
-    logger.warning("skipping %d unreadable %s(s): %s%s", len(unreadable), what, shown, more)
-
-
-def load_training_folders(root: str | Path, val_fraction: float = 0.1, check_images: bool = True) -> ImageFolderData:
-    """The training and validation images of a dataset directory, for `pvtkit train`.
-
-    `root` holds `train/` and `val/` (or `validation/`) folders of class folders, or just class folders, of which
-    a deterministic, stratified `val_fraction` is held out for validation (0: no validation).
-
-    Raises:
-        FileNotFoundError: `root` does not exist.
-        DatasetError: No class folders, a single class, a class folder without (readable) images, a validation
-            class that training lacks, or no readable image at all.
-    """
-    train_dir, val_dir = find_split_folders(root)
-    by_class = _class_folders(train_dir)
-    if len(by_class) < 2:
-        raise DatasetError(f"{train_dir}: only one class folder ({next(iter(by_class))}); a classifier needs at "
-                           "least two")
-    empty = [name for name, files in by_class.items() if not files]
-    if empty:
-        more = f" ({len(empty)} such folders)" if len(empty) > 1 else ""
-        raise DatasetError(f"{train_dir / empty[0]}: class folder holds no image files; every class needs images "
-                           f"(remove the folder or add images){more}")
-    if val_dir is not None:
-        val_by_class = scan_class_folders(val_dir)
-        extra = [name for name in val_by_class if name not in by_class]
-        if extra:
-            raise DatasetError(f"{val_dir / extra[0]}: a validation class that {train_dir} has no folder for; "
-                               f"validation classes must be training classes")
-        source: str | None = "folder"
-    else:
-        by_class, val_by_class = stratified_split(by_class, val_fraction, SPLIT_SEED)
-        source = "fraction" if val_fraction > 0 else None
-    (by_class, val_by_class), unreadable = _drop_unreadable((by_class, val_by_class), check_images)
-    _warn_unreadable(unreadable)
-    gone = [name for name, files in by_class.items() if not files]
-    if len(gone) == len(by_class):
-        raise DatasetError(f"{train_dir}: none of the training images is readable (first: {unreadable[0][0]}: "
-                           f"{unreadable[0][1]})")
-    if gone:
-        raise DatasetError(f"{train_dir / gone[0]}: no readable training image in this class folder")
-    classes = list(by_class)
-    index = {name: i for i, name in enumerate(classes)}
-    train = [(str(p), index[name]) for name, files in by_class.items() for p in files]
-    val = [(str(p), index[name]) for name, files in val_by_class.items() for p in files]
-    if source == "fraction" and not val:
-        source = None
-    return ImageFolderData(classes, train, val, source, unreadable)
-
-
-def load_eval_folders(
-    root: str | Path, val_fraction: float | None = None, check_images: bool = True
-) -> tuple[Path, dict[str, list[Path]], list[tuple[str, str]]]:
-    """The images `pvtkit eval` evaluates: `(folder, class name -> files, unreadable)`.
-
-    `root/val` (or `root/validation`) when there is one; otherwise `root`'s own class folders (or `root/train`'s),
-    all of them, or with `val_fraction` the same stratified hold-out `pvtkit train --val-fraction` validated on.
-    Class folders without images are left out with a warning.
-    """
-    train_dir, val_dir = find_split_folders(root)
-    if val_dir is not None:
-        directory, by_class = val_dir, _class_folders(val_dir)
-    else:
-        directory, by_class = train_dir, _class_folders(train_dir)
-        if val_fraction:
-            _, by_class = stratified_split(by_class, val_fraction, SPLIT_SEED)
-    empty = [name for name, files in by_class.items() if not files]
-    if empty:
-        logger.warning("%s: %d class folder(s) hold no image to evaluate: %s", directory, len(empty), ", ".join(empty))
-    by_class = {name: files for name, files in by_class.items() if files}
-    if not by_class:
-        raise DatasetError(f"{directory}: no image files in any class folder")
-    (by_class,), unreadable = _drop_unreadable((by_class,), check_images)
-    _warn_unreadable(unreadable)
-    if not any(by_class.values()):
-        first, reason = unreadable[0]
-        raise DatasetError(f"{directory}: none of the images is readable (first: {first}: {reason})")
-    return directory, {name: files for name, files in by_class.items() if files}, unreadable
-
-
-def model_label_ids(class_names: Sequence[str], config: Any, where: str = "the data") -> list[int]:
-    """The model's class index of each class folder, matched by name against `config.id2label`."""
-    by_name = {name: int(i) for i, name in config.id2label.items()}
-    missing = [name for name in class_names if name not in by_name]
-    if missing:
-        labels = list(config.id2label.values())
-        shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
-        raise DatasetError(
-            f"class folder(s) {', '.join(repr(m) for m in missing[:5])} of {where} are not among the model's "
-            f"{len(labels)} labels ({shown}); folders are matched to the model's id2label by name"
-        )
-    return [by_name[name] for name in class_names]
-
-
-# ---- reading images --------------------------------------------------------------------------------------------
-
-
-class ImageDataset(Dataset):
-    """Images and their labels, transformed on the fly; a file that cannot be decoded yields a zero image of
-    weight 0 (and the reason), so a batch keeps its shape and the loss and counts leave it out.
-
-    Items are addressed by index or by `(index, epoch)`; the transform gets `(image, index, epoch)` so random
-    augmentation can be a pure function of them (the same for every worker, process count and resumption).
-    """
-
-    def __init__(
-        self, samples: Sequence[Sample], transform: Callable[[PIL.Image.Image, int, int], np.ndarray],
-        shape: tuple[int, int, int],
-    ) -> None:  # fmt: skip
-        self.samples = list(samples)
-        self.transform = transform
-        self.shape = shape
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, float, int, str]:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        path, label = self.samples[index]
-        try:
-            pixels = torch.from_numpy(np.ascontiguousarray(self.transform(load_image(path), index, epoch)))
-        except (ImageLoadError, OSError) as e:
-            return torch.zeros(self.shape), label, 0.0, index, str(e) or type(e).__name__
-        return pixels, label, 1.0, index, ""
-
-
-class ProcessorTransform:
-    """Evaluation preprocessing: the model's image processor, nothing random."""
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-
-    def __call__(self, image: PIL.Image.Image, index: int, epoch: int) -> np.ndarray:
-        return self.processor(image, return_tensors="np")["pixel_values"][0]
-
-
-def processor_image_size(processor: Any) -> tuple[int, int]:
-    """The fixed (height, width) a processor resizes to; batching needs one."""
-    size = fixed_size(processor)
-    if size is None:
-        raise ValueError(f"{type(processor).__name__} resizes to {getattr(processor, 'size', None)}; evaluation "
-                         "batches need a fixed {'height', 'width'} size (set the processor's size)")  # fmt: skip
-    return size
-
 
 # ---- the evaluation loop ---------------------------------------------------------------------------------------
 
@@ -319,7 +108,7 @@ class Evaluator:
     """
 
     def __init__(
-        self, model: torch.nn.Module, samples: Sequence[Sample], rows: Sequence[int], processor: Any, *,
+        self, model: torch.nn.Module, samples: Sequence[tuple[str, int]], rows: Sequence[int], processor: Any, *,
         batch_size: int = 64, num_workers: int = 0, device: torch.device | str = "cpu",
         amp_dtype: torch.dtype | None = None, ctx: DistContext | None = None, progress: bool = True,
     ) -> None:  # fmt: skip
@@ -533,235 +322,7 @@ def draw_confusion_matrix(
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-# ---- semantic segmentation: the data, the metric, the evaluation loop ------------------------------------------
-
-IGNORE_INDEX = 255  # mmsegmentation's and transformers' convention for "no label here"
-LABEL_FILES = ("labels.json", "classes.txt")
-SegSample = tuple[str, str]  # (image path, mask path)
-
-
-class LayoutError(DatasetError):
-    """A segmentation dataset folder in no layout pvtkit recognises (the CLI's exit status 2: a usage mistake)."""
-
-
-@dataclass
-class SegmentationData:
-    """A segmentation dataset found on disk and checked: every mask read once, its values and size compared with
-    its image's.
-
-    Attributes:
-        classes: Class names, index i for mask value i (after `reduce_labels`).
-        train / val: `(image, mask)` path pairs; `val` is empty when there is no validation set.
-        val_source: `"folder"`, `"fraction"` or None, as for classification.
-        layout: Which layout was recognised (`imagefolder.SEGMENTATION_LAYOUTS`).
-        reduce_labels: Whether mask value 0 is "other" (ignored) and k means class k - 1 (ADE20K's convention).
-        unreadable: Pairs left out because the image or the mask cannot be decoded, with the reason.
-    """
-
-    classes: list[str]
-    train: list[SegSample]
-    val: list[SegSample]
-    val_source: str | None
-    layout: str
-    reduce_labels: bool = False
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-
-    def counts(self) -> dict[str, list[int]]:
-        """The fingerprint a resumed run must match: the classes and the number of pairs of each split."""
-        return {"classes": [len(self.classes)], "pairs": [len(self.train), len(self.val)]}
-
-
-def read_class_names(root: Path) -> list[str] | None:
-    """Class names from `root/labels.json` (a list of names, or `{"0": "background", ...}` as in `id2label`) or
-    `root/classes.txt` (one name per line), or None when neither exists.
-
-    Raises:
-        DatasetError: The file is there but is not such a list (the message names it).
-    """
-    path = root / "labels.json"
-    if path.is_file():
-        import json
-
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                data = data.get("id2label", data)
-                ids = sorted(int(k) for k in data)
-                if ids != list(range(len(ids))):
-                    raise ValueError(f"ids {ids[:5]}... are not 0..{len(ids) - 1}")
-                data = [data[str(i)] if str(i) in data else data[i] for i in ids]
-            if not isinstance(data, list) or not all(isinstance(n, (str, int)) for n in data):
-                raise ValueError("not a list of names")
-        except (ValueError, KeyError) as e:
-            raise DatasetError(f"{path}: expected a JSON list of class names or an object {{\"0\": name, ...}} with "
-                               f"ids 0..N-1 ({e})") from None  # fmt: skip
-        return [str(n) for n in data]
-    path = root / "classes.txt"
-    if path.is_file():
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not names:
-            raise DatasetError(f"{path}: holds no class names (expected one per line)")
-        return names
-    return None
-
-
-def read_mask(path: str | Path, reduce: bool = False) -> np.ndarray:
-    """A mask file as `(H, W)` int64 class indices (mode L, P, I or I;16; 255 = ignored), ADE20K-reduced if asked.
-
-    Raises:
-        ImageLoadError: The file cannot be decoded or is not a one-band image of class indices.
-    """
-    from .processing import label_array, reduce_labels
-
-    try:
-        with PIL.Image.open(path) as opened:
-            opened.load()
-            array = label_array(opened, name=f"mask {path}")
-    except (OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, ImageLoadError):
-            raise
-        raise ImageLoadError(f"mask {path}: cannot be decoded ({e})") from e
-    return reduce_labels(array) if reduce else array
-
-
-@dataclass
-class _MaskCheck:
-    size_mismatch: str | None = None
-    unreadable: str | None = None
-    max_value: int = -1
-    out_of_range: int | None = None  # the first value >= the number of classes (when known) that is not 255
-    dominant: int = -1  # the most frequent labelled class (for the stratified hold-out)
-
-
-def _check_pair(image: Path, mask: Path, reduce: bool, num_classes: int | None) -> _MaskCheck:
-    check = _MaskCheck()
-    try:
-        with PIL.Image.open(image) as opened:
-            size = opened.size
-        labels = read_mask(mask, reduce)
-    except (OSError, SyntaxError, ValueError) as e:
-        check.unreadable = str(e) or type(e).__name__
-        return check
-    if (labels.shape[1], labels.shape[0]) != size:
-        check.size_mismatch = f"mask {labels.shape[1]}x{labels.shape[0]}, image {size[0]}x{size[1]} (width x height)"
-        return check
-    counts = np.bincount(labels[labels != IGNORE_INDEX].ravel().clip(0), minlength=1)
-    if (labels < 0).any():
-        check.out_of_range = int(labels.min())
-    present = np.flatnonzero(counts)
-    if len(present):
-        check.max_value = int(present[-1])
-        check.dominant = int(counts.argmax())
-        if num_classes is not None and check.max_value >= num_classes and check.out_of_range is None:
-            check.out_of_range = int(present[present >= num_classes][0])
-    return check
-
-
-def _listed(items: Sequence[str], limit: int = 10) -> str:
-    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
-    return "".join(f"\n  {item}" for item in items[:limit]) + more
-
-
-def load_segmentation_data(
-    root: str | Path, val_fraction: float = 0.1, reduce_labels: bool = False, progress: bool = False,
-    workers: int = 8,
-) -> SegmentationData:  # fmt: skip
-    """The image/mask pairs of a segmentation dataset, every mask read and checked (`pvtkit train` / `eval`).
-
-    Class names come from `root/labels.json` or `root/classes.txt`, else they are the indices 0..max found. Without
-    a validation folder, `val_fraction` of the pairs is held out, stratified by each mask's most frequent class
-    and the same every time.
-
-    Raises:
-        FileNotFoundError: `root` does not exist.
-        LayoutError: No known layout.
-        DatasetError: Images without masks or masks without images, masks of another size than their image,
-            values that are no class (>= the number of classes, not 255), fewer than two classes, an empty split,
-            or nothing readable; each listed by file name.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from .imagefolder import find_segmentation_layout
-
-    root = Path(root)
-    try:
-        layout = find_segmentation_layout(root)
-    except FileNotFoundError:
-        raise
-    except ValueError as e:
-        raise LayoutError(str(e)) from None
-    if layout.lone_images or layout.lone_masks:
-        parts = []
-        if layout.lone_images:
-            parts.append(f"{len(layout.lone_images)} image(s) without a mask:{_listed([str(p) for p in layout.lone_images])}")
-        if layout.lone_masks:
-            parts.append(f"{len(layout.lone_masks)} mask(s) without an image:{_listed([str(p) for p in layout.lone_masks])}")
-        raise DatasetError(f"{root} ({layout.name} layout): every image needs a mask of the same name and the "
-                           "reverse; " + "; ".join(parts))  # fmt: skip
-    if not layout.train:
-        raise DatasetError(f"{root} ({layout.name} layout): the training split is empty (no image/mask pairs in "
-                           f"{layout.folders[0]} and {layout.folders[1]})")  # fmt: skip
-    if layout.val is not None and not layout.val:
-        raise DatasetError(f"{root} ({layout.name} layout): the validation split is empty (no image/mask pairs in "
-                           f"{layout.folders[2]} and {layout.folders[3]}); add pairs or remove the folders")  # fmt: skip
-    names = read_class_names(root)
-    pairs = layout.train + (layout.val or [])
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = pool.map(lambda p: _check_pair(p[0], p[1], reduce_labels, len(names) if names else None), pairs)
-        checks = list(tqdm(jobs, total=len(pairs), desc="checking masks", unit="mask", leave=False, file=sys.stderr,
-                           disable=not progress or len(pairs) < 200))  # fmt: skip
-    mismatched = [f"{m}: {c.size_mismatch}" for (_, m), c in zip(pairs, checks) if c.size_mismatch]
-    if mismatched:
-        raise DatasetError(f"{root}: {len(mismatched)} mask(s) differ in size from their image (a mask labels each "
-                           f"pixel of its image):{_listed(mismatched)}")  # fmt: skip
-    unreadable = [(f"{i} / {m}", c.unreadable) for (i, m), c in zip(pairs, checks) if c.unreadable]
-    top = max((c.max_value for c in checks), default=-1)
-    count = len(names) if names else top + 1
-    expected = (f"class indices 0..{count - 1} ({'from ' + next(str(root / f) for f in LABEL_FILES if (root / f).is_file()) if names else 'found in the masks'})"
-                f" or {IGNORE_INDEX} (ignored)")  # fmt: skip
-    bad = [f"{m}: value {c.out_of_range}" for (_, m), c in zip(pairs, checks) if c.out_of_range is not None]
-    if bad:
-        hint = " (ADE20K-style masks where 0 means 'other' need --reduce-labels)" if names and not reduce_labels else ""
-        raise DatasetError(f"{root}: {len(bad)} mask(s) hold values that are no class; expected {expected}{hint}:"
-                           f"{_listed(bad)}")  # fmt: skip
-    if count < 2:
-        found = "only class 0" if count == 1 else "no labelled pixel at all"
-        raise DatasetError(f"{root}: the masks hold {found}; segmentation needs at least two classes (e.g. background "
-                           "and the object); list them in labels.json or classes.txt if the data lacks one")  # fmt: skip
-    ok = {pair: c for pair, c in zip(pairs, checks) if not c.unreadable}
-    _warn_unreadable(unreadable, "pair")
-    train = [p for p in layout.train if p in ok]
-    if layout.val is not None:
-        val, source = [p for p in layout.val if p in ok], "folder"
-    else:
-        by_class: dict[str, list[Path]] = {}
-        partner = dict(train)
-        for image, _ in train:
-            by_class.setdefault(str(ok[(image, partner[image])].dominant), []).append(image)
-        kept, held = stratified_split(by_class, val_fraction, SPLIT_SEED)
-        held_set = {p for files in held.values() for p in files}
-        val = [(i, m) for i, m in train if i in held_set]
-        train = [(i, m) for i, m in train if i not in held_set]
-        source = "fraction" if val else None
-    if not train:
-        raise DatasetError(f"{root}: none of the training pairs is readable (first: {unreadable[0][0]}: "
-                           f"{unreadable[0][1]})")  # fmt: skip
-    classes = names or [str(i) for i in range(count)]
-    return SegmentationData(classes, [(str(i), str(m)) for i, m in train], [(str(i), str(m)) for i, m in val],
-                            source, layout.name, reduce_labels, unreadable)  # fmt: skip
-
-
-def load_eval_segmentation(
-    root: str | Path, val_fraction: float | None = None, reduce_labels: bool = False, progress: bool = False
-) -> tuple[SegmentationData, list[SegSample]]:
-    """The pairs `pvtkit eval` evaluates: the validation split when there is one, else the hold-out of
-    `val_fraction` (the one training validated on), else every pair."""
-    data = load_segmentation_data(root, val_fraction or 0.0, reduce_labels, progress)
-    if data.val_source == "folder" or val_fraction:
-        return data, data.val
-    return data, data.train
+# ---- semantic segmentation: the metric, the evaluation loop ------------------------------------------
 
 
 class SegmentationMetric:
@@ -805,45 +366,6 @@ def iou_from_confusion(confusion: np.ndarray) -> dict[str, Any]:
         "per_category_iou": iou, "per_category_accuracy": accuracy,
         "label_area": label_area.astype(np.int64), "predicted_area": predicted_area.astype(np.int64),
     }  # fmt: skip
-
-
-class _PairDataset(Dataset):
-    """Validation pairs: the image as the model takes it (`transform`) and the mask at the image's own size; a pair
-    that cannot be decoded yields `(None, None, index, reason)`."""
-
-    def __init__(self, samples: Sequence[SegSample], transform: Callable[[PIL.Image.Image], np.ndarray],
-                 reduce: bool) -> None:  # fmt: skip
-        self.samples, self.transform, self.reduce = list(samples), transform, reduce
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, Any, int, str]:
-        image_path, mask_path = self.samples[index]
-        try:
-            mask = read_mask(mask_path, self.reduce)
-            pixels = self.transform(load_image(image_path))
-        except (ImageLoadError, OSError) as e:
-            return None, None, index, str(e) or type(e).__name__
-        return torch.from_numpy(np.ascontiguousarray(pixels)), torch.from_numpy(mask), index, ""
-
-
-def _as_lists(batch: Sequence[tuple]) -> tuple[list, ...]:
-    return tuple(list(column) for column in zip(*batch))
-
-
-class SlideTransform:
-    """Sliding-window preprocessing: the image resized (aspect kept) so its short side is the window's, then
-    rescaled and normalised by the processor."""
-
-    def __init__(self, processor: Any, window: tuple[int, int]) -> None:
-        self.processor, self.window = processor, window
-
-    def __call__(self, image: PIL.Image.Image) -> np.ndarray:
-        scale = min(self.window) / min(image.size)
-        size = (max(self.window[1], round(image.width * scale)), max(self.window[0], round(image.height * scale)))
-        image = image.resize(size, resample=int(self.processor.resample))
-        return self.processor(image, do_resize=False, return_tensors="np")["pixel_values"][0]
 
 
 @dataclass
@@ -914,11 +436,11 @@ class SegmentationEvaluator:
         self.window = processor_image_size(processor)
         transform = ProcessorTransform(processor) if mode == "whole" else SlideTransform(processor, self.window)
         mine = self.samples[self.ctx.rank :: self.ctx.world_size]
-        self.dataset = _PairDataset(mine, lambda image: transform(image, 0, 0) if mode == "whole" else transform(image),
+        self.dataset = EvalPairDataset(mine, lambda image: transform(image, 0, 0) if mode == "whole" else transform(image),
                                     reduce_labels)  # fmt: skip
         self.loader = DataLoader(
             self.dataset, batch_size=batch_size if mode == "whole" else 1, shuffle=False, num_workers=num_workers,
-            persistent_workers=num_workers > 0, collate_fn=_as_lists,
+            persistent_workers=num_workers > 0, collate_fn=as_lists,
             generator=torch.Generator(),  # not the global RNG, which training's dropout draws from
         )  # fmt: skip
 
@@ -927,7 +449,7 @@ class SegmentationEvaluator:
             if self.mode == "whole":
                 logits = self.model(pixel_values=torch.stack(pixels).to(self.device)).logits.float()
                 return [logits[i : i + 1] for i in range(len(pixels))]
-            from .pipeline import sliding_window_logits
+            from .pipelines import sliding_window_logits
 
             stride = (max(self.window[0] * 2 // 3, 1), max(self.window[1] * 2 // 3, 1))
             return [sliding_window_logits(self.model, p[None].to(self.device), self.window, stride, self.batch_size)
@@ -946,7 +468,7 @@ class SegmentationEvaluator:
         start = time.perf_counter()
         bar = tqdm(total=len(self.samples), desc=desc, unit="img", leave=False, file=sys.stderr,
                    disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)  # fmt: skip
-        for pixels, masks, indices, reasons in self.loader:
+        for pixels, masks, _, indices, reasons in self.loader:
             for i, reason in zip(indices, reasons):
                 if reason:
                     skipped[" / ".join(self.dataset.samples[i])] = reason
@@ -955,10 +477,10 @@ class SegmentationEvaluator:
                 logits = self._logits([pixels[k] for k in good])
                 for k, scores in zip(good, logits):
                     mask = masks[k].to(device)
-                    up = F.interpolate(scores, size=mask.shape, mode="bilinear", align_corners=False)
-                    metric.update(up.argmax(1)[0], mask)
                     target = torch.where(mask < self.num_labels, mask, IGNORE_INDEX)
-                    loss = F.cross_entropy(up, target[None], ignore_index=IGNORE_INDEX, reduction="sum")
+                    loss, up = segmentation_loss(scores, target[None], self.num_labels, IGNORE_INDEX,
+                                                 reduction="sum", upsampled=True)  # fmt: skip
+                    metric.update(up.argmax(1)[0], mask)
                     valid = (target != IGNORE_INDEX).sum()
                     sums += torch.stack((loss.double(), valid.double(), torch.ones((), dtype=torch.float64,
                                                                                     device=device)))  # fmt: skip
@@ -1013,7 +535,7 @@ def evaluate_segmentation(
 
     Args:
         model: A segmentation model, or where to load one (Hub id, directory, weights file).
-        data: A dataset in one of `imagefolder.SEGMENTATION_LAYOUTS`; its validation split when it has one.
+        data: A dataset in one of `data.folders.SEGMENTATION_LAYOUTS`; its validation split when it has one.
         processor: The image processor; by default the model's own.
         val_fraction: Evaluate the hold-out `pvtkit train --val-fraction` validated on.
         reduce_labels: Read the masks with ADE20K's convention (default: the processor's `do_reduce_labels`).
@@ -1045,4 +567,191 @@ def evaluate_segmentation(
         draw_confusion_matrix(result.confusion, result.class_names, result.class_names, confusion, title,
                               show="share")  # fmt: skip
     logger.info("evaluated %s on %s: mIoU %.4f", name, data, result.mean_iou)
+    return result
+
+
+# ---- depth: the metrics, the evaluation loop -----------------------------------------------------------------
+
+DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3", "silog")
+
+
+def depth_metrics(predicted: torch.Tensor, target: torch.Tensor, min_depth: float = 1e-3,
+                  max_depth: float | None = None) -> dict[str, float] | None:  # fmt: skip
+    """The standard monocular-depth metrics of one image (Eigen et al. 2014, as the GLPN, BTS and AdaBins
+    evaluations compute them) over the pixels with a valid ground truth (> 0); the prediction clipped to
+    `[min_depth, max_depth]` first. None when no pixel is valid.
+
+    abs_rel = mean |p - t| / t, sq_rel = mean (p - t)^2 / t, rmse, rmse_log (natural log), log10 = mean |log10 p -
+    log10 t|, delta_i = share of pixels with max(p / t, t / p) < 1.25^i, silog = 100 sqrt(var(log p - log t)) as
+    the KITTI benchmark reports it."""
+    valid = target > 0
+    if not valid.any():
+        return None
+    p = predicted[valid].double().clamp(min=min_depth, max=max_depth)
+    t = target[valid].double()
+    ratio = torch.maximum(p / t, t / p)
+    d = torch.log(p) - torch.log(t)
+    return {
+        "abs_rel": ((p - t).abs() / t).mean().item(), "sq_rel": ((p - t) ** 2 / t).mean().item(),
+        "rmse": ((p - t) ** 2).mean().sqrt().item(), "rmse_log": (d**2).mean().sqrt().item(),
+        "log10": (torch.log10(p) - torch.log10(t)).abs().mean().item(),
+        "delta1": (ratio < 1.25).double().mean().item(), "delta2": (ratio < 1.25**2).double().mean().item(),
+        "delta3": (ratio < 1.25**3).double().mean().item(),
+        "silog": (100 * ((d**2).mean() - d.mean() ** 2).clamp(min=0).sqrt()).item(),
+    }  # fmt: skip
+
+
+@dataclass
+class DepthEvalResult:
+    """What `evaluate_depth` measured: each metric of `DEPTH_METRICS` averaged over the images (each image's metric
+    over its valid pixels, then the mean over images, as the published evaluations do), and the mean
+    scale-invariant log loss the model trains with."""
+
+    metrics: dict[str, float]
+    loss: float
+    num_images: int
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __getattr__(self, name: str) -> float:
+        metrics = self.__dict__.get("metrics", {})
+        if name in metrics:
+            return metrics[name]
+        raise AttributeError(name)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.num_images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": "depth-estimation", **self.metrics, "loss": self.loss, "num_images": self.num_images,
+                "num_skipped": len(self.skipped), "skipped": self.skipped, "seconds": round(self.seconds, 3),
+                "images_per_second": round(self.images_per_second, 2)}  # fmt: skip
+
+
+class DepthEvaluator:
+    """Evaluates a depth model on fixed `(image, depth map)` pairs, again and again (training validates every
+    epoch): each image at the processor's size (GLPN's: sides rounded down to a multiple of 32), the prediction
+    resized (bilinear) to the map's own size, then compared on its valid pixels.
+
+    Args:
+        model: A pvtkit (or transformers) depth model returning `.predicted_depth` `(B, h, w)`.
+        samples: All the pairs; this process takes its share under torchrun.
+        processor: The model's image processor.
+        read: Reads a depth map file into metres (0 = invalid): `data.depth.read_depth` with the run's settings.
+        min_depth, max_depth: The prediction's clipping range for the metrics (max: the model's `max_depth`).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, samples: Sequence[tuple[str, str]], processor: Any, read: Any, *,
+        min_depth: float = 1e-3, max_depth: float | None = None, batch_size: int = 1, num_workers: int = 0,
+        device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None, ctx: DistContext | None = None,
+        progress: bool = True,
+    ) -> None:  # fmt: skip
+        from .data.depth import DepthEvalDataset
+
+        self.model, self.device, self.amp_dtype = model, torch.device(device), amp_dtype
+        self.ctx, self.progress, self.samples = ctx or DistContext(), progress, list(samples)
+        self.min_depth = min_depth
+        self.max_depth = max_depth if max_depth is not None else getattr(model.config, "max_depth", None)
+        mine = self.samples[self.ctx.rank :: self.ctx.world_size]
+        self.dataset = DepthEvalDataset(mine, processor, read)
+        self.loader = DataLoader(self.dataset, batch_size=1, shuffle=False, num_workers=num_workers,
+                                 persistent_workers=num_workers > 0, collate_fn=as_lists,
+                                 generator=torch.Generator())  # fmt: skip
+
+    @torch.no_grad()
+    def run(self, desc: str = "eval") -> DepthEvalResult:
+        from tqdm import tqdm
+
+        from .models.glpn import silog_loss
+
+        model, device = self.model, self.device
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(len(DEPTH_METRICS) + 2, dtype=torch.float64, device=device)  # metrics, loss, images
+        skipped: dict[str, str] = {}
+        start = time.perf_counter()
+        bar = tqdm(total=len(self.samples), desc=desc, unit="img", leave=False, file=sys.stderr,
+                   disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)  # fmt: skip
+        for pixels, depths, _, indices, reasons in self.loader:
+            for k, (index, reason) in enumerate(zip(indices, reasons)):
+                if reason:
+                    skipped[" / ".join(self.dataset.samples[index])] = reason
+                    continue
+                with autocast_context(device, self.amp_dtype):
+                    predicted = model(pixel_values=pixels[k][None].to(device)).predicted_depth.float()
+                target = depths[k].to(device)
+                up = F.interpolate(predicted[:, None], size=target.shape, mode="bilinear", align_corners=False)[0, 0]
+                found = depth_metrics(up, target, self.min_depth, self.max_depth)
+                if found is None:
+                    skipped[" / ".join(self.dataset.samples[index])] = "no valid depth"
+                    continue
+                loss = silog_loss(up.clamp(min=self.min_depth)[None], target[None])
+                sums += torch.tensor([*(found[m] for m in DEPTH_METRICS), loss.item(), 1.0], dtype=torch.float64,
+                                     device=device)  # fmt: skip
+            bar.update(len(indices) * self.ctx.world_size)
+        bar.close()
+        self.ctx.all_reduce_sum(sums)
+        for part in self.ctx.gather_objects(skipped):
+            skipped.update(part)
+        model.train(was_training)
+        *totals, loss, count = sums.cpu().tolist()
+        metrics = {m: (v / count if count else math.nan) for m, v in zip(DEPTH_METRICS, totals)}
+        return DepthEvalResult(metrics, loss / count if count else math.nan, int(count), skipped,
+                               time.perf_counter() - start)  # fmt: skip
+
+
+def evaluate_depth(
+    model: Any,
+    data: str | Path,
+    *,
+    processor: Any = None,
+    val_fraction: float | None = None,
+    depth_scale: float = 1000.0,
+    min_depth: float = 1e-3,
+    max_depth: float | None = None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = None,
+    confusion: str | Path | None = None,
+    progress: bool = True,
+    revision: str | None = None,
+    local_files_only: bool = False,
+) -> DepthEvalResult:
+    """Evaluate a depth model on images and depth maps (`data.depth.DEPTH_LAYOUTS`): AbsRel, SqRel, RMSE, RMSE-log,
+    log10, delta < 1.25^i, SILog.
+
+    Args:
+        model: A depth model, or where to load one (Hub id, directory, weights file).
+        data: The dataset; its validation split when it has one, else the `val_fraction` hold-out, else every pair.
+        depth_scale: What a 16-bit PNG's integers are divided by to give metres (NYU 1000, KITTI 256).
+        min_depth, max_depth: Ground truth outside is invalid; predictions are clipped to it (max default: the
+            model's `max_depth`).
+        confusion: Not for depth (a ValueError if given).
+
+    Returns:
+        A `DepthEvalResult` (the same on every process under torchrun).
+    """
+    from functools import partial
+
+    from .auto import AutoModelForDepthEstimation
+    from .data.depth import load_depth_data, read_depth
+    from .dtypes import parse_dtype
+
+    if confusion is not None:
+        raise ValueError("a confusion matrix is for classes; depth models have none (drop --confusion)")
+    model, processor, name, device, ctx = _prepare(model, AutoModelForDepthEstimation, processor, device,
+                                                   revision, local_files_only)  # fmt: skip
+    max_depth = max_depth if max_depth is not None else getattr(model.config, "max_depth", None)
+    found = load_depth_data(data, val_fraction or 0.0, depth_scale, min_depth, max_depth)
+    samples = found.val if found.val_source == "folder" or val_fraction else found.train
+    read = partial(read_depth, depth_scale=depth_scale, min_depth=min_depth, max_depth=max_depth)
+    evaluator = DepthEvaluator(model, samples, processor, read, min_depth=min_depth, max_depth=max_depth,
+                               num_workers=num_workers, device=device, amp_dtype=parse_dtype(dtype), ctx=ctx,
+                               progress=progress)  # fmt: skip
+    result = evaluator.run()
+    result.skipped = {**dict(found.unreadable), **result.skipped}
+    logger.info("evaluated %s on %s: AbsRel %.4f, delta1 %.4f", name, data, result.abs_rel, result.delta1)
     return result

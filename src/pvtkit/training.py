@@ -8,7 +8,7 @@ result = pvtkit.train(data="ade/", output_dir="runs/ade", model="nvidia/mit-b0",
                       reduce_labels=True, image_size=512)
 ```
 
-Semantic segmentation (`task="semantic-segmentation"`) follows SegFormer's recipe instead (`SEGMENTATION_DEFAULTS`:
+Semantic segmentation (`task="semantic-segmentation"`) follows SegFormer's recipe instead (the recipe of `tasks/segmentation.py`:
 AdamW lr 6e-5 with the decode head at 10x, weight decay 0.01, poly decay, joint image+mask augmentation in
 `SegmentationTrainTransform`, cross-entropy ignoring 255 averaged over the global batch's labelled pixels), keeps
 the best epoch by validation mIoU (`evaluation.SegmentationEvaluator`) and, under torchrun, normalises BatchNorm
@@ -52,9 +52,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import PIL.Image
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -64,15 +62,14 @@ from .distributed import (
     DistContext, auto_device, default_workers, init_distributed, launched_by_torchrun, share_cpu_threads,
     shutdown_distributed, synchronise_batch_norms,
 )  # fmt: skip
-from .evaluation import (
-    IGNORE_INDEX, DatasetError, Evaluator, ImageDataset, ImageFolderData, SegmentationData, SegmentationEvaluator,
-    load_segmentation_data, load_training_folders, model_label_ids, read_mask,
-)  # fmt: skip
+from .data.folders import DatasetError
+from .data.sampling import TrainBatchSampler
 from .dtypes import parse_dtype
 from .modeling import PreTrainedModel
 from .models import family as registry
 from .models.family import config_for_variant
-from .processing import ImageLoadError, fixed_size, load_image
+from . import tasks
+from .processing import fixed_size
 
 logger = logging.getLogger("pvtkit")
 
@@ -86,25 +83,14 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 weights always; bf16 / fp16: autoc
 
 # The settings that define a run's schedule and result: stored with the checkpoint, and a resumed run must keep
 # them. None in `TrainingArguments` means "the default below, or the resumed run's own value".
+# What a task changes in them (its recipe), the learning rate it starts from and the settings only it reads (with
+# their defaults) live in the task's spec (`pvtkit.tasks`).
 RUN_DEFAULTS: dict[str, Any] = {
-    "task": "image-classification", "data": None, "model": None, "arch": None, "image_size": None, "epochs": 10,
-    "batch_size": 32, "lr": None, "weight_decay": 0.05, "warmup_epochs": 1.0, "label_smoothing": 0.1,
-    "val_fraction": 0.1, "seed": 0, "crop_scale": 0.08, "hflip": True, "max_grad_norm": 1.0, "schedule": "cosine",
-    "head_lr_scale": 1.0, "reduce_labels": False, "scale_range": None, "cat_max_ratio": 0.75, "jitter": True,
-    "eval_mode": "whole",
+    "task": tasks.default().name, "data": None, "model": None, "arch": None, "image_size": None, "epochs": 10,
+    "batch_size": 32, "lr": None, "weight_decay": 0.05, "warmup_epochs": 1.0, "val_fraction": 0.1, "seed": 0,
+    "hflip": True, "max_grad_norm": 1.0, "schedule": "cosine", "head_lr_scale": 1.0,
+    **{name: default for task in tasks.trainable() for name, default in task.settings.items()},
 }  # fmt: skip
-LR_FROM_SCRATCH, LR_FINE_TUNE = 1e-3, 1e-4
-TASKS = ("image-classification", "semantic-segmentation")
-# What semantic segmentation changes in RUN_DEFAULTS: SegFormer's recipe (mmsegmentation's segformer configs).
-SEGMENTATION_DEFAULTS: dict[str, Any] = {
-    "weight_decay": 0.01, "schedule": "poly", "head_lr_scale": 10.0, "scale_range": [0.5, 2.0], "batch_size": 16,
-}  # fmt: skip
-SEG_LR_FROM_SCRATCH, SEG_LR_FINE_TUNE = 6e-4, 6e-5
-# The settings that only one task reads: giving one to the other task is a mistake worth saying.
-TASK_ONLY = {
-    "image-classification": ("label_smoothing", "crop_scale"),
-    "semantic-segmentation": ("reduce_labels", "scale_range", "cat_max_ratio", "jitter", "eval_mode"),
-}
 SCHEDULES = ("cosine", "poly")
 
 
@@ -121,7 +107,7 @@ class TrainingArguments:
     Args:
         output_dir: Where the run goes: the best model (transformers format), `metrics.jsonl`, `checkpoint/`.
         data: A folder of class folders, or one with `train/` and `val/` (or `validation/`) folders of them; for
-            semantic segmentation, images and masks in one of `imagefolder.SEGMENTATION_LAYOUTS`.
+            semantic segmentation, images and masks in one of `data.folders.SEGMENTATION_LAYOUTS`.
         task: `image-classification` (default) or `semantic-segmentation`.
         model: A pretrained classifier or encoder to fine-tune (Hub id, directory, weights file).
         arch: Or a variant to train from scratch: PVTv2 `b0`..`b5`, `b2_linear`; ViT `tiny_patch16_224`, ...
@@ -149,6 +135,10 @@ class TrainingArguments:
             share of it (default 0.75; 1 = never).
         jitter: Segmentation: photometric distortion of the image (brightness, contrast, saturation, hue).
         eval_mode: Segmentation validation: `whole` images or `slide` windows.
+        depth_scale: Depth: what a 16-bit PNG depth map's integers are divided by to give metres (NYU 1000, KITTI
+            256; .npy and float TIFF maps are metres already).
+        min_depth, max_depth: Depth: ground truth outside is "no measurement"; predictions are clipped to it in the
+            metrics (max default: the model's `max_depth`, GLPN's 10 m NYU / 80 m KITTI).
         precision: `fp32`, `bf16` (autocast) or `fp16` (autocast with loss scaling; CUDA only).
         grad_accum: Split each process's share of a step into this many micro-batches (saves memory; the
             result does not change).
@@ -189,6 +179,9 @@ class TrainingArguments:
     cat_max_ratio: float | None = None
     jitter: bool | None = None
     eval_mode: str | None = None
+    depth_scale: float | None = None
+    min_depth: float | None = None
+    max_depth: float | None = None
     precision: str = "fp32"
     grad_accum: int = 1
     num_workers: int = field(default_factory=default_workers)
@@ -211,15 +204,26 @@ class TrainingArguments:
             ("max_grad_norm", lambda v: v >= 0, "0 or more"), ("image_size", lambda v: v >= 8, "at least 8"),
             ("grad_accum", lambda v: v >= 1, "at least 1"), ("num_workers", lambda v: v >= 0, "0 or more"),
             ("save_steps", lambda v: v >= 0, "0 or more"), ("head_lr_scale", lambda v: v > 0, "positive"),
-            ("cat_max_ratio", lambda v: 0 < v <= 1, "in (0, 1]"), ("task", lambda v: v in TASKS, " or ".join(TASKS)),
+            ("cat_max_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("schedule", lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
             ("eval_mode", lambda v: v in ("whole", "slide"), "whole or slide"),
             ("scale_range", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "two ratios, 0 < low <= high"),
+            ("depth_scale", lambda v: v > 0, "positive"), ("min_depth", lambda v: v > 0, "positive"),
+            ("max_depth", lambda v: v > (self.min_depth or 0), "greater than min-depth"),
         ]  # fmt: skip
         for name, ok, expected in checks:
             value = getattr(self, name)
             if value is not None and not ok(value):
                 raise TrainingConfigError(f"{name.replace('_', '-')} must be {expected}, got {value}")
+        if self.task is not None:
+            names = [t.name for t in tasks.trainable()]
+            try:
+                task = tasks.get(self.task)
+            except ValueError:
+                task = None
+            if task is None or not task.trainable:
+                raise TrainingConfigError(f"task must be one of {', '.join(names)}, got {self.task!r}")
+            self.task = task.name
         if self.precision not in PRECISIONS:
             raise TrainingConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.model is not None and self.arch is not None:
@@ -251,8 +255,8 @@ class TrainResult:
 
     @property
     def best_metric(self) -> str:
-        """What `best_accuracy` measures: `val_accuracy`, or for segmentation `val_mean_iou`."""
-        return "val_mean_iou" if self.task == "semantic-segmentation" else "val_accuracy"
+        """What `best_accuracy` measures: the task's best metric (`val_accuracy`, `val_mean_iou`, ...)."""
+        return tasks.get(self.task).best_metric
 
     def summary(self) -> str:
         last = self.history[-1] if self.history else {}
@@ -264,13 +268,14 @@ class TrainResult:
             f"{minutes}m{seconds:02d}s{' this session' if self.resumed_at_step else ''}, {speed:.0f} images/s"
             + (f" (resumed at step {self.resumed_at_step})" if self.resumed_at_step else "")
         ]
-        what = "mIoU" if self.task == "semantic-segmentation" else "accuracy"
+        task = tasks.get(self.task)
+        what = task.metric_title
         if self.best_epoch is not None:
             lines.append(f"best validation {what} {self.best_accuracy:.2%} at epoch {self.best_epoch} "
                          f"({self.num_val} images); last epoch {last.get(self.best_metric, float('nan')):.2%}, "
                          f"train loss {last.get('train_loss', float('nan')):.4f}")  # fmt: skip
         elif last:
-            key = "train_pixel_accuracy" if self.task == "semantic-segmentation" else "train_accuracy"
+            key = task.train_metric
             lines.append(f"no validation set: kept the last epoch's model (train loss {last['train_loss']:.4f}, "
                          f"train {key[6:].replace('_', ' ')} {last[key]:.2%})")  # fmt: skip
         lines.append(f"wrote {self.output_dir}: {', '.join(MODEL_FILES)} (the best model), {METRICS_NAME}, "
@@ -279,196 +284,6 @@ class TrainResult:
 
 
 # ---- augmentation, sampling, schedule ----------------------------------------------------------------------------
-
-
-def random_resized_crop_box(
-    width: int, height: int, rng: np.random.Generator, scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> tuple[float, float, float, float]:  # fmt: skip
-    """A random crop (left, top, right, bottom) covering `scale` of the area with an aspect ratio in `ratio`
-    (log-uniform), as Inception-style training uses; after 10 misses, the largest central crop of an allowed ratio.
-    Boxes keep their sub-pixel edges (PIL resamples fractional boxes), which matters for tiny images."""
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
-        if w <= width and h <= height:
-            left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
-            return left, top, left + w, top + h
-    aspect = min(max(width / height, ratio[0]), ratio[1])
-    w, h = (width, width / aspect) if width / height <= aspect else (height * aspect, height)
-    return (width - w) / 2, (height - h) / 2, (width + w) / 2, (height + h) / 2
-
-
-class Normalize:
-    """The processor's rescaling and normalisation of an `(H, W, 3)` float array, returned as `(3, H, W)`: what the
-    training transforms do after their own (random) resizing."""
-
-    def __init__(self, processor: Any) -> None:
-        self.rescale = float(processor.rescale_factor) if processor.do_rescale else 1.0
-        mean, std = (processor.image_mean, processor.image_std) if processor.do_normalize else (0.0, 1.0)
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
-        self.std = np.asarray(std, dtype=np.float32).reshape(-1)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return ((x * self.rescale - self.mean) / self.std).transpose(2, 0, 1)
-
-
-class TrainTransform:
-    """Random resized crop and horizontal flip, then the processor's rescaling and normalisation.
-
-    The randomness is a function of (seed, epoch, image index) only: every process, worker and resumed run draws
-    the same crop for the same image in the same epoch.
-    """
-
-    def __init__(self, processor: Any, size: int, crop_scale: float, hflip: bool, seed: int) -> None:
-        self.size, self.scale, self.hflip, self.seed = size, (crop_scale, 1.0), hflip, seed
-        self.resample, self.normalize = int(processor.resample), Normalize(processor)
-
-    def __call__(self, image: PIL.Image.Image, index: int, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, epoch, index])
-        box = random_resized_crop_box(image.width, image.height, rng, self.scale)
-        image = image.resize((self.size, self.size), resample=self.resample, box=box)
-        if self.hflip and rng.random() < 0.5:
-            image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-        return self.normalize(np.asarray(image, dtype=np.float32))  # (3, H, W)
-
-
-def nearest_resize(labels: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize a label map by nearest neighbour (pixel centres, as PIL's NEAREST): never a value between classes."""
-    h, w = labels.shape
-    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-    return labels[rows[:, None], cols[None, :]]
-
-
-def photometric_distortion(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """mmsegmentation's PhotoMetricDistortion on an `(H, W, 3)` float RGB array in [0, 255]: each with
-    probability 1/2, brightness +-32, contrast x[0.5, 1.5] (before or after the colour changes), saturation
-    x[0.5, 1.5] and hue +-18 degrees of OpenCV's 180, in HSV. The mask is never touched."""
-    if rng.random() < 0.5:
-        x = x + rng.uniform(-32, 32)
-    contrast_first = rng.random() < 0.5
-    contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
-    if contrast is not None and contrast_first:
-        x = x * contrast
-    saturation = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
-    hue = int(rng.integers(-18, 19)) if rng.random() < 0.5 else None
-    if saturation is not None or hue is not None:
-        hsv = np.asarray(PIL.Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).convert("HSV"), dtype=np.float32)
-        if saturation is not None:
-            hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
-        if hue is not None:
-            hsv[..., 0] = (hsv[..., 0] + hue * 256 / 180) % 256
-        x = np.asarray(PIL.Image.fromarray(hsv.astype(np.uint8), mode="HSV").convert("RGB"), dtype=np.float32)
-    if contrast is not None and not contrast_first:
-        x = x * contrast
-    return np.clip(x, 0, 255)
-
-
-class SegmentationTrainTransform:
-    """SegFormer's training pipeline (mmsegmentation's), written with PIL and NumPy, on an image and its mask
-    together: random resize (short side to `size` x a ratio in `scale_range`), a random `size` x `size` crop that
-    retries (up to 10 times) while one class fills more than `cat_max_ratio` of its labelled pixels, a horizontal
-    flip, photometric distortion of the image alone, then the processor's rescaling and normalisation; the image
-    is padded with 0 and the mask with 255 (ignored) when the resized image is smaller than the crop. Masks are
-    resized by nearest neighbour. Randomness is a function of (seed, epoch, index) only, as for classification.
-    """
-
-    def __init__(self, processor: Any, size: int, scale_range: tuple[float, float], cat_max_ratio: float,
-                 hflip: bool, jitter: bool, seed: int) -> None:  # fmt: skip
-        self.size, self.scale_range, self.cat_max_ratio = size, tuple(scale_range), cat_max_ratio
-        self.hflip, self.jitter, self.seed = hflip, jitter, seed
-        self.resample, self.normalize = int(processor.resample), Normalize(processor)
-
-    def _crop(self, labels: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
-        S, (H, W) = self.size, labels.shape
-        for _ in range(10):
-            top, left = int(rng.integers(0, max(H - S, 0) + 1)), int(rng.integers(0, max(W - S, 0) + 1))
-            if self.cat_max_ratio >= 1:
-                break
-            window = labels[top : top + S, left : left + S]
-            counts = np.bincount(window[window != IGNORE_INDEX].ravel())
-            counts = counts[counts > 0]
-            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
-                break
-        return top, left
-
-    def __call__(self, image: PIL.Image.Image, labels: np.ndarray, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch, index])
-        S = self.size
-        scale = rng.uniform(*self.scale_range) * S / min(image.size)
-        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-        image = image.resize((width, height), resample=self.resample)
-        labels = nearest_resize(labels, width, height)
-        top, left = self._crop(labels, rng)
-        box = (left, top, min(left + S, width), min(top + S, height))
-        x = np.asarray(image.crop(box), dtype=np.float32)  # (h, w, 3), h, w <= S
-        labels = labels[box[1] : box[3], box[0] : box[2]]
-        if self.hflip and rng.random() < 0.5:
-            x, labels = x[:, ::-1], labels[:, ::-1]
-        if self.jitter:
-            x = photometric_distortion(x, rng)
-        x = self.normalize(x)
-        pixels = np.zeros((3, S, S), dtype=np.float32)
-        target = np.full((S, S), IGNORE_INDEX, dtype=np.int64)
-        pixels[:, : x.shape[1], : x.shape[2]] = x
-        target[: labels.shape[0], : labels.shape[1]] = labels
-        return pixels, target
-
-
-class PairDataset(torch.utils.data.Dataset):
-    """Training pairs, transformed together by `(image, mask, index, epoch)`; a pair that cannot be decoded yields a
-    zero image and an all-ignored mask of weight 0 (and the reason), so a batch keeps its shape and the loss and
-    counts leave it out."""
-
-    def __init__(self, samples: list[tuple[str, str]], transform: SegmentationTrainTransform, reduce: bool) -> None:
-        self.samples, self.transform, self.reduce = samples, transform, reduce
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float, int, str]:
-        index, epoch = key
-        image_path, mask_path = self.samples[index]
-        S = self.transform.size
-        try:
-            pixels, target = self.transform(load_image(image_path), read_mask(mask_path, self.reduce), index, epoch)
-        except (ImageLoadError, OSError) as e:
-            return (torch.zeros(3, S, S), torch.full((S, S), IGNORE_INDEX, dtype=torch.int64), 0.0, index,
-                    str(e) or type(e).__name__)  # fmt: skip
-        return torch.from_numpy(pixels), torch.from_numpy(np.ascontiguousarray(target)), 1.0, index, ""
-
-
-class TrainBatchSampler:
-    """This process's micro-batches of `(index, epoch)` keys, for one epoch from `start_step` on.
-
-    Step s of an epoch takes images `perm[s*B:(s+1)*B]` of the epoch's permutation (an incomplete last batch is
-    dropped); process r of N takes every N-th of them from r, and splits its share into `accum` micro-batches.
-    """
-
-    def __init__(self, num_images: int, batch_size: int, rank: int, world_size: int, accum: int, seed: int) -> None:
-        self.n, self.batch, self.rank, self.world, self.accum, self.seed = (
-            num_images, batch_size, rank, world_size, accum, seed,
-        )  # fmt: skip
-        self.micro = batch_size // (world_size * accum)
-        self.steps = num_images // batch_size
-        self.epoch, self.start_step = 0, 0
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self.epoch, self.start_step = epoch, start_step
-
-    def __len__(self) -> int:
-        return (self.steps - self.start_step) * self.accum
-
-    def __iter__(self):
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        for s in range(self.start_step, self.steps):
-            mine = perm[s * self.batch : (s + 1) * self.batch][self.rank :: self.world]
-            for a in range(self.accum):
-                yield [(int(i), self.epoch) for i in mine[a * self.micro : (a + 1) * self.micro]]
 
 
 def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
@@ -500,10 +315,10 @@ def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float
 # ---- models ----------------------------------------------------------------------------------------------------
 
 
-def config_for_arch(arch: str, classes: list[str], image_size: int) -> Any:
-    """The config of a published variant (of any family) with a head for `classes`, at `image_size`."""
+def config_for_arch(arch: str, task: tasks.Task, classes: list[str], image_size: int) -> Any:
+    """The config of a published variant (of any family) with `task`'s head for `classes`, at `image_size`."""
     try:
-        return config_for_variant(arch, image_size=image_size, num_labels=len(classes), id2label=dict(enumerate(classes)))
+        return config_for_variant(arch, image_size=image_size, **task.config_overrides(classes))
     except ValueError as e:
         raise TrainingConfigError(f"--arch {arch!r}: {e}") from None
 
@@ -630,20 +445,17 @@ def resolve_run(
     if given["model"] is None and given["arch"] is None:
         raise TrainingConfigError("give a model to fine-tune (--model) or an architecture to train from scratch "
                                   "(--arch)")
-    task = given["task"] or RUN_DEFAULTS["task"]
-    other = next(t for t in TASKS if t != task)
-    stray = [k for k in TASK_ONLY[other] if given[k] is not None and k not in TASK_ONLY[task]]
-    if stray:
-        raise TrainingConfigError(f"{', '.join(k.replace('_', '-') for k in stray)}: only for task {other}, and this "
-                                  f"run's task is {task}")  # fmt: skip
-    defaults = {**RUN_DEFAULTS, **(SEGMENTATION_DEFAULTS if task == "semantic-segmentation" else {})}
+    task = tasks.get(given["task"] or RUN_DEFAULTS["task"])
+    for other in tasks.trainable():
+        stray = [k for k in other.options if given[k] is not None and k not in task.options]
+        if other is not task and stray:
+            raise TrainingConfigError(f"{', '.join(k.replace('_', '-') for k in stray)}: only for task {other.name}, "
+                                      f"and this run's task is {task.name}")  # fmt: skip
+    defaults = {**RUN_DEFAULTS, **{k: v for k, v in task.recipe.items() if k in RUN_DEFAULTS}}
     run = {k: (defaults[k] if v is None else v) for k, v in given.items()}
-    run["task"] = task
+    run["task"] = task.name
     if run["lr"] is None:
-        if task == "semantic-segmentation":
-            run["lr"] = SEG_LR_FROM_SCRATCH if run["arch"] else SEG_LR_FINE_TUNE
-        else:
-            run["lr"] = LR_FROM_SCRATCH if run["arch"] else LR_FINE_TUNE
+        run["lr"] = task.learning_rate(from_scratch=bool(run["arch"]))
     return run
 
 
@@ -695,7 +507,7 @@ class RunPlan:
                              self.settings.get("schedule", "cosine"))  # fmt: skip
 
 
-def plan_run(settings: dict[str, Any], data: ImageFolderData | SegmentationData, world_size: int,
+def plan_run(settings: dict[str, Any], data: Any, world_size: int,
              grad_accum: int) -> RunPlan:  # fmt: skip
     """The schedule of `settings` on `data` with `world_size` processes: the global batch is split over processes
     and accumulation steps (it must divide evenly) and shrunk, with a warning, when it exceeds the data."""
@@ -805,22 +617,13 @@ class Trainer:
         self.resumed = resumed is not None
         saved = TrainerState.from_dict(resumed["state"]) if resumed else None
         settings = resolve_run(a, saved.run if saved else None, self.model_given)
-        self.segmentation = settings["task"] == "semantic-segmentation"
-        if self.segmentation:
-            data = _on_main(self.ctx, lambda: load_segmentation_data(
-                settings["data"], settings["val_fraction"], settings["reduce_labels"], progress=a.progress))  # fmt: skip
-        else:
-            data = _on_main(self.ctx, lambda: load_training_folders(settings["data"], settings["val_fraction"]))
+        self.task = task = tasks.get(settings["task"])
+        data = _on_main(self.ctx, lambda: task.load_data(settings, a.progress))
         if saved is not None and data.counts() != saved.data:
             raise TrainingConfigError(f"resume: the images in {settings['data']} changed since the run started "
                                       "(classes or image counts differ); a resumed run needs the same data")  # fmt: skip
         self.model, self.processor, settings = self._model(settings, data, resumed)
-        if self.segmentation:  # mask value i is class i: the model's labels are the data's, in order
-            self.train_samples, self.val_samples, ids = list(data.train), list(data.val), list(range(len(data.classes)))
-        else:
-            ids = model_label_ids(data.classes, self.model.config)
-            self.train_samples = [(p, ids[label]) for p, label in data.train]
-            self.val_samples = [(p, ids[label]) for p, label in data.val]
+        self.train_samples, self.val_samples, ids = task.samples(data, self.model.config)
         self.plan = plan = plan_run(settings, data, self.ctx.world_size, a.grad_accum)
         if saved is not None and saved.steps_per_epoch != plan.steps_per_epoch:
             raise TrainingConfigError(f"resume: {plan.steps_per_epoch} steps per epoch now, {saved.steps_per_epoch} "
@@ -828,7 +631,7 @@ class Trainer:
         self.state = saved or TrainerState.start(plan)
         self.optimizer, self.scaler = self._optimizer(resumed)
         self.net = self._wrapped()
-        self.sampler, self.loader, self.evaluator = self._loaders(sorted(set(ids)))
+        self.sampler, self.loader, self.evaluator = self._loaders(ids)
         self.show = a.progress and self.ctx.is_main
         self._announce()
 
@@ -844,27 +647,23 @@ class Trainer:
         amp = parse_dtype(a.precision)
         return device, None if amp == torch.float32 else amp
 
-    def _model(self, settings: dict[str, Any], data: ImageFolderData | SegmentationData,
+    def _model(self, settings: dict[str, Any], data: Any,
                resumed: dict[str, Any] | None):  # fmt: skip
         """(model, processor, settings with the image size): on the run's device in fp32 weights (autocast
         computes), with the data's labels, native at the run's image size."""
         model, processor = self._load_or_build(settings, data, resumed)
         if resumed is None:
-            if not self.segmentation:
-                model.config.problem_type = "single_label_classification"
             if getattr(model.config, "num_channels", 3) != 3:
                 raise TrainingConfigError(f"the model takes {model.config.num_channels}-channel input; training "
                                           "feeds RGB images (3 channels)")  # fmt: skip
-            model.set_labels(data.classes, keep_order=self.segmentation)
-            default_size = 512 if self.segmentation else 224
+            self.task.prepare_model(model, list(data.classes))
+            default_size = self.task.default_image_size
             settings = {**settings, "image_size": settings["image_size"] or _square_size(processor) or default_size}
             try:
                 model.set_input_size(settings["image_size"])
             except ValueError as e:
                 raise TrainingConfigError(f"image size {settings['image_size']}: {e}") from None
-            extra = ({"do_reduce_labels": bool(settings["reduce_labels"])}
-                     if self.segmentation and "do_reduce_labels" in type(processor)._defaults else {})  # fmt: skip
-            processor = _sized_processor(processor, settings["image_size"], **extra)
+            processor = _sized_processor(processor, settings["image_size"], **self.task.processor_options(processor, settings))
         if self.args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model = model.to(device=self.device, dtype=torch.float32)
@@ -875,7 +674,7 @@ class Trainer:
             optimize_for(model, settings.get("batch_size") or 1, self.device, freeze=False)
         return model, processor, settings
 
-    def _load_or_build(self, settings: dict[str, Any], data: ImageFolderData | SegmentationData,
+    def _load_or_build(self, settings: dict[str, Any], data: Any,
                        resumed: dict[str, Any] | None):  # fmt: skip
         """(model, processor) on the CPU: the checkpoint's to resume, the given instance, a fresh `arch`, or the
         pretrained `model` to fine-tune."""
@@ -892,13 +691,12 @@ class Trainer:
         if self.model_given is not None:
             return self.model_given, default_image_processor(self.model_given)
         if settings["arch"]:
-            config = config_for_arch(settings["arch"], data.classes, settings["image_size"] or 224)
+            config = config_for_arch(settings["arch"], self.task, data.classes,
+                                     settings["image_size"] or self.task.default_image_size)
             model = self._task_class(registry.family_of(config))(config)
             return model, default_image_processor(model)
-        from .auto import AutoModelForImageClassification, AutoModelForSemanticSegmentation
-
         hub = {"revision": self.args.revision, "local_files_only": self.args.offline}
-        auto = AutoModelForSemanticSegmentation if self.segmentation else AutoModelForImageClassification
+        auto = self.task.auto_class()
         try:
             model = auto.from_pretrained(settings["model"], **hub)
         except (OSError, ValueError) as e:
@@ -907,15 +705,11 @@ class Trainer:
 
     def _task_class(self, family: Any) -> type:
         """The family's model class for this run's task (a family without one is a usage error)."""
-        task = self.plan_task
-        if task not in family.classes:
-            raise TrainingConfigError(f"{family.title} has no {task} model; {task} trains "
-                                      + ", ".join(f.title for f in registry.families().values() if task in f.classes))  # fmt: skip
-        return family.classes[task]
-
-    @property
-    def plan_task(self) -> str:
-        return "semantic-segmentation" if self.segmentation else "image-classification"
+        head = self.task.heads[0]
+        if head not in family.classes:
+            raise TrainingConfigError(f"{family.title} has no {head} model; {head} trains "
+                                      + ", ".join(f.title for f in registry.families().values() if head in f.classes))  # fmt: skip
+        return family.classes[head]
 
     def _optimizer(self, resumed: dict[str, Any] | None):
         """AdamW (and, for fp16, a loss scaler), with the optimizer and RNG state of a resumed run."""
@@ -948,14 +742,7 @@ class Trainer:
     def _loaders(self, label_ids: list[int]):
         """(this process's batch sampler, its training loader, the validation evaluator or None)."""
         a, plan, settings = self.args, self.plan, self.plan.settings
-        size = settings["image_size"]
-        if self.segmentation:
-            seg = SegmentationTrainTransform(self.processor, size, settings["scale_range"], settings["cat_max_ratio"],
-                                             settings["hflip"], settings["jitter"], settings["seed"])  # fmt: skip
-            dataset: Any = PairDataset(self.train_samples, seg, settings["reduce_labels"])
-        else:
-            transform = TrainTransform(self.processor, size, settings["crop_scale"], settings["hflip"], settings["seed"])
-            dataset = ImageDataset(self.train_samples, transform, (3, size, size))
+        dataset = self.task.train_dataset(self.train_samples, self.processor, settings)
         sampler = TrainBatchSampler(plan.num_train, plan.batch, self.ctx.rank, plan.world_size, plan.grad_accum,
                                     settings["seed"])  # fmt: skip
         # A generator of its own: each epoch's iterator draws its workers' base seed from it, not from the global
@@ -965,15 +752,9 @@ class Trainer:
             pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(settings["seed"]),
         )  # fmt: skip
         evaluator: Any = None
-        if self.val_samples and self.segmentation:
-            evaluator = SegmentationEvaluator(
-                self.model, self.val_samples, self.processor, mode=settings["eval_mode"],
-                reduce_labels=settings["reduce_labels"], batch_size=max(plan.micro, 8), num_workers=a.num_workers,
-                device=self.device, amp_dtype=self.amp_dtype, ctx=self.ctx, progress=a.progress,
-            )  # fmt: skip
-        elif self.val_samples:
-            evaluator = Evaluator(
-                self.model, self.val_samples, label_ids, self.processor, batch_size=max(plan.micro, 32),
+        if self.val_samples:
+            evaluator = self.task.evaluator(
+                self.model, self.val_samples, label_ids, self.processor, settings, batch_size=plan.micro,
                 num_workers=a.num_workers, device=self.device, amp_dtype=self.amp_dtype, ctx=self.ctx,
                 progress=a.progress,
             )  # fmt: skip
@@ -1034,9 +815,9 @@ class Trainer:
             micro_batches = [next(batches) for _ in range(accum)]
             # The loss is a mean over the global batch (its images, or its labelled pixels), whatever the split:
             # DDP averages over processes, accumulation sums.
-            if self.segmentation:
-                labelled = sum((b[1] != IGNORE_INDEX).sum() for b in micro_batches).double().to(device)
-                norm = ctx.all_reduce_sum(labelled).item() / plan.world_size
+            units = self.task.loss_units(micro_batches)
+            if units is not None:  # a mean over what the task counts (labelled pixels), over all processes
+                norm = ctx.all_reduce_sum(units.to(device)).item() / plan.world_size
             else:
                 norm = float(plan.micro * accum)
             for m, (pixels, labels, weights, indices, reasons) in enumerate(micro_batches):
@@ -1045,8 +826,8 @@ class Trainer:
                 sync = net.no_sync() if ctx.is_distributed and m < accum - 1 else contextlib.nullcontext()
                 with sync:
                     with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                        logits = net(pixel_values=pixels).logits
-                    loss_sum, correct, counted = self._loss(logits.float(), labels, weights)
+                        output = net(pixel_values=pixels)
+                    loss_sum, correct, counted = self.task.train_loss(output, labels, weights, run)
                     loss = loss_sum / max(norm, 1.0)
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
                 with torch.no_grad():
@@ -1080,29 +861,13 @@ class Trainer:
             logger.warning("epoch %d: skipped %d image(s) that could not be decoded: %s", epoch + 1, len(skipped),
                            "; ".join(f"{p} ({r})" for p, r in list(skipped.items())[:5]))  # fmt: skip
         loss_sum, correct, count, images, bad = sums.tolist()
-        accuracy = "train_pixel_accuracy" if self.segmentation else "train_accuracy"
+        accuracy = self.task.train_metric
         return {
             "epoch": epoch + 1, "step": state.global_step, "lr": lr,
             "train_loss": loss_sum / max(count, 1), accuracy: correct / max(count, 1),
             "images_per_second": (images + bad) / max(seconds, 1e-9), "train_seconds": round(seconds, 3),
             "skipped_images": int(bad),
         }  # fmt: skip
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor,
-              weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-        """(summed loss, correct, counted) of a micro-batch: per image for classification (label-smoothed
-        cross-entropy, unreadable images weighted 0); per labelled pixel for segmentation (the logits upsampled to
-        the labels, cross-entropy ignoring 255, as transformers' SegFormer loss)."""
-        if not self.segmentation:
-            per_image = F.cross_entropy(logits, labels, reduction="none",
-                                        label_smoothing=self.plan.settings["label_smoothing"])  # fmt: skip
-            correct = ((logits.argmax(-1) == labels).float() * weights).sum()
-            return (per_image * weights).sum(), correct.detach(), weights.sum()
-        up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-        valid = labels != IGNORE_INDEX
-        correct = ((up.detach().argmax(1) == labels) & valid).sum()
-        return loss, correct, valid.sum()
 
     def _optimizer_step(self, params: list[nn.Parameter]) -> None:
         if self.scaler is not None:
@@ -1120,15 +885,8 @@ class Trainer:
         """Validate, keep the best model, checkpoint, write the metrics, say how it went."""
         improved, state = True, self.state
         if self.evaluator is not None:
-            result = self.evaluator.run(desc="validation")
-            if self.segmentation:
-                record.update(val_loss=result.loss, val_mean_iou=result.mean_iou, val_mean_accuracy=result.mean_accuracy,
-                              val_overall_accuracy=result.overall_accuracy, val_images=result.num_images)  # fmt: skip
-                score = -math.inf if math.isnan(result.mean_iou) else result.mean_iou
-            else:
-                record.update(val_loss=result.loss, val_accuracy=result.accuracy,
-                              val_top5_accuracy=result.top5_accuracy, val_images=result.num_images)  # fmt: skip
-                score = result.accuracy
+            validation, score = self.task.validation_record(self.evaluator.run(desc="validation"))
+            record.update(validation)
             improved = state.best_accuracy is None or score > state.best_accuracy
             if improved:
                 state.best_accuracy, state.best_epoch = score, epoch + 1
@@ -1142,14 +900,10 @@ class Trainer:
         if self.show:
             from tqdm import tqdm
 
-            val, (name, key) = "", (("pixel acc", "train_pixel_accuracy") if self.segmentation
-                                    else ("acc", "train_accuracy"))  # fmt: skip
-            if self.evaluator is not None:
-                shown = (f"val mIoU {record['val_mean_iou']:.2%}" if self.segmentation
-                         else f"val acc {record['val_accuracy']:.2%}")  # fmt: skip
-                val = f", val loss {record['val_loss']:.4f}, {shown}{' (best)' if improved else ''}"
-            tqdm.write(f"epoch {epoch + 1}/{self.plan.settings['epochs']}: loss {record['train_loss']:.4f}, {name} "
-                       f"{record[key]:.2%}{val}, lr {record['lr']:.2e}, "
+            trained, shown = self.task.short_metrics(record, self.evaluator is not None)
+            val = f", val loss {record['val_loss']:.4f}, {shown}{' (best)' if improved else ''}" if shown else ""
+            tqdm.write(f"epoch {epoch + 1}/{self.plan.settings['epochs']}: loss {record['train_loss']:.4f}, {trained}"
+                       f"{val}, lr {record['lr']:.2e}, "
                        f"{record['images_per_second']:.0f} img/s", file=sys.stderr)  # fmt: skip
 
     def _save_checkpoint(self, epoch: int, epoch_step: int, running: dict[str, Any] | None) -> None:
@@ -1204,6 +958,5 @@ def train(
 
 
 __all__ = [
-    "DatasetError", "Trainer", "TrainingArguments", "TrainingConfigError", "TrainResult", "TrainTransform",
-    "learning_rate", "random_resized_crop_box", "train",
+    "DatasetError", "Trainer", "TrainingArguments", "TrainingConfigError", "TrainResult", "learning_rate", "train",
 ]  # fmt: skip

@@ -164,7 +164,7 @@ def open_output(path: str | None, binary: bool = False) -> Iterator[IO[Any]]:
 
 def expand_inputs(inputs: list[str]) -> list[Path | Exception]:
     """Files and folders -> image paths in order; an input that cannot be expanded becomes its error, in place."""
-    from ..imagefolder import find_images
+    from ..data.folders import find_images
 
     items: list[Path | Exception] = []
     for item in inputs:
@@ -208,7 +208,7 @@ def stream_sharded(
     in every gathering round, even with nothing left, so uneven shards cannot hang torchrun."""
     from tqdm import tqdm
 
-    from ..imagefolder import shard
+    from ..data.folders import shard
 
     mine = shard(items, ctx.rank, ctx.world_size)
     rounds = math.ceil(math.ceil(len(items) / ctx.world_size) / batch_size)
@@ -288,7 +288,7 @@ def image_job(args: argparse.Namespace, task: str, **options: Any) -> Iterator[t
     group (shut down at the end), this process's share of the CPU threads, the inputs expanded, and the `task`
     pipeline loaded (a model that cannot be loaded is a usage error). Yields (context, items, pipeline)."""
     from ..distributed import init_distributed, share_cpu_threads, shutdown_distributed
-    from ..pipeline import describe_error, pipeline
+    from ..pipelines import describe_error, pipeline
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .._files import atomic_write
     from ..analysis import attention_maps
-    from ..pipeline import describe_error, load_encoder
+    from ..pipelines import describe_error, load_encoder
     from ..processing import load_image
     from ..visualize import overlay, titled_strip
     from ._common import load_processor

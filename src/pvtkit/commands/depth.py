@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from ..imagefolder import IMAGE_EXTENSIONS
+    from ..data.folders import IMAGE_EXTENSIONS
 
     parser = sub.add_parser(
         "depth",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import IO, Any
+from typing import Any
 
 from ._common import (
     UsageError, add_compile_argument, add_device_arguments,
@@ -15,6 +15,7 @@ from ._common import (
 
 
 def register(sub: Any) -> None:
+    from .. import tasks
     from ..distributed import default_workers
 
     parser = sub.add_parser(
@@ -37,13 +38,19 @@ def register(sub: Any) -> None:
                         help="table for people, json (one object) for scripts (default table)")  # fmt: skip
     parser.add_argument("--output", "-o", help="write the report to this file (atomically) instead of stdout")
     parser.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix into this PNG file")
-    parser.add_argument("--task", choices=["image-classification", "semantic-segmentation"],
-                        help="what the model does (default: read from its config's architectures)")  # fmt: skip
+    parser.add_argument("--task", choices=[name for t in tasks.trainable() for name in t.names],
+                        help="what the model does: " + " or ".join(t.name for t in tasks.trainable()) + " (or their "
+                        "short names; default: read from its config's architectures)")  # fmt: skip
     parser.add_argument("--mode", choices=["whole", "slide"], default="whole", help="segmentation: whole images "
                         "resized by the processor, or sliding windows of its size over the image resized to that "
                         "short side (mmsegmentation's 'slide'; default whole)")  # fmt: skip
     parser.add_argument("--reduce-labels", action="store_const", const=True, help="segmentation: mask value 0 is "
                         "'other' (ignored), k is class k-1 (default: the processor's do_reduce_labels)")  # fmt: skip
+    parser.add_argument("--depth-scale", type=float, help="depth: 16-bit PNG maps hold metres x this (default 1000, "
+                        "NYU's millimetres; KITTI 256)")  # fmt: skip
+    parser.add_argument("--min-depth", type=float, help="depth: ground truth below is invalid (default 0.001 m)")
+    parser.add_argument("--max-depth", type=float, help="depth: ground truth above is invalid, predictions clipped "
+                        "to it (default: the model's max_depth)")  # fmt: skip
     parser.add_argument("--batch-size", "-b", type=int, help="images per batch (default 64; 8 for segmentation)")
     parser.add_argument("--num-workers", type=int, default=default_workers(),
                         help="data-loading processes (default %(default)s)")  # fmt: skip
@@ -53,90 +60,57 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def write_table(stream: IO[str], report: dict[str, Any]) -> None:
-    classes = report["per_class"]
-    stream.write(f"model     {report['model']}\n")
-    stream.write(f"data      {report['data']} ({report['num_images']} images, {len(classes)} classes)\n")
-    stream.write(f"accuracy  {report['accuracy']:.2%}\n")
-    stream.write(f"top-5     {report['top5_accuracy']:.2%}\n")
-    stream.write(f"loss      {report['loss']:.4f}\n")
-    if report["skipped"]:
-        stream.write(f"skipped   {len(report['skipped'])} unreadable image(s):\n")
-        for path, reason in report["skipped"].items():
-            stream.write(f"  {path}: {reason}\n")
-    width = max(5, *(len(name) for name in classes))
-    stream.write(f"\n{'class':<{width}}  accuracy  correct / images\n")
-    for name, row in classes.items():
-        accuracy = f"{row['accuracy']:.2%}" if row["accuracy"] is not None else "-"
-        stream.write(f"{name:<{width}}  {accuracy:>8}  {row['correct']:>7} / {row['num_images']}\n")
+# The task-specific options and their defaults (a task's `eval_options` says which it takes).
+EVAL_OPTIONS = {"reduce_labels": None, "mode": "whole", "depth_scale": None, "min_depth": None, "max_depth": None}
 
 
-def write_segmentation_table(stream: IO[str], report: dict[str, Any]) -> None:
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{v:.2%}"
+def _task(args: argparse.Namespace) -> Any:
+    """--task, else the task of the model's class (its config's `architectures`); classification for a checkpoint
+    that does not say."""
+    from .. import tasks
 
-    classes = report["per_class"]
-    stream.write(f"model             {report['model']}\n")
-    stream.write(f"data              {report['data']} ({report['num_images']} images, {len(classes)} classes, "
-                 f"{report['mode']} mode)\n")  # fmt: skip
-    stream.write(f"mIoU              {pct(report['mean_iou'])}\n")
-    stream.write(f"pixel accuracy    {pct(report['overall_accuracy'])}\n")
-    stream.write(f"mean class acc    {pct(report['mean_accuracy'])}\n")
-    stream.write(f"loss              {report['loss']:.4f}\n" if report["loss"] is not None else "loss              -\n")
-    if report["skipped"]:
-        stream.write(f"skipped           {len(report['skipped'])} unreadable pair(s):\n")
-        for path, reason in report["skipped"].items():
-            stream.write(f"  {path}: {reason}\n")
-    width = max(5, *(len(name) for name in classes))
-    stream.write(f"\n{'class':<{width}}       IoU  accuracy      pixels   predicted\n")
-    for name, row in classes.items():
-        stream.write(f"{name:<{width}}  {pct(row['iou']):>8}  {pct(row['accuracy']):>8}  {row['pixels']:>10}  "
-                     f"{row['predicted_pixels']:>10}\n")  # fmt: skip
-    stream.write("\n(-: the class is in neither the masks nor the predictions (IoU) / not in the masks (accuracy); "
-                 "left out of the means)\n")  # fmt: skip
-
-
-def _is_segmentation(args: argparse.Namespace) -> bool:
-    """--task, else the task of the model's class (its config's `architectures`)."""
     if args.task is not None:
-        return args.task == "semantic-segmentation"
-    return checkpoint_task(args) == "semantic-segmentation"
+        return tasks.get(args.task)
+    head = checkpoint_task(args)
+    return tasks.task_for_head(head) if head else tasks.default()
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..auto import AutoModelForImageClassification, AutoModelForSemanticSegmentation
+    from ..data.folders import LayoutError
     from ..distributed import init_distributed
-    from ..evaluation import LayoutError, evaluate, evaluate_segmentation
 
-    segmentation = _is_segmentation(args)
+    task = _task(args)
+    if not task.trainable:
+        raise UsageError(f"pvtkit eval evaluates {', '.join(t.title for t in _trainable())} models; "
+                         f"{args.model} is a {task.title} model")  # fmt: skip
     if args.batch_size is None:
-        args.batch_size = 8 if segmentation else 64
+        args.batch_size = task.eval_batch_size
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.num_workers < 0:
         raise UsageError(f"--num-workers must be 0 or more, got {args.num_workers}")
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    if not segmentation and (args.reduce_labels or args.mode != "whole"):
-        raise UsageError("--reduce-labels and --mode are for segmentation models (or --task semantic-segmentation)")
+    given = {name: getattr(args, name) for name, default in EVAL_OPTIONS.items() if getattr(args, name) != default}
+    stray = [name for name in given if name not in task.eval_options]
+    if stray:
+        owners = [t.name for t in _trainable() if set(stray) <= set(t.eval_options)]
+        raise UsageError(f"{' and '.join('--' + n.replace('_', '-') for n in stray)}: only for "
+                         f"{' or '.join(owners) or 'other'} models (or --task {owners[0] if owners else '...'})")  # fmt: skip
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     with on_every_rank():
         ctx = init_distributed(device)
-        model = load_model(AutoModelForSemanticSegmentation if segmentation else AutoModelForImageClassification, args)
+        model = load_model(task.auto_class(), args)
         processor = load_processor(args, model)
         if args.compile:
             from ..compiling import optimize_for
 
             optimize_for(model.to(device), args.batch_size, device)
-        common = dict(processor=processor, val_fraction=args.val_fraction, batch_size=args.batch_size,
-                      num_workers=args.num_workers, device=device, dtype=dtype, confusion=args.confusion,
-                      progress=not args.quiet)  # fmt: skip
+        options = dict(processor=processor, val_fraction=args.val_fraction, batch_size=args.batch_size,
+                       num_workers=args.num_workers, device=device, dtype=dtype, confusion=args.confusion,
+                       progress=not args.quiet, **{name: getattr(args, name) for name in task.eval_options})  # fmt: skip
         try:
-            if segmentation:
-                result: Any = evaluate_segmentation(model, args.data, reduce_labels=args.reduce_labels,
-                                                    mode=args.mode, **common)  # fmt: skip
-            else:
-                result = evaluate(model, args.data, **common)
+            result = task.evaluate(model, args.data, **options)
         except LayoutError as e:
             raise UsageError(str(e)) from e
     if not ctx.is_main:
@@ -145,8 +119,12 @@ def run(args: argparse.Namespace) -> int:
     with open_output(args.output) as stream:
         if args.format == "json":
             stream.write(json.dumps(report, ensure_ascii=False) + "\n")
-        elif segmentation:
-            write_segmentation_table(stream, report)
         else:
-            write_table(stream, report)
+            stream.write(task.report_table(report))
     return 0
+
+
+def _trainable() -> list[Any]:
+    from .. import tasks
+
+    return tasks.trainable()

@@ -9,11 +9,11 @@ import os
 import sys
 from typing import Any
 
+from .. import tasks
 from ._common import UsageError, add_model_arguments, parse_size
 
-# --task -> the task of the family registry
-TASKS = {"classification": "image-classification", "features": "model", "backbone": "backbone",
-         "segmentation": "semantic-segmentation", "depth": "depth-estimation"}  # fmt: skip
+# --task -> the family head it exports (each task's `export_heads`)
+TASKS = tasks.export_heads()
 
 
 def parse_batch(value: str) -> int | None:
@@ -32,7 +32,7 @@ def _auto_class(task: str, args: argparse.Namespace) -> Any:
 
     if task != "auto":
         return AUTO_CLASSES[TASKS[task]]
-    return AUTO_CLASSES[checkpoint_task(args) or "image-classification"]
+    return AUTO_CLASSES[checkpoint_task(args) or tasks.default().heads[0]]
 
 
 def _saved_model(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .._files import atomic_write
-    from ..pipeline import describe_error, pipeline
+    from ..pipelines import describe_error, pipeline
 
     stages = parse_stages(args.stages)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)

@@ -48,6 +48,7 @@ def _cell(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import tasks
     from ..analysis import describe
     from ..auto import AutoConfig, AutoModelForImageClassification
     from ..models import family as registry
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             config = registry.config_for_variant(args.variant)
         except ValueError as e:
             raise UsageError(f"--variant {args.variant!r}: {e}") from e
-        model_class = registry.family_of(config).classes["image-classification"]
+        model_class = registry.family_of(config).classes[tasks.default().heads[0]]
     else:
         try:
             config = AutoConfig.from_pretrained(args.model, **hub_kwargs(args))
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot load model {args.model!r}: {e}") from e
         model_class = registry.class_named((config.architectures or [""])[0] or "")
-        model_class = model_class or registry.family_of(config).classes["image-classification"]
+        model_class = model_class or registry.family_of(config).classes[tasks.default().heads[0]]
     size = args.image_size or "x".join(map(str, pair(config.image_size)))
     height, width = parse_size(size)  # type: ignore[misc]
     try:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-from ..pipeline import class_areas
+from ..pipelines import class_areas
 from ._common import (
     ResultFiles, UsageError, add_dense_arguments, add_model_arguments, image_job, output_folder, parse_size, write_all,
 )  # fmt: skip
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from ..imagefolder import IMAGE_EXTENSIONS
+    from ..data.folders import IMAGE_EXTENSIONS
 
     parser = sub.add_parser(
         "segment",

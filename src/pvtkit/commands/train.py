@@ -44,10 +44,15 @@ examples:
 
 def register(sub: Any) -> None:
     from ..distributed import default_workers
-    from ..imagefolder import SEGMENTATION_LAYOUTS
-    from ..training import LR_FINE_TUNE, LR_FROM_SCRATCH, RUN_DEFAULTS, SEGMENTATION_DEFAULTS, TASKS
+    from ..data.folders import SEGMENTATION_LAYOUTS
+    from .. import tasks
+    from ..training import RUN_DEFAULTS
 
     d = RUN_DEFAULTS
+    cls, seg_task = tasks.get("image-classification"), tasks.get("semantic-segmentation")
+    SEGMENTATION_DEFAULTS = seg_task.recipe
+    LR_FROM_SCRATCH, LR_FINE_TUNE = cls.learning_rate(True), cls.learning_rate(False)
+    TASKS = [n for t in tasks.trainable() for n in t.names]
     parser = sub.add_parser(
         "train",
         help="fine-tune a classifier on labelled images, or a segmentation model on images and masks (torchrun "
@@ -103,6 +108,12 @@ def register(sub: Any) -> None:
                      "distortion (brightness, contrast, saturation, hue)")  # fmt: skip
     seg.add_argument("--eval-mode", choices=["whole", "slide"], help="validation on whole images resized by the "
                      "processor, or on sliding windows (default whole)")  # fmt: skip
+    dep = parser.add_argument_group("depth (--task depth-estimation)")
+    dep.add_argument("--depth-scale", type=float, help="16-bit PNG depth maps hold metres x this (default 1000: NYU's "
+                     "millimetres; KITTI: 256); .npy and float TIFF maps are metres")  # fmt: skip
+    dep.add_argument("--min-depth", type=float, help="ground truth below this is no measurement (default 0.001 m)")
+    dep.add_argument("--max-depth", type=float, help="ground truth above this is no measurement, predictions are "
+                     "clipped to it in the metrics (default: the model's max_depth; GLPN 10 NYU, 80 KITTI)")  # fmt: skip
     run_group = parser.add_argument_group("running")
     run_group.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                            help="fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA) "
@@ -128,7 +139,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import LayoutError
+    from ..data.folders import LayoutError
     from ..training import Trainer, TrainingArguments, TrainingConfigError
 
     with on_every_rank() as main:
@@ -143,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 max_grad_norm=args.max_grad_norm, task=args.task, schedule=args.schedule,
                 head_lr_scale=args.head_lr_scale, reduce_labels=args.reduce_labels, scale_range=args.scale_range,
                 cat_max_ratio=args.cat_max_ratio, jitter=args.jitter, eval_mode=args.eval_mode,
+                depth_scale=args.depth_scale, min_depth=args.min_depth, max_depth=args.max_depth,
                 precision=args.precision, grad_accum=args.grad_accum,
                 num_workers=args.num_workers, device=args.device, gradient_checkpointing=args.gradient_checkpointing,
                 compile=args.compile,

@@ -518,12 +518,17 @@ def check_dense_input(pixel_values: torch.Tensor, config: Any) -> None:
                          f"first stage's stride {config.strides[0]}; expected both sides at least {config.strides[0]}")
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int,
+                      reduction: str = "mean", upsampled: bool = False) -> Any:  # fmt: skip
     """transformers' SegFormer loss: logits upsampled (bilinear) to the labels' size, then cross-entropy with
     `ignore_index`, or for one label BCE-with-logits over the valid pixels.
 
     Labels must be `(B, H, W)` class indices in `[0, num_labels)` or `ignore_index` (for one label: 0/1 targets);
-    a value outside that is refused by name (cross-entropy would fail with a device-side assert on a GPU)."""
+    a value outside that is refused by name (cross-entropy would fail with a device-side assert on a GPU).
+
+    `reduction="sum"` sums over the labelled pixels (the trainer normalises by the global batch's); `upsampled=True`
+    returns `(loss, upsampled logits)`, for metrics on the same upsampling. This is the one copy of the loss: the
+    models, the trainer and the evaluator all call it."""
     if labels.ndim != 3 or labels.shape[0] != logits.shape[0] or labels.is_floating_point() and num_labels > 1:
         raise ValueError(f"labels must be (batch={logits.shape[0]}, height, width) integer class indices, got shape "
                          f"{tuple(labels.shape)} and dtype {labels.dtype}")  # fmt: skip
@@ -535,9 +540,12 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: in
                              f"index {ignore_index}; expected class indices below num_labels={num_labels}")  # fmt: skip
     up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     if num_labels > 1:
-        return F.cross_entropy(up, labels.long(), ignore_index=ignore_index)
-    valid = ((labels >= 0) & (labels != ignore_index)).float()
-    return (F.binary_cross_entropy_with_logits(up.squeeze(1), labels.float(), reduction="none") * valid).mean()
+        loss = F.cross_entropy(up, labels.long(), ignore_index=ignore_index, reduction=reduction)
+    else:
+        valid = ((labels >= 0) & (labels != ignore_index)).float()
+        per_pixel = F.binary_cross_entropy_with_logits(up.squeeze(1), labels.float(), reduction="none") * valid
+        loss = per_pixel.sum() if reduction == "sum" else per_pixel.mean()
+    return (loss, up) if upsampled else loss
 
 
 # ---------------------------------------------------------------------------------------------------------------

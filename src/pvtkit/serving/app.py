@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import REGISTRY, exposition
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..pipeline import describe_error
+from ..pipelines import describe_error
 from ._kserve import DataPlane, ModelRepositoryExtension, kserve, register_v1_endpoints, register_v2_endpoints
 from .batching import DeadlineExceeded, Overloaded
 from .metrics import ERROR_KINDS, METRICS
@@ -370,7 +370,7 @@ def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0, grpc_addr
     @app.get("/models")
     async def model_list() -> Any:
         """What the page shows: each model's name, task and readiness."""
-        return [{"name": m.name, "task": m.task, "ready": m.ready, "labels": len(m.labels)} for m in models]
+        return [{"name": m.name, "task": m.task.pipeline_task if m.task else "", "ready": m.ready, "labels": len(m.labels)} for m in models]
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
@@ -385,17 +385,13 @@ def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0, grpc_addr
         overlay = query.get("overlay", "").lower() in ("1", "true", "yes")
         out = []
         overlays: list[str] = []
-        if overlay and model.task == "image-segmentation":  # drawing is real work: off the event loop
+        if overlay and model.task.draws_overlay:  # drawing is real work: off the event loop
             overlays = await asyncio.get_running_loop().run_in_executor(
                 model.decoder, lambda: [_overlay_data_url(model, job, i, d) for i, (_, d) in enumerate(images)])
         for i, (name, _) in enumerate(images):
-            record = model.record(job, i)
-            if model.task == "image-segmentation":
-                record = {"path": name, **record}
-                if overlays:
-                    record["overlay"] = overlays[i]
-            else:
-                record = {"path": name, "predictions": record}
+            record = model.task.upload_record(name, model.record(job, i))
+            if overlays:
+                record["overlay"] = overlays[i]
             out.append(record)
         return out[0] if len(out) == 1 else out
 
@@ -428,7 +424,7 @@ def _overlay_data_url(model: ImageModel, job: Any, index: int, data: bytes) -> s
     from ..visualize import label_overlay, palette
 
     image = load_image(data)
-    blended = label_overlay(image, job.maps[index], palette(max(len(model.labels), 1)), 0.5)
+    blended = label_overlay(image, job.answers[index], palette(max(len(model.labels), 1)), 0.5)
     buffer = io.BytesIO()
     blended.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

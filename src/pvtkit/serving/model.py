@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..pipeline import class_areas, describe_error, pipeline
+from .. import tasks
+from ..pipelines import describe_error, pipeline
 from ..processing import ImageLoadError, load_image
 from . import _kserve
 from .batching import DeadlineExceeded, DynamicBatcher, Overloaded
@@ -42,9 +43,6 @@ kserve = _kserve.kserve
 InvalidInput = kserve.errors.InvalidInput
 InferRequest, InferResponse, InferOutput = kserve.InferRequest, kserve.InferResponse, kserve.InferOutput
 
-# The registry's task of a checkpoint -> the pipeline that serves it.
-SERVED_TASKS = {"image-classification": "image-classification", "semantic-segmentation": "image-segmentation"}
-CLASSIFICATION_OUTPUTS = ("logits", "probabilities", "labels", "scores")
 
 
 @dataclass
@@ -56,8 +54,8 @@ class Job:
     sizes: list[tuple[int, int]]  # per image (height, width) before resizing
     top_k: int
     request: Any = None  # the V2 InferRequest
-    results: list[Any] = field(default_factory=list)  # per image: its logits
-    maps: list[np.ndarray] = field(default_factory=list)  # segmentation: per image its (H, W) class map
+    results: list[Any] = field(default_factory=list)  # per image: the model's output (logits)
+    answers: list[Any] = field(default_factory=list)  # per image: the task's answer (logits; a class map at its size)
 
 
 class ImageModel(kserve.Model):
@@ -93,7 +91,7 @@ class ImageModel(kserve.Model):
         METRICS.queue_depth.labels(name).set_function(lambda: self.batcher.depth)
         self.decoder = concurrent.futures.ThreadPoolExecutor(decode_threads, thread_name_prefix=f"decode-{name}")
         self.pipe: Any = None
-        self.task = ""
+        self.task: Any = None  # the task spec (`pvtkit.tasks`) of the loaded model
         self.loaded = False  # weights in memory (ready: loaded and warmed up)
         self.warm_up_error: str | None = None
 
@@ -104,15 +102,16 @@ class ImageModel(kserve.Model):
         from ..auto import checkpoint_task
         from ..modeling import PreTrainedModel
 
-        task = "image-classification"
-        if not isinstance(self.source, PreTrainedModel):
-            task = SERVED_TASKS.get(checkpoint_task(self.source, **self.hub) or "image-classification", "")
-        elif hasattr(self.source, "decode_head"):
-            task = "image-segmentation"
-        if not task:
-            raise ValueError(f"{self.source}: pvtkit serve serves classification and semantic-segmentation models")
-        options = {"top_k": self.top_k} if task == "image-classification" else {}
-        self.pipe = pipeline(task, model=self.source, device=self.device, dtype=self.dtype, **options, **self.hub)
+        if isinstance(self.source, PreTrainedModel):
+            task = tasks.task_of(self.source)
+        else:  # a checkpoint without a config, or of a class pvtkit does not know, loads as a classifier
+            head = checkpoint_task(self.source, **self.hub)
+            task = tasks.task_for_head(head) if head else tasks.default()
+        if not task.served_outputs:
+            served = ", ".join(t.title for t in tasks.tasks().values() if t.served_outputs)
+            raise ValueError(f"{self.source}: pvtkit serve serves {served} models, not {task.title}")
+        options = task.serve_options(self.top_k)
+        self.pipe = pipeline(task.name, model=self.source, device=self.device, dtype=self.dtype, **options, **self.hub)
         if self.compile:  # the batches a server runs vary (1 when quiet): compiled where it pays, eager elsewhere
             from ..compiling import optimize
 
@@ -146,8 +145,8 @@ class ImageModel(kserve.Model):
         pipe = self.pipe
         batch = torch.from_numpy(pixels).to(pipe.device, pipe.dtype)
         with torch.inference_mode():
-            logits = pipe.model(pixel_values=batch).logits.float().cpu()
-        return list(logits.numpy())
+            output = getattr(pipe.model(pixel_values=batch), self.task.output_name).float().cpu()
+        return list(output.numpy())
 
     async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
         """KServe's preprocess -> predict -> postprocess, under the request's deadline."""
@@ -186,9 +185,11 @@ class ImageModel(kserve.Model):
             for task in tasks:  # one image failed (or the deadline passed): the others leave the queue unrun
                 task.cancel()
         METRICS.inference_seconds.labels(self.name).observe(time.monotonic() - started)
-        if self.task == "image-segmentation":  # upsampling to the images' sizes is real work: off the event loop
-            job.maps = await asyncio.get_running_loop().run_in_executor(
-                self.decoder, lambda: [self.class_map(job, i) for i in range(len(job.results))])
+        answers = lambda: [self.task.served_answer(self.pipe, r, s) for r, s in zip(job.results, job.sizes)]  # noqa: E731
+        if self.task.answer_off_loop:  # upsampling to the images' sizes is real work: off the event loop
+            job.answers = await asyncio.get_running_loop().run_in_executor(self.decoder, answers)
+        else:
+            job.answers = answers()
         return job
 
     def _check_room(self, count: int) -> None:
@@ -336,7 +337,7 @@ class ImageModel(kserve.Model):
         else:
             raise InvalidInput(f"{where}: datatype {tensor.datatype}; expected BYTES (encoded images) or FP32 "
                                "(preprocessed pixels)")  # fmt: skip
-        if self.task == "image-segmentation" and len(set(job.sizes)) > 1:
+        if self.task.answers_at_input_size and len(set(job.sizes)) > 1:
             raise InvalidInput("the images have different sizes, so their class maps do not stack into one tensor; "
                                "send them in separate requests")  # fmt: skip
         for output in request.request_outputs or []:
@@ -349,56 +350,21 @@ class ImageModel(kserve.Model):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("segmentation",) if self.task == "image-segmentation" else CLASSIFICATION_OUTPUTS
-
-    def class_map(self, job: Job, index: int) -> np.ndarray:
-        """A segmentation answer: the `(H, W)` class map at the image's own size."""
-        from ..processing import semantic_segmentation
-
-        logits = torch.from_numpy(job.results[index])[None]
-        return semantic_segmentation(logits, [job.sizes[index]])[0].numpy()
+        return self.task.served_outputs
 
     def record(self, job: Job, index: int) -> Any:
-        """Image `index`'s answer as the CLI writes it: top-k `{"label", "score"}` records (classification) or
-        the size and per-class areas (segmentation)."""
-        if self.task == "image-segmentation":
-            classes = job.maps[index]
-            return {"size": list(classes.shape), "classes": class_areas(classes, self.labels)}
-        return self.pipe.records(torch.from_numpy(job.results[index])[None], job.top_k)[0]
+        """Image `index`'s answer as the CLI writes it (the task's record: top-k `{"label", "score"}` records, or the
+        size and per-class areas)."""
+        return self.task.served_record(self.pipe, job.answers[index], job.top_k)
 
     def _v2_response(self, job: Job) -> Any:
         request = job.request
         wanted = request.request_outputs or []
-        names = [o.name for o in wanted] or (["segmentation"] if self.task == "image-segmentation"
-                                              else ["logits", "labels", "scores"])  # fmt: skip
-        classification = {o.name: _parameter((o.parameters or {}).get("classification")) for o in wanted}
-        outputs = []
-        if self.task == "image-segmentation":
-            stacked = np.stack(job.maps).astype(np.int64)
-            outputs.append(_output("segmentation", "INT64", stacked))
-        else:
-            logits = torch.from_numpy(np.stack(job.results))
-            scores = self.pipe.scores(logits)
-            k = job.top_k
-            top_scores, top_ids = scores.topk(k, dim=-1)
-            for name in names:
-                count = classification.get(name)
-                if count is not None:  # Triton's classification extension: "score:index:label", best first
-                    values = logits if name == "logits" else scores
-                    count = self._top_k(count, f"output {name!r} classification")
-                    v, ids = values.topk(count, dim=-1)
-                    data = np.array([[f"{a:f}:{j}:{self.labels[j]}".encode() for a, j in zip(vs.tolist(), js.tolist())]
-                                     for vs, js in zip(v, ids)], dtype=np.object_)  # fmt: skip
-                    outputs.append(_output(name, "BYTES", data))
-                elif name in ("logits", "probabilities"):
-                    data = (logits if name == "logits" else scores).numpy().astype(np.float32)
-                    outputs.append(_output(name, "FP32", data))
-                elif name == "labels":
-                    data = np.array([[self.labels[j].encode() for j in js] for js in top_ids.tolist()], np.object_)
-                    outputs.append(_output(name, "BYTES", data))
-                else:
-                    data = top_scores.numpy().astype(np.float32)
-                    outputs.append(_output(name, "FP32", data))
+        asked = {o.name: _parameter((o.parameters or {}).get("classification")) for o in wanted}
+        if not wanted:
+            asked = dict.fromkeys(self.task.served_default_outputs)
+        outputs = [_output(name, datatype, data) for name, datatype, data in
+                   self.task.served_v2_outputs(self.pipe, job.answers, asked, job.top_k, self._top_k)]  # fmt: skip
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs,
             requested_outputs=wanted or None, use_binary_outputs=request.use_binary_outputs,
@@ -413,13 +379,7 @@ class ImageModel(kserve.Model):
                 {"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, height, width]}]  # fmt: skip
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        if self.task == "image-segmentation":
-            return [{"name": "segmentation", "datatype": "INT64", "shape": [-1, -1, -1]}]
-        classes = len(self.labels) if self.pipe is not None else -1
-        return [{"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
-                {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
-                {"name": "scores", "datatype": "FP32", "shape": [-1, -1]}]  # fmt: skip
+        return self.task.served_output_types(len(self.labels) if self.pipe is not None else -1)
 
     def stop(self) -> None:
         self.ready = False

@@ -3,10 +3,13 @@ dataset and the image/mask folders of a segmentation one."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger("pvtkit")
 
 # What PIL reads and people keep photos in; matched case-insensitively.
 IMAGE_EXTENSIONS = frozenset(
@@ -262,3 +265,61 @@ def find_segmentation_layout(root: str | os.PathLike) -> SegmentationLayout:
         else:
             layout.val = pairs
     return layout
+
+
+# ---- what every dataset shares ----------------------------------------------------------------------------------
+
+IGNORE_INDEX = 255  # mmsegmentation's and transformers' convention for "no label here"
+SPLIT_SEED = 0
+
+class DatasetError(ValueError):
+    """A dataset directory that cannot be used as it is; the message names the folder or file and what is wrong."""
+
+class LayoutError(DatasetError):
+    """A segmentation dataset folder in no layout pvtkit recognises (the CLI's exit status 2: a usage mistake)."""
+
+def warn_unreadable(unreadable: list[tuple[str, str]], what: str = "image") -> None:
+    if not unreadable:
+        return
+    shown = "; ".join(f"{path} ({reason})" for path, reason in unreadable[:5])
+    more = f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+    logger.warning("skipping %d unreadable %s(s): %s%s", len(unreadable), what, shown, more)
+
+def listed(items: Sequence[str], limit: int = 10) -> str:
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return "".join(f"\n  {item}" for item in items[:limit]) + more
+
+LABEL_FILES = ("labels.json", "classes.txt")
+
+def read_class_names(root: Path) -> list[str] | None:
+    """Class names from `root/labels.json` (a list of names, or `{"0": "background", ...}` as in `id2label`) or
+    `root/classes.txt` (one name per line), or None when neither exists.
+
+    Raises:
+        DatasetError: The file is there but is not such a list (the message names it).
+    """
+    path = root / "labels.json"
+    if path.is_file():
+        import json
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                data = data.get("id2label", data)
+                ids = sorted(int(k) for k in data)
+                if ids != list(range(len(ids))):
+                    raise ValueError(f"ids {ids[:5]}... are not 0..{len(ids) - 1}")
+                data = [data[str(i)] if str(i) in data else data[i] for i in ids]
+            if not isinstance(data, list) or not all(isinstance(n, (str, int)) for n in data):
+                raise ValueError("not a list of names")
+        except (ValueError, KeyError) as e:
+            raise DatasetError(f"{path}: expected a JSON list of class names or an object {{\"0\": name, ...}} with "
+                               f"ids 0..N-1 ({e})") from None  # fmt: skip
+        return [str(n) for n in data]
+    path = root / "classes.txt"
+    if path.is_file():
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not names:
+            raise DatasetError(f"{path}: holds no class names (expected one per line)")
+        return names
+    return None

@@ -1,0 +1,125 @@
+"""Monocular depth estimation: an image in, metres per pixel out (GLPN); trained with GLPN's recipe (AdamW, poly
+decay, random scale + crop + flip of image and depth map together, the scale-invariant log loss on valid pixels),
+measured in AbsRel, RMSE, delta < 1.25 and the other standard metrics (`evaluation.depth_metrics`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from .task import Task
+
+
+class DepthTask(Task):
+    name = "depth-estimation"
+    heads = ("depth-estimation",)
+    pipeline_task = "depth-estimation"
+    aliases = ("depth",)
+    auto_class_name = "AutoModelForDepthEstimation"
+    pipeline_class_name = "DepthEstimationPipeline"
+    default_model = "vinvino02/glpn-nyu"
+    export_heads = {"depth": "depth-estimation"}
+    head_title = "depth"
+    title = "depth estimation"
+    output_name = "predicted_depth"
+    trainable = True
+    # GLPN's paper: AdamW, lr 1e-4 with a poly (power 0.9 there; linear here) decay, weight decay 1e-4 (fine-tuning
+    # from an ImageNet encoder; the new decoder learns at the same rate).
+    recipe = {"weight_decay": 1e-4, "schedule": "poly", "batch_size": 8, "lr_from_scratch": 1e-3, "lr_fine_tune": 1e-4}
+    settings = {"depth_scale": 1000.0, "min_depth": 1e-3, "max_depth": None}
+    default_image_size = 448
+    best_metric = "val_delta1"
+    metric_title = "delta < 1.25"
+    train_metric = "train_delta1"
+    eval_batch_size = 1
+    eval_options = ("depth_scale", "min_depth", "max_depth")
+
+    def _read(self, settings: Mapping[str, Any], model_max_depth: float | None = None) -> Any:
+        from ..data.depth import read_depth
+
+        max_depth = settings["max_depth"] if settings["max_depth"] is not None else model_max_depth
+        return partial(read_depth, depth_scale=settings["depth_scale"], min_depth=settings["min_depth"],
+                       max_depth=max_depth)  # fmt: skip
+
+    def load_data(self, settings: Mapping[str, Any], progress: bool) -> Any:
+        from ..data.depth import load_depth_data
+
+        return load_depth_data(settings["data"], settings["val_fraction"], settings["depth_scale"],
+                               settings["min_depth"], settings["max_depth"])  # fmt: skip
+
+    def samples(self, data: Any, config: Any) -> tuple[list[Any], list[Any], list[int]]:
+        return list(data.train), list(data.val), []
+
+    def config_overrides(self, classes: list[str]) -> dict[str, Any]:
+        return {}
+
+    def prepare_model(self, model: Any, classes: list[str]) -> None:
+        """Depth has no classes: nothing to fit."""
+
+    def train_dataset(self, samples: list[Any], processor: Any, settings: Mapping[str, Any]) -> Any:
+        from ..data.depth import DepthPairDataset, DepthTrainTransform
+
+        transform = DepthTrainTransform(processor, settings["image_size"], settings["hflip"], settings["seed"])
+        return DepthPairDataset(samples, transform, self._read(settings))
+
+    def train_loss(self, output: Any, labels: Any, weights: Any, settings: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+        """Per image: the model's own scale-invariant log loss over its valid pixels (images without one, or
+        unreadable, weigh 0); the train metric is delta < 1.25 over the valid pixels."""
+        import torch
+
+        from ..models.glpn import silog_loss
+
+        predicted = output.predicted_depth.float()
+        valid = labels > 0
+        has = valid.flatten(1).any(1) & (weights > 0)
+        losses = [silog_loss(p[None], t[None]) for p, t, ok in zip(predicted, labels, has.tolist()) if ok]
+        loss = torch.stack(losses).sum() if losses else predicted.sum() * 0.0
+        with torch.no_grad():
+            ratio = torch.maximum(predicted / labels.clamp(min=1e-6), labels / predicted.clamp(min=1e-6))
+            hits = ((ratio < 1.25) & valid).sum()
+        return loss, hits, valid.sum()
+
+    def loss_units(self, micro_batches: list[Any]) -> Any:
+        """Per image with a valid depth: the loss is a mean of per-image losses over the global batch."""
+        return sum(((b[1] > 0).flatten(1).any(1) & (b[2] > 0)).sum() for b in micro_batches).double()
+
+    def evaluator(self, model: Any, samples: list[Any], ids: list[int], processor: Any, settings: Mapping[str, Any],
+                  **common: Any) -> Any:  # fmt: skip
+        from ..evaluation import DepthEvaluator
+
+        common.pop("batch_size")
+        max_depth = settings["max_depth"] if settings["max_depth"] is not None else model.config.max_depth
+        return DepthEvaluator(model, samples, processor, self._read(settings, max_depth),
+                              min_depth=settings["min_depth"], max_depth=max_depth, **common)  # fmt: skip
+
+    def validation_record(self, result: Any) -> tuple[dict[str, Any], float]:
+        import math
+
+        record = {"val_loss": result.loss, **{f"val_{k}": v for k, v in result.metrics.items()},
+                  "val_images": result.num_images}  # fmt: skip
+        return record, -math.inf if math.isnan(result.delta1) else result.delta1
+
+    def short_metrics(self, record: Mapping[str, Any], validated: bool) -> tuple[str, str]:
+        val = f"val AbsRel {record['val_abs_rel']:.4f}, delta1 {record['val_delta1']:.2%}" if validated else ""
+        return f"delta1 {record['train_delta1']:.2%}", val
+
+    def evaluate(self, model: Any, data: Any, **options: Any) -> Any:
+        from ..evaluation import evaluate_depth
+
+        options = {k: v for k, v in options.items() if v is not None or k not in self.settings}
+        return evaluate_depth(model, data, **options)
+
+    def report_table(self, report: dict[str, Any]) -> str:
+        from ..evaluation import DEPTH_METRICS
+
+        lines = [f"model     {report['model']}", f"data      {report['data']} ({report['num_images']} images)"]
+        lines += [f"{name:<9} {report[name]:.4f}" for name in DEPTH_METRICS]
+        lines.append(f"loss      {report['loss']:.4f}")
+        if report["skipped"]:
+            lines.append(f"skipped   {len(report['skipped'])} pair(s):")
+            lines += [f"  {path}: {reason}" for path, reason in report["skipped"].items()]
+        return "\n".join(lines) + "\n"
+
+
+TASK = DepthTask()

@@ -24,7 +24,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from .distributed import auto_device
+from .devices import resolve_device
 from .modeling import PreTrainedModel
 from .processing import depth_maps, image_size, load_image, semantic_segmentation
 
@@ -124,7 +124,7 @@ class Pipeline:
                 f"{', ...' if len(fresh) > 4 else ''}); fine-tune it first (pvtkit train) or use a model trained "
                 "for this task"
             )  # fmt: skip
-        self.device = auto_device() if device in (None, "auto") else torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
         if compile:
             from .compiling import optimize_for

@@ -61,13 +61,14 @@ from torch.utils.data import DataLoader
 from ._files import atomic_directory, atomic_write, atomic_write_json, find_interrupted_save, read_json
 from .auto import default_image_processor, image_processor_for
 from .distributed import (
-    DistContext, auto_device, default_workers, init_distributed, launched_by_torchrun, share_cpu_threads,
+    DistContext, default_workers, init_distributed, launched_by_torchrun, share_cpu_threads,
     shutdown_distributed, synchronise_batch_norms,
 )  # fmt: skip
 from .evaluation import (
     IGNORE_INDEX, DatasetError, Evaluator, ImageDataset, ImageFolderData, SegmentationData, SegmentationEvaluator,
     load_segmentation_data, load_training_folders, model_label_ids, read_mask,
 )  # fmt: skip
+from .devices import resolve_device
 from .dtypes import parse_dtype
 from .modeling import PreTrainedModel
 from .models import family as registry
@@ -106,6 +107,8 @@ TASK_ONLY = {
     "semantic-segmentation": ("reduce_labels", "scale_range", "cat_max_ratio", "jitter", "eval_mode"),
 }
 SCHEDULES = ("cosine", "poly")
+# `pvtkit train --help`'s groups of flags (`TrainingArguments`' field metadata)
+WHAT, RECIPE, SEGMENTATION, RUNNING = "what to train", "recipe", "segmentation (--task semantic-segmentation)", "running"
 
 
 class TrainingConfigError(ValueError):
@@ -165,42 +168,101 @@ class TrainingArguments:
         revision, offline: How to reach the Hub for `model`.
     """
 
-    output_dir: str | os.PathLike
-    data: str | os.PathLike | None = None
-    task: str | None = None
-    model: str | os.PathLike | None = None
-    arch: str | None = None
-    image_size: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    label_smoothing: float | None = None
-    val_fraction: float | None = None
-    seed: int | None = None
-    crop_scale: float | None = None
-    hflip: bool | None = None
-    max_grad_norm: float | None = None
-    schedule: str | None = None
-    head_lr_scale: float | None = None
-    reduce_labels: bool | None = None
-    scale_range: tuple[float, float] | list[float] | None = None
-    cat_max_ratio: float | None = None
-    jitter: bool | None = None
-    eval_mode: str | None = None
-    precision: str = "fp32"
-    grad_accum: int = 1
-    num_workers: int = field(default_factory=default_workers)
-    device: str = "auto"
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    save_steps: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    revision: str | None = None
-    offline: bool = False
+    # Each field's `metadata` is its `pvtkit train` flag: "help", "group", "flags" (default: --field-name), and
+    # argparse's "choices", "nargs", "metavar", "required"; "const": a flag that takes no value and sets this one.
+    # Keep metadata to literals and this module's constants: the CLI reads it without importing this module.
+    output_dir: str | os.PathLike = field(metadata={
+        "group": WHAT, "flags": ("--output", "-o"), "required": True,
+        "help": "output directory for the model, metrics and checkpoint"})
+    data: str | os.PathLike | None = field(default=None, metadata={
+        "group": WHAT, "flags": ("--data", "-d"), "help": "dataset folder (see the layout below); required unless --resume"})
+    task: str | None = field(default=None, metadata={
+        "group": WHAT, "choices": TASKS, "help": f"{TASKS[0]} (default) or {TASKS[1]}"})
+    model: str | os.PathLike | None = field(default=None, metadata={
+        "group": WHAT, "flags": ("--model", "-m"), "help": "pretrained model to fine-tune: Hub repo id, directory or "
+        "weights file (a head for the data's classes replaces one of another size)"})
+    arch: str | None = field(default=None, metadata={
+        "group": WHAT, "help": "or train this published variant from scratch, named FAMILY-VARIANT (a bare VARIANT "
+        "means the first family listed that has it)"})
+    image_size: int | None = field(default=None, metadata={
+        "group": RECIPE, "help": "training and evaluation resolution (default: the model's processor size, else 224)"})
+    epochs: int | None = field(default=None, metadata={
+        "group": RECIPE, "help": f"passes over the training images (default: {RUN_DEFAULTS['epochs']})"})
+    batch_size: int | None = field(default=None, metadata={
+        "group": RECIPE, "flags": ("--batch-size", "-b"), "help": "images per optimizer step over all processes and "
+        f"accumulation steps (default: {RUN_DEFAULTS['batch_size']}; {SEGMENTATION_DEFAULTS['batch_size']} for "
+        "segmentation)"})
+    lr: float | None = field(default=None, metadata={
+        "group": RECIPE, "help": f"peak learning rate (default: {LR_FROM_SCRATCH:g} with --arch, {LR_FINE_TUNE:g} "
+        f"with --model; for segmentation {SEG_LR_FROM_SCRATCH:g} and {SEG_LR_FINE_TUNE:g})"})
+    weight_decay: float | None = field(default=None, metadata={
+        "group": RECIPE, "help": f"AdamW weight decay (default: {RUN_DEFAULTS['weight_decay']}; "
+        f"{SEGMENTATION_DEFAULTS['weight_decay']} for segmentation)"})
+    warmup_epochs: float | None = field(default=None, metadata={
+        "group": RECIPE, "help": f"linear warmup, in epochs (default: {RUN_DEFAULTS['warmup_epochs']:g})"})
+    label_smoothing: float | None = field(default=None, metadata={
+        "group": RECIPE, "help": f"cross-entropy label smoothing (default: {RUN_DEFAULTS['label_smoothing']})"})
+    val_fraction: float | None = field(default=None, metadata={
+        "group": RECIPE, "help": "share of each class held out for validation when DIR has no val/ folder; 0 = "
+        f"none, keep the last epoch (default: {RUN_DEFAULTS['val_fraction']})"})
+    seed: int | None = field(default=None, metadata={
+        "group": RECIPE, "help": f"seeds new weights, shuffling and augmentation (default: {RUN_DEFAULTS['seed']})"})
+    crop_scale: float | None = field(default=None, metadata={
+        "group": RECIPE, "help": "smallest share of the image area a random crop keeps "
+        f"(default: {RUN_DEFAULTS['crop_scale']})"})
+    hflip: bool | None = field(default=None, metadata={
+        "group": RECIPE, "flags": ("--no-hflip",), "const": False, "help": "no random horizontal flips"})
+    max_grad_norm: float | None = field(default=None, metadata={
+        "group": RECIPE, "help": f"gradient clipping; 0 = off (default: {RUN_DEFAULTS['max_grad_norm']})"})
+    schedule: str | None = field(default=None, metadata={
+        "group": RECIPE, "choices": SCHEDULES, "help": f"decay after the warmup (default: {RUN_DEFAULTS['schedule']}; "
+        f"{SEGMENTATION_DEFAULTS['schedule']}, i.e. linear to 0, for segmentation)"})
+    head_lr_scale: float | None = field(default=None, metadata={
+        "group": RECIPE, "help": f"the head learns this many times faster (default: {RUN_DEFAULTS['head_lr_scale']:g}; "
+        f"{SEGMENTATION_DEFAULTS['head_lr_scale']:g} for segmentation)"})
+    reduce_labels: bool | None = field(default=None, metadata={
+        "group": SEGMENTATION, "const": True, "help": "mask value 0 is 'other' (ignored), k is class k-1 (ADE20K's masks)"})
+    scale_range: tuple[float, float] | list[float] | None = field(default=None, metadata={
+        "group": SEGMENTATION, "nargs": 2, "metavar": ("LOW", "HIGH"), "help": "random resize of the short side to "
+        "--image-size x a ratio in this range "
+        f"(default: {SEGMENTATION_DEFAULTS['scale_range'][0]} {SEGMENTATION_DEFAULTS['scale_range'][1]})"})
+    cat_max_ratio: float | None = field(default=None, metadata={
+        "group": SEGMENTATION, "help": "retry a random crop while one class fills more than this share of it; 1 = "
+        f"never (default: {RUN_DEFAULTS['cat_max_ratio']})"})
+    jitter: bool | None = field(default=None, metadata={
+        "group": SEGMENTATION, "flags": ("--no-jitter",), "const": False,
+        "help": "no photometric distortion (brightness, contrast, saturation, hue)"})
+    eval_mode: str | None = field(default=None, metadata={
+        "group": SEGMENTATION, "choices": ("whole", "slide"), "help": "validation on whole images resized by the "
+        f"processor, or on sliding windows (default: {RUN_DEFAULTS['eval_mode']})"})
+    precision: str = field(default="fp32", metadata={
+        "group": RUNNING, "choices": PRECISIONS,
+        "help": "fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA)"})
+    grad_accum: int = field(default=1, metadata={
+        "group": RUNNING, "help": "split each step into this many micro-batches to save memory; the result does not "
+        "change"})
+    num_workers: int = field(default_factory=default_workers, metadata={
+        "group": RUNNING, "help": "data-loading processes per training process (default: one fewer than the usable "
+        "CPU cores, at most 4)"})
+    device: str = field(default="auto", metadata={
+        "group": RUNNING, "help": "auto (the local GPU when there is one), cpu, cuda, cuda:1, mps"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "group": RUNNING, "help": "recompute activations in backward: less memory, ~30% slower"})
+    compile: bool = field(default=False, metadata={
+        "group": RUNNING, "help": "torch.compile the model where that pays (pvtkit.optimize, weights not frozen): every "
+        "step on CUDA; on a CPU a ViT's evaluations only (CPU training steps and PVTv2's batched evaluations run "
+        "faster eagerly, measured: README 'Speed'); without a working compiler: a warning, then eager"})
+    save_steps: int = field(default=0, metadata={
+        "group": RUNNING, "help": "also checkpoint every N optimizer steps (default: at the end of each epoch)"})
+    resume: bool = field(default=False, metadata={
+        "group": RUNNING, "help": "continue the run in --output from its checkpoint"})
+    overwrite: bool = field(default=False, metadata={
+        "group": RUNNING, "help": "start a new run in an --output that holds one (or other files)"})
+    progress: bool = field(default=True, metadata={
+        "group": RUNNING, "flags": ("--quiet", "-q"), "const": False, "help": "no progress bars or per-epoch lines"})
+    revision: str | None = field(default=None, metadata={"group": WHAT, "help": "Hub branch, tag or commit of --model"})
+    offline: bool = field(default=False, metadata={
+        "group": WHAT, "help": "never touch the network; use the Hub cache only"})
 
     def __post_init__(self) -> None:
         checks = [
@@ -835,7 +897,7 @@ class Trainer:
     def _device(self) -> tuple[torch.device, torch.dtype | None]:
         """The device (`cuda` under torchrun: this process's own GPU) and the autocast dtype (None: fp32)."""
         a = self.args
-        device = auto_device() if a.device == "auto" else torch.device(a.device)
+        device = resolve_device(a.device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         if a.precision == "fp16" and device.type != "cuda":

@@ -34,7 +34,7 @@ def _constants(tree: ast.Module) -> dict[str, Any]:
                 continue
             try:
                 value = _evaluate(node.value, found)  # type: ignore[arg-type]
-            except Exception:  # not a literal expression (a call, a class): not a constant for our purpose
+            except (ValueError, TypeError, KeyError, IndexError):  # not a literal expression: no constant
                 continue
             values = [value] if len(names) == 1 and isinstance(target, ast.Name) else list(value)
             found.update({n.id: v for n, v in zip(names, values)})

@@ -79,7 +79,7 @@ def register(sub: Any) -> None:
     from ..imagefolder import SEGMENTATION_LAYOUTS
     from ._fields import read_fields
 
-    fields, constants = read_fields("pvtkit.training", "TrainingArguments")
+    fields, _ = read_fields("pvtkit.training", "TrainingArguments")
     parser = sub.add_parser(
         "train",
         help="fine-tune a classifier on labelled images, or a segmentation model on images and masks (torchrun "

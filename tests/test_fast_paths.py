@@ -164,26 +164,6 @@ def test_spatial_reduction_as_matmul_equals_the_conv(size):
     assert rel_err(small, large) <= 1e-6
 
 
-def _thp_setting(argv0: str, torch_first: bool) -> str:
-    import subprocess
-    import sys
-
-    code = (
-        ("import torch\n" if torch_first else "")
-        + f"import os, sys\nsys.argv[0] = {argv0!r}\nimport pvtkit\n"
-        + "print(os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset'))"
-    )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return out.stdout.strip()
-
-
-def test_the_command_line_turns_on_huge_pages_and_the_library_leaves_the_process_alone():
-    assert _thp_setting("/usr/local/bin/pvtkit", torch_first=False) == "1"
-    assert _thp_setting("/usr/local/bin/pvtkit", torch_first=True) == "unset"  # too late: torch read it already
-    assert _thp_setting("/home/me/script.py", torch_first=False) == "unset"
-
-
 def test_dense_heads_fast_paths_equal_the_plain_order():
     """GLPN's conv + BatchNorm + ReLU / sigmoid as single oneDNN calls (the norm folded into the weights), and
     SegFormer's decode head with each stage's slice of the fuse conv folded into its projection, against the plain

@@ -2,32 +2,8 @@
 
 import importlib as _importlib
 import importlib.util as _importlib_util
-import os as _os
 import sys as _sys
 from typing import Any as _Any
-
-# The `pvtkit` command owns its process, so it turns on PyTorch's transparent-huge-page backing for large CPU
-# tensors: one page fault per 2 MB instead of one per 4 kB, which on some machines (VMs especially) is a large
-# share of a forward or training step. PyTorch reads the variable at its first allocation, so this only works
-# before torch is imported; library users set THP_MEM_ALLOC_ENABLE=1 themselves (README, "Speed").
-def _command_args() -> list[str] | None:
-    """The arguments after `pvtkit` when this process is the `pvtkit` command (or `python -m pvtkit`), else None."""
-    if _sys.argv and _os.path.basename(_sys.argv[0]) == "pvtkit":
-        return _sys.argv[1:]
-    argv = list(getattr(_sys, "orig_argv", []))
-    if "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "pvtkit":
-        return argv[argv.index("-m") + 2 :]
-    return None
-
-
-_args = _command_args()
-if "torch" not in _sys.modules and _args is not None:
-    _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    # `pvtkit serve` decodes images in threads beside the model's OpenMP threads: spinning idle OpenMP threads
-    # would take the cores the decoding needs (measured: 16 clients 19 img/s spinning, 32 passive; README,
-    # "Serving"). OpenMP reads this once, when torch loads it.
-    if next((a for a in _args if not a.startswith("-")), None) == "serve":
-        _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Public name -> (module, attribute), imported on first use (PEP 562): `import pvtkit` loads no torch, so
 # `pvtkit.keras`, the config classes and the hub code stay usable in a process without PyTorch.

@@ -1,4 +1,4 @@
-"""`python -m pvtkit` runs the command line."""
+"""`python -m pvtkit` runs the command line (with the process settings of `cli.configure_process`)."""
 
 import sys
 

@@ -193,9 +193,9 @@ def _prepare(model: Any, auto_class: Any, processor: Any, device: str | torch.de
              local_files_only: bool) -> tuple[Any, Any, str, torch.device, DistContext]:  # fmt: skip
     """What both evaluations start with: (the model loaded with `auto_class` if a path or Hub id was given, on the
     device; its processor, by default its own; its name for messages; the device; the process group)."""
-    from .distributed import auto_device
+    from .devices import resolve_device
 
-    device = auto_device() if device == "auto" else torch.device(device)
+    device = resolve_device(device)
     ctx = init_distributed(device)
     name = str(model) if isinstance(model, (str, Path)) else (
         getattr(model.config, "_name_or_path", "") or type(model).__name__)  # fmt: skip

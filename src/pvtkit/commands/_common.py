@@ -12,16 +12,38 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from ..dtypes import names, parse_dtype
-
+# Nothing here imports torch at module level: `pvtkit --help` and `pvtkit CMD --help` build every parser without it
+# (torch loads in about a second; the commands import it when they run).
 logger = logging.getLogger("pvtkit")
 
 DEFAULT_MODEL = "OpenGVLab/pvt_v2_b0"
-COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# `dtypes.names` of float32, bfloat16 and float16 (what --dtype accepts), spelled out so parsers need no torch
+COMPUTE_DTYPE_NAMES = ("bf16", "fp16", "fp32", "half", "bfloat16", "float", "float16", "float32")
+WORKERS_HELP = "(default: one fewer than the usable CPU cores, at most 4)"
+
+
+def _with_default(action: argparse.Action) -> bool:
+    """Whether help should add the action's default: a real value, not a flag's, and not stated already."""
+    return bool(action.help) and "(default" not in action.help and action.default not in (None, argparse.SUPPRESS) \
+        and not isinstance(action.default, bool) and (action.nargs != 0)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every command's help: `(default: X)` added to options that have a default and do not state it themselves
+    (flags, which default to off, get none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        return help + " (default: %(default)s)" if _with_default(action) else help
+
+
+class RawHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The same, keeping the description's and epilog's line breaks (examples, layouts)."""
 
 
 class UsageError(Exception):
@@ -59,7 +81,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = D
     parser.add_argument(
         "--model", "-m", default=default, required=default is None,
         help="Hub repo id, local directory or weights file (.safetensors/.pth/.bin), in transformers, timm or "
-        "whai362/PVT layout" + (" (default: %(default)s)" if default else ""),
+        "whai362/PVT layout",
     )  # fmt: skip
     parser.add_argument("--revision", help="Hub branch, tag or commit")
     parser.add_argument("--offline", action="store_true", help="never touch the network; use the Hub cache only")
@@ -68,38 +90,47 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = D
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """`--device` and `--dtype`."""
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--dtype", default="float32", choices=names(COMPUTE_DTYPES), help="compute dtype (default float32)")
+    parser.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPE_NAMES, help="compute dtype")
 
 
-def add_compile_argument(parser: Any, help: str | None = None) -> None:
-    """`--compile`: the model through `pvtkit.optimize`."""
+def add_workers_argument(parser: Any, help: str) -> None:
+    """`--num-workers`; None until `cli.main` fills in `distributed.default_workers()` (which needs torch)."""
+    parser.add_argument("--num-workers", type=int, help=f"{help} {WORKERS_HELP}")
+
+
+def add_compile_argument(parser: Any, help: str | None = None, batch_flag: str = "--batch-size") -> None:
+    """`--compile`: the model through `pvtkit.optimize`; `batch_flag` is the command's option for the batch size."""
     parser.add_argument(
         "--compile", action="store_true",
         help=help or "torch.compile the model where that pays (pvtkit.optimize): Inductor with frozen weights on the "
-        "CPU for PVTv2/SegFormer/GLPN batches of one image (use --batch-size 1; larger batches run faster on the "
+        f"CPU for PVTv2/SegFormer/GLPN batches of one image (use {batch_flag} 1; larger batches run faster on the "
         "eager paths and stay eager) and any ViT batch, every batch on CUDA; each new input shape compiles first "
         "(tens of seconds on a CPU); without a working compiler: a warning, then eager",
     )  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> the local GPU when there is one (the rank's own under torchrun), else the CPU."""
-    if name == "auto":
-        from ..distributed import auto_device
+    """`devices.resolve_device`, its errors as usage errors naming --device."""
+    from ..devices import DeviceError, resolve_device as resolve
 
-        return auto_device()
     try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"--device {name!r} is not a device (try auto, cpu, cuda, cuda:0)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
+        return resolve(name)
+    except DeviceError as e:
+        raise UsageError(f"--device {e}") from e
+
+
+def compute_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes --dtype offers (`COMPUTE_DTYPE_NAMES` spells them)."""
+    import torch
+
+    return torch.float32, torch.bfloat16, torch.float16
 
 
 def resolve_dtype(name: str) -> torch.dtype:
+    from ..dtypes import parse_dtype
+
     try:
-        return parse_dtype(name, COMPUTE_DTYPES)  # type: ignore[return-value]
+        return parse_dtype(name, compute_dtypes())  # type: ignore[return-value]
     except ValueError as e:
         raise UsageError(f"--dtype: {e}") from e
 
@@ -310,16 +341,13 @@ def image_job(args: argparse.Namespace, task: str, **options: Any) -> Iterator[t
 
 def add_dense_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `segment` and `depth` share after their own: batch, device, records and decoding workers."""
-    from ..distributed import default_workers
-
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (slide mode: windows)")
     add_device_arguments(parser)
     add_compile_argument(parser)
     parser.add_argument("--format", choices=["table", "json"], default="table",
                         help="table for humans; json = JSON Lines, one record per input")  # fmt: skip
     parser.add_argument("--records", help="write the records here (atomically) instead of stdout")
-    parser.add_argument("--num-workers", type=int, default=default_workers(),
-                        help="image-decoding worker processes (0: decode in the main process)")  # fmt: skip
+    add_workers_argument(parser, "image-decoding worker processes (0: decode in the main process)")
 
 
 def output_folder(args: argparse.Namespace) -> Path:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import UsageError, add_device_arguments, add_model_arguments, hub_kwargs, parse_size, resolve_device
+from ._common import HelpFormatter, UsageError, add_device_arguments, add_model_arguments, hub_kwargs, parse_size, resolve_device
 
 
 def parse_point(text: str | None) -> tuple[float, float] | None:
@@ -78,7 +78,7 @@ def register(sub: Any) -> None:
         "spatially reduced map, 7x7 for linear SRA), for ViT a few layers spread over the depth. Without --query "
         "a PVTv2 panel shows the attention each position receives on average and a ViT panel what the [CLS] "
         "token attends to; with --query X,Y, what the token at that point attends to. Heads are averaged.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("image", help="the image file")
     add_model_arguments(parser)

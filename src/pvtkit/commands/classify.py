@@ -8,10 +8,9 @@ import json
 import os
 from typing import IO, Any
 
-from ..distributed import default_workers
 from ._common import (
-    UsageError, add_compile_argument, add_device_arguments,
-    add_model_arguments, image_job, input_name, open_output, report_failure,
+    HelpFormatter, UsageError, add_compile_argument, add_device_arguments,
+    add_model_arguments, add_workers_argument, image_job, input_name, open_output, report_failure,
     stream_sharded, summarize_failures,
 )  # fmt: skip
 
@@ -72,7 +71,7 @@ def register(sub: Any) -> None:
         "Exit status: 0 all classified, 1 some inputs failed, 2 usage error (bad flag, no such model). Under "
         "`torchrun --nproc_per_node N pvtkit classify ...` the inputs are sharded over the processes and rank 0 "
         "writes the one complete output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     add_model_arguments(parser)
@@ -83,6 +82,5 @@ def register(sub: Any) -> None:
     parser.add_argument("--format", choices=["table", "json", "csv"], default="table",
                         help="table for humans; json = JSON Lines, one record per input; csv = one row per label")
     parser.add_argument("--output", "-o", help="write here (atomically) instead of stdout")
-    parser.add_argument("--num-workers", type=int, default=default_workers(),
-                        help="image-decoding worker processes (0: decode in the main process)")
+    add_workers_argument(parser, "image-decoding worker processes (0: decode in the main process)")
     parser.set_defaults(run=run)

@@ -19,6 +19,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    from ._common import HelpFormatter
+
     parser = sub.add_parser(
         "convert",
         help="any supported checkpoint -> a transformers-format directory",
@@ -27,6 +29,7 @@ def register(sub: Any) -> None:
         ".safetensors/.pth/.bin/.pt file or a Hub repo id) into a directory with config.json, model.safetensors "
         "and preprocessor_config.json that transformers and pvtkit load. Without --variant and without a "
         "config.json the architecture is inferred from the tensors.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("source", help="checkpoint: directory, weights file or Hub repo id")
     parser.add_argument("destination", help="output directory (replaced atomically)")

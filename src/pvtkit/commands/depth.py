@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._common import (
-    ResultFiles, UsageError, add_dense_arguments, add_model_arguments, image_job, output_folder, write_all,
+    HelpFormatter, ResultFiles, UsageError, add_dense_arguments, add_model_arguments, image_job, output_folder, write_all,
 )  # fmt: skip
 
 
@@ -98,7 +98,7 @@ def register(sub: Any) -> None:
         "inside the folder it was found in. One record per image goes to stdout (or --records). An input that "
         "cannot be read is reported and the rest are still processed. Exit status: 0 all done, 1 some inputs "
         "failed, 2 usage error. Under `torchrun --nproc_per_node N` the inputs are sharded over the processes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     add_model_arguments(parser, default="vinvino02/glpn-nyu")

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from ._common import (
+    HelpFormatter, add_workers_argument,
     UsageError, add_compile_argument, add_device_arguments,
     add_model_arguments, checkpoint_task, load_model, load_processor, on_every_rank,
     open_output, resolve_device, resolve_dtype,
@@ -16,7 +17,6 @@ from ._common import (
 
 def register(sub: Any) -> None:
     from .. import tasks
-    from ..distributed import default_workers
 
     parser = sub.add_parser(
         "eval",
@@ -28,6 +28,7 @@ def register(sub: Any) -> None:
         "`pvtkit train --help`: intersection and union per class summed over the whole set (as mmsegmentation and "
         "evaluate's mean_iou count them), then mIoU, per-class IoU, pixel accuracy and mean class accuracy; logits "
         "are upsampled to each image's own size.",
+        formatter_class=HelpFormatter,
     )
     add_model_arguments(parser, default=None)
     parser.add_argument("--data", "-d", required=True, help="folder of class folders, or a dataset with val/; for segmentation, images "
@@ -35,7 +36,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--val-fraction", type=float, help="evaluate only the stratified hold-out that `pvtkit "
                         "train --val-fraction` validated on (for data without a val/ folder)")  # fmt: skip
     parser.add_argument("--format", choices=["table", "json"], default="table",
-                        help="table for people, json (one object) for scripts (default table)")  # fmt: skip
+                        help="table for people, json (one object) for scripts")  # fmt: skip
     parser.add_argument("--output", "-o", help="write the report to this file (atomically) instead of stdout")
     parser.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix into this PNG file")
     parser.add_argument("--task", choices=[name for t in tasks.trainable() for name in t.names],
@@ -43,7 +44,7 @@ def register(sub: Any) -> None:
                         "short names; default: read from its config's architectures)")  # fmt: skip
     parser.add_argument("--mode", choices=["whole", "slide"], default="whole", help="segmentation: whole images "
                         "resized by the processor, or sliding windows of its size over the image resized to that "
-                        "short side (mmsegmentation's 'slide'; default whole)")  # fmt: skip
+                        "short side (mmsegmentation's 'slide')")  # fmt: skip
     parser.add_argument("--reduce-labels", action="store_const", const=True, help="segmentation: mask value 0 is "
                         "'other' (ignored), k is class k-1 (default: the processor's do_reduce_labels)")  # fmt: skip
     parser.add_argument("--depth-scale", type=float, help="depth: 16-bit PNG maps hold metres x this (default 1000, "
@@ -52,8 +53,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--max-depth", type=float, help="depth: ground truth above is invalid, predictions clipped "
                         "to it (default: the model's max_depth)")  # fmt: skip
     parser.add_argument("--batch-size", "-b", type=int, help="images per batch (default 64; 8 for segmentation)")
-    parser.add_argument("--num-workers", type=int, default=default_workers(),
-                        help="data-loading processes (default %(default)s)")  # fmt: skip
+    add_workers_argument(parser, "data-loading processes")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     add_device_arguments(parser)
     add_compile_argument(parser)

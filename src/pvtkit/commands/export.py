@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from .. import tasks
-from ._common import UsageError, add_model_arguments, parse_size
+from ._common import HelpFormatter, RawHelpFormatter, UsageError, add_model_arguments, parse_size
 
 # --task -> the family head it exports (each task's `export_heads`)
 TASKS = tasks.export_heads()
@@ -148,12 +148,12 @@ def register(sub: Any) -> None:
         "  pvtkit export onnx --model my-model --output m.onnx --with-preprocessing --quantize dynamic\n"
         "  pvtkit export torch --model OpenGVLab/pvt_v2_b2 --output pvt_v2_b2.pt2\n"
         "  pvtkit export saved-model --model google/vit-base-patch16-224 --output vit_sm --image-bytes",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawHelpFormatter,
     )
     formats = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
-    onnx = formats.add_parser("onnx", help="one .onnx file, checked in ONNX Runtime",
+    onnx = formats.add_parser("onnx", help="one .onnx file, checked in ONNX Runtime", formatter_class=HelpFormatter,
                               description="Export to ONNX (see `pvtkit export --help`).")  # fmt: skip
-    torch_ = formats.add_parser("torch", help="a torch.export program (.pt2)",
+    torch_ = formats.add_parser("torch", help="a torch.export program (.pt2)", formatter_class=HelpFormatter,
                                 description="Export a torch.export program (see `pvtkit export --help`). PVTv2 "
                                 "programs take sizes whose every feature map is at least 2x2 (61 pixels for the "
                                 "standard variants, 33 with linear SRA).")  # fmt: skip
@@ -164,7 +164,7 @@ def register(sub: Any) -> None:
                        help="head to export: classification (logits), features (last_hidden_state), backbone "
                        "(stage maps), segmentation (logits at 1/4 size), depth (predicted_depth); auto follows "
                        "the checkpoint's architecture (default)")  # fmt: skip
-        p.add_argument("--dtype", choices=dtypes, default="fp32", help="weights and compute dtype (default fp32)")
+        p.add_argument("--dtype", choices=dtypes, default="fp32", help="weights and compute dtype")
         p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
         p.add_argument("--size", default="dynamic",
                        help="'dynamic' (default: any size; traced and checked at the processor's size) or a fixed "
@@ -181,7 +181,7 @@ def register(sub: Any) -> None:
                       "logit drift against fp32 on real photos")  # fmt: skip
     torch_.set_defaults(opset=None, quantize=None)
     saved = formats.add_parser(
-        "saved-model", help="a TF SavedModel of a ViT or PVTv2, for TF Serving (Keras 3)",
+        "saved-model", help="a TF SavedModel of a ViT or PVTv2, for TF Serving (Keras 3)", formatter_class=HelpFormatter,
         description="Export a ViT or PVTv2 checkpoint (transformers', timm's or the PVT authors' layout) as a TF "
         "SavedModel directory through pvtkit's Keras models: signature `serving_default` takes float pixel_values "
         "(batch, 3, H, W) at the model's size (config image_size; batch dynamic) and returns logits (or "

@@ -8,11 +8,10 @@ import sys
 from typing import Any
 
 from ._common import (
-    UsageError, add_compile_argument, add_device_arguments,
+    HelpFormatter, UsageError, add_compile_argument, add_device_arguments,
     add_model_arguments, expand_inputs, report_failure, resolve_device,
-    resolve_dtype,
+    add_workers_argument, resolve_dtype,
 )  # fmt: skip
-from ..distributed import default_workers
 
 
 def parse_stages(text: str | None) -> list[int] | None:
@@ -86,7 +85,7 @@ def register(sub: Any) -> None:
         "16, 32; with --pooled their spatial means, N x C); for ViT `last_hidden_state` (N x tokens x D) or, "
         "with --pooled, the [CLS] token (`pooled`, N x D). Row i belongs to the i-th path in the file's "
         "metadata `paths` (JSON); inputs that cannot be read are reported and left out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     add_model_arguments(parser)
@@ -96,5 +95,5 @@ def register(sub: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     add_device_arguments(parser)
     add_compile_argument(parser)
-    parser.add_argument("--num-workers", type=int, default=default_workers(), help="image-decoding processes")
+    add_workers_argument(parser, "image-decoding processes")
     parser.set_defaults(run=run)

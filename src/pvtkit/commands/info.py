@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..config import pair
-from ._common import UsageError, add_model_arguments, hub_kwargs, parse_size
+from ._common import HelpFormatter, UsageError, add_model_arguments, hub_kwargs, parse_size
 
 
 def _human(n: float) -> str:
@@ -90,7 +90,7 @@ def register(sub: Any) -> None:
         description="Describe a model without running it on data: parameters, compute at an input size (MACs, "
         "which the PVT and ViT papers report as FLOPs, and FLOPs = 2 x MACs), and per-stage output shapes, "
         "strides, depths and heads. Only the config is needed (computed on PyTorch's meta device).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_arguments(parser)
     parser.add_argument("--variant", help="a published architecture instead of --model, e.g. b2, b2_linear, "

@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-from ..pipelines import class_areas
 from ._common import (
-    ResultFiles, UsageError, add_dense_arguments, add_model_arguments, image_job, output_folder, parse_size, write_all,
+    HelpFormatter, ResultFiles, UsageError, add_dense_arguments, add_model_arguments, image_job, output_folder, parse_size, write_all,
 )  # fmt: skip
 
 
@@ -39,6 +38,7 @@ class SegmentFiles(ResultFiles):
 
     def write(self, index: int, classes: Any) -> dict[str, Any]:
         from .._files import atomic_write
+        from ..pipelines import class_areas
         from ..processing import load_image
         from ..visualize import label_overlay, palette
 
@@ -112,7 +112,7 @@ def register(sub: Any) -> None:
         "overlapping windows. An input that cannot be read is reported and the rest are still segmented. Exit "
         "status: 0 all done, 1 some inputs failed, 2 usage error. Under `torchrun --nproc_per_node N` the inputs "
         "are sharded over the processes, each writes its images' files and rank 0 the records.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     add_model_arguments(parser, default="nvidia/segformer-b0-finetuned-ade-512-512")

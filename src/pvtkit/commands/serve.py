@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import UsageError, add_compile_argument, add_device_arguments, hub_kwargs, resolve_device, resolve_dtype
+from ._common import HelpFormatter, UsageError, add_compile_argument, add_device_arguments, hub_kwargs, resolve_device, resolve_dtype
 
 
 def parse_model(text: str) -> tuple[str | None, str]:
@@ -78,7 +78,7 @@ def register(sub: Any) -> None:
         "504. Health: GET /v2/health/live, /v2/health/ready (ready once every model is loaded and warmed up); "
         "Prometheus metrics at GET /metrics; one JSON log line per request on stderr. SIGTERM stops accepting, "
         "finishes the requests in flight and exits 0. Needs `pip install \"pvtkit[serve]\"`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", "-m", action="append", required=True, metavar="[NAME=]SOURCE",
                         help="a Hub id, directory or weights file; repeat to serve several. NAME (default: the "
@@ -99,7 +99,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--decode-threads", type=int, default=2, help="threads decoding and preprocessing images")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice)")
     add_device_arguments(parser)
-    add_compile_argument(parser)
+    add_compile_argument(parser, batch_flag="--max-batch-size")
     parser.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take")
     parser.add_argument("--no-warmup", action="store_true", help="ready at once, without the warm-up forward passes")
     parser.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines on stderr")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import tasks
-from ..distributed import auto_device
+from ..devices import resolve_device
 from ..modeling import PreTrainedModel
 from ..processing import image_size, load_image
 
@@ -110,7 +110,7 @@ class Pipeline:
                 f"{', ...' if len(fresh) > 4 else ''}); fine-tune it first (pvtkit train) or use a model trained "
                 "for this task"
             )  # fmt: skip
-        self.device = auto_device() if device in (None, "auto") else torch.device(device)
+        self.device = resolve_device(device)
         self.spec = spec
         self.model = model.to(device=self.device, dtype=dtype).eval()
         if compile:

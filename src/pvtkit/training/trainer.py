@@ -56,20 +56,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ._files import atomic_directory, atomic_write, atomic_write_json, find_interrupted_save, read_json
-from .auto import default_image_processor, image_processor_for
-from .distributed import (
-    DistContext, auto_device, default_workers, init_distributed, launched_by_torchrun, share_cpu_threads,
+from .. import tasks
+from .._files import atomic_directory, atomic_write, atomic_write_json, find_interrupted_save, read_json
+from ..auto import default_image_processor, image_processor_for
+from ..devices import resolve_device
+from ..distributed import (
+    DistContext, init_distributed, launched_by_torchrun, share_cpu_threads,
     shutdown_distributed, synchronise_batch_norms,
 )  # fmt: skip
-from .data.folders import DatasetError
-from .data.sampling import TrainBatchSampler
-from .dtypes import parse_dtype
-from .modeling import PreTrainedModel
-from .models import family as registry
-from .models.family import config_for_variant
-from . import tasks
-from .processing import fixed_size
+from ..data.folders import DatasetError
+from ..data.sampling import TrainBatchSampler
+from ..dtypes import parse_dtype
+from ..modeling import PreTrainedModel
+from ..models import family as registry
+from ..models.family import config_for_variant
+from ..processing import fixed_size
+from .arguments import TrainingArguments, TrainingConfigError, resolve_run
 
 logger = logging.getLogger("pvtkit")
 
@@ -79,158 +81,11 @@ OPTIMIZER_NAME = "training_state.pt"
 METRICS_NAME = "metrics.jsonl"
 ARGS_NAME = "training_args.json"
 MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
-PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 weights always; bf16 / fp16: autocast computes in that dtype
-
-# The settings that define a run's schedule and result: stored with the checkpoint, and a resumed run must keep
-# them. None in `TrainingArguments` means "the default below, or the resumed run's own value".
-# What a task changes in them (its recipe), the learning rate it starts from and the settings only it reads (with
-# their defaults) live in the task's spec (`pvtkit.tasks`).
-RUN_DEFAULTS: dict[str, Any] = {
-    "task": tasks.default().name, "data": None, "model": None, "arch": None, "image_size": None, "epochs": 10,
-    "batch_size": 32, "lr": None, "weight_decay": 0.05, "warmup_epochs": 1.0, "val_fraction": 0.1, "seed": 0,
-    "hflip": True, "max_grad_norm": 1.0, "schedule": "cosine", "head_lr_scale": 1.0,
-    **{name: default for task in tasks.trainable() for name, default in task.settings.items()},
-}  # fmt: skip
-SCHEDULES = ("cosine", "poly")
 
 
-class TrainingConfigError(ValueError):
-    """Training was asked for in a way that cannot work (contradicting options, `--resume` with nothing to resume
-    or with changed settings, a model that does not fit the data): the CLI's exit status 2."""
 
 
-@dataclass
-class TrainingArguments:
-    """What `Trainer` trains, and how. Fields left None take the default given here, or when resuming, the
-    resumed run's own value (a resumed run must keep its settings; see `RUN_DEFAULTS`).
 
-    Args:
-        output_dir: Where the run goes: the best model (transformers format), `metrics.jsonl`, `checkpoint/`.
-        data: A folder of class folders, or one with `train/` and `val/` (or `validation/`) folders of them; for
-            semantic segmentation, images and masks in one of `data.folders.SEGMENTATION_LAYOUTS`.
-        task: `image-classification` (default) or `semantic-segmentation`.
-        model: A pretrained classifier or encoder to fine-tune (Hub id, directory, weights file).
-        arch: Or a variant to train from scratch: PVTv2 `b0`..`b5`, `b2_linear`; ViT `tiny_patch16_224`, ...
-        image_size: Training and evaluation resolution (default: the model's processor size, else 224).
-        epochs: Passes over the training images (default 10).
-        batch_size: Images per optimizer step, over all processes and accumulation steps (default 32).
-        lr: Peak learning rate (default 1e-3 from scratch, 1e-4 fine-tuning).
-        weight_decay: AdamW weight decay, not applied to biases, norms and position embeddings (default 0.05).
-        warmup_epochs: Linear warmup length, in epochs (fractions allowed; default 1).
-        label_smoothing: Cross-entropy label smoothing (default 0.1).
-        val_fraction: Share of each class held out for validation when the data has no val/ folder
-            (deterministic, stratified; 0 = no validation, the last epoch is kept; default 0.1).
-        seed: Seeds the fresh weights, the shuffling and the augmentation (default 0).
-        crop_scale: Smallest share of the image area a random crop keeps (default 0.08, as timm and torchvision).
-        hflip: Random horizontal flips (default True).
-        max_grad_norm: Clip the gradient norm to this (0: no clipping; default 1.0).
-        schedule: After the warmup, `cosine` decay (classification's default) or `poly` (linear decay to 0,
-            SegFormer's polynomial schedule of power 1; segmentation's default).
-        head_lr_scale: The head's learning rate is this many times `lr` (default 1; 10 for segmentation, as
-            SegFormer's decode head).
-        reduce_labels: Segmentation: mask value 0 is "other" (ignored) and k means class k - 1 (ADE20K).
-        scale_range: Segmentation: random resize of the short side to `image_size` x a ratio in this range
-            (default 0.5..2).
-        cat_max_ratio: Segmentation: retry a random crop (up to 10 times) while one class fills more than this
-            share of it (default 0.75; 1 = never).
-        jitter: Segmentation: photometric distortion of the image (brightness, contrast, saturation, hue).
-        eval_mode: Segmentation validation: `whole` images or `slide` windows.
-        depth_scale: Depth: what a 16-bit PNG depth map's integers are divided by to give metres (NYU 1000, KITTI
-            256; .npy and float TIFF maps are metres already).
-        min_depth, max_depth: Depth: ground truth outside is "no measurement"; predictions are clipped to it in the
-            metrics (max default: the model's `max_depth`, GLPN's 10 m NYU / 80 m KITTI).
-        precision: `fp32`, `bf16` (autocast) or `fp16` (autocast with loss scaling; CUDA only).
-        grad_accum: Split each process's share of a step into this many micro-batches (saves memory; the
-            result does not change).
-        num_workers: DataLoader worker processes per training process.
-        device: `auto` (the local GPU, else the CPU), `cpu`, `cuda`, `cuda:1`, `mps`.
-        gradient_checkpointing: Recompute activations in backward (less memory, slower).
-        compile: Run the model through `pvtkit.optimize` (weights not frozen): compiled on CUDA, and a ViT's
-            evaluations on a CPU; CPU training steps and PVTv2's batched evaluations stay eager (faster there).
-        save_steps: Also checkpoint every this many optimizer steps (0: at epoch ends only).
-        resume: Continue the run in `output_dir` from its checkpoint.
-        overwrite: Start afresh in an `output_dir` that holds a run or other files (its model files, metrics
-            and checkpoint are replaced; other files are left alone).
-        progress: Progress bars and per-epoch lines on stderr.
-        revision, offline: How to reach the Hub for `model`.
-    """
-
-    output_dir: str | os.PathLike
-    data: str | os.PathLike | None = None
-    task: str | None = None
-    model: str | os.PathLike | None = None
-    arch: str | None = None
-    image_size: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    label_smoothing: float | None = None
-    val_fraction: float | None = None
-    seed: int | None = None
-    crop_scale: float | None = None
-    hflip: bool | None = None
-    max_grad_norm: float | None = None
-    schedule: str | None = None
-    head_lr_scale: float | None = None
-    reduce_labels: bool | None = None
-    scale_range: tuple[float, float] | list[float] | None = None
-    cat_max_ratio: float | None = None
-    jitter: bool | None = None
-    eval_mode: str | None = None
-    depth_scale: float | None = None
-    min_depth: float | None = None
-    max_depth: float | None = None
-    precision: str = "fp32"
-    grad_accum: int = 1
-    num_workers: int = field(default_factory=default_workers)
-    device: str = "auto"
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    save_steps: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    revision: str | None = None
-    offline: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("epochs", lambda v: v >= 1, "at least 1"), ("batch_size", lambda v: v >= 1, "at least 1"),
-            ("lr", lambda v: v > 0, "positive"), ("weight_decay", lambda v: v >= 0, "0 or more"),
-            ("warmup_epochs", lambda v: v >= 0, "0 or more"), ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"), ("crop_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
-            ("max_grad_norm", lambda v: v >= 0, "0 or more"), ("image_size", lambda v: v >= 8, "at least 8"),
-            ("grad_accum", lambda v: v >= 1, "at least 1"), ("num_workers", lambda v: v >= 0, "0 or more"),
-            ("save_steps", lambda v: v >= 0, "0 or more"), ("head_lr_scale", lambda v: v > 0, "positive"),
-            ("cat_max_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
-            ("schedule", lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
-            ("eval_mode", lambda v: v in ("whole", "slide"), "whole or slide"),
-            ("scale_range", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "two ratios, 0 < low <= high"),
-            ("depth_scale", lambda v: v > 0, "positive"), ("min_depth", lambda v: v > 0, "positive"),
-            ("max_depth", lambda v: v > (self.min_depth or 0), "greater than min-depth"),
-        ]  # fmt: skip
-        for name, ok, expected in checks:
-            value = getattr(self, name)
-            if value is not None and not ok(value):
-                raise TrainingConfigError(f"{name.replace('_', '-')} must be {expected}, got {value}")
-        if self.task is not None:
-            names = [t.name for t in tasks.trainable()]
-            try:
-                task = tasks.get(self.task)
-            except ValueError:
-                task = None
-            if task is None or not task.trainable:
-                raise TrainingConfigError(f"task must be one of {', '.join(names)}, got {self.task!r}")
-            self.task = task.name
-        if self.precision not in PRECISIONS:
-            raise TrainingConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.model is not None and self.arch is not None:
-            raise TrainingConfigError("give a model to fine-tune or an architecture to train from scratch, not both")
-        if self.resume and self.overwrite:
-            raise TrainingConfigError("resume and overwrite contradict each other: resume continues the run in the "
-                                      "output directory, overwrite starts a new one there")  # fmt: skip
 
 
 @dataclass
@@ -417,46 +272,6 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] |
     return None
 
 
-def resolve_run(
-    args: TrainingArguments, saved: dict[str, Any] | None, model_given: PreTrainedModel | None
-) -> dict[str, Any]:
-    """The run's settings: the arguments with defaults filled in, or on resume, the saved settings (any argument
-    given explicitly must agree with them)."""
-    given = {k: getattr(args, k) for k in RUN_DEFAULTS}
-    if given["scale_range"] is not None:
-        given["scale_range"] = [float(v) for v in given["scale_range"]]
-    if given["data"] is not None:
-        given["data"] = str(Path(given["data"]).resolve())
-    if given["model"] is not None:
-        path = Path(given["model"])
-        given["model"] = str(path.resolve()) if path.exists() else str(given["model"])
-    if model_given is not None:
-        given["model"] = given["model"] or f"<{type(model_given).__name__} object>"
-    if saved is not None:
-        changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in given.items() if v is not None and v != saved.get(k)]
-        if changed:
-            raise TrainingConfigError(
-                f"resume: this run was started with other settings ({'; '.join(changed)}); a resumed run keeps "
-                "its settings: leave these options out, or start a new run in another output directory"
-            )
-        return {**RUN_DEFAULTS, **saved}
-    if given["data"] is None:
-        raise TrainingConfigError("no training data given (a folder of class folders)")
-    if given["model"] is None and given["arch"] is None:
-        raise TrainingConfigError("give a model to fine-tune (--model) or an architecture to train from scratch "
-                                  "(--arch)")
-    task = tasks.get(given["task"] or RUN_DEFAULTS["task"])
-    for other in tasks.trainable():
-        stray = [k for k in other.options if given[k] is not None and k not in task.options]
-        if other is not task and stray:
-            raise TrainingConfigError(f"{', '.join(k.replace('_', '-') for k in stray)}: only for task {other.name}, "
-                                      f"and this run's task is {task.name}")  # fmt: skip
-    defaults = {**RUN_DEFAULTS, **{k: v for k, v in task.recipe.items() if k in RUN_DEFAULTS}}
-    run = {k: (defaults[k] if v is None else v) for k, v in given.items()}
-    run["task"] = task.name
-    if run["lr"] is None:
-        run["lr"] = task.learning_rate(from_scratch=bool(run["arch"]))
-    return run
 
 
 # ---- the trainer -----------------------------------------------------------------------------------------------
@@ -638,7 +453,7 @@ class Trainer:
     def _device(self) -> tuple[torch.device, torch.dtype | None]:
         """The device (`cuda` under torchrun: this process's own GPU) and the autocast dtype (None: fp32)."""
         a = self.args
-        device = auto_device() if a.device == "auto" else torch.device(a.device)
+        device = resolve_device(a.device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         if a.precision == "fp16" and device.type != "cuda":
@@ -668,7 +483,7 @@ class Trainer:
             model.gradient_checkpointing_enable()
         model = model.to(device=self.device, dtype=torch.float32)
         if self.args.compile:
-            from .compiling import optimize_for
+            from ..compiling import optimize_for
 
             # CUDA: the steps and evaluations; the CPU: a ViT's evaluations (the steps stay eager, faster there)
             optimize_for(model, settings.get("batch_size") or 1, self.device, freeze=False)
@@ -678,7 +493,7 @@ class Trainer:
                        resumed: dict[str, Any] | None):  # fmt: skip
         """(model, processor) on the CPU: the checkpoint's to resume, the given instance, a fresh `arch`, or the
         pretrained `model` to fine-tune."""
-        from .processing import IMAGE_PROCESSOR_TYPES
+        from ..processing import IMAGE_PROCESSOR_TYPES
 
         if resumed is not None:
             cfg = resumed["config"]

@@ -12,7 +12,7 @@ serve all three. Tokens are `(B, N, C)` with N = H * W in row-major order; stage
 
 Also here: what the families' specs share (the smallest torch.export side, `pvtkit info`'s stage table) and
 SegFormer's all-MLP decode head, which PVTv2 uses too; the config fields, their checks and config inference from
-bare weights are in `pyramid_config.py`, which needs no PyTorch.
+bare weights are in `configuration.py`, which needs no PyTorch.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .. import cpu_kernels as kernels
-from ..layers import Dense, DropPath, adaptive_avg_pool2d, attend, get_activation, map_to_tokens, tokens_to_map
-from ..modeling import PreTrainedModel, classification_loss
-from ..outputs import BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
-from .pyramid_config import check_pixel_values
+from ... import cpu_kernels as kernels
+from ...layers import Dense, DropPath, adaptive_avg_pool2d, attend, get_activation, map_to_tokens, tokens_to_map
+from ...modeling import PreTrainedModel, classification_loss
+from ...outputs import BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
+from .. import family as registry
+from .configuration import check_pixel_values
 
 Attentions = tuple[tuple[torch.Tensor, ...], ...]
 
@@ -308,6 +309,7 @@ class PyramidPreTrainedModel(PreTrainedModel):
     """
 
     nested_attentions = True
+    layout_registry = registry
     # Batches the eager forward runs in pieces (more than one 224px image at stage 1) ran faster eagerly than any
     # compiled graph on the CPU (README "Speed"): `pvtkit.optimize` compiles batch 1 only.
     compiled_batch_limit = 1

@@ -34,8 +34,9 @@ from pvtkit.auto import (
     AutoModelForImageClassification,
     convert_checkpoint,
 )
-from pvtkit.convert import imagenet_labels, infer_config, to_transformers
-from pvtkit.models.vit import ViTForImageClassification
+from pvtkit.convert import imagenet_labels
+from pvtkit.models.family import infer_config, to_transformers
+from pvtkit.models.vit.modeling import ViTForImageClassification
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # timm (like the authors' code) uses LayerNorm eps 1e-5 in the patch-embedding and spatial-reduction norms, while

@@ -25,18 +25,10 @@ import skimage.data as skimage_data
 import transformers
 from transformers import AutoImageProcessor, PvtImageProcessorPil, ViTImageProcessorPil  # noqa: E402
 
-from pvtkit.processing import (  # noqa: E402
-    IMAGE_PROCESSOR_TYPES,
-    BatchFeature,
-    ImageLoadError,
-    PvtImageProcessor,
-    PvtImageProcessorFast,
-    ViTFeatureExtractor,
-    ViTImageProcessor,
-    ViTImageProcessorFast,
-    convert_to_rgb,
-    load_image,
-)
+from pvtkit.models.family import IMAGE_PROCESSOR_TYPES  # noqa: E402
+from pvtkit.models.pvt_v2.processing import PvtImageProcessor, PvtImageProcessorFast  # noqa: E402
+from pvtkit.models.vit.processing import ViTFeatureExtractor, ViTImageProcessor, ViTImageProcessorFast  # noqa: E402
+from pvtkit.processing import BatchFeature, ImageLoadError, convert_to_rgb, load_image  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- fixtures
 

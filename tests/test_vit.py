@@ -14,7 +14,7 @@ import torch
 import transformers
 from safetensors import safe_open
 
-from pvtkit.models.vit import (
+from pvtkit.models.vit.modeling import (
     VARIANTS,
     ViTConfig,
     ViTForImageClassification,

@@ -12,12 +12,12 @@ from typing import Any
 
 from ._files import read_json
 from .config import PretrainedConfig
-from .convert import detect_layout, to_transformers, unwrap
+from .convert import unwrap
 from .hub import HubOptions, load_state_dict, resolve_checkpoint, resolve_file
 from .config import pair
 from .modeling import PreTrainedModel
 from .models import family as registry
-from .processing import IMAGE_PROCESSOR_TYPES, PREPROCESSOR_CONFIG_NAME
+from .processing import PREPROCESSOR_CONFIG_NAME
 
 logger = logging.getLogger("pvtkit")
 
@@ -39,7 +39,7 @@ def _model_type_of(path: str | os.PathLike, kwargs: dict[str, Any]) -> tuple[str
             raise ValueError(f"{path} is a {data['model_type']!r} model; pvtkit supports "
                              f"{', '.join(registry.families())}")  # fmt: skip
     state = load_state_dict(ckpt.weight_files)
-    layout, _ = detect_layout(unwrap(state, str(path)), str(path))
+    layout, _ = registry.detect_layout(unwrap(state, str(path)), str(path))
     return layout.model_type, {"state_dict": state}
 
 
@@ -87,7 +87,7 @@ class _AutoModel:
         if config is not None:
             model_type, extra = config.model_type, {}
         elif state is not None:  # the family from the given tensors
-            model_type, extra = detect_layout(unwrap(state, "the given state_dict"))[0].model_type, {}
+            model_type, extra = registry.detect_layout(unwrap(state, "the given state_dict"))[0].model_type, {}
         else:
             model_type, extra = _model_type_of(pretrained_model_name_or_path, kwargs)
         return cls._class_for(model_type).from_pretrained(pretrained_model_name_or_path, **extra, **kwargs)
@@ -182,18 +182,18 @@ class AutoImageProcessor:
         if file is not None:
             data = read_json(file)
             kind = data.get("image_processor_type") or data.get("feature_extractor_type")
-            if kind not in IMAGE_PROCESSOR_TYPES:
+            if kind not in registry.IMAGE_PROCESSOR_TYPES:
                 raise ValueError(f"{file}: image_processor_type {kind!r} is not one pvtkit knows "
-                                 f"({', '.join(sorted(IMAGE_PROCESSOR_TYPES))})")  # fmt: skip
+                                 f"({', '.join(sorted(registry.IMAGE_PROCESSOR_TYPES))})")  # fmt: skip
         else:
             config = AutoConfig.from_pretrained(path, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs})
             processor = default_image_processor(config, use_fast)
             logger.warning("%s has no %s; using %s's defaults (%s)", path, PREPROCESSOR_CONFIG_NAME,
                            type(processor).__name__, _sizing(processor))  # fmt: skip
             return type(processor)(**{"size": processor.size, **overrides})
-        cls = IMAGE_PROCESSOR_TYPES[kind]
+        cls = registry.IMAGE_PROCESSOR_TYPES[kind]
         if use_fast and not kind.endswith("Fast"):
-            cls = IMAGE_PROCESSOR_TYPES.get(kind.removesuffix("Pil") + "Fast", cls)
+            cls = registry.IMAGE_PROCESSOR_TYPES.get(kind.removesuffix("Pil") + "Fast", cls)
         if file is None:
             return cls(**overrides)
         return cls.from_pretrained(file, **overrides)
@@ -209,7 +209,8 @@ def default_image_processor(model_or_config: Any, use_fast: bool = False) -> Any
     if isinstance(model_or_config, PreTrainedModel):
         task = next((t for t, cls in family.classes.items() if isinstance(model_or_config, cls)), task)
     kind = family.processor_for(task)
-    cls = IMAGE_PROCESSOR_TYPES[kind.removesuffix("Pil") + "Fast"] if use_fast else IMAGE_PROCESSOR_TYPES[kind]
+    types = registry.IMAGE_PROCESSOR_TYPES
+    cls = types[kind.removesuffix("Pil") + "Fast"] if use_fast else types[kind]
     if getattr(config, "image_size", None) is None:
         return cls()
     height, width = pair(config.image_size)
@@ -259,7 +260,7 @@ def convert_checkpoint(
     options = _hub_options(hub_options)
     ckpt = resolve_checkpoint(source, options)
     state = load_state_dict(ckpt.weight_files)
-    converted, layout = to_transformers(state, None, str(source))
+    converted, layout = registry.to_transformers(state, None, str(source))
     family = registry.get(layout.model_type)
     heads = [cls for cls in family.classes.values() if cls.head_prefixes]
     model_class = next((cls for cls in heads if any(k.startswith(cls.head_prefixes) for k in converted)),

@@ -1,14 +1,16 @@
 """Checkpoint layouts: detection by sentinel keys, the machinery of the pure dict -> dict converters, config
 inference for checkpoints without a `config.json`.
 
-Each family lists the layouts it reads in its spec (`pvtkit.models.family.Layout`): PVTv2 reads transformers',
-timm's (`stages.0.blocks.0.attn.kv.weight`) and the authors' whai362/PVT release (`patch_embed1.proj.weight`); ViT
-reads transformers' and timm's (`blocks.0.attn.qkv.weight`). All are converted to transformers' names (pvtkit's
-own). A converter is an ordered list of `(regex, replacement)` rules (`rename`, `stage_renamer`) plus the tensor
-splits the rules cannot express (`split`: `kv` -> key, value; `qkv` -> query, key, value).
+Each family lists the layouts it reads (`Layout`, in its `conversion.py`): PVTv2 reads transformers', timm's
+(`stages.0.blocks.0.attn.kv.weight`) and the authors' whai362/PVT release (`patch_embed1.proj.weight`); ViT reads
+transformers' and timm's (`blocks.0.attn.qkv.weight`). All are converted to transformers' names (pvtkit's own). A
+converter is an ordered list of `(regex, replacement)` rules (`rename`, `stage_renamer`) plus the tensor splits the
+rules cannot express (`split`: `kv` -> key, value; `qkv` -> query, key, value).
 
-Nothing here imports a framework: the rules work on PyTorch tensors and NumPy arrays alike, so the Keras models read
-checkpoints through the same code without loading torch (they pass their family's `layouts`).
+This module knows no family: detection tells apart the layouts it is handed. The family registry
+(`pvtkit.models.family`: `detect_layout`, `to_transformers`, `infer_config`) hands it every family's; a model class
+its own. Nothing here imports a framework: the rules work on PyTorch tensors and NumPy arrays alike, so the Keras
+models read checkpoints through the same code without loading torch (they pass their family's `layouts`).
 
 Checkpoints wrapped as `{"model": ...}`, `{"state_dict": ...}` or `{"module": ...}`, and keys carrying a
 `module.` / `backbone.` / `encoder.` prefix (DDP, detection and segmentation frameworks), are unwrapped first.
@@ -20,16 +22,19 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from .models.family import Layout, StateDict, all_layouts, families, get
-
 logger = logging.getLogger("pvtkit")
 
 Rules = list[tuple[str, str]]
+
+# Tensors by name: PyTorch tensors, or NumPy arrays where no PyTorch is loaded (the Keras models). This module and
+# the layouts' converters import no framework.
+StateDict = dict[str, Any]
 
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "module", "net")
 # Prefixes frameworks put in front of a backbone's keys; stripped when the rest of the key is recognisable.
@@ -38,6 +43,29 @@ FOREIGN_PREFIXES = ("module.", "backbone.", "model.", "encoder.backbone.")
 
 class LoadingError(ValueError):
     """A checkpoint's tensors do not fit the model: the message lists every offending key."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A checkpoint layout: the family it holds, a key only it has, and how to convert it to transformers' names.
+
+    Args:
+        name: "transformers", "timm", "original" (the authors' release), ...
+        model_type: The family's `model_type`.
+        sentinel: A key only this layout has, matched after the family's prefix (`pvt_v2.`) is removed.
+        convert: The pure `dict -> dict` conversion to transformers' names.
+        config_fields: Config fields the source's code fixes and a checkpoint without `config.json` cannot tell
+            (timm's LayerNorm epsilon).
+        prefix: The family's state-dict prefix (`vit`), under which the sentinel is also matched; a layout without
+            one gets its family's (`Family.prefix`, which it must equal) from the family registry.
+    """
+
+    name: str
+    model_type: str
+    sentinel: str
+    convert: Callable[[StateDict], StateDict]
+    config_fields: Mapping[str, Any] = field(default_factory=dict)
+    prefix: str = ""
 
 
 # ---- the rule machinery -----------------------------------------------------------------------------------------
@@ -147,63 +175,56 @@ def unwrap(obj: Any, source: str = "checkpoint") -> StateDict:
 
 
 def detect_layout(
-    state: StateDict, source: str = "checkpoint", prefer: str | None = None, layouts: Sequence[Layout] | None = None
-) -> tuple[Layout, StateDict]:
-    """Find which layout `state` is in, after stripping framework prefixes (`module.`, `backbone.` ...). Families
-    whose layouts look alike (a bare MiT encoder is one for SegFormer and GLPN alike) are told apart by `prefer`,
-    the family the caller asks for, whose layouts are tried first. `layouts` limits the search to those (each
-    naming its `prefix`), which reads a checkpoint without importing any family's PyTorch classes."""
+    state: StateDict, source: str = "checkpoint", prefer: str | None = None, *, layouts: Sequence[Layout],
+    expected: str | None = None,
+) -> tuple[Layout, StateDict]:  # fmt: skip
+    """Find which of `layouts` `state` is in, after stripping framework prefixes (`module.`, `backbone.` ...).
+    Families whose layouts look alike (a bare MiT encoder is one for SegFormer and GLPN alike) are told apart by
+    `prefer`, the `model_type` the caller asks for, whose layouts are tried first. `layouts`: every family's
+    (`pvtkit.models.family.detect_layout` hands them) or one model's (each naming its `prefix`), which reads a
+    checkpoint without importing any family's PyTorch classes. `expected`: what the error says the checkpoint is
+    not, when none matches (default: a checkpoint in one of `layouts`)."""
     candidates = [state]
     for prefix in FOREIGN_PREFIXES:
         if any(k.startswith(prefix) for k in state):
             candidates.append({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-    given = layouts is not None
-    layouts = sorted(all_layouts() if layouts is None else layouts, key=lambda layout: layout.model_type != prefer)
+    layouts = sorted(layouts, key=lambda layout: layout.model_type != prefer)
     for candidate in candidates:
         for layout in layouts:  # the sentinel, bare or under the family's prefix (`pvt_v2.`)
-            prefix = layout.prefix or get(layout.model_type).prefix
-            if layout.sentinel in candidate or f"{prefix}.{layout.sentinel}" in candidate:
+            prefixed = layout.prefix and f"{layout.prefix}.{layout.sentinel}" in candidate
+            if layout.sentinel in candidate or prefixed:
                 if candidate is not state:
                     dropped = len(state) - len(candidate)
                     logger.info("%s: using the %d keys under a framework prefix (%d others dropped)", source,
                                 len(candidate), dropped)  # fmt: skip
                 return layout, candidate
     sample = ", ".join(list(state)[:5])
-    if given:
+    if expected is None:
         names = ", ".join(f"{lo.model_type} {lo.name}" for lo in layouts)
-        raise ValueError(f"{source} is not a checkpoint in a layout this model reads ({names}); its first keys are: "
-                         f"{sample}")  # fmt: skip
-    names = [f.title for f in families().values()]
-    titles = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
-    known = "; ".join(f"{f.title}: {', '.join(dict.fromkeys(lo.name for lo in f.layouts))}"
-                      for f in families().values())  # fmt: skip
-    raise ValueError(f"{source} is not a {titles} checkpoint pvtkit knows (layouts {known}); its first keys are: "
-                     f"{sample}")  # fmt: skip
+        expected = f"a checkpoint in a layout this model reads ({names})"
+    raise ValueError(f"{source} is not {expected}; its first keys are: {sample}")
 
 
 def to_transformers(
-    state: StateDict, model_type: str | None = None, source: str = "checkpoint", layouts: Sequence[Layout] | None = None
+    state: StateDict, model_type: str | None = None, source: str = "checkpoint", *, layouts: Sequence[Layout]
 ) -> tuple[StateDict, Layout]:
-    """Convert any supported checkpoint to transformers' names; check it holds the family asked for. `layouts`:
-    as in `detect_layout`."""
+    """Convert a checkpoint in one of `layouts` to transformers' names; check it holds the family `model_type`
+    asked for. (Any family's checkpoint: `pvtkit.models.family.to_transformers`.)"""
     layout, state = detect_layout(unwrap(state, source), source, prefer=model_type, layouts=layouts)
     if model_type is not None and layout.model_type != model_type:
-        found, wanted = families()[layout.model_type].title, families()[model_type].title
-        raise ValueError(f"{source} is a {found} checkpoint ({layout.name} layout), not a {wanted} one; load it with "
-                         f"{found}'s classes or the Auto classes")  # fmt: skip
+        raise ValueError(f"{source} is a {layout.model_type} checkpoint ({layout.name} layout), not a {model_type} "
+                         "one")  # fmt: skip
     return layout.convert(state), layout
 
 
 # ---- config inference -------------------------------------------------------------------------------------------
 
 
-def infer_config(
-    state: StateDict, layout: Layout, infer: Callable[[StateDict], dict[str, Any]] | None = None
-) -> dict[str, Any]:
+def infer_config(state: StateDict, layout: Layout, infer: Callable[[StateDict], dict[str, Any]]) -> dict[str, Any]:
     """Config fields for a converted state dict that came without a config.json: the family reads the architecture
-    off the tensors (`infer`, default the family's), the layout adds what its code fixes (timm's LayerNorm epsilon),
-    and a 1000-class head is an ImageNet-1k classifier and gets its class names."""
-    infer = infer or get(layout.model_type).infer_config
+    off the tensors (`infer`, the family's: `pvtkit.models.family.infer_config` passes it), the layout adds what its
+    code fixes (timm's LayerNorm epsilon), and a 1000-class head is an ImageNet-1k classifier and gets its class
+    names."""
     fields = {**infer(state), **layout.config_fields}
     if fields.get("num_labels") == 1000:
         fields["id2label"] = dict(enumerate(imagenet_labels()))

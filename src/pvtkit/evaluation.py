@@ -34,7 +34,7 @@ from .distributed import DistContext, init_distributed
 from .data.classification import ImageDataset, load_eval_folders, model_label_ids
 from .data.folders import IGNORE_INDEX, DatasetError
 from .data.segmentation import EvalPairDataset, SegSample, as_lists, load_eval_segmentation
-from .models.pyramid import segmentation_loss
+from .losses import segmentation_loss
 from .data.transforms import ProcessorTransform, SlideTransform, processor_image_size
 
 logger = logging.getLogger("pvtkit")
@@ -664,7 +664,7 @@ class DepthEvaluator:
     def run(self, desc: str = "eval") -> DepthEvalResult:
         from tqdm import tqdm
 
-        from .models.glpn import silog_loss
+        from .losses import silog_loss
 
         model, device = self.model, self.device
         was_training = model.training

@@ -24,7 +24,7 @@ from torch import nn
 from . import outputs
 from ._files import atomic_directory, atomic_write, read_json
 from .config import PretrainedConfig
-from .convert import LoadingError, align_prefix, infer_config, to_transformers
+from .convert import LoadingError, align_prefix
 from .dtypes import parse_dtype
 from .hub import HubOptions, load_state_dict, resolve_checkpoint
 
@@ -124,6 +124,10 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
     supports_gradient_checkpointing: ClassVar[bool] = True
     # The largest CPU inference batch `pvtkit.optimize` runs compiled (None: any); larger ones run eagerly.
     compiled_batch_limit: ClassVar[int | None] = None
+    # What tells checkpoint layouts apart and reads configs off bare tensors for `from_pretrained`: the family
+    # registry (`pvtkit.models.family`: `to_transformers`, `infer_config`), which the families' base classes name,
+    # so that this module, below the families, imports none of them.
+    layout_registry: ClassVar[Any] = None
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
@@ -387,13 +391,13 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         if pretrained_model_name_or_path is not None and (state_dict is None or config is None):
             ckpt = resolve_checkpoint(pretrained_model_name_or_path, HubOptions(revision, cache_dir, local_files_only, token))
         raw = state_dict if state_dict is not None else load_state_dict(ckpt.weight_files)  # type: ignore[union-attr]
-        state, layout = to_transformers(raw, cls.config_class.model_type, source)
+        state, layout = cls.layout_registry.to_transformers(raw, cls.config_class.model_type, source)
         if config is None:
             data = read_json(ckpt.config_file) if ckpt is not None and ckpt.config_file is not None else {}
             if "model_type" in data or layout.name == "transformers" and data:
                 config = cls.config_class.from_dict(data, **config_overrides)
             else:  # no config, or a timm one: read the architecture off the tensors
-                fields = infer_config(state, layout)
+                fields = cls.layout_registry.infer_config(state, layout)
                 if isinstance(data.get("label_names"), list) and len(data["label_names"]) == fields.get("num_labels"):
                     fields["id2label"] = dict(enumerate(data["label_names"]))
                 logger.info("%s: %s layout without a transformers config; inferred %s", source, layout.name, fields)

@@ -1,5 +1,8 @@
-"""Image processors for PVTv2, ViT, SegFormer and GLPN that read and write Hugging Face `preprocessor_config.json`
-files, and the post-processing of segmentation and depth outputs.
+"""The machinery of the image processors that read and write Hugging Face `preprocessor_config.json` files:
+loading images, label maps, the options and config I/O every processor shares, the batched torch back end, and the
+post-processing of segmentation and depth outputs. The processors themselves live with their families
+(`pvtkit.models.<family>.processing`) and register here; `pvtkit.models.family.IMAGE_PROCESSOR_TYPES` is the
+complete table.
 
 Two back ends compute the same pipeline (convert to RGB, resize, rescale, normalize; label maps: check, reduce,
 nearest-neighbour resize):
@@ -7,7 +10,7 @@ nearest-neighbour resize):
 * `ViTImageProcessor`, `PvtImageProcessor`, `SegformerImageProcessor`, `GLPNImageProcessor` work image by image
   with PIL and NumPy and reproduce transformers' PIL back end (`...ImageProcessorPil`) bit for bit.
 * The `...ImageProcessorFast` classes work on batched torch tensors (CPU or GPU) and follow transformers'
-  torchvision back end, implemented with `torch.nn.functional.interpolate` only.
+  torchvision back end, implemented with `torch.nn.functional.interpolate` only (`_TorchBackend`).
 
 Deliberate differences from transformers, each covered by a test:
 
@@ -29,7 +32,7 @@ import json
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -652,125 +655,6 @@ class _BaseImageProcessor:
         return f"{type(self).__name__} {self.to_json_string()}"
 
 
-class ViTImageProcessor(_BaseImageProcessor):
-    """ViT preprocessing with PIL and NumPy, equal to transformers' `ViTImageProcessorPil`.
-
-    Defaults: RGB, 224x224 bilinear resize, x/255, mean = std = 0.5.
-    """
-
-    image_processor_type = "ViTImageProcessor"
-
-    def _process(self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool,
-                 device: str | torch.device | None = None) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
-        out, sizes = [], []
-        for index, raw in enumerate(images):
-            name = _describe(raw, index)
-            image = self._to_chw(self._load(raw, index, exif), opts, fmt, name)
-            sizes.append(tuple(image.shape[1:]))
-            try:
-                if opts["do_resize"]:
-                    image = self._resize(image, self._target_size(*image.shape[1:], opts, name), opts["resample"])
-                if opts["do_rescale"]:
-                    # Like transformers: compute in float64, store float32.
-                    image = (image.astype(np.float64) * opts["rescale_factor"]).astype(np.float32)
-                if opts["do_normalize"]:
-                    image = self._normalize(image, opts["image_mean"], opts["image_std"])
-            except ImageLoadError:
-                raise
-            except ValueError as e:
-                raise ImageLoadError(f"{name}: {e}") from e
-            out.append(image)
-        return out, sizes
-
-    @staticmethod
-    def _to_chw(image: Any, opts: dict[str, Any], fmt: str | None, name: str) -> np.ndarray:
-        """Channels-first array of one input, RGB-converted if asked."""
-        if isinstance(image, PIL.Image.Image):
-            array = _pil_to_array(image, opts["do_convert_rgb"], name)
-            return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
-        if _is_tensor(image):
-            image = image.detach().cpu()
-            image = (image.float() if image.dtype in (torch.bfloat16, torch.float16) else image).numpy()
-        _check_array(image, name)
-        hwc = image[..., None] if image.ndim == 2 else np.moveaxis(image, _channel_axis(image.shape, fmt, name), -1)
-        if opts["do_convert_rgb"]:
-            if hwc.shape[-1] not in (1, 3, 4):
-                raise ImageLoadError(f"{name}: has {hwc.shape[-1]} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
-            try:
-                hwc = _array_to_rgb_hwc(hwc)
-            except ValueError as e:
-                raise ImageLoadError(f"{name}: {e}") from e
-        if opts["do_rescale"] and np.issubdtype(hwc.dtype, np.floating) and hwc.max() <= 1.0:
-            warnings.warn(f"{name}: float pixels already lie in [0, 1] and do_rescale=True scales them again; "
-                          "pass do_rescale=False if they are already rescaled", stacklevel=4)
-        return np.moveaxis(hwc, -1, 0)
-
-    @staticmethod
-    def _resize(image: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
-        """Resize a C x H x W array with PIL, round-tripping through 8-bit exactly as transformers does."""
-        hwc = np.moveaxis(image, 0, -1)
-        hwc = hwc[..., 0] if hwc.shape[-1] == 1 else hwc
-        was_fraction = False
-        if hwc.dtype != np.uint8:
-            # PIL stores 8-bit pixels: whole numbers in 0..255 are taken as they are, fractions in [0, 1] are
-            # scaled by 255 and truncated (transformers' rule, kept for parity), anything else cannot be stored.
-            if np.allclose(hwc, hwc.astype(int)) and hwc.min() >= 0 and hwc.max() <= 255:
-                pass
-            elif hwc.min() >= 0 and hwc.max() <= 1:
-                was_fraction = True
-                hwc = (hwc.astype(np.float64) * 255).astype(np.float32)
-            else:
-                raise ValueError(f"pixel values in [{hwc.min()}, {hwc.max()}] cannot be resized with PIL; expected "
-                                 "whole numbers in 0..255 or fractions in [0, 1]")
-            hwc = hwc.astype(np.uint8)
-        height, width = size
-        resized = np.array(PIL.Image.fromarray(hwc).resize((width, height), resample=resample))
-        chw = resized[None] if resized.ndim == 2 else np.moveaxis(resized, -1, 0)
-        return (chw.astype(np.float64) * (1 / 255)).astype(np.float32) if was_fraction else chw
-
-    @staticmethod
-    def _normalize(image: np.ndarray, mean: float | tuple, std: float | tuple) -> np.ndarray:
-        """(x - mean) / std per channel, in float32 unless the input is already floating point."""
-        if not np.issubdtype(image.dtype, np.floating):
-            image = image.astype(np.float32)
-        channels = image.shape[0]
-        mean_arr, std_arr = (np.array([v] * channels if isinstance(v, float) else v, dtype=image.dtype)
-                             for v in (mean, std))
-        if len(mean_arr) != channels or len(std_arr) != channels:
-            raise ValueError(f"image has {channels} channels but image_mean/image_std have {len(mean_arr)}/"
-                             f"{len(std_arr)} values; expected one per channel (is do_convert_rgb off?)")
-        return (image - mean_arr[:, None, None]) / std_arr[:, None, None]
-
-
-    @staticmethod
-    def _resize_labels(label: np.ndarray, size: tuple[int, int], device: Any = None) -> np.ndarray:
-        """Nearest-neighbour resize with PIL (32-bit integer mode, so indices above 255 survive): transformers'."""
-        if label.min() < -(2**31) or label.max() >= 2**31:
-            raise ValueError(f"label values in [{label.min()}, {label.max()}] do not fit 32 bits")
-        resized = PIL.Image.fromarray(label.astype(np.int32)).resize(size[::-1], resample=PIL.Image.Resampling.NEAREST)
-        return np.array(resized).astype(np.int64)
-
-
-class PvtImageProcessor(ViTImageProcessor):
-    """PVT/PVTv2 preprocessing with PIL and NumPy, equal to transformers' `PvtImageProcessorPil`.
-
-    Defaults: RGB, 224x224 bicubic resize (as transformers 5's class; checkpoints' configs state `resample`,
-    which wins), x/255, ImageNet mean/std.
-    """
-
-    image_processor_type = "PvtImageProcessor"
-    _defaults = {**_BaseImageProcessor._defaults, "image_mean": IMAGENET_DEFAULT_MEAN,
-                 "image_std": IMAGENET_DEFAULT_STD, "resample": 3}
-
-
-class ViTFeatureExtractor(ViTImageProcessor):
-    """Deprecated name of `ViTImageProcessor`, kept so old code runs; it saves as `ViTImageProcessor`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        warnings.warn("ViTFeatureExtractor is deprecated; use ViTImageProcessor", DeprecationWarning, stacklevel=2)
-        super().__init__(*args, **kwargs)
-
-
 # ------------------------------------------------------------------------------------------ torch back end
 
 _TORCH_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
@@ -899,17 +783,6 @@ class _TorchBackend(_BaseImageProcessor):
         return batch
 
 
-class ViTImageProcessorFast(_TorchBackend, ViTImageProcessor):
-    """ViT preprocessing on batched torch tensors (CPU or GPU), following transformers' tensor back end."""
-
-    image_processor_type = "ViTImageProcessorFast"
-
-
-class PvtImageProcessorFast(_TorchBackend, PvtImageProcessor):
-    """PVT/PVTv2 preprocessing on batched torch tensors (CPU or GPU), following transformers' tensor back end."""
-
-    image_processor_type = "PvtImageProcessorFast"
-
 
 # ------------------------------------------------------------------------- dense prediction: SegFormer, GLPN
 
@@ -951,118 +824,18 @@ def depth_maps(
     return results
 
 
-class SegformerImageProcessor(ViTImageProcessor):
-    """SegFormer preprocessing with PIL and NumPy, equal to transformers' `SegformerImageProcessorPil`, label maps
-    included.
-
-    Defaults: RGB, 512x512 bilinear resize, x/255, ImageNet mean/std. `segmentation_maps` come back as `labels`
-    (int64, resized by nearest neighbour to the images' size); `do_reduce_labels` maps 0 to 255 (ignored) and every
-    other class k to k - 1, as ADE20k's checkpoints expect.
-    """
-
-    image_processor_type = "SegformerImageProcessor"
-    _defaults = {**_BaseImageProcessor._defaults, "size": {"height": 512, "width": 512},
-                 "image_mean": IMAGENET_DEFAULT_MEAN, "image_std": IMAGENET_DEFAULT_STD, "do_reduce_labels": False}
-
-    def __init__(self, *args: Any, reduce_labels: bool | None = None, **kwargs: Any) -> None:
-        if reduce_labels is not None:  # the name in the configs of nvidia/segformer-*-ade-*, transformers 4's first
-            kwargs.setdefault("do_reduce_labels", reduce_labels)
-        super().__init__(*args, **kwargs)
-
-    def preprocess(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        segmentation_maps: Any = None,
-        return_tensors: str | None = None,
-        input_data_format: str | None = None,
-        exif_transpose: bool | None = None,
-        device: str | torch.device | None = None,
-        **overrides: Any,
-    ) -> BatchFeature:
-        """Images (as `ViTImageProcessor.preprocess` takes them) and, optionally, one label map per image.
-
-        Args:
-            images: The images.
-            segmentation_maps: Per image an `(H, W)` map of class indices at the image's size: a one-band PIL image
-                (L, P, I), an integer array or tensor, a path, or a list / `(B, H, W)` batch of those.
-            return_tensors, input_data_format, exif_transpose, device, **overrides: As in `ViTImageProcessor`.
-
-        Returns:
-            A `BatchFeature` with `pixel_values`, and `labels` when maps were given.
-        """
-        return self._preprocess(images, segmentation_maps, return_tensors, input_data_format, exif_transpose,
-                                device, overrides)  # fmt: skip
-
-    def post_process_semantic_segmentation(self, outputs: Any, target_sizes: Any = None,
-                                           return_segmentation_scores: bool = False) -> list[Any]:  # fmt: skip
-        """Class maps from a segmentation model's output (see `semantic_segmentation`)."""
-        return semantic_segmentation(outputs.logits, target_sizes, return_segmentation_scores)
+# `image_processor_type` values (ours and transformers') -> the class that loads them, for Auto dispatch. Each
+# family's processing module registers its own when it is imported; `pvtkit.models.family.IMAGE_PROCESSOR_TYPES`
+# imports them all (this module imports no family).
+IMAGE_PROCESSOR_TYPES: dict[str, type[_BaseImageProcessor]] = {}
 
 
-class GLPNImageProcessor(ViTImageProcessor):
-    """GLPN preprocessing with PIL and NumPy, equal to transformers' `GLPNImageProcessorPil`.
+def register_image_processors(types: Mapping[str, type[_BaseImageProcessor]]) -> None:
+    """Add `image_processor_type` names -> processor classes to `IMAGE_PROCESSOR_TYPES`."""
+    IMAGE_PROCESSOR_TYPES.update(types)
 
-    Defaults: RGB, each side rounded down to a multiple of `size_divisor` (32, so the decoder's maps align) by a
-    bilinear resize, x/255, no normalization.
-    """
-
-    image_processor_type = "GLPNImageProcessor"
-    _defaults = {**_BaseImageProcessor._defaults, "size": None, "do_normalize": False, "image_mean": None,
-                 "image_std": None, "size_divisor": 32}
-
-    def _resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        opts = super()._resolve(overrides)
-        d = opts["size_divisor"]
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ValueError(f"size_divisor must be a positive int, got {opts['size_divisor']!r}")
-        return opts
-
-    def _target_size(self, height: int, width: int, opts: dict[str, Any], name: str) -> tuple[int, int]:
-        d = opts["size_divisor"]
-        if height < d or width < d:
-            raise ImageLoadError(f"{name}: {height}x{width} (height x width) is smaller than size_divisor {d}; "
-                                 f"expected both sides at least {d} pixels")  # fmt: skip
-        return height // d * d, width // d * d
-
-    def post_process_depth_estimation(self, outputs: Any, target_sizes: Any = None) -> list[dict[str, torch.Tensor]]:
-        """Depth maps from a depth model's output, resized to `target_sizes` (see `depth_maps`)."""
-        return depth_maps(outputs.predicted_depth, target_sizes)
-
-
-class SegformerImageProcessorFast(_TorchBackend, SegformerImageProcessor):
-    """SegFormer preprocessing (label maps included) on batched torch tensors, as transformers' tensor back end."""
-
-    image_processor_type = "SegformerImageProcessorFast"
-
-
-class GLPNImageProcessorFast(_TorchBackend, GLPNImageProcessor):
-    """GLPN preprocessing on batched torch tensors, as transformers' tensor back end."""
-
-    image_processor_type = "GLPNImageProcessorFast"
-
-
-# `image_processor_type` values (ours and transformers') -> the class that loads them, for Auto dispatch.
-IMAGE_PROCESSOR_TYPES: dict[str, type[_BaseImageProcessor]] = {
-    "ViTImageProcessor": ViTImageProcessor,
-    "ViTImageProcessorPil": ViTImageProcessor,
-    "ViTFeatureExtractor": ViTImageProcessor,
-    "ViTImageProcessorFast": ViTImageProcessorFast,
-    "PvtImageProcessor": PvtImageProcessor,
-    "PvtImageProcessorPil": PvtImageProcessor,
-    "PvtImageProcessorFast": PvtImageProcessorFast,
-    "SegformerImageProcessor": SegformerImageProcessor,
-    "SegformerImageProcessorPil": SegformerImageProcessor,
-    "SegformerFeatureExtractor": SegformerImageProcessor,
-    "SegformerImageProcessorFast": SegformerImageProcessorFast,
-    "GLPNImageProcessor": GLPNImageProcessor,
-    "GLPNImageProcessorPil": GLPNImageProcessor,
-    "GLPNFeatureExtractor": GLPNImageProcessor,
-    "GLPNImageProcessorFast": GLPNImageProcessorFast,
-}
 
 __all__ = [
-    "BatchFeature", "GLPNImageProcessor", "GLPNImageProcessorFast", "IMAGE_PROCESSOR_TYPES", "ImageLoadError",
-    "PvtImageProcessor", "PvtImageProcessorFast", "SegformerImageProcessor", "SegformerImageProcessorFast",
-    "ViTFeatureExtractor", "ViTImageProcessor", "ViTImageProcessorFast", "convert_to_rgb", "depth_maps",
-    "image_size", "label_array", "load_image", "semantic_segmentation",
+    "BatchFeature", "IMAGE_PROCESSOR_TYPES", "ImageLoadError", "convert_to_rgb", "depth_maps", "image_size",
+    "label_array", "load_image", "register_image_processors", "semantic_segmentation",
 ]

@@ -60,8 +60,10 @@ def arch_help() -> str:
 
     lines = []
     for config in family.config_classes().values():
-        prefixes = list(getattr(config, "variant_prefixes", ()) or (config.model_type,))
-        lines.append(f"{config.title} ({' or '.join(f'{p}-' for p in prefixes)}): {', '.join(config.variants)}")
+        prefixes = [p.rstrip("_").replace("_", "-") if "/" in p else p.rstrip("_") for p in config.variant_prefixes]
+        first = next(iter(config.variants))
+        lines.append(f"{config.title} ({' or '.join(f'{p}-{first}' for p in prefixes if '/' not in p)}, ...): "
+                     f"{', '.join(config.variants)}")  # fmt: skip
     return "; ".join(lines)
 
 
@@ -137,7 +139,7 @@ def _say_which_family(arch: str) -> None:
 
     having = [c for c in family.config_classes().values() if arch in c.variants]
     if len(having) > 1:
-        names = [f"{(getattr(c, 'variant_prefixes', ()) or (c.model_type,))[0]}-{arch}" for c in having]
+        names = [f"{c.variant_prefixes[0].rstrip('_')}-{arch}" for c in having]
         logger.warning(f"--arch {arch} builds {having[0].title}'s ({names[0]}); another family's is named "
                        f"{' or '.join(names[1:])}")
 

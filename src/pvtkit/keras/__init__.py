@@ -21,10 +21,10 @@ except ImportError as e:  # pragma: no cover - the message is the point
 if not str(_keras.__version__).startswith("3"):  # pragma: no cover
     raise ImportError(f"pvtkit.keras needs Keras 3, found keras {_keras.__version__}")
 
-from ..models.pvt_v2_config import VARIANTS as PVT_V2_VARIANTS  # noqa: E402
-from ..models.pvt_v2_config import PvtV2Config  # noqa: E402
-from ..models.vit_config import VARIANTS as VIT_VARIANTS  # noqa: E402
-from ..models.vit_config import ViTConfig  # noqa: E402
+from ..models.pvt_v2.configuration import VARIANTS as PVT_V2_VARIANTS  # noqa: E402
+from ..models.pvt_v2.configuration import PvtV2Config  # noqa: E402
+from ..models.vit.configuration import VARIANTS as VIT_VARIANTS  # noqa: E402
+from ..models.vit.configuration import ViTConfig  # noqa: E402
 from .modeling import KerasPreTrainedModel  # noqa: E402
 from .pvt_v2 import PvtV2ForImageClassification, PvtV2Model, PvtV2PreTrainedModel  # noqa: E402
 from .vit import ViTForImageClassification, ViTModel, ViTPreTrainedModel  # noqa: E402

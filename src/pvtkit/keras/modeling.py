@@ -26,7 +26,7 @@ from .. import convert, outputs
 from .._files import atomic_directory, atomic_write, read_json
 from ..config import PretrainedConfig
 from ..hub import HubOptions, resolve_checkpoint, resolve_file
-from ..models.family import Layout
+from ..convert import Layout
 
 logger = logging.getLogger("pvtkit")
 

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from keras import layers, ops
 
-from ..models.pvt_v2_config import LAYOUTS, PvtV2Config, infer_config
-from ..models.pyramid_config import check_pixel_values
+from ..models.pvt_v2.configuration import PvtV2Config
+from ..models.pvt_v2.conversion import LAYOUTS, infer_config
+from ..models.pyramid.configuration import check_pixel_values
 from ..outputs import BaseModelOutput, ImageClassifierOutput
 from ..processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from .layers import ACTIVATIONS, DropPath, depthwise_conv, pool_matrix

@@ -22,7 +22,8 @@ import numpy as np
 from keras import layers, ops
 
 from ..config import pair
-from ..models.vit_config import LAYOUTS, ViTConfig, check_pixel_values, infer_config
+from ..models.vit.configuration import ViTConfig, check_pixel_values
+from ..models.vit.conversion import LAYOUTS, infer_config
 from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from .layers import ACTIVATIONS
 from .modeling import ClassifierTraining, KerasPreTrainedModel, Weight, dense_weights, norm_weights

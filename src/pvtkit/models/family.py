@@ -1,9 +1,12 @@
 """The family spec, and the registry of families that every generic part of pvtkit reads.
 
-A family (PVTv2, ViT, ...) is one file in this package: its config, layers, models, variant table, the checkpoint
-layouts it reads, and a `FAMILY = Family(...)` describing all of that. `auto`, `convert`, `export`, the pipelines,
-training and `analysis` look families up here and never branch on one. Adding a family is one new file plus one
-entry in `FAMILY_MODULES`.
+A family (PVTv2, ViT, ...) is one package of `pvtkit.models`: `configuration.py` (its config class and variant
+table), `conversion.py` (the checkpoint layouts it reads and config inference), `modeling.py` (its layers, models
+and a `FAMILY = Family(...)` describing all of that) and `processing.py` (its image processors). `auto`, `export`,
+the pipelines, training and `analysis` look families up here and never branch on one; `convert` holds the rule
+machinery and detects among the layouts it is handed, which this registry hands it (`detect_layout`,
+`to_transformers`): the one owner of "which family is this checkpoint?". Adding a family is one new package plus
+one entry in `FAMILY_MODULES`.
 """
 
 from __future__ import annotations
@@ -11,42 +14,18 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-# Tensors by name: PyTorch tensors, or NumPy arrays where no PyTorch is loaded (the Keras models). This module and
-# the layouts' converters import no framework.
-StateDict = dict[str, Any]
+from .. import convert
+from ..convert import Layout, StateDict
 
-# The registry: one module of this package per family, in the order layouts are tried.
+# The registry: one package of `pvtkit.models` per family, in the order layouts are tried.
 FAMILY_MODULES = ("pvt_v2", "vit", "segformer", "glpn")
 
 # Task names, as the Auto classes and pipelines know them.
 TASKS = ("model", "image-classification", "backbone", "masked-image-modeling", "semantic-segmentation",
          "depth-estimation")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """A checkpoint layout: the family it holds, a key only it has, and how to convert it to transformers' names.
-
-    Args:
-        name: "transformers", "timm", "original" (the authors' release), ...
-        model_type: The family's `model_type`.
-        sentinel: A key only this layout has, matched after the family's prefix (`pvt_v2.`) is removed.
-        convert: The pure `dict -> dict` conversion to transformers' names.
-        config_fields: Config fields the source's code fixes and a checkpoint without `config.json` cannot tell
-            (timm's LayerNorm epsilon).
-        prefix: The family's state-dict prefix (`vit`), for layouts that are read without the family's PyTorch
-            classes (the Keras models'); empty means the family's (`Family.prefix`), which it must equal.
-    """
-
-    name: str
-    model_type: str
-    sentinel: str
-    convert: Callable[[StateDict], StateDict]
-    config_fields: Mapping[str, Any] = field(default_factory=dict)
-    prefix: str = ""
 
 
 def _no_multiple(config: Any) -> tuple[int, int]:
@@ -98,6 +77,9 @@ class Family:
             if layout.prefix and layout.prefix != self.prefix:
                 raise ValueError(f"layout {layout.name} of {self.model_type} names prefix {layout.prefix!r}; the "
                                  f"family's is {self.prefix!r}")  # fmt: skip
+        # every layout the registry hands out names its prefix: `convert` knows no family to look it up in
+        layouts = tuple(layout if layout.prefix else replace(layout, prefix=self.prefix) for layout in self.layouts)
+        object.__setattr__(self, "layouts", layouts)
 
     def processor_for(self, task: str) -> str:
         """`image_processor_type` of the default processor of the family's `task` model."""
@@ -127,8 +109,20 @@ class Family:
 @functools.cache
 def families() -> dict[str, Family]:
     """Every registered family, by `model_type`."""
-    found = (importlib.import_module(f"{__package__}.{name}").FAMILY for name in FAMILY_MODULES)
+    found = (importlib.import_module(f"{__package__}.{name}.modeling").FAMILY for name in FAMILY_MODULES)
     return {family.model_type: family for family in found}
+
+
+@functools.cache
+def config_classes() -> dict[str, type]:
+    """Every registered family's config class (title, variants, variant prefixes), by `model_type`, read from the
+    families' torch-free `configuration` modules: what a command's `--help` lists without loading PyTorch."""
+    found = []
+    for name in FAMILY_MODULES:
+        module = importlib.import_module(f"{__package__}.{name}.configuration")
+        found.extend(c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__
+                     and getattr(c, "model_type", None) and getattr(c, "variants", None) is not None)  # fmt: skip
+    return {c.model_type: c for c in found}
 
 
 def get(model_type: str | None) -> Family:
@@ -178,3 +172,56 @@ def config_for_variant(name: str, **overrides: Any) -> Any:
             return family.config_class.from_variant(name, **overrides)
     known = "; ".join(f"{f.title}: {', '.join(f.variants)}" for f in families().values())
     raise ValueError(f"{name!r} is not a known variant ({known})")
+
+
+# ---- checkpoints: which family's layout is this? -----------------------------------------------------------------
+
+
+def detect_layout(state: StateDict, source: str = "checkpoint", prefer: str | None = None) -> tuple[Layout, StateDict]:
+    """Which registered family's layout `state` is in (`convert.detect_layout` over `all_layouts()`); `prefer`, a
+    `model_type`, tells apart families whose layouts look alike (a bare MiT encoder: SegFormer's or GLPN's)."""
+    registry = families()
+    names = [f.title for f in registry.values()]
+    titles = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+    known = "; ".join(f"{f.title}: {', '.join(dict.fromkeys(lo.name for lo in f.layouts))}"
+                      for f in registry.values())  # fmt: skip
+    return convert.detect_layout(state, source, prefer, layouts=all_layouts(),
+                                 expected=f"a {titles} checkpoint pvtkit knows (layouts {known})")  # fmt: skip
+
+
+def to_transformers(state: StateDict, model_type: str | None = None,
+                    source: str = "checkpoint") -> tuple[StateDict, Layout]:  # fmt: skip
+    """Convert a checkpoint of any registered family's layout to transformers' names; check it holds the family
+    `model_type` (when given)."""
+    layout, state = detect_layout(convert.unwrap(state, source), source, prefer=model_type)
+    if model_type is not None and layout.model_type != model_type:
+        found, wanted = families()[layout.model_type].title, families()[model_type].title
+        raise ValueError(f"{source} is a {found} checkpoint ({layout.name} layout), not a {wanted} one; load it with "
+                         f"{found}'s classes or the Auto classes")  # fmt: skip
+    return layout.convert(state), layout
+
+
+def infer_config(state: StateDict, layout: Layout) -> dict[str, Any]:
+    """Config fields for a converted state dict without a config.json (`convert.infer_config` with the layout's
+    family's inference)."""
+    return convert.infer_config(state, layout, get(layout.model_type).infer_config)
+
+
+# ---- image processors ---------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def image_processor_types() -> dict[str, type]:
+    """`image_processor_type` values (ours and transformers') -> the processor class that loads them: every
+    family's `processing` module, imported (no PyTorch) so that each registers its classes."""
+    for name in FAMILY_MODULES:
+        importlib.import_module(f"{__package__}.{name}.processing")
+    from ..processing import IMAGE_PROCESSOR_TYPES
+
+    return IMAGE_PROCESSOR_TYPES
+
+
+def __getattr__(name: str) -> Any:
+    if name == "IMAGE_PROCESSOR_TYPES":  # PEP 562: the complete table, assembled at first use
+        return image_processor_types()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -68,7 +68,7 @@ class DepthTask(Task):
         unreadable, weigh 0); the train metric is delta < 1.25 over the valid pixels."""
         import torch
 
-        from ..models.glpn import silog_loss
+        from ..losses import silog_loss
 
         predicted = output.predicted_depth.float()
         valid = labels > 0

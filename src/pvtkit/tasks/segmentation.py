@@ -68,7 +68,7 @@ class SegmentationTask(Task):
         """Per labelled pixel: the model's own loss (logits upsampled to the labels, cross-entropy ignoring 255),
         summed."""
         from ..data.folders import IGNORE_INDEX
-        from ..models.pyramid import segmentation_loss
+        from ..losses import segmentation_loss
 
         logits = output.logits.float()
         loss, up = segmentation_loss(logits, labels, logits.shape[1], IGNORE_INDEX, reduction="sum", upsampled=True)

@@ -493,7 +493,7 @@ class Trainer:
                        resumed: dict[str, Any] | None):  # fmt: skip
         """(model, processor) on the CPU: the checkpoint's to resume, the given instance, a fresh `arch`, or the
         pretrained `model` to fine-tune."""
-        from ..processing import IMAGE_PROCESSOR_TYPES
+        from ..models.family import IMAGE_PROCESSOR_TYPES
 
         if resumed is not None:
             cfg = resumed["config"]

@@ -1,5 +1,5 @@
 """The pyramid encoder's configuration fields and the checks and config inference the pyramid families share
-(PVTv2, SegFormer, GLPN): the part of `models/pyramid.py` that needs no PyTorch, so that `pvtkit.keras` reads
+(PVTv2, SegFormer, GLPN): the part of `models/pyramid/` that needs no PyTorch, so that `pvtkit.keras` reads
 PVTv2 configs and checkpoints in a TensorFlow or JAX process.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import PretrainedConfig, check_activation, check_lengths
-from .family import StateDict
+from ...config import PretrainedConfig, check_activation, check_lengths
+from ...convert import StateDict
 
 
 class PyramidConfig(PretrainedConfig):

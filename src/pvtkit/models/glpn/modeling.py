@@ -3,7 +3,7 @@
 Kim et al., "Global-Local Path Networks for Monocular Depth Estimation with Vertical CutDepth",
 https://arxiv.org/abs/2201.07436.
 
-The encoder is the pyramid encoder (`models/pyramid.py`) under the names GLPN checkpoints carry
+The encoder is the pyramid encoder (`models/pyramid/`) under the names GLPN checkpoints carry
 (`glpn.encoder.block.0.0.attention.self.query`, ...: SegFormer's), so `vinvino02/glpn-kitti` and `vinvino02/glpn-nyu`
 load as they are. The decoder goes from the deepest stage up: a 1x1 conv to `decoder_hidden_size`, then at each
 shallower stage a selective feature fusion (the two maps weighted by a learned two-channel attention map) and a 2x
@@ -18,37 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import convert
-from .. import cpu_kernels as kernels
-from ..outputs import BaseModelOutput, DepthEstimatorOutput
-from . import pyramid, pyramid_config
-from .family import Family, Layout, StateDict
-
-
-class GLPNConfig(pyramid_config.PyramidConfig):
-    """Configuration of a GLPN model; field names and defaults are transformers'.
-
-    Args:
-        decoder_hidden_size: Width of the decoder.
-        max_depth: The largest depth the head predicts (the sigmoid's scale), in the labels' unit.
-        head_in_index: Which decoder output the head reads (-1: the last, at the input's size).
-        **kwargs: The encoder's fields (`pyramid_config.PyramidConfig`) and the common ones.
-    """
-
-    model_type = "glpn"
-    title = "GLPN"
-    variant_prefixes = ("glpn_", "vinvino02/glpn_")
-
-    def __init__(self, decoder_hidden_size: int = 64, max_depth: float = 10, head_in_index: int = -1,
-                 **kwargs: Any) -> None:  # fmt: skip
-        super().__init__(**kwargs)
-        self.decoder_hidden_size, self.head_in_index = int(decoder_hidden_size), int(head_in_index)
-        # transformers types the field int: whole depths are written as ints so its strict config loads our file
-        self.max_depth = int(max_depth) if float(max_depth).is_integer() else float(max_depth)
-        if self.decoder_hidden_size < 2 or self.decoder_hidden_size % 2:
-            raise ValueError(f"GLPNConfig: decoder_hidden_size must be an even number >= 2, got {decoder_hidden_size}")
-        if not float(max_depth) > 0:
-            raise ValueError(f"GLPNConfig: max_depth must be positive, got {max_depth}")
+from ... import cpu_kernels as kernels
+from ...losses import silog_loss
+from ...outputs import BaseModelOutput, DepthEstimatorOutput
+from ..family import Family
+from ..pyramid import modeling as pyramid
+from .configuration import GLPNConfig
+from .conversion import LAYOUTS, infer_config
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,12 +104,6 @@ class DepthHead(nn.Module):
         return (kernels.conv_act(x, self.head[2], torch.sigmoid) * self.max_depth).squeeze(1)
 
 
-def silog_loss(predicted: torch.Tensor, target: torch.Tensor, lambd: float = 0.5) -> torch.Tensor:
-    """The scale-invariant log loss (Eigen et al. 2014) over the pixels with a positive target, as transformers
-    computes it: sqrt(mean(d^2) - lambd * mean(d)^2), d = log target - log predicted."""
-    valid = target > 0
-    d = torch.log(target[valid]) - torch.log(predicted[valid])
-    return torch.sqrt(d.pow(2).mean() - lambd * d.mean().pow(2))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,27 +163,9 @@ class GLPNForDepthEstimation(GLPNPreTrainedModel):
         return DepthEstimatorOutput(loss=loss, predicted_depth=depth, hidden_states=hidden, attentions=attentions)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The published models: GLPN on MiT-B4, trained on KITTI (depths to 80 m) and NYUv2 (to 10 m).
-
-_B4 = {"depths": (3, 8, 27, 3), "hidden_sizes": (64, 128, 320, 512), "decoder_hidden_size": 64}
-VARIANTS: dict[str, dict[str, Any]] = {"kitti": {**_B4, "max_depth": 80}, "nyu": {**_B4, "max_depth": 10}}
-GLPNConfig.variants = VARIANTS
-
-
-def infer_config(state: StateDict) -> dict[str, Any]:
-    """GLPNConfig fields read off a transformers-named state dict (`max_depth` cannot be read: the default, 10)."""
-    s = convert.strip_prefix(state, "glpn.")
-    fields = pyramid_config.infer_stages(s, "encoder.patch_embeddings.{}.proj.weight", "encoder.block.{}.{}.",
-                                  "attention.self.sr.weight")  # fmt: skip
-    if "head.head.0.weight" in state:
-        fields["decoder_hidden_size"] = state["head.head.0.weight"].shape[0]
-    return fields
-
-
 FAMILY = Family(
     model_type="glpn", config_class=GLPNConfig, processor="GLPNImageProcessor",
     classes={"model": GLPNModel, "depth-estimation": GLPNForDepthEstimation},
-    layouts=(Layout("transformers", "glpn", "encoder.patch_embeddings.0.proj.weight", convert.identity),),
+    layouts=LAYOUTS,
     infer_config=infer_config, min_export_side=pyramid.min_export_side, describe=pyramid.describe,
 )  # fmt: skip

@@ -2,9 +2,9 @@
 
 Wang et al., "PVT v2: Improved Baselines with Pyramid Vision Transformer", https://arxiv.org/abs/2106.13797.
 
-The pyramid encoder (`models/pyramid.py`, shared with SegFormer and GLPN) under PVTv2's module names, which are
+The pyramid encoder (`models/pyramid/`, shared with SegFormer and GLPN) under PVTv2's module names, which are
 transformers' (`pvt_v2.encoder.layers.0.blocks.0.attention.query.weight`, ...), so checkpoints move between the two
-libraries with no conversion; timm's and the authors' layouts convert by the rules at the end of this file. Heads:
+libraries with no conversion; timm's and the authors' layouts convert by the rules in `conversion.py`. Heads:
 mean-pooled classifier, multi-scale backbone, and SegFormer's all-MLP decode head for semantic segmentation.
 """
 
@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modeling import BackboneMixin
-from ..outputs import BackboneOutput, BaseModelOutput
-from . import pyramid
-from .family import Family
-from .pvt_v2_config import LAYOUTS, VARIANTS, PvtV2Config, infer_config
+from ...modeling import BackboneMixin
+from ...outputs import BackboneOutput, BaseModelOutput
+from ..family import Family
+from ..pyramid import modeling as pyramid
+from .configuration import VARIANTS, PvtV2Config
+from .conversion import LAYOUTS, infer_config
 
 __all__ = ["VARIANTS", "PvtV2Backbone", "PvtV2Config", "PvtV2ForImageClassification", "PvtV2ForSemanticSegmentation",
            "PvtV2Model"]  # fmt: skip

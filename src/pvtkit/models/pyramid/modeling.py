@@ -12,7 +12,7 @@ serve all three. Tokens are `(B, N, C)` with N = H * W in row-major order; stage
 
 Also here: what the families' specs share (the smallest torch.export side, `pvtkit info`'s stage table) and
 SegFormer's all-MLP decode head, which PVTv2 uses too; the config fields, their checks and config inference from
-bare weights are in `pyramid_config.py`, which needs no PyTorch.
+bare weights are in `configuration.py`, which needs no PyTorch.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .. import cpu_kernels as kernels
-from ..layers import Dense, DropPath, adaptive_avg_pool2d, attend, get_activation, map_to_tokens, tokens_to_map
-from ..modeling import PreTrainedModel, classification_loss
-from ..outputs import BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
-from .pyramid_config import check_pixel_values
+from ... import cpu_kernels as kernels
+from ...losses import segmentation_loss
+from ...layers import Dense, DropPath, adaptive_avg_pool2d, attend, get_activation, map_to_tokens, tokens_to_map
+from ...modeling import PreTrainedModel, classification_loss
+from ...outputs import BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
+from .. import family as registry
+from .configuration import check_pixel_values
 
 Attentions = tuple[tuple[torch.Tensor, ...], ...]
 
@@ -308,6 +310,7 @@ class PyramidPreTrainedModel(PreTrainedModel):
     """
 
     nested_attentions = True
+    layout_registry = registry
     # Batches the eager forward runs in pieces (more than one 224px image at stage 1) ran faster eagerly than any
     # compiled graph on the CPU (README "Speed"): `pvtkit.optimize` compiles batch 1 only.
     compiled_batch_limit = 1
@@ -518,34 +521,6 @@ def check_dense_input(pixel_values: torch.Tensor, config: Any) -> None:
                          f"first stage's stride {config.strides[0]}; expected both sides at least {config.strides[0]}")
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int,
-                      reduction: str = "mean", upsampled: bool = False) -> Any:  # fmt: skip
-    """transformers' SegFormer loss: logits upsampled (bilinear) to the labels' size, then cross-entropy with
-    `ignore_index`, or for one label BCE-with-logits over the valid pixels.
-
-    Labels must be `(B, H, W)` class indices in `[0, num_labels)` or `ignore_index` (for one label: 0/1 targets);
-    a value outside that is refused by name (cross-entropy would fail with a device-side assert on a GPU).
-
-    `reduction="sum"` sums over the labelled pixels (the trainer normalises by the global batch's); `upsampled=True`
-    returns `(loss, upsampled logits)`, for metrics on the same upsampling. This is the one copy of the loss: the
-    models, the trainer and the evaluator all call it."""
-    if labels.ndim != 3 or labels.shape[0] != logits.shape[0] or labels.is_floating_point() and num_labels > 1:
-        raise ValueError(f"labels must be (batch={logits.shape[0]}, height, width) integer class indices, got shape "
-                         f"{tuple(labels.shape)} and dtype {labels.dtype}")  # fmt: skip
-    if not torch.jit.is_tracing() and not torch.compiler.is_compiling():  # one host sync, none when traced
-        classes = max(num_labels, 2)
-        bad = ((labels < 0) | (labels >= classes)) & (labels != ignore_index)
-        if bad.any():
-            raise ValueError(f"label value {labels[bad][0].item()} is outside [0, {classes}) and is not the ignore "
-                             f"index {ignore_index}; expected class indices below num_labels={num_labels}")  # fmt: skip
-    up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    if num_labels > 1:
-        loss = F.cross_entropy(up, labels.long(), ignore_index=ignore_index, reduction=reduction)
-    else:
-        valid = ((labels >= 0) & (labels != ignore_index)).float()
-        per_pixel = F.binary_cross_entropy_with_logits(up.squeeze(1), labels.float(), reduction="none") * valid
-        loss = per_pixel.sum() if reduction == "sum" else per_pixel.mean()
-    return (loss, up) if upsampled else loss
 
 
 # ---------------------------------------------------------------------------------------------------------------

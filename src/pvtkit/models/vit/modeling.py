@@ -9,7 +9,7 @@ classifier reads the final-layernormed [CLS] token.
 
 Module names are the ones transformers writes to disk (`vit.encoder.layer.0.attention.attention.query.weight`,
 `vit.encoder.layer.0.intermediate.dense.weight`, ...), so hub checkpoints load with no conversion and pvtkit's saves
-load in transformers; timm's layout converts by the rules at the end of this file. Tokens are `(B, 1 + h*w, C)`:
+load in transformers; timm's layout converts by the rules in `conversion.py`. Tokens are `(B, 1 + h*w, C)`:
 the [CLS] token, then the patches in row-major order. This one forward is what eager, torch.compile, torch.export
 and ONNX run; exported, it always interpolates the position embeddings, so the graph takes any multiple of the patch.
 """
@@ -23,13 +23,15 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .. import cpu_kernels as kernels
-from ..config import pair as _pair
-from ..layers import Dense, attend, get_activation, map_to_tokens, resize_position_embeddings
-from ..modeling import PreTrainedModel, classification_loss
-from ..outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
-from .family import Family
-from .vit_config import LAYOUTS, VARIANTS, ViTConfig, check_pixel_values, infer_config
+from ... import cpu_kernels as kernels
+from ...config import pair as _pair
+from ...layers import Dense, attend, get_activation, map_to_tokens, resize_position_embeddings
+from ...modeling import PreTrainedModel, classification_loss
+from ...outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
+from .. import family as registry
+from ..family import Family
+from .configuration import VARIANTS, ViTConfig, check_pixel_values
+from .conversion import LAYOUTS, infer_config
 
 __all__ = ["VARIANTS", "ViTConfig", "ViTForImageClassification", "ViTForMaskedImageModeling", "ViTModel",
            "ViTPreTrainedModel"]  # fmt: skip
@@ -204,6 +206,7 @@ class ViTPreTrainedModel(PreTrainedModel):
 
     config_class = ViTConfig
     base_model_prefix = "vit"
+    layout_registry = registry
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

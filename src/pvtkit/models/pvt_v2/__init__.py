@@ -1,0 +1,30 @@
+"""PVTv2: `configuration` (config, variants), `conversion` (checkpoint layouts), `modeling` (the PyTorch models and
+the family spec), `processing` (image processors). Importing the package imports no PyTorch: its names are read
+from those modules at first use (PEP 562)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "PvtV2Config": "configuration", "VARIANTS": "configuration",
+    "LAYOUTS": "conversion", "infer_config": "conversion",
+    "FAMILY": "modeling", "PvtV2Backbone": "modeling", "PvtV2ForImageClassification": "modeling",
+    "PvtV2ForSemanticSegmentation": "modeling", "PvtV2Model": "modeling", "PvtV2PreTrainedModel": "modeling",
+    "PvtImageProcessor": "processing", "PvtImageProcessorFast": "processing",
+}  # fmt: skip
+__all__ = ["VARIANTS", "PvtV2Backbone", "PvtV2Config", "PvtV2ForImageClassification", "PvtV2ForSemanticSegmentation",
+           "PvtV2Model"]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -97,7 +97,7 @@ def test_arch_names_say_their_family_and_help_lists_every_family():
 
 def test_import_pvtkit_changes_no_environment_variable():
     code = ("import os, sys, json\nsys.argv[0] = '/usr/local/bin/pvtkit'\nbefore = dict(os.environ)\n"
-            "import pvtkit, pvtkit.cli, pvtkit.commands.train, pvtkit.training\n"
+            "import pvtkit, pvtkit.cli, pvtkit.commands.train, pvtkit.training.trainer\n"
             "pvtkit.cli.build_parser()\nprint(json.dumps([dict(os.environ) == before, 'torch' in sys.modules]))")
     assert json.loads(python(code).stdout) == [True, True]
 

@@ -209,15 +209,15 @@ def test_import_pvtkit_loads_no_torch_until_a_model_is_used():
     run_fresh_python(code)
 
 
-def test_pvtkit_pipeline_stays_the_function_after_its_module_is_imported():
-    """`pvtkit.pipeline` is the function even once `pvtkit/pipeline.py` is imported (which sets the package's
-    attribute), as it was before the public API became lazy."""
+def test_pvtkit_pipeline_is_the_function_and_pipelines_the_package():
+    """`pvtkit.pipeline` is the function, whatever was imported before it; the pipelines are the package
+    `pvtkit.pipelines`, one module per task; the package is a plain module (no class swap to keep the name)."""
     code = (
-        "import pvtkit\n"
+        "import sys, types, pvtkit\n"
         "from pvtkit.pipelines import slide_windows\n"
-        "import pvtkit.pipeline as p\n"
-        "assert callable(pvtkit.pipeline) and pvtkit.pipeline.__module__ == 'pvtkit.pipeline', pvtkit.pipeline\n"
-        "assert callable(p)\n"
-        "import sys; assert sys.modules['pvtkit.pipeline'].slide_windows is slide_windows\n"
+        "import pvtkit.pipelines.segmentation as seg\n"
+        "assert callable(pvtkit.pipeline) and pvtkit.pipeline.__module__ == 'pvtkit.pipelines', pvtkit.pipeline\n"
+        "assert seg.slide_windows is slide_windows and pvtkit.pipelines.pipeline is pvtkit.pipeline\n"
+        "assert type(sys.modules['pvtkit']) is types.ModuleType\n"
     )
     run_fresh_python(code)

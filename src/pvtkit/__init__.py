@@ -2,7 +2,6 @@
 
 import importlib as _importlib
 import importlib.util as _importlib_util
-import sys as _sys
 from typing import Any as _Any
 
 # Public name -> (module, attribute), imported on first use (PEP 562): `import pvtkit` loads no torch, so

@@ -70,8 +70,7 @@ def arch_help() -> str:
 def register(sub: Any) -> None:
     import dataclasses
 
-    from ..data.depth import DEPTH_LAYOUTS
-    from ..data.folders import SEGMENTATION_LAYOUTS
+    from ..data.folders import DEPTH_LAYOUTS, SEGMENTATION_LAYOUTS
     from ..training.arguments import TrainingArguments
 
     fields = dataclasses.fields(TrainingArguments)

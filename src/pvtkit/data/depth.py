@@ -27,15 +27,9 @@ from torch.utils.data import Dataset
 
 from ..processing import ImageLoadError, load_image
 from .folders import (
-    SPLIT_SEED, DatasetError, LayoutError, find_split_folders, is_image_file, listed, warn_unreadable,
+    DEPTH_EXTENSIONS, DEPTH_FOLDER_NAMES, DEPTH_LAYOUTS, SPLIT_SEED, DatasetError, LayoutError, find_split_folders,
+    is_image_file, listed, warn_unreadable,
 )  # fmt: skip
-
-DEPTH_FOLDER_NAMES = ("depths", "depth")
-DEPTH_EXTENSIONS = (".png", ".npy", ".tif", ".tiff")
-DEPTH_LAYOUTS = """\
-  DIR/train/images/ + DIR/train/depths/ (and DIR/val/images/ + DIR/val/depths/), or DIR/images/ + DIR/depths/
-  (depth/ works for depths/); a depth map has its image's file stem: 16-bit PNG / --depth-scale (NYU 1000, KITTI
-  256), or .npy / 32-bit TIFF in metres; 0 = no measurement"""
 
 DepthSample = tuple[str, str]  # (image path, depth map path)
 

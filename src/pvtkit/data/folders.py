@@ -211,6 +211,15 @@ def pair_images_and_masks(images: Path, masks: Path) -> tuple[list[tuple[Path, P
     return pairs, lone_images, lone_masks
 
 
+# Depth datasets (`data.depth`): images and depth maps paired by file stem.
+DEPTH_FOLDER_NAMES = ("depths", "depth")
+DEPTH_EXTENSIONS = (".png", ".npy", ".tif", ".tiff")
+DEPTH_LAYOUTS = """\
+  DIR/train/images/ + DIR/train/depths/ (and DIR/val/images/ + DIR/val/depths/), or DIR/images/ + DIR/depths/
+  (depth/ works for depths/); a depth map has its image's file stem: 16-bit PNG / --depth-scale (NYU 1000, KITTI
+  256), or .npy / 32-bit TIFF in metres; 0 = no measurement"""
+
+
 def find_segmentation_layout(root: str | os.PathLike) -> SegmentationLayout:
     """Recognise one of the three layouts of `SEGMENTATION_LAYOUTS` in `root` and pair its files.
 

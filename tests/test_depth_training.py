@@ -65,8 +65,10 @@ def test_depth_maps_are_read_in_metres_with_their_invalid_pixels(tmp_path):
     PIL.Image.fromarray(np.array([[2.25, 0]], dtype=np.float32), mode="F").save(tmp_path / "metres.tiff")
     np.testing.assert_allclose(read_depth(tmp_path / "metres.tiff"), [[2.25, 0]])
     PIL.Image.new("RGB", (2, 2)).save(tmp_path / "colour.png")
-    with pytest.raises(ValueError, match=r"colour.png: PIL mode RGB; expected a one-band 16-bit PNG"):
-        read_depth(tmp_path / "colour.png")
+    PIL.Image.new("L", (2, 2)).save(tmp_path / "eight_bits.png")
+    for name, mode in (("colour.png", "RGB"), ("eight_bits.png", "L")):
+        with pytest.raises(ValueError, match=rf"{name}: PIL mode {mode}; expected a one-band 16-bit PNG"):
+            read_depth(tmp_path / name)
 
 
 def stereo_depth_dataset(root: Path, train: int = 8, val: int = 4, size: int = 96) -> Path:

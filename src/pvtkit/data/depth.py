@@ -74,11 +74,11 @@ def read_depth(path: str | os.PathLike, depth_scale: float = 1000.0, min_depth: 
                 opened.load()
                 if opened.mode == "F":  # 32-bit float TIFF: metres already
                     depth = np.asarray(opened, dtype=np.float32)
-                elif opened.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "L"):
+                elif opened.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 8-bit maps cannot hold depth
                     depth = np.asarray(opened, dtype=np.float32) / float(depth_scale)
                 else:
-                    raise ImageLoadError(f"depth map {path}: PIL mode {opened.mode}; expected a one-band 16-bit PNG, "
-                                         "a 32-bit float TIFF or a .npy array")  # fmt: skip
+                    raise ImageLoadError(f"depth map {path}: PIL mode {opened.mode}; expected a one-band 16-bit PNG "
+                                         "(8 bits cannot hold depth), a 32-bit float TIFF or a .npy array")  # fmt: skip
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, ImageLoadError):
             raise

@@ -30,7 +30,7 @@ from .pvt_v2 import PvtV2ForImageClassification, PvtV2Model, PvtV2PreTrainedMode
 from .vit import ViTForImageClassification, ViTModel, ViTPreTrainedModel  # noqa: E402
 
 
-# The Keras classes by `model_type`, then by the registry's task names (`pvtkit.models.family.TASKS`).
+# The Keras classes by `model_type`, then by the registry's head names (`pvtkit.models.family.HEADS`).
 CLASSES: dict[str, dict[str, type[KerasPreTrainedModel]]] = {
     "vit": {"model": ViTModel, "image-classification": ViTForImageClassification},
     "pvt_v2": {"model": PvtV2Model, "image-classification": PvtV2ForImageClassification},

@@ -23,8 +23,9 @@ from ..convert import Layout, StateDict
 # The registry: one package of `pvtkit.models` per family, in the order layouts are tried.
 FAMILY_MODULES = ("pvt_v2", "vit", "segformer", "glpn")
 
-# Task names, as the Auto classes and pipelines know them.
-TASKS = ("model", "image-classification", "backbone", "masked-image-modeling", "semantic-segmentation",
+# The heads a family's model classes fill (`Family.classes` keys, the Auto classes' `task`); which head a task runs
+# is the task's spec (`pvtkit.tasks`: `Task.heads`).
+HEADS = ("model", "image-classification", "backbone", "masked-image-modeling", "semantic-segmentation",
          "depth-estimation")
 
 
@@ -47,7 +48,7 @@ class Family:
     Args:
         model_type: `config.json`'s `model_type`.
         config_class: Its config class (which carries the family's title and variant table).
-        classes: The model class of each task in `TASKS` the family has.
+        classes: The model class of each head in `HEADS` the family has.
         processor: `image_processor_type` of the processor a checkpoint without `preprocessor_config.json` gets.
         task_processors: The same for tasks whose inputs differ (PVTv2's segmentation model: SegFormer's).
         layouts: The checkpoint layouts it reads, transformers' first.

@@ -61,7 +61,8 @@ def build(spec: Spec, impls: tuple[str, ...]) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     if spec.family == "segformer":
         ours: torch.nn.Module = pvtkit.SegformerForSemanticSegmentation(
-            pvtkit.SegformerConfig.from_variant(spec.variant, num_labels=spec.num_labels))
+            pvtkit.SegformerConfig.from_variant(spec.variant, num_labels=spec.num_labels)
+        )
         theirs_cls = transformers.SegformerForSemanticSegmentation
     else:
         ours = pvtkit.GLPNForDepthEstimation(pvtkit.GLPNConfig.from_variant(spec.variant))
@@ -166,20 +167,34 @@ def main() -> int:
             ours, theirs = cell.median("pvtkit"), cell.median("transformers")
             memory = {} if args.no_memory else {impl: measure_memory(key, impl, shape, args.threads) for impl in IMPLS}
             mem = {impl: (m or {}).get("forward_mib") for impl, m in memory.items()}
-            results[f"{key}_b{batch}"] = {"shape": list(shape), "seconds": cell.seconds, "error": cell.error,
-                                          "memory": memory}  # fmt: skip
-            rows.append(f"| {spec.title} | {h}x{w} | {batch} | {fmt(batch / ours, 2)} | {fmt(batch / theirs, 2)} | "
-                        f"{ratio(theirs, ours)} | {fmt(mem.get('pvtkit'), 0)} | {fmt(mem.get('transformers'), 0)} | "
-                        f"{cell.error.get('pvtkit', float('nan')):.1e} |")  # fmt: skip
+            results[f"{key}_b{batch}"] = {
+                "shape": list(shape),
+                "seconds": cell.seconds,
+                "error": cell.error,
+                "memory": memory,
+            }
+            rows.append(
+                f"| {spec.title} | {h}x{w} | {batch} | {fmt(batch / ours, 2)} | {fmt(batch / theirs, 2)} | "
+                f"{ratio(theirs, ours)} | {fmt(mem.get('pvtkit'), 0)} | {fmt(mem.get('transformers'), 0)} | "
+                f"{cell.error.get('pvtkit', float('nan')):.1e} |"
+            )
             print(rows[-1], flush=True)
         del models
         gc.collect()
-    header = ["| model | input | batch | pvtkit img/s | transformers img/s | speed-up | pvtkit forward MiB | "
-              "transformers forward MiB | rel. error |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    header = [
+        "| model | input | batch | pvtkit img/s | transformers img/s | speed-up | pvtkit forward MiB | "
+        "transformers forward MiB | rel. error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     load_after = os.getloadavg()
-    lines = [f"{info['cpu']}, {args.threads} threads, torch {info['torch']}, transformers {info.get('transformers')}, "
-             f"huge pages {'on' if info['huge_pages'] else 'off'}; load average {load_before[0]:.2f} before, "
-             f"{load_after[0]:.2f} after; {time.time() - started:.0f} s", "", *header, *rows]  # fmt: skip
+    lines = [
+        f"{info['cpu']}, {args.threads} threads, torch {info['torch']}, transformers {info.get('transformers')}, "
+        f"huge pages {'on' if info['huge_pages'] else 'off'}; load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after; {time.time() - started:.0f} s",
+        "",
+        *header,
+        *rows,
+    ]
     print("\n".join(lines))
     if args.markdown:
         with open(args.markdown, "w") as f:

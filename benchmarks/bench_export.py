@@ -106,13 +106,15 @@ def main() -> None:
             if name in int8:
                 files["ORT pvtkit int8"] = Path(tmp, f"{name}-int8.onnx")
                 q = export_onnx(model, files["ORT pvtkit int8"], quantize="dynamic", image_size=args.size).quantization
-                print(f"{name}: int8 top-1 agreement {q['top1_agreement']:.0%} on {q['images']} {q['source']}, "
-                      f"max logit drift {q['max_logit_drift']:.3g}")  # fmt: skip
+                print(
+                    f"{name}: int8 top-1 agreement {q['top1_agreement']:.0%} on {q['images']} {q['source']}, "
+                    f"max logit drift {q['max_logit_drift']:.3g}"
+                )
             for batch in batches:
                 x = torch.randn(batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(batch))
                 with torch.inference_mode():
                     expected = model(x).logits.numpy()
-                    seconds = {"eager": timed(lambda: model(x), args.repeats)}
+                    seconds = {"eager": timed(lambda model=model, x=x: model(x), args.repeats)}
                 diffs = {}
                 for column, file in files.items():
                     seconds[column], got = time_session(file, threads, x.numpy(), args.repeats)
@@ -125,10 +127,16 @@ def main() -> None:
                 print(f"{name} batch {batch}: {shown}", flush=True)
 
     cpu = _cpu_name()
-    head = (f"CPU {cpu}, {threads} threads, torch {torch.__version__}, onnxruntime {ort.__version__}, "
-            f"{args.size}x{args.size}, median of {args.repeats}")  # fmt: skip
-    lines = [head, "", "| model | batch | " + " | ".join(columns) + " | pvtkit vs eager | max rel diff (pvtkit) |",
-             "|---|---:|" + "---:|" * len(columns) + "---:|---:|"]  # fmt: skip
+    head = (
+        f"CPU {cpu}, {threads} threads, torch {torch.__version__}, onnxruntime {ort.__version__}, "
+        f"{args.size}x{args.size}, median of {args.repeats}"
+    )
+    lines = [
+        head,
+        "",
+        "| model | batch | " + " | ".join(columns) + " | pvtkit vs eager | max rel diff (pvtkit) |",
+        "|---|---:|" + "---:|" * len(columns) + "---:|---:|",
+    ]
     for name, batch, seconds, diffs in rows:
         if batch == 1:
             cells = [f"{seconds[c] * 1e3:.1f} ms" if c in seconds else "" for c in columns]

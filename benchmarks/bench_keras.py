@@ -65,8 +65,13 @@ def worker(framework: str, checkpoint: str, batch: int, iters: int) -> dict:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return {"framework": framework, "load_s": loaded - started, "first_call_s": first,
-            "median_s": statistics.median(times), "threads": threads}  # fmt: skip
+    return {
+        "framework": framework,
+        "load_s": loaded - started,
+        "first_call_s": first,
+        "median_s": statistics.median(times),
+        "threads": threads,
+    }
 
 
 def main() -> None:
@@ -106,24 +111,45 @@ def main() -> None:
         for _ in range(args.rounds):
             for framework in FRAMEWORKS:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--worker", framework, "--checkpoint", tmp, "--batch", str(args.batch),
-                     "--iters", str(args.iters)], capture_output=True, text=True, check=True,
-                )  # fmt: skip
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        framework,
+                        "--checkpoint",
+                        tmp,
+                        "--batch",
+                        str(args.batch),
+                        "--iters",
+                        str(args.iters),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 runs[framework].append(json.loads(out.stdout.strip().splitlines()[-1]))
         load_after = os.getloadavg()[0]
     info = machine()
-    print(f"# {config.title} {args.variant}, batch {args.batch}, fp32 inference; {info['cpu']}, {info['cores']} cores; "
-          f"torch {info['torch']}, keras {versions['keras']}, jax {versions['jax']}, tensorflow {versions['tensorflow']}; "
-          f"load average {load_before:.2f} before, {load_after:.2f} after")  # fmt: skip
+    print(
+        f"# {config.title} {args.variant}, batch {args.batch}, fp32 inference; {info['cpu']}, {info['cores']} cores; "
+        f"torch {info['torch']}, keras {versions['keras']}, jax {versions['jax']}, tensorflow {versions['tensorflow']}; "
+        f"load average {load_before:.2f} before, {load_after:.2f} after"
+    )
     base = statistics.median(r["median_s"] for r in runs["torch"])
     print("| framework | img/s | ms/batch (median, spread over rounds) | vs PyTorch pvtkit | first call (compile) s |")
     print("|---|---|---|---|---|")
     for framework, rs in runs.items():
         med = statistics.median(r["median_s"] for r in rs)
         lo, hi = min(r["median_s"] for r in rs), max(r["median_s"] for r in rs)
-        name = "PyTorch pvtkit (eager)" if framework == "torch" else f"Keras/{'JAX' if framework == 'jax' else 'TF'} (compiled)"
-        print(f"| {name} | {args.batch / med:.1f} | {med * 1000:.0f} ({lo * 1000:.0f}-{hi * 1000:.0f}) | "
-              f"{base / med:.2f}x | {statistics.median(r['first_call_s'] for r in rs):.1f} |")  # fmt: skip
+        name = (
+            "PyTorch pvtkit (eager)"
+            if framework == "torch"
+            else f"Keras/{'JAX' if framework == 'jax' else 'TF'} (compiled)"
+        )
+        print(
+            f"| {name} | {args.batch / med:.1f} | {med * 1000:.0f} ({lo * 1000:.0f}-{hi * 1000:.0f}) | "
+            f"{base / med:.2f}x | {statistics.median(r['first_call_s'] for r in rs):.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -330,9 +330,11 @@ def memory_child(key: str, impl: str, batch: int, train: bool = False) -> None:
 
         run()
     else:
+
         def run() -> None:
             with torch.inference_mode():
                 logits(model, x)
+
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
@@ -366,7 +368,8 @@ def measure_scaling(sizes, args) -> dict[str, dict[int, float]]:
         x = torch.randn(1, 3, size, size).to(args.device)
         fns = {}
         for k, m in models.items():
-            def run(m=m):
+
+            def run(m=m, x=x):
                 with torch.inference_mode():
                     return logits(m, x)
 
@@ -439,8 +442,12 @@ def main() -> int:
     parser.add_argument("--no-scaling", action="store_true", help="skip linear SRA vs SRA")
     parser.add_argument("--markdown", help="also write the tables to this Markdown file")
     parser.add_argument("--json", help="also write every number to this JSON file")
-    parser.add_argument("--compile", action="store_true", help="also compiled rows: pvtkit.optimize against "
-                        "torch.compile of transformers' and timm's models (Inductor, freezing), with compile times")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also compiled rows: pvtkit.optimize against "
+        "torch.compile of transformers' and timm's models (Inductor, freezing), with compile times",
+    )
     parser.add_argument("--compile-only", action="store_true", help="only the compiled rows (implies --compile)")
     parser.add_argument("--memory-child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -494,9 +501,17 @@ def main() -> int:
             else:
                 values = [fmt(b / med[i] if med[i] else None, unit=" img/s") for i in IMPLS]
             runs = min(len(v) for v in cell.seconds.values())
-            rows_speed.append([spec.title, label, *values, ratio(med["transformers"], med["pvtkit"]),
-                               ratio(med["timm"], med["pvtkit"]), str(runs),
-                               f"{cell.error.get('pvtkit', float('nan')):.1g}"])  # fmt: skip
+            rows_speed.append(
+                [
+                    spec.title,
+                    label,
+                    *values,
+                    ratio(med["transformers"], med["pvtkit"]),
+                    ratio(med["timm"], med["pvtkit"]),
+                    str(runs),
+                    f"{cell.error.get('pvtkit', float('nan')):.1g}",
+                ]
+            )
             print("  " + " | ".join(rows_speed[-1]), file=sys.stderr, flush=True)  # partial results as they come
             # bf16 emulated on fp32 units is measured against the fp32 peak; native bf16 against the bf16 one
             rates = {i: b / med[i] if med[i] else None for i in IMPLS}
@@ -515,8 +530,17 @@ def main() -> int:
                 values = [fmt(b / med[i] if med[i] else None, unit=" img/s") for i in names]
             runs = min(len(v) for v in cell.seconds.values())
             compile_s = " / ".join(fmt(first.get(i), 0) for i in names[:3])
-            rows_compiled.append([spec.title, f"fp32 b{b}", *values, ratio(med["transformers"], med["pvtkit"]),
-                                  ratio(med["timm"], med["pvtkit"]), compile_s, str(runs)])  # fmt: skip
+            rows_compiled.append(
+                [
+                    spec.title,
+                    f"fp32 b{b}",
+                    *values,
+                    ratio(med["transformers"], med["pvtkit"]),
+                    ratio(med["timm"], med["pvtkit"]),
+                    compile_s,
+                    str(runs),
+                ]
+            )
             print("  " + " | ".join(rows_compiled[-1]), file=sys.stderr, flush=True)
         train_batch = QUICK["train_batch"] if args.quick else spec.train_batch
         if spec.train_batch and not args.no_train:
@@ -526,8 +550,16 @@ def main() -> int:
             med = {i: cell.median(i) for i in IMPLS}
             values = [fmt(train_batch / med[i] if med[i] else None, unit=" img/s") for i in IMPLS]
             runs = min(len(v) for v in cell.seconds.values())
-            rows_train.append([spec.title, f"fp32 b{train_batch}", *values, ratio(med["transformers"], med["pvtkit"]),
-                               ratio(med["timm"], med["pvtkit"]), str(runs)])  # fmt: skip
+            rows_train.append(
+                [
+                    spec.title,
+                    f"fp32 b{train_batch}",
+                    *values,
+                    ratio(med["transformers"], med["pvtkit"]),
+                    ratio(med["timm"], med["pvtkit"]),
+                    str(runs),
+                ]
+            )
             print("  " + " | ".join(rows_train[-1]), file=sys.stderr, flush=True)
             rates = {i: train_batch / med[i] if med[i] else None for i in IMPLS}
             rows_roof.append((spec.title, f"train fp32 b{train_batch}", 3 * gflops, rates, "fp32"))
@@ -567,51 +599,79 @@ def main() -> int:
         f"timm {info.get('timm', 'n/a')}, pvtkit {pvtkit.__version__}; {info['threads']} threads, "
         f"device {args.device}; allocator: {'THP_MEM_ALLOC_ENABLE=1' if info['huge_pages'] else 'default'}; "
         f"load average {load_before[0]:.1f} at start, {load_after[0]:.1f} at end; "
-        f"{minutes:.0f} min"
-        + (" (--quick)" if args.quick else "")
+        f"{minutes:.0f} min" + (" (--quick)" if args.quick else "")
     )
     lines = [header, ""]
     if rows_speed:
-        lines += ["| model | run | pvtkit | transformers | timm | vs transformers | vs timm | runs | pvtkit rel. err. |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "| model | run | pvtkit | transformers | timm | vs transformers | vs timm | runs | pvtkit rel. err. |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in rows_speed]
     if rows_compiled:
-        lines += ["", "Compiled (fp32 inference): pvtkit through `pvtkit.optimize`, transformers and timm through "
-                  "`torch.compile(model, dynamic=False, options={'freezing': True})`; pvtkit's eager forward beside "
-                  "them; first call in seconds (compilation included):", "",
-                  "| model | run | pvtkit optimize | transformers compiled | timm compiled | pvtkit eager | "
-                  "vs transformers | vs timm | first call s (pvtkit / transformers / timm) | runs |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "Compiled (fp32 inference): pvtkit through `pvtkit.optimize`, transformers and timm through "
+            "`torch.compile(model, dynamic=False, options={'freezing': True})`; pvtkit's eager forward beside "
+            "them; first call in seconds (compilation included):",
+            "",
+            "| model | run | pvtkit optimize | transformers compiled | timm compiled | pvtkit eager | "
+            "vs transformers | vs timm | first call s (pvtkit / transformers / timm) | runs |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in rows_compiled]
     if rows_train:
-        lines += ["", "Training step (forward, backward, AdamW step):", "",
-                  "| model | run | pvtkit | transformers | timm | vs transformers | vs timm | runs |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "Training step (forward, backward, AdamW step):",
+            "",
+            "| model | run | pvtkit | transformers | timm | vs transformers | vs timm | runs |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in rows_train]
     if rows_roof:
-        bf16_note = ("native bf16 rows against the bf16 peak" if native_bf16 else
-                     "no bf16 instructions here: bf16 rows against the fp32 peak (pvtkit emulates bf16 on the fp32 "
-                     "units; torch's bf16 fallback is far slower)")  # fmt: skip
-        lines += ["", f"Against the machine's limit: GFLOP/s achieved (share of the measured matmul peak: fp32 "
-                  f"{peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; {bf16_note}); batch-1 rows are "
-                  "latency-bound and far from the peak by nature:", "",
-                  "| model | run | GFLOPs per image | pvtkit | transformers | timm |", "|---|---|---|---|---|---|"]  # fmt: skip
+        bf16_note = (
+            "native bf16 rows against the bf16 peak"
+            if native_bf16
+            else "no bf16 instructions here: bf16 rows against the fp32 peak (pvtkit emulates bf16 on the fp32 "
+            "units; torch's bf16 fallback is far slower)"
+        )
+        lines += [
+            "",
+            f"Against the machine's limit: GFLOP/s achieved (share of the measured matmul peak: fp32 "
+            f"{peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; {bf16_note}); batch-1 rows are "
+            "latency-bound and far from the peak by nature:",
+            "",
+            "| model | run | GFLOPs per image | pvtkit | transformers | timm |",
+            "|---|---|---|---|---|---|",
+        ]
         for title, run, gflops, rates, peak in rows_roof:
             shares = [share(rates[i], gflops, peaks[peak]) for i in IMPLS]
             lines.append("| " + " | ".join([title, run, f"{gflops:.2f}", *shares]) + " |")
     if rows_mem:
-        lines += ["", "Peak memory, MiB: the run's own high-water mark above the loaded model (a training step: "
-                  "above the model and AdamW's state, after a first step; in brackets: the process's peak RSS), one fresh process each:", "",
-                  "| model | run | pvtkit | transformers | timm |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "Peak memory, MiB: the run's own high-water mark above the loaded model (a training step: "
+            "above the model and AdamW's state, after a first step; in brackets: the process's peak RSS), one fresh process each:",
+            "",
+            "| model | run | pvtkit | transformers | timm |",
+            "|---|---|---|---|---|",
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in rows_mem]
     if scaling:
         sizes = sorted(next(iter(scaling.values())))
-        lines += ["", "Linear SRA vs SRA (pvtkit, fp32, batch 1), ms per image:", "",
-                  "| model | " + " | ".join(f"{s}px" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]  # fmt: skip
+        lines += [
+            "",
+            "Linear SRA vs SRA (pvtkit, fp32, batch 1), ms per image:",
+            "",
+            "| model | " + " | ".join(f"{s}px" for s in sizes) + " |",
+            "|---|" + "---|" * len(sizes),
+        ]
         for k, title in (("b2", "PVTv2-B2 (SRA)"), ("b2_linear", "PVTv2-B2-Linear")):
             lines.append(f"| {title} | " + " | ".join(fmt(scaling[k][s] * 1e3, 0) for s in sizes) + " |")
-        lines.append("| B2 / B2-Linear | " + " | ".join(ratio(scaling["b2"][s], scaling["b2_linear"][s])
-                                                         for s in sizes) + " |")  # fmt: skip
+        lines.append(
+            "| B2 / B2-Linear | " + " | ".join(ratio(scaling["b2"][s], scaling["b2_linear"][s]) for s in sizes) + " |"
+        )
     text = "\n".join(lines)
     print(text)
     results["machine"], results["load"] = info, {"start": load_before, "end": load_after}

@@ -52,18 +52,20 @@ def main() -> None:
     reference = transformers.ViTImageProcessorPil(do_convert_rgb=True)(images, return_tensors="pt").pixel_values
 
     runs = {
-        "transformers ViTImageProcessorPil (PIL images)":
-            lambda: transformers.ViTImageProcessorPil(do_convert_rgb=True)(images, return_tensors="pt").pixel_values,
-        "pvtkit ViTImageProcessor (PIL images)":
-            lambda: ViTImageProcessor()(images, return_tensors="pt").pixel_values,
-        "pvtkit ViTImageProcessorFast (PIL images)":
-            lambda: ViTImageProcessorFast()(images, return_tensors="pt", device=args.device).pixel_values,
-        "pvtkit ViTImageProcessorFast (uint8 tensors)":
-            lambda: ViTImageProcessorFast()(tensors, return_tensors="pt", device=args.device).pixel_values,
-    }  # fmt: skip
+        "transformers ViTImageProcessorPil (PIL images)": lambda: (
+            transformers.ViTImageProcessorPil(do_convert_rgb=True)(images, return_tensors="pt").pixel_values
+        ),
+        "pvtkit ViTImageProcessor (PIL images)": lambda: ViTImageProcessor()(images, return_tensors="pt").pixel_values,
+        "pvtkit ViTImageProcessorFast (PIL images)": lambda: (
+            ViTImageProcessorFast()(images, return_tensors="pt", device=args.device).pixel_values
+        ),
+        "pvtkit ViTImageProcessorFast (uint8 tensors)": lambda: (
+            ViTImageProcessorFast()(tensors, return_tensors="pt", device=args.device).pixel_values
+        ),
+    }
     if transformers.utils.is_torchvision_available():
-        runs["transformers ViTImageProcessor (torchvision)"] = (
-            lambda: transformers.ViTImageProcessor(do_convert_rgb=True)(images, return_tensors="pt").pixel_values
+        runs["transformers ViTImageProcessor (torchvision)"] = lambda: (
+            transformers.ViTImageProcessor(do_convert_rgb=True)(images, return_tensors="pt").pixel_values
         )
     rows = []
     for name, fn in runs.items():

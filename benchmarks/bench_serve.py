@@ -38,8 +38,13 @@ from bench_models import machine  # noqa: E402
 
 
 def make_images(count: int) -> list[bytes]:
-    photos = [skimage.data.chelsea(), skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket(),
-              np.stack([skimage.data.camera()] * 3, -1)]  # fmt: skip
+    photos = [
+        skimage.data.chelsea(),
+        skimage.data.astronaut(),
+        skimage.data.coffee(),
+        skimage.data.rocket(),
+        np.stack([skimage.data.camera()] * 3, -1),
+    ]
     out = []
     for i in range(count):
         image = PIL.Image.fromarray(photos[i % len(photos)])
@@ -59,8 +64,7 @@ def offline(model_dir: str, images: list[bytes], batch: int, folder: Path) -> fl
         paths[-1].write_bytes(data)
     from pvtkit.distributed import default_workers
 
-    pipe = pvtkit.pipeline("image-classification", model=model_dir, batch_size=batch,
-                           num_workers=default_workers())  # fmt: skip
+    pipe = pvtkit.pipeline("image-classification", model=model_dir, batch_size=batch, num_workers=default_workers())
     list(pipe.run(paths[: batch * 2]))  # warm-up
     started = time.perf_counter()
     results = list(pipe.run(paths))
@@ -92,11 +96,28 @@ def free_port() -> int:
 def start_server(model_dir: str, batch: int, delay_ms: float, extra: list[str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pvtkit", "serve", "--model", f"b0={model_dir}", "--port", str(port),
-         "--max-batch-size", str(batch), "--max-delay-ms", str(delay_ms), "--log-level", "warning",
-         "--max-queue", "1024", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pvtkit",
+            "serve",
+            "--model",
+            f"b0={model_dir}",
+            "--port",
+            str(port),
+            "--max-batch-size",
+            str(batch),
+            "--max-delay-ms",
+            str(delay_ms),
+            "--log-level",
+            "warning",
+            "--max-queue",
+            "1024",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -116,8 +137,11 @@ def batch_stats(port: int) -> tuple[float, float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
-    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(("pvtkit_batch_size_sum", "pvtkit_batch_size_count"))}  # fmt: skip
+    values = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("pvtkit_batch_size_sum", "pvtkit_batch_size_count"))
+    }
     return values.get("pvtkit_batch_size_sum", 0.0), values.get("pvtkit_batch_size_count", 0.0)
 
 
@@ -185,27 +209,42 @@ def main() -> None:
                     images_after, passes_after = batch_stats(port)
                     mean_batch = (images_after - images_before) / max(passes_after - passes_before, 1)
                     p50, p95, p99 = (float(np.percentile(lat, q)) * 1000 for q in (50, 95, 99))
-                    rows.append({"batching": mode, "clients": n, "img_s": rate, "p50_ms": p50, "p95_ms": p95,
-                                 "p99_ms": p99, "share_of_offline": rate / offline_rate,
-                                 "mean_batch": mean_batch})  # fmt: skip
+                    rows.append(
+                        {
+                            "batching": mode,
+                            "clients": n,
+                            "img_s": rate,
+                            "p50_ms": p50,
+                            "p95_ms": p95,
+                            "p99_ms": p99,
+                            "share_of_offline": rate / offline_rate,
+                            "mean_batch": mean_batch,
+                        }
+                    )
                     print(json.dumps(rows[-1]), flush=True)
             finally:
                 process.terminate()
                 process.wait(60)
     load_after = os.getloadavg()
     by = {(r["batching"], r["clients"]): r for r in rows}
-    lines = [f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average "
-             f"{load_before[0]:.2f} before, {load_after[0]:.2f} after. PVTv2-B0 224x224 fp32, raw JPEG uploads to "
-             f"POST /predict{(' (serve ' + args.server_args + ')') if args.server_args else ''}; offline `pvtkit classify` (Pipeline.run, batch {args.batch}): {offline_rate:.1f} img/s; the model alone: "
-             + ", ".join(f"{ms:.1f} ms/img at batch {b}" for b, ms in alone.items()) + ".",
-             "", "| batching | clients | img/s | p50 ms | p95 ms | p99 ms | of offline | on / off | mean batch |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after. PVTv2-B0 224x224 fp32, raw JPEG uploads to "
+        f"POST /predict{(' (serve ' + args.server_args + ')') if args.server_args else ''}; offline `pvtkit classify` (Pipeline.run, batch {args.batch}): {offline_rate:.1f} img/s; the model alone: "
+        + ", ".join(f"{ms:.1f} ms/img at batch {b}" for b, ms in alone.items())
+        + ".",
+        "",
+        "| batching | clients | img/s | p50 ms | p95 ms | p99 ms | of offline | on / off | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         off = by.get(("off", r["clients"]))
         speedup = r["img_s"] / off["img_s"] if r["batching"] == "on" and off else 1.0
-        lines.append(f"| {r['batching']} (max {args.batch if r['batching'] == 'on' else 1}) | {r['clients']} | "
-                     f"{r['img_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
-                     f"{100 * r['share_of_offline']:.0f}% | {speedup:.2f}x | {r['mean_batch']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {r['batching']} (max {args.batch if r['batching'] == 'on' else 1}) | {r['clients']} | "
+            f"{r['img_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
+            f"{100 * r['share_of_offline']:.0f}% | {speedup:.2f}x | {r['mean_batch']:.1f} |"
+        )
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -1,11 +1,9 @@
-"""Shared test helpers: the relative-error measure every parity test uses, quiet, seeded runs, and killing a
-training run part-way."""
+"""Test-wide settings: transformers (the reference) quiet and offline, every test seeded, and the markers the
+fast inner loop leaves out (`pytest -m "not slow"`)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,72 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-FP32_RTOL = 1e-5
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-12) -> float:
-    """max |a - b| / max |b|: the relative error the parity tests bound (1e-5 in fp32).
-
-    `floor` bounds the denominator from below, for tensors that are zero in exact arithmetic (the gradient of a
-    key bias, which softmax cancels) and hold only rounding noise; pass a small fraction of the overall scale.
-    """
-    a, b = a.detach().double(), b.detach().double()
-    assert a.shape == b.shape, f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
-    return ((a - b).abs().max() / b.abs().max().clamp_min(floor)).item()
-
-
-def assert_close(
-    a: torch.Tensor, b: torch.Tensor, tol: float = FP32_RTOL, what: str = "output", floor: float = 1e-12
-) -> None:
-    err = rel_err(a, b, floor)
-    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.1g}"
-
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def lay_out_hub_cache(cache: Path, repo_id: str, source: Path, commit: str = HUB_COMMIT) -> Path:
-    """Copy the files of `source` into `cache` as huggingface_hub lays out a downloaded model repo
-    (`models--owner--name/{refs/main, blobs/<sha256>, snapshots/<commit>/<file> -> blob}`); returns the snapshot."""
-    folder = cache / ("models--" + repo_id.replace("/", "--"))
-    (folder / "refs").mkdir(parents=True, exist_ok=True)
-    (folder / "refs" / "main").write_text(commit)
-    snapshot = folder / "snapshots" / commit
-    for file in sorted(source.iterdir()):
-        data = file.read_bytes()
-        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(exist_ok=True)
-        blob.write_bytes(data)
-        link = snapshot / file.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    return snapshot
-
-
-def kill_training_at_step(command: list[str], out: Path, step: int, cwd: Path, timeout: float = 120) -> None:
-    """Run a `pvtkit train ... --save-steps 1` command and SIGKILL it once its checkpoint records `step` optimizer
-    steps (one thread, as the tests' in-process runs: the same kernels, the same numbers); asserts it was killed."""
-    import json
-    import signal
-    import subprocess
-    import time
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    state_file = out / "checkpoint" / "trainer_state.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if json.loads(state_file.read_text())["global_step"] >= step:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err.decode()[-2000:]}"

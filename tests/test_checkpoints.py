@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import HUB_COMMIT as COMMIT, assert_close, lay_out_hub_cache
+from helpers import FIXTURES, assert_close, lay_out_hub_cache
+from helpers import HUB_COMMIT as COMMIT
 from safetensors.torch import load_file, save_file
 
 import pvtkit
@@ -38,7 +39,6 @@ from pvtkit.convert import imagenet_labels
 from pvtkit.models.family import infer_config, to_transformers
 from pvtkit.models.vit.modeling import ViTForImageClassification
 
-FIXTURES = Path(__file__).parent / "fixtures"
 # timm (like the authors' code) uses LayerNorm eps 1e-5 in the patch-embedding and spatial-reduction norms, while
 # transformers (and so pvtkit) uses layer_norm_eps = 1e-6 everywhere: the same weights then differ slightly.
 # Measured on these fixtures: 5e-6 (SRA) and 2.4e-5 (linear SRA) relative.
@@ -84,9 +84,16 @@ def test_timm_vit_weights_reproduce_timm(tmp_path):
 
 @pytest.mark.parametrize(
     "timm_name,variant",
-    [("pvt_v2_b0", "b0"), ("pvt_v2_b1", "b1"), ("pvt_v2_b2", "b2"), ("pvt_v2_b2_li", "b2_linear"),
-     ("pvt_v2_b3", "b3"), ("pvt_v2_b4", "b4"), ("pvt_v2_b5", "b5")],
-)  # fmt: skip
+    [
+        ("pvt_v2_b0", "b0"),
+        ("pvt_v2_b1", "b1"),
+        ("pvt_v2_b2", "b2"),
+        ("pvt_v2_b2_li", "b2_linear"),
+        ("pvt_v2_b3", "b3"),
+        ("pvt_v2_b4", "b4"),
+        ("pvt_v2_b5", "b5"),
+    ],
+)
 def test_config_inference_and_key_mapping_for_every_published_variant(timm_name, variant):
     shapes = json.loads((FIXTURES / "timm_pvt_v2_shapes.json").read_text())[timm_name]
     state = {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
@@ -94,8 +101,18 @@ def test_config_inference_and_key_mapping_for_every_published_variant(timm_name,
     assert layout.name == "timm"
     inferred = PvtV2Config(**infer_config(converted, layout))
     published = PvtV2Config.from_variant(variant)
-    for field in ("depths", "hidden_sizes", "num_attention_heads", "sr_ratios", "mlp_ratios", "patch_sizes",
-                  "strides", "linear_attention", "num_labels", "qkv_bias"):  # fmt: skip
+    for field in (
+        "depths",
+        "hidden_sizes",
+        "num_attention_heads",
+        "sr_ratios",
+        "mlp_ratios",
+        "patch_sizes",
+        "strides",
+        "linear_attention",
+        "num_labels",
+        "qkv_bias",
+    ):
         assert getattr(inferred, field) == getattr(published, field), field
     assert inferred.id2label[1] == "goldfish, Carassius auratus"  # a 1000-class head is ImageNet-1k
     with torch.device("meta"):
@@ -118,8 +135,9 @@ def test_detection_backbone_checkpoint_loads_into_backbone_and_classifier(tmp_pa
     detection["neck.lateral_convs.0.conv.weight"] = torch.zeros(4, 8, 1, 1)  # the detector's own parts
     torch.save({"state_dict": detection, "meta": {"epoch": 12}}, tmp_path / "mask_rcnn_pvt_v2.pth")
     backbone = PvtV2Backbone.from_pretrained(tmp_path / "mask_rcnn_pvt_v2.pth", out_indices=[0, 1, 2, 3])
-    reference = PvtV2ForImageClassification.from_pretrained(FIXTURES / "original_pvt_v2_tiny.safetensors",
-                                                            state_dict=state)  # fmt: skip
+    reference = PvtV2ForImageClassification.from_pretrained(
+        FIXTURES / "original_pvt_v2_tiny.safetensors", state_dict=state
+    )
     with torch.no_grad():
         maps = backbone(x).feature_maps
         assert torch.equal(maps[-1], reference.pvt_v2(x).last_hidden_state)
@@ -145,7 +163,9 @@ def test_hostile_truncated_and_foreign_files_get_clear_errors(tmp_path):
         PvtV2Model.from_pretrained(tmp_path / "cut.safetensors")
 
     save_file({"fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}, tmp_path / "resnet.safetensors")
-    with pytest.raises(ValueError, match=r"resnet\.safetensors is not a PVTv2, ViT, SegFormer or GLPN checkpoint.*fc\.weight"):
+    with pytest.raises(
+        ValueError, match=r"resnet\.safetensors is not a PVTv2, ViT, SegFormer or GLPN checkpoint.*fc\.weight"
+    ):
         PvtV2Model.from_pretrained(tmp_path / "resnet.safetensors")
 
     state, _, _ = fixture("timm_vit_tiny")
@@ -161,8 +181,9 @@ def test_hostile_truncated_and_foreign_files_get_clear_errors(tmp_path):
 
 
 def test_auto_classes_dispatch_on_model_type_and_on_tensors(tmp_path):
-    config = PvtV2Config(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4),
-                         num_labels=4)  # fmt: skip
+    config = PvtV2Config(
+        depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4), num_labels=4
+    )
     PvtV2ForImageClassification(config).save_pretrained(tmp_path / "pvt")
     pvtkit.PvtImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "pvt")
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "pvt"), PvtV2Config)
@@ -193,8 +214,9 @@ def test_convert_cli_timm_to_transformers_directory(tmp_path):
     out = tmp_path / "converted"
     result = subprocess.run(
         [sys.executable, "-m", "pvtkit", "convert", str(tmp_path / "pvt_v2_tiny_li.pth"), str(out), "--dtype", "bf16"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "PvtV2ForImageClassification" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
@@ -204,8 +226,11 @@ def test_convert_cli_timm_to_transformers_directory(tmp_path):
     assert list(processor.image_mean) == [0.485, 0.456, 0.406]
     with torch.no_grad():
         assert_close(theirs(x).logits, expected, tol=2e-2, what="bf16-converted weights in transformers vs timm")
-    bad = subprocess.run([sys.executable, "-m", "pvtkit", "convert", str(tmp_path / "missing.pth"), str(out)],
-                         capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "pvtkit", "convert", str(tmp_path / "missing.pth"), str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "missing.pth" in bad.stderr
     usage = subprocess.run([sys.executable, "-m", "pvtkit", "convert"], capture_output=True, text=True)
     assert usage.returncode == 2
@@ -224,10 +249,10 @@ def test_convert_with_variant_and_backbone_only(tmp_path):
 # ---- the Hub: its cache, offline mode and a local stand-in server ------------------------------------------------
 
 
-
 def make_repo(tmp_path: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
-    config = PvtV2Config(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4),
-                         num_labels=3)  # fmt: skip
+    config = PvtV2Config(
+        depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4), num_labels=3
+    )
     model = PvtV2ForImageClassification(config).eval()
     repo = tmp_path / "repo"
     model.save_pretrained(repo)
@@ -245,9 +270,14 @@ def test_hub_cache_layout_offline(tmp_path, monkeypatch):
     model = PvtV2ForImageClassification.from_pretrained("OpenGVLab/pvt_v2_tiny", cache_dir=cache, local_files_only=True)
     with torch.no_grad():
         assert torch.equal(model(x).logits, expected)
-    assert type(AutoImageProcessor.from_pretrained("OpenGVLab/pvt_v2_tiny", cache_dir=cache)) is pvtkit.PvtImageProcessor
-    with pytest.raises(FileNotFoundError, match=r"OpenGVLab/pvt_v2_b9: config.json is not in the local cache.*Run "
-                                                r"once with network access"):  # fmt: skip
+    assert (
+        type(AutoImageProcessor.from_pretrained("OpenGVLab/pvt_v2_tiny", cache_dir=cache)) is pvtkit.PvtImageProcessor
+    )
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"OpenGVLab/pvt_v2_b9: config.json is not in the local cache.*Run "
+        r"once with network access",
+    ):
         PvtV2ForImageClassification.from_pretrained("OpenGVLab/pvt_v2_b9", cache_dir=cache)
 
 
@@ -305,21 +335,36 @@ def test_hub_download_through_a_local_stand_in_server(tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_OFFLINE": "0",
-               "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf_home"),
+            "HF_HUB_DISABLE_XET": "1",
+        }
         script = (
             "import sys, torch, pvtkit; from pvtkit.auto import AutoModelForImageClassification as A; "
             "m = A.from_pretrained(sys.argv[1]); torch.set_grad_enabled(False); "  # the same code path as `expected`
             "torch.save(m(torch.load(sys.argv[2])).logits, sys.argv[3])"
         )
         torch.save(x, tmp_path / "x.pt")
-        run = subprocess.run([sys.executable, "-c", script, "OpenGVLab/pvt_v2_tiny", str(tmp_path / "x.pt"),
-                              str(tmp_path / "y.pt")], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", script, "OpenGVLab/pvt_v2_tiny", str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         assert torch.equal(torch.load(tmp_path / "y.pt"), expected)
         assert any("model.safetensors" in r for r in _FakeHub.requests)
-        missing = subprocess.run([sys.executable, "-m", "pvtkit", "convert", "nobody/nothing", str(tmp_path / "o")],
-                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        missing = subprocess.run(
+            [sys.executable, "-m", "pvtkit", "convert", "nobody/nothing", str(tmp_path / "o")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert missing.returncode == 1 and "nobody/nothing: no such model on the Hub" in missing.stderr
     finally:
         server.shutdown()

@@ -23,7 +23,7 @@ import PIL.Image
 import pytest
 import skimage.data
 import torch
-from conftest import rel_err
+from helpers import rel_err
 
 import pvtkit
 from pvtkit import cpu_kernels
@@ -37,6 +37,7 @@ def tiny_model() -> pvtkit.PvtV2ForImageClassification:
     return pvtkit.PvtV2ForImageClassification(pvtkit.PvtV2Config(**TINY)).eval()
 
 
+@pytest.mark.slow
 def test_compiled_batch_one_equals_eager_larger_batches_stay_eager_and_weights_are_followed():
     model = tiny_model()
     keys = list(model.state_dict())
@@ -88,8 +89,13 @@ def test_a_pipeline_compiles_only_where_something_would(caplog):
 
 
 def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
 
 
 FALLBACK = """
@@ -113,12 +119,15 @@ FALLBACK = """
 def fake_compiler(tmp_path: Path) -> Path:
     """A "C++ compiler" that answers `--version` and fails every compilation."""
     script = tmp_path / "broken-g++"
-    script.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "g++ (fake) 1.0"; exit 0; fi\n'
-                      'echo "fake compiler: refusing $*" >&2\nexit 1\n')  # fmt: skip
+    script.write_text(
+        '#!/bin/sh\nif [ "$1" = --version ]; then echo "g++ (fake) 1.0"; exit 0; fi\n'
+        'echo "fake compiler: refusing $*" >&2\nexit 1\n'
+    )
     script.chmod(0o755)
     return script
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compiler", ["missing", "broken"])
 def test_without_a_working_compiler_a_warning_and_the_eager_numbers(compiler, tmp_path):
     cxx = str(tmp_path / "no-such-g++") if compiler == "missing" else str(fake_compiler(tmp_path))
@@ -133,16 +142,36 @@ def test_without_a_working_compiler_a_warning_and_the_eager_numbers(compiler, tm
         assert "compiling PvtV2ForImageClassification failed" in messages[0] and fallback.startswith("compiling")
 
 
+@pytest.mark.slow
 def test_classify_compile_flag_falls_back_and_still_classifies(tmp_path):
     model = tiny_model()
     model.config.id2label = {i: f"class{i}" for i in range(5)}
     model.config.label2id = {v: k for k, v in model.config.id2label.items()}
     model.save_pretrained(tmp_path / "model")
     PIL.Image.fromarray(skimage.data.chelsea()).save(tmp_path / "cat.png")
-    base = [sys.executable, "-m", "pvtkit", "classify", str(tmp_path / "cat.png"), "--model", str(tmp_path / "model"),
-            "--format", "json", "--num-workers", "0", "--device", "cpu", "--batch-size", "1"]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CXX": str(fake_compiler(tmp_path)),
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "pvtkit",
+        "classify",
+        str(tmp_path / "cat.png"),
+        "--model",
+        str(tmp_path / "model"),
+        "--format",
+        "json",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "1",
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "CXX": str(fake_compiler(tmp_path)),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"),
+    }
     plain = subprocess.run(base, capture_output=True, text=True, env=env, timeout=600)
     compiled = subprocess.run(base + ["--compile"], capture_output=True, text=True, env=env, timeout=600)
     assert plain.returncode == 0 and compiled.returncode == 0, compiled.stderr[-3000:]

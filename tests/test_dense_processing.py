@@ -17,12 +17,15 @@ import pytest
 import skimage.data as skimage_data
 import torch
 import transformers
-from conftest import assert_close
+from helpers import assert_close
 
 import pvtkit
 from pvtkit import (
-    GLPNImageProcessor, GLPNImageProcessorFast, SegformerImageProcessor, SegformerImageProcessorFast,
-)  # fmt: skip
+    GLPNImageProcessor,
+    GLPNImageProcessorFast,
+    SegformerImageProcessor,
+    SegformerImageProcessorFast,
+)
 from pvtkit.processing import ImageLoadError
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "rocket")
@@ -57,8 +60,10 @@ def test_segformer_processor_equals_transformers_with_label_maps(photos, reduce)
     maps = [PIL.Image.fromarray(brightness_classes(im)) for im in images]
     image, mask = horse()
     for img, seg in [*zip(images, maps), (image, PIL.Image.fromarray(mask))]:
-        a, b = ours(img, segmentation_maps=seg, return_tensors="np"), theirs(img, segmentation_maps=seg,
-                                                                              return_tensors="np")  # fmt: skip
+        a, b = (
+            ours(img, segmentation_maps=seg, return_tensors="np"),
+            theirs(img, segmentation_maps=seg, return_tensors="np"),
+        )
         np.testing.assert_array_equal(a.pixel_values, b.pixel_values)
         assert a.labels.dtype == b.labels.dtype == np.int64 and a.labels.shape == (1, 512, 512)
         np.testing.assert_array_equal(a.labels, b.labels)
@@ -72,15 +77,23 @@ def test_segformer_processor_equals_transformers_with_label_maps(photos, reduce)
 def test_label_maps_in_every_form_give_the_same_labels(photos):
     processor = SegformerImageProcessor(size=128)
     classes = brightness_classes(photos["chelsea"])
-    forms = [PIL.Image.fromarray(classes), classes, classes.astype(np.int32), torch.from_numpy(classes.astype(np.int64)),
-             classes[None], classes[..., None], classes.astype(np.float32)]  # fmt: skip
+    forms = [
+        PIL.Image.fromarray(classes),
+        classes,
+        classes.astype(np.int32),
+        torch.from_numpy(classes.astype(np.int64)),
+        classes[None],
+        classes[..., None],
+        classes.astype(np.float32),
+    ]
     palette = PIL.Image.fromarray(classes)
     palette.putpalette(np.random.default_rng(0).integers(0, 256, 768).astype(np.uint8).tolist())
     forms.append(palette)  # a palette PNG's indices, not its colours
     want = processor(photos["chelsea"], segmentation_maps=forms[0], return_tensors="np").labels
     for form in forms[1:]:
-        np.testing.assert_array_equal(processor(photos["chelsea"], segmentation_maps=form, return_tensors="np").labels,
-                                      want)  # fmt: skip
+        np.testing.assert_array_equal(
+            processor(photos["chelsea"], segmentation_maps=form, return_tensors="np").labels, want
+        )
     wide = np.full((300, 451), 300, dtype=np.int64)  # indices above 255 survive (PIL's 32-bit mode)
     assert (processor(photos["chelsea"], segmentation_maps=wide).labels[0] == 300).all()
 
@@ -109,26 +122,39 @@ def test_fast_segformer_processor_matches_ours(photos):
 
 
 def test_transformers_configs_load_and_ours_load_in_transformers(tmp_path, photos):
-    legacy = {"feature_extractor_type": "SegformerFeatureExtractor", "reduce_labels": True, "size": 512,
-              "do_normalize": True, "do_resize": True, "resample": 2, "image_mean": [0.485, 0.456, 0.406],
-              "image_std": [0.229, 0.224, 0.225]}  # nvidia/segformer-b0-finetuned-ade-512-512's file  # fmt: skip
+    legacy = {
+        "feature_extractor_type": "SegformerFeatureExtractor",
+        "reduce_labels": True,
+        "size": 512,
+        "do_normalize": True,
+        "do_resize": True,
+        "resample": 2,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+    }  # nvidia/segformer-b0-finetuned-ade-512-512's file
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(legacy))
     loaded = pvtkit.AutoImageProcessor.from_pretrained(tmp_path)
-    assert type(loaded) is SegformerImageProcessor and loaded.do_reduce_labels and loaded.size == {"height": 512,
-                                                                                                   "width": 512}
+    assert (
+        type(loaded) is SegformerImageProcessor
+        and loaded.do_reduce_labels
+        and loaded.size == {"height": 512, "width": 512}
+    )
     theirs = transformers.SegformerImageProcessorPil(do_reduce_labels=True, size={"height": 96, "width": 128})
     theirs.save_pretrained(tmp_path / "hf")
     ours = pvtkit.AutoImageProcessor.from_pretrained(tmp_path / "hf")
     seg = brightness_classes(photos["coffee"])
-    a, b = ours(photos["coffee"], seg, return_tensors="np"), theirs(photos["coffee"], segmentation_maps=seg,
-                                                                     return_tensors="np")  # fmt: skip
+    a, b = (
+        ours(photos["coffee"], seg, return_tensors="np"),
+        theirs(photos["coffee"], segmentation_maps=seg, return_tensors="np"),
+    )
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.pixel_values, b.pixel_values)
     ours.save_pretrained(tmp_path / "ours")
     back = transformers.AutoImageProcessor.from_pretrained(tmp_path / "ours")
     assert type(back).__name__.startswith("SegformerImageProcessor") and back.do_reduce_labels
     assert pvtkit.AutoImageProcessor.from_pretrained(tmp_path / "ours", use_fast=True).__class__ is (
-        SegformerImageProcessorFast)
+        SegformerImageProcessorFast
+    )
 
 
 def test_post_processing_equals_transformers():
@@ -183,12 +209,17 @@ def test_bad_label_maps_and_images_are_named(photos):
     processor = SegformerImageProcessor(size=64)
     chelsea = photos["chelsea"]  # 300 x 451
     classes = brightness_classes(chelsea)
-    with pytest.raises(ImageLoadError, match=r"segmentation map .* has shape \(300, 451, 3\); expected \(height, "
-                                             r"width\) class indices, one channel"):
+    with pytest.raises(
+        ImageLoadError,
+        match=r"segmentation map .* has shape \(300, 451, 3\); expected \(height, "
+        r"width\) class indices, one channel",
+    ):
         processor(chelsea, segmentation_maps=np.asarray(chelsea))
     with pytest.raises(ImageLoadError, match="is a RGB image; expected one class index per pixel"):
         processor(chelsea, segmentation_maps=chelsea)
-    with pytest.raises(ImageLoadError, match=r"holds non-integer values \(e.g. \d+.5\); expected integer class indices"):
+    with pytest.raises(
+        ImageLoadError, match=r"holds non-integer values \(e.g. \d+.5\); expected integer class indices"
+    ):
         processor(chelsea, segmentation_maps=classes.astype(np.float32) + 0.5)
     with pytest.raises(ValueError, match=r"segmentation map 0 .* is 451x300 but image 0 is 300x451"):
         processor(chelsea, segmentation_maps=classes.T)
@@ -206,8 +237,14 @@ def test_bad_label_maps_and_images_are_named(photos):
 
 
 def test_segmentation_pipeline_gives_transformers_records(tmp_path, photos):
-    fields = dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4],
-                  decoder_hidden_size=32, num_labels=4, id2label={0: "sky", 1: "cat", 2: "cup", 3: "road"})
+    fields = dict(
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[16, 32, 48, 64],
+        num_attention_heads=[1, 2, 3, 4],
+        decoder_hidden_size=32,
+        num_labels=4,
+        id2label={0: "sky", 1: "cat", 2: "cup", 3: "road"},
+    )
     theirs = transformers.SegformerForSemanticSegmentation(transformers.SegformerConfig(**fields)).eval()
     theirs.save_pretrained(tmp_path)
     processor = transformers.SegformerImageProcessorPil(size={"height": 128, "width": 128})
@@ -225,13 +262,15 @@ def test_segmentation_pipeline_gives_transformers_records(tmp_path, photos):
 
 
 def test_depth_pipeline_gives_transformers_records(tmp_path, photos):
-    fields = dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4],
-                  decoder_hidden_size=16)
+    fields = dict(
+        depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4], decoder_hidden_size=16
+    )
     theirs = transformers.GLPNForDepthEstimation(transformers.GLPNConfig(**fields)).eval()
     theirs.save_pretrained(tmp_path)
     transformers.GLPNImageProcessorPil().save_pretrained(tmp_path)
-    reference = transformers.pipeline("depth-estimation", model=theirs,
-                                      image_processor=transformers.GLPNImageProcessorPil())  # fmt: skip
+    reference = transformers.pipeline(
+        "depth-estimation", model=theirs, image_processor=transformers.GLPNImageProcessorPil()
+    )
     ours = pvtkit.pipeline("depth-estimation", model=str(tmp_path))
     results = ours([photos["chelsea"], photos["astronaut"]], batch_size=2)  # two sizes: two forward passes
     for name, a in zip(("chelsea", "astronaut"), results):
@@ -242,8 +281,9 @@ def test_depth_pipeline_gives_transformers_records(tmp_path, photos):
 
 
 def test_pipelines_refuse_the_wrong_or_untrained_model(tmp_path):
-    config = pvtkit.SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64],
-                                    num_attention_heads=[1, 2, 3, 4], num_labels=3)  # fmt: skip
+    config = pvtkit.SegformerConfig(
+        depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4], num_labels=3
+    )
     pvtkit.SegformerModel(config).save_pretrained(tmp_path / "encoder")
     with pytest.raises(ValueError, match="no trained segmentation head"):
         pvtkit.pipeline("image-segmentation", model=str(tmp_path / "encoder"))

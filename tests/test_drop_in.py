@@ -16,21 +16,41 @@ import time
 import pytest
 import torch
 import transformers
-from conftest import rel_err
+from helpers import rel_err
 
 import pvtkit
 import pvtkit.cli
-from pvtkit import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model, ViTConfig
-from pvtkit import ViTForImageClassification, ViTForMaskedImageModeling, ViTModel
+from pvtkit import (
+    PvtV2Backbone,
+    PvtV2Config,
+    PvtV2ForImageClassification,
+    PvtV2Model,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTForMaskedImageModeling,
+    ViTModel,
+)
+
+pytestmark = pytest.mark.integration  # with the real transformers' Trainer, PEFT, Accelerate
 
 PVT = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 1, 2], mlp_ratios=[2, 2, 2, 2])
-VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16, patch_size=4,
-           encoder_stride=4)  # fmt: skip
+VIT = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=16,
+    patch_size=4,
+    encoder_stride=4,
+)
 CLASSES = [
-    (PvtV2Model, PvtV2Config(**PVT)), (PvtV2ForImageClassification, PvtV2Config(**PVT, num_labels=3)),
-    (PvtV2Backbone, PvtV2Config(**PVT, out_indices=[1, 3])), (ViTModel, ViTConfig(**VIT)),
-    (ViTForImageClassification, ViTConfig(**VIT, num_labels=3)), (ViTForMaskedImageModeling, ViTConfig(**VIT)),
-]  # fmt: skip
+    (PvtV2Model, PvtV2Config(**PVT)),
+    (PvtV2ForImageClassification, PvtV2Config(**PVT, num_labels=3)),
+    (PvtV2Backbone, PvtV2Config(**PVT, out_indices=[1, 3])),
+    (ViTModel, ViTConfig(**VIT)),
+    (ViTForImageClassification, ViTConfig(**VIT, num_labels=3)),
+    (ViTForMaskedImageModeling, ViTConfig(**VIT)),
+]
 
 
 def pixels(cls: type, batch: int = 2) -> torch.Tensor:
@@ -47,8 +67,9 @@ def test_the_in21k_recipe_an_encoder_with_pooler_into_a_classifier(tmp_path, cap
     encoder = ViTModel(ViTConfig(**VIT)).eval()
     encoder.save_pretrained(tmp_path / "in21k")
     with caplog.at_level(logging.WARNING, logger="pvtkit"):
-        model, info = ViTForImageClassification.from_pretrained(tmp_path / "in21k", num_labels=5,
-                                                                output_loading_info=True)  # fmt: skip
+        model, info = ViTForImageClassification.from_pretrained(
+            tmp_path / "in21k", num_labels=5, output_loading_info=True
+        )
     assert set(info) == {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}
     assert sorted(info["unexpected_keys"]) == ["vit.pooler.dense.bias", "vit.pooler.dense.weight"]
     assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
@@ -57,7 +78,8 @@ def test_the_in21k_recipe_an_encoder_with_pooler_into_a_classifier(tmp_path, cap
     with torch.no_grad():
         assert torch.equal(model.vit(x).last_hidden_state, encoder(x).last_hidden_state)
     theirs, their_info = transformers.ViTForImageClassification.from_pretrained(
-        tmp_path / "in21k", num_labels=5, output_loading_info=True)  # the reference reports the same keys
+        tmp_path / "in21k", num_labels=5, output_loading_info=True
+    )  # the reference reports the same keys
     assert sorted(their_info["missing_keys"]) == sorted(info["missing_keys"])
     with pytest.raises(pvtkit.LoadingError, match="pooler"):
         ViTForImageClassification.from_pretrained(tmp_path / "in21k", num_labels=5, strict=True)
@@ -69,15 +91,37 @@ def test_the_in21k_recipe_from_the_command_line(tmp_path):
     import PIL.Image
 
     torch.manual_seed(0)
-    ViTModel(ViTConfig(**{**VIT, "image_size": 32, "patch_size": 8, "encoder_stride": 8})).save_pretrained(tmp_path / "in21k")
+    ViTModel(ViTConfig(**{**VIT, "image_size": 32, "patch_size": 8, "encoder_stride": 8})).save_pretrained(
+        tmp_path / "in21k"
+    )
     rng = np.random.default_rng(0)
     for label in ("a", "b"):
         (tmp_path / "data" / label).mkdir(parents=True)
         for i in range(4):
-            PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
-    code = pvtkit.cli.main(["train", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "in21k"), "--output",
-                            str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--val-fraction", "0",
-                            "--num-workers", "0", "--image-size", "32"])  # fmt: skip
+            PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / label / f"{i}.png"
+            )
+    code = pvtkit.cli.main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "data"),
+            "--model",
+            str(tmp_path / "in21k"),
+            "--output",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--val-fraction",
+            "0",
+            "--num-workers",
+            "0",
+            "--image-size",
+            "32",
+        ]
+    )
     assert code == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["architectures"] == ["ViTForImageClassification"]
 
@@ -87,7 +131,9 @@ def test_state_dict_without_a_path_and_what_stays_an_error(tmp_path):
     source = PvtV2ForImageClassification(PvtV2Config(**PVT, num_labels=3)).eval()
     state, x = source.state_dict(), torch.randn(1, 3, 40, 48)
     given = PvtV2ForImageClassification.from_pretrained(None, config=source.config, state_dict=state)
-    inferred = pvtkit.AutoModelForImageClassification.from_pretrained(state_dict=state, num_attention_heads=[1, 2, 1, 2])
+    inferred = pvtkit.AutoModelForImageClassification.from_pretrained(
+        state_dict=state, num_attention_heads=[1, 2, 1, 2]
+    )
     with torch.no_grad():
         assert torch.equal(given(x).logits, source(x).logits) and torch.equal(inferred(x).logits, source(x).logits)
     with pytest.raises(ValueError, match="needs a path, a Hub id or a state_dict"):
@@ -95,8 +141,9 @@ def test_state_dict_without_a_path_and_what_stays_an_error(tmp_path):
     with pytest.raises(ValueError, match="is a PVTv2 checkpoint .*not a ViT one"):  # another family
         ViTModel.from_pretrained(None, state_dict=state)
     with pytest.raises(pvtkit.LoadingError, match="another shape"):  # mis-shaped keys stay an error
-        PvtV2ForImageClassification.from_pretrained(None, config=source.config.copy(hidden_sizes=[8, 16, 24, 40]),
-                                                    state_dict=state)  # fmt: skip
+        PvtV2ForImageClassification.from_pretrained(
+            None, config=source.config.copy(hidden_sizes=[8, 16, 24, 40]), state_dict=state
+        )
 
 
 # ---- 2. the backbone API ------------------------------------------------------------------------------------------
@@ -106,7 +153,9 @@ def test_backbone_api_as_transformers_and_timm_have_it():
     config = PvtV2Config(**PVT, out_indices=[1, 3])
     backbone = PvtV2Backbone(config).eval()
     assert backbone.stage_names == ["stage1", "stage2", "stage3", "stage4"]
-    assert backbone.out_features == ["stage2", "stage4"] and backbone.channels == [16, 32] and backbone.strides == [8, 32]
+    assert (
+        backbone.out_features == ["stage2", "stage4"] and backbone.channels == [16, 32] and backbone.strides == [8, 32]
+    )
     info = backbone.feature_info  # timm's view
     assert info.channels() == [16, 32] and info.reduction() == [8, 32] and info.module_name(0) == "encoder.layers.1"
     assert [i["num_chs"] for i in info] == [16, 32]
@@ -145,8 +194,11 @@ def test_the_methods_code_written_for_transformers_calls(cls, config):
         p.requires_grad_(False)  # frozen embeddings: the hook still lets gradients reach the rest
     out = model(pixels(cls))
     sum(t.float().sum() for t in torch.utils._pytree.tree_leaves(out)).backward()
-    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "pooler" not in n
-               and "mask_token" not in n)  # fmt: skip
+    assert all(
+        p.grad is not None
+        for n, p in model.named_parameters()
+        if p.requires_grad and "pooler" not in n and "mask_token" not in n
+    )
 
 
 def test_input_embeddings_and_counts_equal_transformers():
@@ -196,8 +248,9 @@ def test_torch_func_takes_the_default_outputs():
 
 def test_outputs_are_dicts_as_transformers_are():
     with torch.no_grad():
-        out = PvtV2ForImageClassification(PvtV2Config(**PVT, num_labels=3))(torch.randn(1, 3, 40, 48),
-                                                                            labels=torch.tensor([1]))  # fmt: skip
+        out = PvtV2ForImageClassification(PvtV2Config(**PVT, num_labels=3))(
+            torch.randn(1, 3, 40, 48), labels=torch.tensor([1])
+        )
     assert isinstance(out, dict) and list(out) == ["loss", "logits"] and out.get("hidden_states") is None
     assert out[0] is out.loss and out["logits"] is out.logits and dict(out).keys() == {"loss", "logits"}
     out.hidden_states = (torch.zeros(1),)
@@ -230,9 +283,17 @@ def test_transformers_trainer_fine_tunes_and_the_save_loads_in_both(tmp_path):
     torch.manual_seed(0)
     model = ViTForImageClassification(ViTConfig(**VIT, num_labels=10))
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "run"), per_device_train_batch_size=32, num_train_epochs=3, learning_rate=3e-3,
-        logging_steps=4, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=32,
+        num_train_epochs=3,
+        learning_rate=3e-3,
+        logging_steps=4,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Digits())
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -244,23 +305,33 @@ def test_transformers_trainer_fine_tunes_and_the_save_loads_in_both(tmp_path):
         expected = model.eval()(x).logits
         ours = ViTForImageClassification.from_pretrained(tmp_path / "model")(x).logits
         theirs = transformers.ViTForImageClassification.from_pretrained(tmp_path / "model").eval()(x).logits
-        weights_only = ViTForImageClassification.from_pretrained(tmp_path / "weights" / "model.safetensors",
-                                                                 config=model.config)(x).logits  # fmt: skip
-    assert rel_err(ours, expected) <= 1e-6 and rel_err(theirs, expected) <= 1e-5 and rel_err(weights_only, expected) <= 1e-6
+        weights_only = ViTForImageClassification.from_pretrained(
+            tmp_path / "weights" / "model.safetensors", config=model.config
+        )(x).logits
+    assert (
+        rel_err(ours, expected) <= 1e-6
+        and rel_err(theirs, expected) <= 1e-5
+        and rel_err(weights_only, expected) <= 1e-6
+    )
 
 
-@pytest.mark.parametrize("cls, config, size", [
-    (ViTForImageClassification, ViTConfig(**VIT, num_labels=10), 16),
-    (PvtV2ForImageClassification, PvtV2Config(**PVT, num_labels=10), 32),
-], ids=["vit", "pvt_v2"])  # fmt: skip
+@pytest.mark.parametrize(
+    "cls, config, size",
+    [
+        (ViTForImageClassification, ViTConfig(**VIT, num_labels=10), 16),
+        (PvtV2ForImageClassification, PvtV2Config(**PVT, num_labels=10), 32),
+    ],
+    ids=["vit", "pvt_v2"],
+)
 def test_peft_lora_trains_merges_saves_and_reloads(tmp_path, cls, config, size):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(0)
     x, y = digits(64)
     x = torch.nn.functional.interpolate(x, size=(size, size))
-    model = get_peft_model(cls(config), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
-                                                   modules_to_save=["classifier"]))  # fmt: skip
+    model = get_peft_model(
+        cls(config), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"])
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert 0 < sum(p.numel() for p in trainable) < 0.2 * sum(p.numel() for p in model.parameters())
     opt, losses = torch.optim.AdamW(trainable, lr=1e-2), []
@@ -290,8 +361,9 @@ def test_accelerate_prepares_model_optimizer_and_loader():
     accelerator = Accelerator(cpu=True)
     model = PvtV2ForImageClassification(PvtV2Config(**PVT, num_labels=10))
     x, y = digits(128)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.nn.functional.interpolate(x, 32), y),
-                                         batch_size=32, shuffle=True)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.nn.functional.interpolate(x, 32), y), batch_size=32, shuffle=True
+    )
     model, opt, loader = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=3e-3), loader)
     losses = []
     for _ in range(4):
@@ -309,11 +381,22 @@ def test_deformable_detr_runs_on_pvtkit_backbone():
     backbone with the same weights in its place gives the same detections."""
     torch.manual_seed(0)
     config = transformers.DeformableDetrConfig(
-        backbone_config=transformers.PvtV2Config(**PVT, out_indices=[1, 2, 3]), use_timm_backbone=False,
-        use_pretrained_backbone=False, d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32,
-        decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, num_feature_levels=3,
-        num_labels=5, encoder_n_points=2, decoder_n_points=2,
-    )  # fmt: skip
+        backbone_config=transformers.PvtV2Config(**PVT, out_indices=[1, 2, 3]),
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=10,
+        num_feature_levels=3,
+        num_labels=5,
+        encoder_n_points=2,
+        decoder_n_points=2,
+    )
     detr = transformers.DeformableDetrForObjectDetection(config).eval()
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
@@ -339,8 +422,13 @@ def test_an_unreachable_hub_fails_fast_with_one_clear_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"), PYTHONWARNINGS="ignore")
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "pvtkit", "classify", str(tmp_path / "photo.png")],
-                            capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pvtkit", "classify", str(tmp_path / "photo.png")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     seconds = time.monotonic() - started
     assert result.returncode == 2 and "OpenGVLab/pvt_v2_b0" in result.stderr and "cannot be reached" in result.stderr
     assert seconds < 30, f"took {seconds:.0f}s"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import rel_err
+from helpers import REPO, rel_err
 
 import pvtkit
 from pvtkit import export as exporting
@@ -22,26 +22,42 @@ from pvtkit.cli import main
 from pvtkit.export import ExportError, MissingDependencyError, export_onnx, export_torch, read_onnx_metadata
 from pvtkit.models.family import family_of
 
+pytestmark = pytest.mark.integration  # with the real ONNX Runtime
+
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
 
 TOL = 1e-4  # max |exported - torch| / max |torch|
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_pvt(linear: bool = False, stages: int = 4, **overrides) -> pvtkit.PvtV2Config:
     """Four stages as published (SR ratios 8, 4, 2, 1), or the first two only: tracing with symbolic sizes costs
     seconds per stage, and two stages still cover SRA with and without zero-padding and the stage hand-over."""
-    fields = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 1, 2],
-                  sr_ratios=[8, 4, 2, 1], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2], mlp_ratios=[2, 2, 2, 2])
+    fields = dict(
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 2, 1, 2],
+        sr_ratios=[8, 4, 2, 1],
+        patch_sizes=[7, 3, 3, 3],
+        strides=[4, 2, 2, 2],
+        mlp_ratios=[2, 2, 2, 2],
+    )
     fields = {k: v[:stages] for k, v in fields.items()}
     fields.update(num_encoder_blocks=stages, num_labels=3, linear_attention=linear, image_size=64)
     return pvtkit.PvtV2Config(**{**fields, **overrides})
 
 
 def tiny_vit(**overrides) -> pvtkit.ViTConfig:
-    fields = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-                  patch_size=8, encoder_stride=8, num_labels=4)  # fmt: skip
+    fields = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        encoder_stride=8,
+        num_labels=4,
+    )
     return pvtkit.ViTConfig(**{**fields, **overrides})
 
 
@@ -74,6 +90,7 @@ def vit_onnx(tmp_path_factory):
 # ------------------------------------------------------------------------------------------- ONNX parity
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 64, 64), (3, 61, 97), (2, 17, 23), (1, 250, 33)])
 def test_pvt_onnx_matches_pytorch_at_any_batch_and_size(pvt_onnx, shape):
     """One file, exported at 2x64x64, runs at other batch sizes and odd, non-square sizes (17x23: maps smaller
@@ -153,8 +170,15 @@ def test_vit_encoder_fp16_with_fixed_batch_and_size(tmp_path):
     tolerance; a fixed batch and (non-nominal) size make fixed input dims."""
     torch.manual_seed(2)
     model = pvtkit.ViTModel(tiny_vit()).eval()
-    report = export_onnx(model, tmp_path / "enc.onnx", dtype="fp16", dynamic_batch=False, batch_size=2,
-                         dynamic_size=False, image_size=(24, 40))  # fmt: skip
+    report = export_onnx(
+        model,
+        tmp_path / "enc.onnx",
+        dtype="fp16",
+        dynamic_batch=False,
+        batch_size=2,
+        dynamic_size=False,
+        image_size=(24, 40),
+    )
     assert report.output_names == ["last_hidden_state", "pooler_output"]
     assert report.dtype == "fp16" and report.tolerance == exporting.FP16_TOLERANCE
     assert 0 < report.max_rel_diff <= exporting.FP16_TOLERANCE
@@ -172,6 +196,7 @@ def test_vit_encoder_fp16_with_fixed_batch_and_size(tmp_path):
 # ------------------------------------------------------------------------------------------- torch.export
 
 
+@pytest.mark.slow
 def test_torch_export_program_runs_at_other_shapes(tmp_path):
     torch.manual_seed(4)
     model = pvtkit.PvtV2ForImageClassification(tiny_pvt(stages=2)).eval()
@@ -200,14 +225,19 @@ def test_torch_export_vit_takes_multiples_of_the_patch(tmp_path):
         program(torch.randn(1, 3, 30, 32))  # not a multiple of the patch
 
 
-@pytest.mark.parametrize("cls, config", [
-    (pvtkit.PvtV2Model, tiny_pvt()),
-    (pvtkit.PvtV2ForImageClassification, tiny_pvt(linear=True)),
-    (pvtkit.PvtV2Backbone, tiny_pvt(out_indices=[0, 1, 2, 3])),
-    (pvtkit.ViTModel, tiny_vit()),
-    (pvtkit.ViTForImageClassification, tiny_vit()),
-    (pvtkit.ViTForMaskedImageModeling, tiny_vit()),
-], ids=lambda v: v.__name__ if isinstance(v, type) else "")  # fmt: skip
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "cls, config",
+    [
+        (pvtkit.PvtV2Model, tiny_pvt()),
+        (pvtkit.PvtV2ForImageClassification, tiny_pvt(linear=True)),
+        (pvtkit.PvtV2Backbone, tiny_pvt(out_indices=[0, 1, 2, 3])),
+        (pvtkit.ViTModel, tiny_vit()),
+        (pvtkit.ViTForImageClassification, tiny_vit()),
+        (pvtkit.ViTForMaskedImageModeling, tiny_vit()),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else "",
+)
 def test_torch_export_of_the_model_itself_is_dynamic(cls, config):
     """`torch.export.export(model, (x,), dynamic_shapes=...)` of the model's own forward, with its default outputs
     (pytree nodes): the program matches eager at other batch sizes and odd, non-square sizes, down to the smallest
@@ -257,12 +287,15 @@ def test_vit_size_off_the_patch_grid_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"opset": 12}, "opset 12 is not supported"),
-    ({"dtype": "int4"}, "dtype 'int4'"),
-    ({"quantize": "static"}, "quantize 'static'"),
-    ({"dtype": "fp16", "quantize": "dynamic"}, "fp32"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"opset": 12}, "opset 12 is not supported"),
+        ({"dtype": "int4"}, "dtype 'int4'"),
+        ({"quantize": "static"}, "quantize 'static'"),
+        ({"dtype": "fp16", "quantize": "dynamic"}, "fp32"),
+    ],
+)
 def test_bad_options_are_refused_before_any_work(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         export_onnx(pvtkit.PvtV2Model(tiny_pvt()), tmp_path / "x.onnx", **kwargs)
@@ -296,10 +329,12 @@ def test_a_failed_check_leaves_nothing(tmp_path, monkeypatch):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pvtkit", "export", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "pvtkit", "export", *args], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
 
 
+@pytest.mark.slow
 def test_cli_onnx_with_preprocessing_end_to_end(tmp_path):
     """`python -m pvtkit export onnx --with-preprocessing --json` on a ViT checkpoint with its processor: the file
     takes uint8 NHWC images and gives what the model gives on the processor's output, at other batch sizes and

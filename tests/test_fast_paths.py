@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.utils.prune as prune
-from conftest import rel_err
+from helpers import rel_err
 
 import pvtkit
 from pvtkit import cpu_kernels
@@ -62,8 +62,11 @@ def test_recomputed_training_mlp_gives_the_plain_gradients(linear, act):
     assert ran["mlp_recompute"] == 0  # these hidden activations are small (< recompute_bytes): stored as usual
     # one piece; one image per piece; pieces of 2, 2, 1 with the first Linear's output stored, not recomputed
     two_images = 2 * 25 * 33 * 16 * 8 * 4  # stage 1: a 25 x 33 map, 128 hidden channels, fp32
-    for flags in ({"recompute_bytes": 0}, {"recompute_bytes": 0, "small_bytes": 1},
-                  {"recompute_bytes": 0, "small_bytes": two_images, "keep_width": 0}):  # fmt: skip
+    for flags in (
+        {"recompute_bytes": 0},
+        {"recompute_bytes": 0, "small_bytes": 1},
+        {"recompute_bytes": 0, "small_bytes": two_images, "keep_width": 0},
+    ):
         loss, grads, grad_x, ran = _gradients(model, x, y, **flags)
         assert ran["mlp_recompute"] == 5  # every block (2 + 1 + 1 + 1)
         assert rel_err(loss, plain_loss) <= 1e-6 and rel_err(grad_x, plain_x) <= 1e-5
@@ -156,7 +159,9 @@ def test_spatial_reduction_as_matmul_equals_the_conv(size):
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         with cpu_kernels.record() as ran:
-            small = model(x).logits  # small inputs: the matmul form runs in every SR block (2 + 1 + 1; stage 4 has none)
+            small = model(
+                x
+            ).logits  # small inputs: the matmul form runs in every SR block (2 + 1 + 1; stage 4 has none)
         assert ran["sr_matmul"] == 4
         with cpu_kernels.flags(small_bytes=0), cpu_kernels.record() as ran:  # everything "large": the oneDNN conv
             large = model(x).logits

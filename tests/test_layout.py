@@ -17,8 +17,9 @@ from pvtkit.models import family as registry
 SRC = Path(pvtkit.__file__).parent
 # `models/` is where families live, and `keras/` where the Keras versions of some live; the public API
 # (`pvtkit/__init__.py`) names their classes for users.
-OUTSIDE_MODELS = sorted(p for p in SRC.rglob("*.py")
-                        if p.relative_to(SRC).parts[0] not in ("models", "keras") and p != SRC / "__init__.py")  # fmt: skip
+OUTSIDE_MODELS = sorted(
+    p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] not in ("models", "keras") and p != SRC / "__init__.py"
+)
 
 
 # The modules of a family's package (`models/<family>/`).
@@ -29,10 +30,14 @@ def family_references(path: Path, root: Path = SRC) -> list[str]:
     """`file:line what` for every place that names a family: its model_type as a string, one of its classes, or an
     import of its module."""
     model_types = set(registry.families())
-    modules = [importlib.import_module(f"pvtkit.models.{name}.{part}") for name in registry.FAMILY_MODULES
-               for part in FAMILY_PARTS]  # fmt: skip
-    class_names = {name for m in modules for name, cls in inspect.getmembers(m, inspect.isclass)
-                   if cls.__module__ == m.__name__}  # fmt: skip
+    modules = [
+        importlib.import_module(f"pvtkit.models.{name}.{part}")
+        for name in registry.FAMILY_MODULES
+        for part in FAMILY_PARTS
+    ]
+    class_names = {
+        name for m in modules for name, cls in inspect.getmembers(m, inspect.isclass) if cls.__module__ == m.__name__
+    }
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Constant) and node.value in model_types:
@@ -76,8 +81,18 @@ def test_no_family_knowledge_outside_models(path):
 # What modules under `models/` may import from the rest of pvtkit: the layers below the families. These import
 # nothing from `models/` (nor anything above them), so no import runs up the layers and there is no cycle through
 # a family; `hub` is below too (`modeling` reads checkpoints through it).
-BELOW_MODELS = ("config", "outputs", "modeling", "convert", "layers", "losses", "cpu_kernels", "_files", "processing",
-                "dtypes")
+BELOW_MODELS = (
+    "config",
+    "outputs",
+    "modeling",
+    "convert",
+    "layers",
+    "losses",
+    "cpu_kernels",
+    "_files",
+    "processing",
+    "dtypes",
+)
 LOWER_LAYER = (*BELOW_MODELS, "hub")
 
 
@@ -113,8 +128,9 @@ def upward_imports(root: Path = SRC) -> list[str]:
             allowed = lambda m: m in lower  # noqa: E731
         else:
             continue
-        offenders += [f"{path.relative_to(root)}:{line} {m}" for line, m in imported_modules(path, root)
-                      if not allowed(m)]  # fmt: skip
+        offenders += [
+            f"{path.relative_to(root)}:{line} {m}" for line, m in imported_modules(path, root) if not allowed(m)
+        ]
     return offenders
 
 
@@ -141,16 +157,21 @@ def test_the_layer_check_finds_upward_imports(tmp_path):
     )
     (root / "training.py").write_text("from .models.pvt_v2 import modeling\n")  # above the families: allowed
     assert upward_imports(root) == [
-        "convert.py:3 pvtkit.models.family", "convert.py:5 pvtkit.models", "convert.py:6 pvtkit.models.glpn.conversion",
+        "convert.py:3 pvtkit.models.family",
+        "convert.py:5 pvtkit.models",
+        "convert.py:6 pvtkit.models.glpn.conversion",
         "models/pvt_v2/modeling.py:7 pvtkit.training",
-    ]  # fmt: skip
+    ]
 
 
 def test_family_configurations_conversions_and_processors_import_no_torch():
     """Every `models/*/configuration.py`, `conversion.py` and `processing.py` (and the packages above them, which
     Python imports first) loads without PyTorch: the Keras models and the PIL processors run without it."""
-    names = sorted(f"pvtkit.models.{p.parent.name}.{p.stem}" for part in ("configuration", "conversion", "processing")
-                   for p in (SRC / "models").glob(f"*/{part}.py"))  # fmt: skip
+    names = sorted(
+        f"pvtkit.models.{p.parent.name}.{p.stem}"
+        for part in ("configuration", "conversion", "processing")
+        for p in (SRC / "models").glob(f"*/{part}.py")
+    )
     assert {n.split(".")[2] for n in names} >= {*registry.FAMILY_MODULES, "pyramid"}
     code = (
         f"import importlib, sys\nfor name in {names!r}:\n    importlib.import_module(name)\n"
@@ -164,8 +185,14 @@ def test_family_configurations_conversions_and_processors_import_no_torch():
 def test_fast_path_decisions_live_in_cpu_kernels():
     """What decides a fast path (autocast state, the CPU's bf16 support, oneDNN's fused kernels, the piece size) is
     asked in `cpu_kernels` only; the models call its ops."""
-    deciders = ("is_autocast_enabled", "get_autocast_dtype", "_is_mkldnn_bf16_supported", "_convolution_pointwise",
-                "small_bytes", "is_in_onnx_export")  # fmt: skip
+    deciders = (
+        "is_autocast_enabled",
+        "get_autocast_dtype",
+        "_is_mkldnn_bf16_supported",
+        "_convolution_pointwise",
+        "small_bytes",
+        "is_in_onnx_export",
+    )
     offenders = []
     for path in SRC.rglob("*.py"):
         if path.name == "cpu_kernels.py":

@@ -18,10 +18,9 @@ import warnings
 import numpy as np
 import PIL.Image
 import pytest
+import skimage.data as skimage_data
 import torch
 import torch.nn.functional as F
-
-import skimage.data as skimage_data
 import transformers
 from transformers import AutoImageProcessor, PvtImageProcessorPil, ViTImageProcessorPil  # noqa: E402
 
@@ -49,9 +48,16 @@ def photos() -> dict[str, PIL.Image.Image]:
     alpha = PIL.Image.fromarray(np.tile(np.arange(512)[None] // 2, (512, 1)).astype(np.uint8))
     gray_alpha = PIL.Image.merge("LA", (camera, alpha))
     return {
-        "astronaut": astronaut, "camera": camera, "chelsea": chelsea, "coffee": coffee, "logo": logo,
+        "astronaut": astronaut,
+        "camera": camera,
+        "chelsea": chelsea,
+        "coffee": coffee,
+        "logo": logo,
         "rgba": translucent,
-        "palette": palette, "palette_transparent": palette_t, "cmyk": coffee.convert("CMYK"), "LA": gray_alpha,
+        "palette": palette,
+        "palette_transparent": palette_t,
+        "cmyk": coffee.convert("CMYK"),
+        "LA": gray_alpha,
         "1": camera.convert("1"),
     }
 
@@ -89,7 +95,11 @@ OVERRIDES = [
     {"size": {"shortest_edge": 160}},
     {"size": {"height": 96, "width": 130}},
     {"size": 64},
-    {"resample": 0}, {"resample": 1}, {"resample": 3}, {"resample": 4}, {"resample": 5},
+    {"resample": 0},
+    {"resample": 1},
+    {"resample": 3},
+    {"resample": 4},
+    {"resample": 5},
     {"resample": 3, "size": {"shortest_edge": 97}},
     {"do_normalize": False},
     {"do_rescale": False},
@@ -138,8 +148,21 @@ def _array_inputs(photos):
 
 
 @pytest.mark.filterwarnings("ignore:.*already lie in.*")
-@pytest.mark.parametrize("name", ["hwc_uint8", "chw_uint8", "hwc_rgba_uint8", "hw1_gray", "float_0_1",
-                                  "float_whole_0_255", "rgba_float_0_1", "torch_chw", "batch_4d", "explicit_last"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hwc_uint8",
+        "chw_uint8",
+        "hwc_rgba_uint8",
+        "hw1_gray",
+        "float_0_1",
+        "float_whole_0_255",
+        "rgba_float_0_1",
+        "torch_chw",
+        "batch_4d",
+        "explicit_last",
+    ],
+)
 def test_pil_parity_array_inputs(photos, name):
     """NumPy arrays and torch tensors (HWC/CHW, uint8/float, RGBA, 4-d batches) match transformers exactly."""
     image, fmt = _array_inputs(photos)[name]
@@ -179,8 +202,10 @@ def test_ambiguous_channels_warn_and_explicit_format(photos):
         last = ViTImageProcessor()(tiny, size=8, input_data_format="channels_last").pixel_values[0]
     want = _transformers_pil(ViTImageProcessorPil)(tiny, size=8, input_data_format="channels_last").pixel_values[0]
     np.testing.assert_array_equal(last, want)
-    np.testing.assert_array_equal(first, ViTImageProcessor()(np.ascontiguousarray(tiny), size=8,
-                                                             input_data_format="channels_first").pixel_values[0])
+    np.testing.assert_array_equal(
+        first,
+        ViTImageProcessor()(np.ascontiguousarray(tiny), size=8, input_data_format="channels_first").pixel_values[0],
+    )
     assert not np.array_equal(first, last)
 
 
@@ -227,7 +252,7 @@ def test_alpha_composited_over_white(photos, mode):
 def test_high_bit_modes_scaled_not_clipped(photos):
     """I;16, I and F scale onto 0..255 (deliberate difference: PIL's convert, used by transformers, clips)."""
     camera = np.asarray(photos["camera"])
-    i16 = PIL.Image.fromarray((camera.astype(np.uint16) * 257))
+    i16 = PIL.Image.fromarray(camera.astype(np.uint16) * 257)
     assert i16.mode == "I;16"
     np.testing.assert_array_equal(np.asarray(convert_to_rgb(i16))[..., 0], camera)
     assert not np.array_equal(np.asarray(i16.convert("RGB"))[..., 0], camera)  # PIL's own convert clips
@@ -374,8 +399,11 @@ def test_bad_calls():
     with pytest.raises(TypeError, match="unknown"):
         proc(np.zeros((8, 8, 3), np.uint8), do_crop=True)
     with pytest.raises(ValueError, match="different shapes"):
-        proc([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 16, 3), np.uint8)], size={"shortest_edge": 8},
-             return_tensors="pt")
+        proc(
+            [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 16, 3), np.uint8)],
+            size={"shortest_edge": 8},
+            return_tensors="pt",
+        )
     with pytest.raises(ValueError, match="no torch kernel"):
         ViTImageProcessorFast()(np.zeros((8, 8, 3), np.uint8), resample=4)
 
@@ -391,10 +419,13 @@ def _torch_reference(image_hwc: np.ndarray, size, mode: str, mean, std) -> np.nd
     return (x / 255.0 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
 
 
-@pytest.mark.parametrize(("cls", "mean", "std"), [
-    (ViTImageProcessorFast, [0.5] * 3, [0.5] * 3),
-    (PvtImageProcessorFast, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-])
+@pytest.mark.parametrize(
+    ("cls", "mean", "std"),
+    [
+        (ViTImageProcessorFast, [0.5] * 3, [0.5] * 3),
+        (PvtImageProcessorFast, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ],
+)
 @pytest.mark.parametrize("resample", [2, 3])
 def test_fast_vs_torch_reference(photos, cls, mean, std, resample):
     """Fast processor == torch-only reference to float32 rounding (atol 1e-5) on RGB photos."""
@@ -421,10 +452,14 @@ def _assert_fast_close(got: torch.Tensor, want: np.ndarray, std) -> None:
     assert diff.mean() <= FAST_MAX_MEAN
 
 
-@pytest.mark.parametrize(("fast_cls", "pil_cls"), [(ViTImageProcessorFast, ViTImageProcessor),
-                                                   (PvtImageProcessorFast, PvtImageProcessor)])
-@pytest.mark.parametrize("overrides", [{}, {"resample": 3}, {"size": {"shortest_edge": 150}},
-                                       {"resample": 3, "size": {"height": 100, "width": 57}}], ids=str)
+@pytest.mark.parametrize(
+    ("fast_cls", "pil_cls"), [(ViTImageProcessorFast, ViTImageProcessor), (PvtImageProcessorFast, PvtImageProcessor)]
+)
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"resample": 3}, {"size": {"shortest_edge": 150}}, {"resample": 3, "size": {"height": 100, "width": 57}}],
+    ids=str,
+)
 def test_fast_vs_pil(photos, fast_cls, pil_cls, overrides):
     """Fast vs our PIL processor (== transformers' PIL processor) within the measured tolerance above, on every
     photo/mode, in one mixed-size call; order of outputs follows the inputs despite grouping by shape."""
@@ -463,8 +498,13 @@ def test_fast_float_and_device(photos):
     """Float inputs stay float through the resize (transformers' tensor semantics); `device` is honoured."""
     arr = np.asarray(photos["astronaut"]).astype(np.float32)
     got = ViTImageProcessorFast()(arr, device="cpu", return_tensors="pt").pixel_values
-    x = F.interpolate(torch.from_numpy(arr).permute(2, 0, 1)[None], size=(224, 224), mode="bilinear",
-                      antialias=True, align_corners=False)
+    x = F.interpolate(
+        torch.from_numpy(arr).permute(2, 0, 1)[None],
+        size=(224, 224),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
     torch.testing.assert_close(got, (x - 127.5) / 127.5, rtol=0, atol=1e-5)
 
 
@@ -483,8 +523,9 @@ def test_return_types_and_batch_feature(photos):
     assert isinstance(batch["pixel_values"], torch.Tensor) and batch.pixel_values.shape == (2, 3, 224, 224)
     np.testing.assert_array_equal(batch.pixel_values.numpy(), as_np.pixel_values)
 
-    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                    patch_size=32, image_size=224)
+    config = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, patch_size=32, image_size=224
+    )
     with torch.no_grad():
         out = transformers.ViTModel(config).eval()(**batch)
     assert out.last_hidden_state.shape == (2, 1 + (224 // 32) ** 2, 32)
@@ -492,7 +533,7 @@ def test_return_types_and_batch_feature(photos):
     assert half is batch and batch.pixel_values.dtype == torch.float16
     assert batch.to("cpu").pixel_values.device.type == "cpu"
     with pytest.raises(AttributeError):
-        batch.labels
+        _ = batch.labels
 
 
 def test_feature_extractor_alias(photos):
@@ -564,8 +605,15 @@ def test_config_fast_and_legacy(tmp_path, photos):
     got = ViTImageProcessorFast.from_pretrained(tmp_path / "fast")(photos["coffee"], return_tensors="pt").pixel_values
     _assert_fast_close(got, hf(photos["coffee"], return_tensors="np").pixel_values, (0.5,))
 
-    legacy = {"feature_extractor_type": "ViTFeatureExtractor", "size": 384, "resample": 2, "do_resize": True,
-              "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+    legacy = {
+        "feature_extractor_type": "ViTFeatureExtractor",
+        "size": 384,
+        "resample": 2,
+        "do_resize": True,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
     (tmp_path / "legacy.json").write_text(json.dumps(legacy))
     loaded = ViTImageProcessor.from_pretrained(tmp_path / "legacy.json", do_resize=False)
     assert loaded.size == {"height": 384, "width": 384} and loaded.do_resize is False

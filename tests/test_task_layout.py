@@ -44,8 +44,11 @@ def task_branches(path: Path, root: Path = SRC) -> list[str]:
             found.append((node.lineno, "a table keyed by task names"))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             args = node.args
-            if node.func.id in ("hasattr", "getattr") and len(args) >= 2 and isinstance(args[1], ast.Constant) and (
-                args[1].value in HEAD_ATTRIBUTES
+            if (
+                node.func.id in ("hasattr", "getattr")
+                and len(args) >= 2
+                and isinstance(args[1], ast.Constant)
+                and (args[1].value in HEAD_ATTRIBUTES)
             ):
                 found.append((node.lineno, f"{node.func.id}(..., {args[1].value!r})"))
             elif node.func.id == "isinstance" and len(args) == 2:
@@ -71,9 +74,14 @@ def test_the_check_finds_task_branches(tmp_path):
         "x = 1 if task in ('depth', 'image-segmentation') else 2\n"
     )
     hits = [h.split(" ", 1)[1] for h in task_branches(tmp_path / "old.py", root=tmp_path)]
-    assert hits == ["compares with a task name", "if segmentation", "a table keyed by task names",
-                    "hasattr(..., 'decode_head')", "isinstance on SemanticSegmenterOutput",
-                    "compares with a task name"]  # fmt: skip
+    assert hits == [
+        "compares with a task name",
+        "if segmentation",
+        "a table keyed by task names",
+        "hasattr(..., 'decode_head')",
+        "isinstance on SemanticSegmenterOutput",
+        "compares with a task name",
+    ]
     # and it finds the one table of heads that belongs outside `tasks/`: a family spec's classes by head
     family_file = Path(inspect.getsourcefile(pvtkit.PvtV2Model))
     assert any("a table keyed by task names" in hit for hit in task_branches(family_file, root=family_file.parent))
@@ -95,8 +103,16 @@ def test_every_task_is_complete_and_named_once():
         assert tasks.get(task.name) is task and task.heads and task.auto_class() and task.pipeline_class()
         if task.trainable:
             cls = type(task)
-            for method in ("load_data", "samples", "train_dataset", "train_loss", "evaluator", "validation_record",
-                           "evaluate", "report_table"):  # fmt: skip
+            for method in (
+                "load_data",
+                "samples",
+                "train_dataset",
+                "train_loss",
+                "evaluator",
+                "validation_record",
+                "evaluate",
+                "report_table",
+            ):
                 assert getattr(cls, method) is not getattr(tasks.Task, method), f"{task.name} lacks {method}"
             assert task.best_metric and task.train_metric and "lr_fine_tune" in task.recipe
     assert tasks.get("segmentation") is tasks.get("image-segmentation") is tasks.get("semantic-segmentation")

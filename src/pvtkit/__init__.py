@@ -81,7 +81,6 @@ _PUBLIC: dict[str, tuple[str, str]] = {
 }
 
 
-
 def __getattr__(name: str) -> _Any:
     """Import a public name's module when the name is first used (and any submodule, as `import` would have)."""
     if name in _PUBLIC:

@@ -11,10 +11,9 @@ import os
 from typing import Any
 
 from ._files import read_json
-from .config import PretrainedConfig
+from .config import PretrainedConfig, pair
 from .convert import unwrap
 from .hub import HubOptions, load_state_dict, resolve_checkpoint, resolve_file
-from .config import pair
 from .modeling import PreTrainedModel
 from .models import family as registry
 from .processing import PREPROCESSOR_CONFIG_NAME
@@ -36,8 +35,9 @@ def _model_type_of(path: str | os.PathLike, kwargs: dict[str, Any]) -> tuple[str
         if data.get("model_type") in registry.families():
             return data["model_type"], {}
         if "model_type" in data:
-            raise ValueError(f"{path} is a {data['model_type']!r} model; pvtkit supports "
-                             f"{', '.join(registry.families())}")  # fmt: skip
+            raise ValueError(
+                f"{path} is a {data['model_type']!r} model; pvtkit supports {', '.join(registry.families())}"
+            )
     state = load_state_dict(ckpt.weight_files)
     layout, _ = registry.detect_layout(unwrap(state, str(path)), str(path))
     return layout.model_type, {"state_dict": state}
@@ -131,9 +131,16 @@ class AutoBackbone(_AutoModel):
 
 # task -> its Auto class (for code that picks a class by task: export's --task, pipelines)
 AUTO_CLASSES: dict[str, type[_AutoModel]] = {
-    cls.task: cls for cls in (AutoModel, AutoModelForImageClassification, AutoModelForMaskedImageModeling,
-                              AutoModelForSemanticSegmentation, AutoModelForDepthEstimation, AutoBackbone)
-}  # fmt: skip
+    cls.task: cls
+    for cls in (
+        AutoModel,
+        AutoModelForImageClassification,
+        AutoModelForMaskedImageModeling,
+        AutoModelForSemanticSegmentation,
+        AutoModelForDepthEstimation,
+        AutoBackbone,
+    )
+}
 
 
 class AutoConfig:
@@ -183,13 +190,20 @@ class AutoImageProcessor:
             data = read_json(file)
             kind = data.get("image_processor_type") or data.get("feature_extractor_type")
             if kind not in registry.IMAGE_PROCESSOR_TYPES:
-                raise ValueError(f"{file}: image_processor_type {kind!r} is not one pvtkit knows "
-                                 f"({', '.join(sorted(registry.IMAGE_PROCESSOR_TYPES))})")  # fmt: skip
+                raise ValueError(
+                    f"{file}: image_processor_type {kind!r} is not one pvtkit knows "
+                    f"({', '.join(sorted(registry.IMAGE_PROCESSOR_TYPES))})"
+                )
         else:
             config = AutoConfig.from_pretrained(path, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs})
             processor = default_image_processor(config, use_fast)
-            logger.warning("%s has no %s; using %s's defaults (%s)", path, PREPROCESSOR_CONFIG_NAME,
-                           type(processor).__name__, _sizing(processor))  # fmt: skip
+            logger.warning(
+                "%s has no %s; using %s's defaults (%s)",
+                path,
+                PREPROCESSOR_CONFIG_NAME,
+                type(processor).__name__,
+                _sizing(processor),
+            )
             return type(processor)(**{"size": processor.size, **overrides})
         cls = registry.IMAGE_PROCESSOR_TYPES[kind]
         if use_fast and not kind.endswith("Fast"):
@@ -232,8 +246,14 @@ def image_processor_for(source: str | os.PathLike, model: Any, use_fast: bool = 
         return AutoImageProcessor.from_pretrained(source, use_fast=use_fast, **hub_options)
     except (OSError, ValueError) as e:
         processor = default_image_processor(model, use_fast)
-        logger.warning("%s has no usable %s (%s); using %s's defaults (%s)", source, PREPROCESSOR_CONFIG_NAME, e,
-                       type(processor).__name__, _sizing(processor))  # fmt: skip
+        logger.warning(
+            "%s has no usable %s (%s); using %s's defaults (%s)",
+            source,
+            PREPROCESSOR_CONFIG_NAME,
+            e,
+            type(processor).__name__,
+            _sizing(processor),
+        )
         return processor
 
 
@@ -263,8 +283,9 @@ def convert_checkpoint(
     converted, layout = registry.to_transformers(state, None, str(source))
     family = registry.get(layout.model_type)
     heads = [cls for cls in family.classes.values() if cls.head_prefixes]
-    model_class = next((cls for cls in heads if any(k.startswith(cls.head_prefixes) for k in converted)),
-                       family.classes["model"])  # fmt: skip
+    model_class = next(
+        (cls for cls in heads if any(k.startswith(cls.head_prefixes) for k in converted)), family.classes["model"]
+    )
     kwargs: dict[str, Any] = {"state_dict": state, "dtype": dtype, **hub_options}
     if variant is not None:
         config = family.config_class.from_variant(variant)

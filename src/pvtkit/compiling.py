@@ -73,8 +73,16 @@ class CompiledForward:
     (`copy.deepcopy`, pickling, `torch.save`) get the plain eager forward: call `optimize` on the copy.
     """
 
-    def __init__(self, model: nn.Module, eager: Callable[..., Any], train: bool, freeze: bool,
-                 cuda_graph_batch: int, dynamic: bool, previous: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        eager: Callable[..., Any],
+        train: bool,
+        freeze: bool,
+        cuda_graph_batch: int,
+        dynamic: bool,
+        previous: Any,
+    ) -> None:
         functools.update_wrapper(self, eager)
         self.eager, self.train, self.freeze, self.cuda_graph_batch = eager, train, freeze, cuda_graph_batch
         self.dynamic, self.previous = dynamic, previous
@@ -115,8 +123,9 @@ class CompiledForward:
             compiled = self._compiled.get(kind)
             frozen = self._frozen.get(kind)
             if frozen is not None and frozen[1] != self._fingerprint(frozen[0]):
-                logger.info("pvtkit.optimize: %s's weights changed since they were frozen: compiling again",
-                            self._model_name)  # fmt: skip
+                logger.info(
+                    "pvtkit.optimize: %s's weights changed since they were frozen: compiling again", self._model_name
+                )
                 compiled = None
                 self.compile_seconds = {k: v for k, v in self.compile_seconds.items() if not k.startswith(kind + " ")}
             if compiled is None:
@@ -187,14 +196,25 @@ def optimize_for(model: nn.Module, batch_size: int, device: torch.device | str, 
     limit = getattr(model, "compiled_batch_limit", None)
     if torch.device(device).type != "cpu" or limit is None or batch_size <= limit:
         return optimize(model, **options)
-    logger.warning("compile: on the CPU %s compiles batches of at most %d image(s), which run faster compiled; "
-                   "batches of %d run faster on the eager paths and stay there (batch size 1 for compiled latency)",
-                   type(model).__name__, limit, batch_size)  # fmt: skip
+    logger.warning(
+        "compile: on the CPU %s compiles batches of at most %d image(s), which run faster compiled; "
+        "batches of %d run faster on the eager paths and stay there (batch size 1 for compiled latency)",
+        type(model).__name__,
+        limit,
+        batch_size,
+    )
     return model
 
 
-def optimize(model: nn.Module, *, enabled: bool = True, train: bool = False, freeze: bool = True,
-             cuda_graph_batch: int = 8, dynamic: bool = False) -> nn.Module:  # fmt: skip
+def optimize(
+    model: nn.Module,
+    *,
+    enabled: bool = True,
+    train: bool = False,
+    freeze: bool = True,
+    cuda_graph_batch: int = 8,
+    dynamic: bool = False,
+) -> nn.Module:
     """Compile `model`'s forward where that pays (see the module docstring); returns the same model.
 
     Call it after the weights are loaded and the model is on its device. Under inference the compiled graph holds

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from ._files import atomic_write_json, read_json
@@ -20,8 +20,18 @@ CONFIG_NAME = "config.json"
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 # transformers' `hidden_act` names that pvtkit's models implement ("gelu" is the exact erf GELU); each framework's
 # layers map every one of them (`pvtkit.layers.ACTIVATIONS`, `pvtkit.keras`).
-ACTIVATION_NAMES = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish",
-                    "tanh", "sigmoid")  # fmt: skip
+ACTIVATION_NAMES = (
+    "gelu",
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "gelu_fast",
+    "quick_gelu",
+    "relu",
+    "silu",
+    "swish",
+    "tanh",
+    "sigmoid",
+)
 
 C = TypeVar("C", bound="PretrainedConfig")
 
@@ -194,15 +204,24 @@ class PretrainedConfig:
         e.g. `num_labels=10`."""
         key = cls.variant_key(name)
         if key is None:
-            raise ValueError(f"unknown {cls.title} variant {name!r}; expected one of "
-                             f"{', '.join(cls.variants)}")  # fmt: skip
+            raise ValueError(f"unknown {cls.title} variant {name!r}; expected one of {', '.join(cls.variants)}")
         return cls(**{"num_labels": 1000, **cls.variants[key], **overrides})
 
     def published_variant(self) -> str | None:
         """The name of the published variant whose architecture this config describes (heads, labels and input size
         aside), or None."""
-        ignored = {"num_labels", "id2label", "label2id", "architectures", "out_features", "out_indices", "image_size",
-                   "problem_type", "dtype", "_name_or_path"}  # fmt: skip
+        ignored = {
+            "num_labels",
+            "id2label",
+            "label2id",
+            "architectures",
+            "out_features",
+            "out_indices",
+            "image_size",
+            "problem_type",
+            "dtype",
+            "_name_or_path",
+        }
         ours = {k: v for k, v in self.to_dict().items() if k not in ignored}
         for name in self.variants:
             theirs = type(self).from_variant(name).to_dict()
@@ -268,8 +287,9 @@ class BackboneConfigMixin:
     stage_names: list[str]
 
     def _set_stage_outputs(self, out_features: Sequence[str] | None, out_indices: Sequence[int] | None) -> None:
-        self._out_features, self._out_indices = align_stage_outputs(type(self).__name__, self.stage_names,
-                                                                    out_features, out_indices)  # fmt: skip
+        self._out_features, self._out_indices = align_stage_outputs(
+            type(self).__name__, self.stage_names, out_features, out_indices
+        )
 
     @property
     def out_features(self) -> list[str]:

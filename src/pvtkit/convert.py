@@ -175,9 +175,13 @@ def unwrap(obj: Any, source: str = "checkpoint") -> StateDict:
 
 
 def detect_layout(
-    state: StateDict, source: str = "checkpoint", prefer: str | None = None, *, layouts: Sequence[Layout],
+    state: StateDict,
+    source: str = "checkpoint",
+    prefer: str | None = None,
+    *,
+    layouts: Sequence[Layout],
     expected: str | None = None,
-) -> tuple[Layout, StateDict]:  # fmt: skip
+) -> tuple[Layout, StateDict]:
     """Find which of `layouts` `state` is in, after stripping framework prefixes (`module.`, `backbone.` ...).
     Families whose layouts look alike (a bare MiT encoder is one for SegFormer and GLPN alike) are told apart by
     `prefer`, the `model_type` the caller asks for, whose layouts are tried first. `layouts`: every family's
@@ -195,8 +199,12 @@ def detect_layout(
             if layout.sentinel in candidate or prefixed:
                 if candidate is not state:
                     dropped = len(state) - len(candidate)
-                    logger.info("%s: using the %d keys under a framework prefix (%d others dropped)", source,
-                                len(candidate), dropped)  # fmt: skip
+                    logger.info(
+                        "%s: using the %d keys under a framework prefix (%d others dropped)",
+                        source,
+                        len(candidate),
+                        dropped,
+                    )
                 return layout, candidate
     sample = ", ".join(list(state)[:5])
     if expected is None:
@@ -212,8 +220,7 @@ def to_transformers(
     asked for. (Any family's checkpoint: `pvtkit.models.family.to_transformers`.)"""
     layout, state = detect_layout(unwrap(state, source), source, prefer=model_type, layouts=layouts)
     if model_type is not None and layout.model_type != model_type:
-        raise ValueError(f"{source} is a {layout.model_type} checkpoint ({layout.name} layout), not a {model_type} "
-                         "one")  # fmt: skip
+        raise ValueError(f"{source} is a {layout.model_type} checkpoint ({layout.name} layout), not a {model_type} one")
     return layout.convert(state), layout
 
 

@@ -88,18 +88,22 @@ _recording: collections.Counter | None = None
 _OFF = Paths("fast paths are switched off (cpu_kernels.flags(enabled=False))")
 _TRACED = Paths("traced, compiled or exported: the plain maths, with symbolic sizes", symbolic=True)
 _TRACED_BF16 = Paths("traced or compiled under emulated bf16 autocast", symbolic=True, emulate_bf16=True)
-_ONNX = Paths("exporting to ONNX: the plain maths with symbolic sizes, the PVTv2 MLP in NCHW", symbolic=True,
-              nchw_mlp=True)  # fmt: skip
+_ONNX = Paths(
+    "exporting to ONNX: the plain maths with symbolic sizes, the PVTv2 MLP in NCHW", symbolic=True, nchw_mlp=True
+)
 _DEVICE = Paths("not on the CPU: the plain maths")
-_GRAD = Paths("fp32 CPU training: the MLP in pieces, its hidden activations recomputed in the backward",
-              recompute=True)  # fmt: skip
+_GRAD = Paths("fp32 CPU training: the MLP in pieces, its hidden activations recomputed in the backward", recompute=True)
 _FUNC = Paths("autograd under a torch.func transform (grad, vmap, ...): the whole batch, unfused")
 _GRAD_BF16 = Paths("autograd under emulated bf16 autocast: bf16 maths on fp32 units", emulate_bf16=True)
 _INFER = Paths("CPU inference in a low-precision dtype: the MLP in pieces", pieces=True)
-_INFER_BF16 = Paths("CPU inference under emulated bf16 autocast: bf16 maths on fp32 units, the MLP in pieces",
-                    emulate_bf16=True, pieces=True)  # fmt: skip
-_INFER_FP32 = Paths("fp32 CPU inference: the MLP in pieces, fused conv + GELU, SR conv as a matmul", pieces=True,
-                    fused=True)  # fmt: skip
+_INFER_BF16 = Paths(
+    "CPU inference under emulated bf16 autocast: bf16 maths on fp32 units, the MLP in pieces",
+    emulate_bf16=True,
+    pieces=True,
+)
+_INFER_FP32 = Paths(
+    "fp32 CPU inference: the MLP in pieces, fused conv + GELU, SR conv as a matmul", pieces=True, fused=True
+)
 
 
 def settings() -> Settings:
@@ -181,9 +185,13 @@ def choose(x: torch.Tensor) -> Paths:
     s = _settings
     cpu = x.device.type == "cpu"
     emulate = (
-        s.enabled and cpu and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and x.dtype in (torch.float32, torch.bfloat16) and not native_bf16()
-    )  # fmt: skip
+        s.enabled
+        and cpu
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and not native_bf16()
+    )
     if tracing():  # symbolic sizes even when switched off: no Python branch on a size
         if s.enabled and s.onnx_nchw_mlp and torch.onnx.is_in_onnx_export():
             return _ONNX
@@ -292,8 +300,7 @@ def conv_act(
             scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
             weight = weight * scale[:, None, None, None]
             bias = ((bias if bias is not None else 0) - norm.running_mean) * scale + norm.bias
-        return _CONV_POINTWISE(x, weight, bias, c.padding, c.stride, c.dilation, c.groups, _EPILOGUES[act], [],
-                               "none")  # fmt: skip
+        return _CONV_POINTWISE(x, weight, bias, c.padding, c.stride, c.dilation, c.groups, _EPILOGUES[act], [], "none")
     out = conv(x, layer)
     if norm is not None:
         out = norm(out)
@@ -354,9 +361,15 @@ _GELUS = {F.gelu: "none", gelu_tanh: "tanh"}  # aten's `approximate` for the GEL
 
 
 def conv_mlp(
-    x: torch.Tensor, h: int, w: int, dense1: nn.Linear, dwconv: nn.Conv2d, dense2: nn.Linear,
-    act: Callable[[torch.Tensor], torch.Tensor], relu_first: bool,
-) -> torch.Tensor | None:  # fmt: skip
+    x: torch.Tensor,
+    h: int,
+    w: int,
+    dense1: nn.Linear,
+    dwconv: nn.Conv2d,
+    dense2: nn.Linear,
+    act: Callable[[torch.Tensor], torch.Tensor],
+    relu_first: bool,
+) -> torch.Tensor | None:
     """PVTv2's MLP, `dense2(act(dwconv(relu?(dense1(x)))))` on `(B, h*w, C)` tokens, for fp32 CPU training where
     `choose(x).recompute` (the caller asks); None where this path does not apply (the caller runs the plain layers).
 
@@ -373,8 +386,13 @@ def conv_mlp(
     """
     layers = (dense1, dwconv, dense2)
     big = x.shape[0] * x.shape[1] * dense1.out_features * 4 > _settings.recompute_bytes
-    if not (big and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and all(_plain_layer(m, x.device) for m in layers) and not _global_module_hooks()):
+    if not (
+        big
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and all(_plain_layer(m, x.device) for m in layers)
+        and not _global_module_hooks()
+    ):
         return None
     params = (dense1.weight, dense1.bias, dwconv.weight, dwconv.bias, dense2.weight, dense2.bias)
     _ran("mlp_recompute")
@@ -399,8 +417,12 @@ def _plain_layer(module: nn.Module, device: torch.device) -> bool:
 def _global_module_hooks() -> bool:
     """Whether hooks registered for every module (`nn.modules.module.register_module_forward_hook`, ...) exist."""
     m = nn.modules.module
-    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-             "_global_backward_pre_hooks")  # fmt: skip
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
     return any(getattr(m, name, None) for name in names)
 
 
@@ -408,8 +430,17 @@ class _RecomputedMlp(torch.autograd.Function):
     """`conv_mlp`'s forward and backward (see there); saves the input and the weights only."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, wc: torch.Tensor, bc: torch.Tensor,
-                w2: torch.Tensor, b2: torch.Tensor, meta: tuple) -> torch.Tensor:  # fmt: skip
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        w1: torch.Tensor,
+        b1: torch.Tensor,
+        wc: torch.Tensor,
+        bc: torch.Tensor,
+        w2: torch.Tensor,
+        b2: torch.Tensor,
+        meta: tuple,
+    ) -> torch.Tensor:
         h, w, act, gelu, relu_first, conv_args = meta
         x = x.contiguous()
         B, N, C = x.shape
@@ -424,8 +455,9 @@ class _RecomputedMlp(torch.autograd.Function):
             target = None if kept is None else kept[start : start + rows]
             grid = _hidden_map(piece, w1, b1, h, w, relu_first, target)  # (b, hidden, h, w), channels-last
             if fused:  # the depth-wise conv and the exact GELU in one oneDNN call
-                a = _CONV_POINTWISE(grid, wc, bc, conv_args[1], conv_args[0], conv_args[2], conv_args[3], "gelu", [],
-                                    "none")  # fmt: skip
+                a = _CONV_POINTWISE(
+                    grid, wc, bc, conv_args[1], conv_args[0], conv_args[2], conv_args[3], "gelu", [], "none"
+                )
             else:
                 a = act(F.conv2d(grid, wc, bc, *conv_args))
             target = out[start : start + rows].view(-1, out.shape[-1])
@@ -474,8 +506,19 @@ class _RecomputedMlp(torch.autograd.Function):
                 (ga,) = torch.autograd.grad(a, leaf, torch.mm(g, w2))
             g_pre = ga.view(pre.shape[0], h, w, -1).permute(0, 3, 1, 2)  # channels-last, like `pre`
             # Two calls: oneDNN's combined one ran 2.4x slower than both apart at PVTv2's stage-2 pieces (512 x 28^2)
-            conv_grad = functools.partial(torch.ops.aten.convolution_backward, g_pre, grid, wc, [wc.shape[0]], stride,
-                                          padding, dilation, False, [0, 0], groups)  # fmt: skip
+            conv_grad = functools.partial(
+                torch.ops.aten.convolution_backward,
+                g_pre,
+                grid,
+                wc,
+                [wc.shape[0]],
+                stride,
+                padding,
+                dilation,
+                False,
+                [0, 0],
+                groups,
+            )
             if gc is not None or gbc is not None:
                 _, g_wc, g_bc = conv_grad([False, gc is not None, gbc is not None])
                 if gc is not None:
@@ -498,8 +541,9 @@ class _RecomputedMlp(torch.autograd.Function):
         return gx, g1, gb1, gc, gbc, g2, gb2, None
 
 
-def _hidden_map(piece: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, h: int, w: int, relu: bool,
-                out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def _hidden_map(
+    piece: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, h: int, w: int, relu: bool, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """`relu?(piece @ w1.T + b1)` for `(b, h*w, C)` tokens (into `out`, `(b, h*w, hidden)`, if given), seen as a
     `(b, hidden, h, w)` channels-last map."""
     b = piece.shape[0]

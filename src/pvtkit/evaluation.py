@@ -30,12 +30,12 @@ from torch.utils.data import DataLoader
 
 from ._files import atomic_write
 from .auto import default_image_processor, image_processor_for
-from .distributed import DistContext, init_distributed
 from .data.classification import ImageDataset, load_eval_folders, model_label_ids
 from .data.folders import IGNORE_INDEX, DatasetError
 from .data.segmentation import EvalPairDataset, SegSample, as_lists, load_eval_segmentation
-from .losses import segmentation_loss
 from .data.transforms import ProcessorTransform, SlideTransform, processor_image_size
+from .distributed import DistContext, init_distributed
+from .losses import segmentation_loss
 
 logger = logging.getLogger("pvtkit")
 
@@ -76,13 +76,21 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "accuracy": self.accuracy, "top5_accuracy": self.top5_accuracy, "loss": self.loss,
-            "num_images": self.num_images, "num_skipped": len(self.skipped), "per_class": self.per_class,
-            "confusion_matrix": {"true": self.class_names, "predicted": self.confusion_labels,
-                                 "counts": self.confusion},
-            "skipped": self.skipped, "seconds": round(self.seconds, 3),
+            "accuracy": self.accuracy,
+            "top5_accuracy": self.top5_accuracy,
+            "loss": self.loss,
+            "num_images": self.num_images,
+            "num_skipped": len(self.skipped),
+            "per_class": self.per_class,
+            "confusion_matrix": {
+                "true": self.class_names,
+                "predicted": self.confusion_labels,
+                "counts": self.confusion,
+            },
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 1),
-        }  # fmt: skip
+        }
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -108,10 +116,19 @@ class Evaluator:
     """
 
     def __init__(
-        self, model: torch.nn.Module, samples: Sequence[tuple[str, int]], rows: Sequence[int], processor: Any, *,
-        batch_size: int = 64, num_workers: int = 0, device: torch.device | str = "cpu",
-        amp_dtype: torch.dtype | None = None, ctx: DistContext | None = None, progress: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        model: torch.nn.Module,
+        samples: Sequence[tuple[str, int]],
+        rows: Sequence[int],
+        processor: Any,
+        *,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        device: torch.device | str = "cpu",
+        amp_dtype: torch.dtype | None = None,
+        ctx: DistContext | None = None,
+        progress: bool = True,
+    ) -> None:
         self.model, self.rows, self.device = model, list(rows), torch.device(device)
         self.amp_dtype, self.ctx, self.progress = amp_dtype, ctx or DistContext(), progress
         self.num_labels = int(model.config.num_labels)
@@ -119,10 +136,14 @@ class Evaluator:
         mine = self.samples[self.ctx.rank :: self.ctx.world_size]
         self.dataset = ImageDataset(mine, ProcessorTransform(processor), (3, *processor_image_size(processor)))
         self.loader = DataLoader(
-            self.dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-            persistent_workers=num_workers > 0, pin_memory=self.device.type == "cuda",
+            self.dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # not the global RNG, which training's dropout draws from
-        )  # fmt: skip
+        )
 
     @torch.no_grad()
     def run(self, desc: str = "eval") -> EvalResult:
@@ -136,8 +157,15 @@ class Evaluator:
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-k hits, images
         skipped: dict[str, str] = {}
         start = time.perf_counter()
-        bar = tqdm(total=len(self.samples), desc=desc, unit="img", leave=False, file=sys.stderr,
-                   disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=len(self.samples),
+            desc=desc,
+            unit="img",
+            leave=False,
+            file=sys.stderr,
+            disable=not (self.progress and self.ctx.is_main),
+            dynamic_ncols=True,
+        )
         for pixels, labels, weights, indices, reasons in self.loader:
             pixels = pixels.to(device, non_blocking=True)
             labels, ok = labels.to(device), weights.to(device) > 0
@@ -184,21 +212,35 @@ class Evaluator:
             accuracy=int(confusion.diagonal().sum()) / count if count else 0.0,
             top5_accuracy=hits / count if count else 0.0,
             loss=loss_sum / count if count else math.nan,
-            num_images=count, per_class=per_class, class_names=names, confusion=columns.tolist(),
-            confusion_labels=labels, skipped=skipped, seconds=seconds,
-        )  # fmt: skip
+            num_images=count,
+            per_class=per_class,
+            class_names=names,
+            confusion=columns.tolist(),
+            confusion_labels=labels,
+            skipped=skipped,
+            seconds=seconds,
+        )
 
 
-def _prepare(model: Any, auto_class: Any, processor: Any, device: str | torch.device, revision: str | None,
-             local_files_only: bool) -> tuple[Any, Any, str, torch.device, DistContext]:  # fmt: skip
+def _prepare(
+    model: Any,
+    auto_class: Any,
+    processor: Any,
+    device: str | torch.device,
+    revision: str | None,
+    local_files_only: bool,
+) -> tuple[Any, Any, str, torch.device, DistContext]:
     """What both evaluations start with: (the model loaded with `auto_class` if a path or Hub id was given, on the
     device; its processor, by default its own; its name for messages; the device; the process group)."""
     from .devices import resolve_device
 
     device = resolve_device(device)
     ctx = init_distributed(device)
-    name = str(model) if isinstance(model, (str, Path)) else (
-        getattr(model.config, "_name_or_path", "") or type(model).__name__)  # fmt: skip
+    name = (
+        str(model)
+        if isinstance(model, (str, Path))
+        else (getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    )
     if isinstance(model, (str, Path)):
         model = auto_class.from_pretrained(model, revision=revision, local_files_only=local_files_only)
         if processor is None:
@@ -244,15 +286,26 @@ def evaluate(
     from .auto import AutoModelForImageClassification
     from .dtypes import parse_dtype
 
-    model, processor, name, device, ctx = _prepare(model, AutoModelForImageClassification, processor, device,
-                                                   revision, local_files_only)  # fmt: skip
+    model, processor, name, device, ctx = _prepare(
+        model, AutoModelForImageClassification, processor, device, revision, local_files_only
+    )
     directory, by_class, unreadable = load_eval_folders(data, val_fraction)
     classes = list(by_class)
     ids = model_label_ids(classes, model.config, str(directory))
     samples = [(str(p), i) for i, files in zip(ids, by_class.values()) for p in files]
     amp = parse_dtype(dtype)
-    evaluator = Evaluator(model, samples, ids, processor, batch_size=batch_size, num_workers=num_workers,
-                          device=device, amp_dtype=amp, ctx=ctx, progress=progress)  # fmt: skip
+    evaluator = Evaluator(
+        model,
+        samples,
+        ids,
+        processor,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        amp_dtype=amp,
+        ctx=ctx,
+        progress=progress,
+    )
     result = evaluator.run()
     result.skipped = {**dict(unreadable), **result.skipped}
     if confusion is not None and ctx.is_main:
@@ -270,9 +323,13 @@ def _short(text: str, limit: int = 24) -> str:
 
 
 def draw_confusion_matrix(
-    counts: Sequence[Sequence[int]], true_labels: Sequence[str], predicted_labels: Sequence[str],
-    path: str | Path, title: str = "", show: str = "count",
-) -> None:  # fmt: skip
+    counts: Sequence[Sequence[int]],
+    true_labels: Sequence[str],
+    predicted_labels: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    show: str = "count",
+) -> None:
     """Draw a confusion matrix as a PNG with PIL: rows are true classes, columns predicted ones, each cell shaded
     by its share of the row (so classes of any size compare) and labelled, when there is room, with its count
     (`show="count"`) or its share of the row in percent (`show="share"`: pixel counts are too long to print).
@@ -363,9 +420,11 @@ def iou_from_confusion(confusion: np.ndarray) -> dict[str, Any]:
         "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else math.nan,
         "mean_accuracy": float(np.nanmean(accuracy)) if np.isfinite(accuracy).any() else math.nan,
         "overall_accuracy": float(intersection.sum() / total) if total else math.nan,
-        "per_category_iou": iou, "per_category_accuracy": accuracy,
-        "label_area": label_area.astype(np.int64), "predicted_area": predicted_area.astype(np.int64),
-    }  # fmt: skip
+        "per_category_iou": iou,
+        "per_category_accuracy": accuracy,
+        "label_area": label_area.astype(np.int64),
+        "predicted_area": predicted_area.astype(np.int64),
+    }
 
 
 @dataclass
@@ -399,14 +458,20 @@ class SegmentationEvalResult:
             return None if v is None or math.isnan(v) else v
 
         return {
-            "task": "semantic-segmentation", "mode": self.mode, "mean_iou": clean(self.mean_iou),
-            "mean_accuracy": clean(self.mean_accuracy), "overall_accuracy": clean(self.overall_accuracy),
-            "loss": clean(self.loss), "num_images": self.num_images, "num_skipped": len(self.skipped),
+            "task": "semantic-segmentation",
+            "mode": self.mode,
+            "mean_iou": clean(self.mean_iou),
+            "mean_accuracy": clean(self.mean_accuracy),
+            "overall_accuracy": clean(self.overall_accuracy),
+            "loss": clean(self.loss),
+            "num_images": self.num_images,
+            "num_skipped": len(self.skipped),
             "per_class": self.per_class,
             "confusion_matrix": {"true": self.class_names, "predicted": self.class_names, "counts": self.confusion},
-            "skipped": self.skipped, "seconds": round(self.seconds, 3),
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
-        }  # fmt: skip
+        }
 
 
 class SegmentationEvaluator:
@@ -423,10 +488,20 @@ class SegmentationEvaluator:
     """
 
     def __init__(
-        self, model: torch.nn.Module, samples: Sequence[SegSample], processor: Any, *, mode: str = "whole",
-        reduce_labels: bool = False, batch_size: int = 8, num_workers: int = 0, device: torch.device | str = "cpu",
-        amp_dtype: torch.dtype | None = None, ctx: DistContext | None = None, progress: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        model: torch.nn.Module,
+        samples: Sequence[SegSample],
+        processor: Any,
+        *,
+        mode: str = "whole",
+        reduce_labels: bool = False,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        device: torch.device | str = "cpu",
+        amp_dtype: torch.dtype | None = None,
+        ctx: DistContext | None = None,
+        progress: bool = True,
+    ) -> None:
         if mode not in ("whole", "slide"):
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         self.model, self.mode, self.device = model, mode, torch.device(device)
@@ -436,13 +511,18 @@ class SegmentationEvaluator:
         self.window = processor_image_size(processor)
         transform = ProcessorTransform(processor) if mode == "whole" else SlideTransform(processor, self.window)
         mine = self.samples[self.ctx.rank :: self.ctx.world_size]
-        self.dataset = EvalPairDataset(mine, lambda image: transform(image, 0, 0) if mode == "whole" else transform(image),
-                                    reduce_labels)  # fmt: skip
+        self.dataset = EvalPairDataset(
+            mine, lambda image: transform(image, 0, 0) if mode == "whole" else transform(image), reduce_labels
+        )
         self.loader = DataLoader(
-            self.dataset, batch_size=batch_size if mode == "whole" else 1, shuffle=False, num_workers=num_workers,
-            persistent_workers=num_workers > 0, collate_fn=as_lists,
+            self.dataset,
+            batch_size=batch_size if mode == "whole" else 1,
+            shuffle=False,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            collate_fn=as_lists,
             generator=torch.Generator(),  # not the global RNG, which training's dropout draws from
-        )  # fmt: skip
+        )
 
     def _logits(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
         with autocast_context(self.device, self.amp_dtype):
@@ -452,8 +532,10 @@ class SegmentationEvaluator:
             from .pipelines import sliding_window_logits
 
             stride = (max(self.window[0] * 2 // 3, 1), max(self.window[1] * 2 // 3, 1))
-            return [sliding_window_logits(self.model, p[None].to(self.device), self.window, stride, self.batch_size)
-                    for p in pixels]  # fmt: skip
+            return [
+                sliding_window_logits(self.model, p[None].to(self.device), self.window, stride, self.batch_size)
+                for p in pixels
+            ]
 
     @torch.no_grad()
     def run(self, desc: str = "eval") -> SegmentationEvalResult:
@@ -466,8 +548,15 @@ class SegmentationEvaluator:
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, labelled pixels, images
         skipped: dict[str, str] = {}
         start = time.perf_counter()
-        bar = tqdm(total=len(self.samples), desc=desc, unit="img", leave=False, file=sys.stderr,
-                   disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=len(self.samples),
+            desc=desc,
+            unit="img",
+            leave=False,
+            file=sys.stderr,
+            disable=not (self.progress and self.ctx.is_main),
+            dynamic_ncols=True,
+        )
         for pixels, masks, _, indices, reasons in self.loader:
             for i, reason in zip(indices, reasons):
                 if reason:
@@ -478,12 +567,14 @@ class SegmentationEvaluator:
                 for k, scores in zip(good, logits):
                     mask = masks[k].to(device)
                     target = torch.where(mask < self.num_labels, mask, IGNORE_INDEX)
-                    loss, up = segmentation_loss(scores, target[None], self.num_labels, IGNORE_INDEX,
-                                                 reduction="sum", upsampled=True)  # fmt: skip
+                    loss, up = segmentation_loss(
+                        scores, target[None], self.num_labels, IGNORE_INDEX, reduction="sum", upsampled=True
+                    )
                     metric.update(up.argmax(1)[0], mask)
                     valid = (target != IGNORE_INDEX).sum()
-                    sums += torch.stack((loss.double(), valid.double(), torch.ones((), dtype=torch.float64,
-                                                                                    device=device)))  # fmt: skip
+                    sums += torch.stack(
+                        (loss.double(), valid.double(), torch.ones((), dtype=torch.float64, device=device))
+                    )
             bar.update(len(indices) * self.ctx.world_size)
         bar.close()
         self.ctx.all_reduce_sum(metric.confusion)
@@ -493,24 +584,35 @@ class SegmentationEvaluator:
         model.train(was_training)
         return self._result(metric, sums.cpu().tolist(), skipped, time.perf_counter() - start)
 
-    def _result(self, metric: SegmentationMetric, sums: list[float], skipped: dict[str, str],
-                seconds: float) -> SegmentationEvalResult:  # fmt: skip
+    def _result(
+        self, metric: SegmentationMetric, sums: list[float], skipped: dict[str, str], seconds: float
+    ) -> SegmentationEvalResult:
         id2label = self.model.config.id2label
         names = [str(id2label.get(i, i)) for i in range(self.num_labels)]
         m = metric.compute()
         per_class = {}
         for i, name in enumerate(names):
             iou, accuracy = m["per_category_iou"][i], m["per_category_accuracy"][i]
-            per_class[name] = {"iou": None if np.isnan(iou) else float(iou),
-                               "accuracy": None if np.isnan(accuracy) else float(accuracy),
-                               "pixels": int(m["label_area"][i]), "predicted_pixels": int(m["predicted_area"][i])}  # fmt: skip
+            per_class[name] = {
+                "iou": None if np.isnan(iou) else float(iou),
+                "accuracy": None if np.isnan(accuracy) else float(accuracy),
+                "pixels": int(m["label_area"][i]),
+                "predicted_pixels": int(m["predicted_area"][i]),
+            }
         loss_sum, pixels, count = sums
         return SegmentationEvalResult(
-            mean_iou=m["mean_iou"], mean_accuracy=m["mean_accuracy"], overall_accuracy=m["overall_accuracy"],
-            loss=loss_sum / pixels if pixels else math.nan, num_images=int(count), per_class=per_class,
-            class_names=names, confusion=metric.confusion.cpu().tolist(), mode=self.mode, skipped=skipped,
+            mean_iou=m["mean_iou"],
+            mean_accuracy=m["mean_accuracy"],
+            overall_accuracy=m["overall_accuracy"],
+            loss=loss_sum / pixels if pixels else math.nan,
+            num_images=int(count),
+            per_class=per_class,
+            class_names=names,
+            confusion=metric.confusion.cpu().tolist(),
+            mode=self.mode,
+            skipped=skipped,
             seconds=seconds,
-        )  # fmt: skip
+        )
 
 
 def evaluate_segmentation(
@@ -548,24 +650,36 @@ def evaluate_segmentation(
     from .auto import AutoModelForSemanticSegmentation
     from .dtypes import parse_dtype
 
-    model, processor, name, device, ctx = _prepare(model, AutoModelForSemanticSegmentation, processor, device,
-                                                   revision, local_files_only)  # fmt: skip
+    model, processor, name, device, ctx = _prepare(
+        model, AutoModelForSemanticSegmentation, processor, device, revision, local_files_only
+    )
     if reduce_labels is None:
         reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
     found, samples = load_eval_segmentation(data, val_fraction, reduce_labels, progress and ctx.is_main)
     if len(found.classes) > model.config.num_labels:
-        raise DatasetError(f"{data}: the masks hold {len(found.classes)} classes, the model predicts "
-                           f"{model.config.num_labels}; expected masks with values below {model.config.num_labels} "
-                           f"(or {IGNORE_INDEX})" + ("" if reduce_labels else "; ADE20K-style masks need reduce_labels"))  # fmt: skip
-    evaluator = SegmentationEvaluator(model, samples, processor, mode=mode, reduce_labels=reduce_labels,
-                                      batch_size=batch_size, num_workers=num_workers, device=device,
-                                      amp_dtype=parse_dtype(dtype), ctx=ctx, progress=progress)  # fmt: skip
+        raise DatasetError(
+            f"{data}: the masks hold {len(found.classes)} classes, the model predicts "
+            f"{model.config.num_labels}; expected masks with values below {model.config.num_labels} "
+            f"(or {IGNORE_INDEX})" + ("" if reduce_labels else "; ADE20K-style masks need reduce_labels")
+        )
+    evaluator = SegmentationEvaluator(
+        model,
+        samples,
+        processor,
+        mode=mode,
+        reduce_labels=reduce_labels,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        amp_dtype=parse_dtype(dtype),
+        ctx=ctx,
+        progress=progress,
+    )
     result = evaluator.run()
     result.skipped = {**dict(found.unreadable), **result.skipped}
     if confusion is not None and ctx.is_main:
         title = f"{name}: mIoU {result.mean_iou:.1%} on {result.num_images} images (share of each true class's pixels)"
-        draw_confusion_matrix(result.confusion, result.class_names, result.class_names, confusion, title,
-                              show="share")  # fmt: skip
+        draw_confusion_matrix(result.confusion, result.class_names, result.class_names, confusion, title, show="share")
     logger.info("evaluated %s on %s: mIoU %.4f", name, data, result.mean_iou)
     return result
 
@@ -575,8 +689,9 @@ def evaluate_segmentation(
 DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3", "silog")
 
 
-def depth_metrics(predicted: torch.Tensor, target: torch.Tensor, min_depth: float = 1e-3,
-                  max_depth: float | None = None) -> dict[str, float] | None:  # fmt: skip
+def depth_metrics(
+    predicted: torch.Tensor, target: torch.Tensor, min_depth: float = 1e-3, max_depth: float | None = None
+) -> dict[str, float] | None:
     """The standard monocular-depth metrics of one image (Eigen et al. 2014, as the GLPN, BTS and AdaBins
     evaluations compute them) over the pixels with a valid ground truth (> 0); the prediction clipped to
     `[min_depth, max_depth]` first. None when no pixel is valid.
@@ -592,13 +707,16 @@ def depth_metrics(predicted: torch.Tensor, target: torch.Tensor, min_depth: floa
     ratio = torch.maximum(p / t, t / p)
     d = torch.log(p) - torch.log(t)
     return {
-        "abs_rel": ((p - t).abs() / t).mean().item(), "sq_rel": ((p - t) ** 2 / t).mean().item(),
-        "rmse": ((p - t) ** 2).mean().sqrt().item(), "rmse_log": (d**2).mean().sqrt().item(),
+        "abs_rel": ((p - t).abs() / t).mean().item(),
+        "sq_rel": ((p - t) ** 2 / t).mean().item(),
+        "rmse": ((p - t) ** 2).mean().sqrt().item(),
+        "rmse_log": (d**2).mean().sqrt().item(),
         "log10": (torch.log10(p) - torch.log10(t)).abs().mean().item(),
-        "delta1": (ratio < 1.25).double().mean().item(), "delta2": (ratio < 1.25**2).double().mean().item(),
+        "delta1": (ratio < 1.25).double().mean().item(),
+        "delta2": (ratio < 1.25**2).double().mean().item(),
         "delta3": (ratio < 1.25**3).double().mean().item(),
         "silog": (100 * ((d**2).mean() - d.mean() ** 2).clamp(min=0).sqrt()).item(),
-    }  # fmt: skip
+    }
 
 
 @dataclass
@@ -624,9 +742,16 @@ class DepthEvalResult:
         return self.num_images / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": "depth-estimation", **self.metrics, "loss": self.loss, "num_images": self.num_images,
-                "num_skipped": len(self.skipped), "skipped": self.skipped, "seconds": round(self.seconds, 3),
-                "images_per_second": round(self.images_per_second, 2)}  # fmt: skip
+        return {
+            "task": "depth-estimation",
+            **self.metrics,
+            "loss": self.loss,
+            "num_images": self.num_images,
+            "num_skipped": len(self.skipped),
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+        }
 
 
 class DepthEvaluator:
@@ -643,11 +768,21 @@ class DepthEvaluator:
     """
 
     def __init__(
-        self, model: torch.nn.Module, samples: Sequence[tuple[str, str]], processor: Any, read: Any, *,
-        min_depth: float = 1e-3, max_depth: float | None = None, batch_size: int = 1, num_workers: int = 0,
-        device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None, ctx: DistContext | None = None,
+        self,
+        model: torch.nn.Module,
+        samples: Sequence[tuple[str, str]],
+        processor: Any,
+        read: Any,
+        *,
+        min_depth: float = 1e-3,
+        max_depth: float | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        device: torch.device | str = "cpu",
+        amp_dtype: torch.dtype | None = None,
+        ctx: DistContext | None = None,
         progress: bool = True,
-    ) -> None:  # fmt: skip
+    ) -> None:
         from .data.depth import DepthEvalDataset
 
         self.model, self.device, self.amp_dtype = model, torch.device(device), amp_dtype
@@ -656,9 +791,15 @@ class DepthEvaluator:
         self.max_depth = max_depth if max_depth is not None else getattr(model.config, "max_depth", None)
         mine = self.samples[self.ctx.rank :: self.ctx.world_size]
         self.dataset = DepthEvalDataset(mine, processor, read)
-        self.loader = DataLoader(self.dataset, batch_size=1, shuffle=False, num_workers=num_workers,
-                                 persistent_workers=num_workers > 0, collate_fn=as_lists,
-                                 generator=torch.Generator())  # fmt: skip
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=1,
+            shuffle=False,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            collate_fn=as_lists,
+            generator=torch.Generator(),
+        )
 
     @torch.no_grad()
     def run(self, desc: str = "eval") -> DepthEvalResult:
@@ -672,8 +813,15 @@ class DepthEvaluator:
         sums = torch.zeros(len(DEPTH_METRICS) + 2, dtype=torch.float64, device=device)  # metrics, loss, images
         skipped: dict[str, str] = {}
         start = time.perf_counter()
-        bar = tqdm(total=len(self.samples), desc=desc, unit="img", leave=False, file=sys.stderr,
-                   disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=len(self.samples),
+            desc=desc,
+            unit="img",
+            leave=False,
+            file=sys.stderr,
+            disable=not (self.progress and self.ctx.is_main),
+            dynamic_ncols=True,
+        )
         for pixels, depths, _, indices, reasons in self.loader:
             for k, (index, reason) in enumerate(zip(indices, reasons)):
                 if reason:
@@ -688,8 +836,9 @@ class DepthEvaluator:
                     skipped[" / ".join(self.dataset.samples[index])] = "no valid depth"
                     continue
                 loss = silog_loss(up.clamp(min=self.min_depth)[None], target[None])
-                sums += torch.tensor([*(found[m] for m in DEPTH_METRICS), loss.item(), 1.0], dtype=torch.float64,
-                                     device=device)  # fmt: skip
+                sums += torch.tensor(
+                    [*(found[m] for m in DEPTH_METRICS), loss.item(), 1.0], dtype=torch.float64, device=device
+                )
             bar.update(len(indices) * self.ctx.world_size)
         bar.close()
         self.ctx.all_reduce_sum(sums)
@@ -698,8 +847,9 @@ class DepthEvaluator:
         model.train(was_training)
         *totals, loss, count = sums.cpu().tolist()
         metrics = {m: (v / count if count else math.nan) for m, v in zip(DEPTH_METRICS, totals)}
-        return DepthEvalResult(metrics, loss / count if count else math.nan, int(count), skipped,
-                               time.perf_counter() - start)  # fmt: skip
+        return DepthEvalResult(
+            metrics, loss / count if count else math.nan, int(count), skipped, time.perf_counter() - start
+        )
 
 
 def evaluate_depth(
@@ -742,15 +892,26 @@ def evaluate_depth(
 
     if confusion is not None:
         raise ValueError("a confusion matrix is for classes; depth models have none (drop --confusion)")
-    model, processor, name, device, ctx = _prepare(model, AutoModelForDepthEstimation, processor, device,
-                                                   revision, local_files_only)  # fmt: skip
+    model, processor, name, device, ctx = _prepare(
+        model, AutoModelForDepthEstimation, processor, device, revision, local_files_only
+    )
     max_depth = max_depth if max_depth is not None else getattr(model.config, "max_depth", None)
     found = load_depth_data(data, val_fraction or 0.0, depth_scale, min_depth, max_depth)
     samples = found.val if found.val_source == "folder" or val_fraction else found.train
     read = partial(read_depth, depth_scale=depth_scale, min_depth=min_depth, max_depth=max_depth)
-    evaluator = DepthEvaluator(model, samples, processor, read, min_depth=min_depth, max_depth=max_depth,
-                               num_workers=num_workers, device=device, amp_dtype=parse_dtype(dtype), ctx=ctx,
-                               progress=progress)  # fmt: skip
+    evaluator = DepthEvaluator(
+        model,
+        samples,
+        processor,
+        read,
+        min_depth=min_depth,
+        max_depth=max_depth,
+        num_workers=num_workers,
+        device=device,
+        amp_dtype=parse_dtype(dtype),
+        ctx=ctx,
+        progress=progress,
+    )
     result = evaluator.run()
     result.skipped = {**dict(found.unreadable), **result.skipped}
     logger.info("evaluated %s on %s: AbsRel %.4f, delta1 %.4f", name, data, result.abs_rel, result.delta1)

@@ -35,8 +35,8 @@ from torch import nn
 from . import cpu_kernels
 from ._files import atomic_files
 from .auto import default_image_processor
-from .dtypes import parse_dtype, short_name
 from .config import pair
+from .dtypes import parse_dtype, short_name
 from .models import family as registry
 from .processing import RESAMPLE_NAMES, fixed_size
 
@@ -121,23 +121,28 @@ class ExportReport:
         shape = "x".join(str(d) for d in self.input_shape)
         lines = [
             f"wrote {self.path} ({self.format}, {self.size_bytes / 1e6:.1f} MB, {self.dtype}"
-            + (f", opset {self.opset}" if self.opset else "") + (f", {self.quantize} int8" if self.quantize else "")
+            + (f", opset {self.opset}" if self.opset else "")
+            + (f", {self.quantize} int8" if self.quantize else "")
             + f") in {self.export_seconds:.1f}s",
             f"  {self.input_name} [{shape}] -> {', '.join(self.output_names)}",
-        ]  # fmt: skip
+        ]
         for name, (lo, hi) in self.dynamic_ranges.items():
             lines.append(f"  {name}: {lo} .. {'any' if hi is None else hi}")
         if self.verified:
             for c in self.checks:
-                lines.append(f"  check {'x'.join(map(str, c.shape))}: max abs diff {c.max_abs_diff:.3g}, "
-                             f"relative {c.max_rel_diff:.3g}")  # fmt: skip
+                lines.append(
+                    f"  check {'x'.join(map(str, c.shape))}: max abs diff {c.max_abs_diff:.3g}, "
+                    f"relative {c.max_rel_diff:.3g}"
+                )
             lines.append(f"  largest relative difference {self.max_rel_diff:.3g} (tolerance {self.tolerance:g})")
         else:
             lines.append(f"  not verified: {self.skipped}")
         if self.quantization:
             q = self.quantization
-            lines.append(f"  int8 vs fp32 on {q['images']} {q['source']}: top-1 agreement {q['top1_agreement']:.0%}, "
-                         f"max logit drift {q['max_logit_drift']:.3g} (relative {q['max_rel_drift']:.3g})")  # fmt: skip
+            lines.append(
+                f"  int8 vs fp32 on {q['images']} {q['source']}: top-1 agreement {q['top1_agreement']:.0%}, "
+                f"max logit drift {q['max_logit_drift']:.3g} (relative {q['max_rel_drift']:.3g})"
+            )
         return "\n".join(lines)
 
 
@@ -162,8 +167,9 @@ class Exported(nn.Module):
     rescale + normalize in front, on uint8 RGB images `(B, H, W, 3)` already resized, folded into one multiply-add
     per channel."""
 
-    def __init__(self, model: nn.Module, preprocess: tuple[Sequence[float], Sequence[float]] | None,
-                 dtype: torch.dtype) -> None:  # fmt: skip
+    def __init__(
+        self, model: nn.Module, preprocess: tuple[Sequence[float], Sequence[float]] | None, dtype: torch.dtype
+    ) -> None:
         super().__init__()
         self.model, self.preprocess, self.compute_dtype = model, preprocess is not None, dtype
         for name, value in zip(("scale", "shift"), preprocess or ((1.0,) * 3, (0.0,) * 3)):
@@ -190,8 +196,9 @@ def _compare(shape: Sequence[int], got: dict[str, np.ndarray], ref: dict[str, to
         expected = expected.double().numpy()
         actual = np.asarray(got[name], dtype=np.float64)
         if actual.shape != expected.shape:
-            raise ExportError(f"output {name!r} has shape {actual.shape} at input {list(shape)}, "
-                              f"PyTorch gives {expected.shape}")  # fmt: skip
+            raise ExportError(
+                f"output {name!r} has shape {actual.shape} at input {list(shape)}, PyTorch gives {expected.shape}"
+            )
         diff = float(np.abs(actual - expected).max()) if actual.size else 0.0
         if not np.isfinite(actual).all():
             diff = math.inf
@@ -220,11 +227,25 @@ class _Job:
     processor: Any
 
 
-def _export(model: nn.Module, path: str | os.PathLike, fmt: str, trace: Callable[[_Job], Any], *,
-            dtypes: tuple[torch.dtype, ...], dtype: str, dynamic_batch: bool, dynamic_size: bool, batch_size: int,
-            image_size: int | Sequence[int] | None, with_preprocessing: bool, processor: Any, tolerance: float | None,
-            quantize: str | None = None, min_side: int = 1,
-            after: Callable[[_Job], None] | None = None) -> ExportReport:  # fmt: skip
+def _export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    fmt: str,
+    trace: Callable[[_Job], Any],
+    *,
+    dtypes: tuple[torch.dtype, ...],
+    dtype: str,
+    dynamic_batch: bool,
+    dynamic_size: bool,
+    batch_size: int,
+    image_size: int | Sequence[int] | None,
+    with_preprocessing: bool,
+    processor: Any,
+    tolerance: float | None,
+    quantize: str | None = None,
+    min_side: int = 1,
+    after: Callable[[_Job], None] | None = None,
+) -> ExportReport:
     """What both formats share: check the options, stage the output, prepare the model and the traced module;
     `trace(job)` writes `job.staged` and returns a function running the file (None: not checked); check it at
     several shapes; `after(job)` (quantization); publish the file."""
@@ -252,14 +273,41 @@ def _export(model: nn.Module, path: str | os.PathLike, fmt: str, trace: Callable
             dynamic = {**({0: "batch"} if dynamic_batch else {}), **({h: "height", w: "width"} if dynamic_size else {})}
             shape = [dynamic.get(i, n) for i, n in enumerate((b0, *size, 3) if with_preprocessing else (b0, 3, *size))]
             report = ExportReport(
-                path=str(path), format=fmt, model_type=model.config.model_type, architecture=type(model).__name__,
-                dtype=short_name(torch_dtype), input_name=name, input_shape=shape, output_names=output_names,  # type: ignore[arg-type]
-                with_preprocessing=with_preprocessing, quantize=quantize, tolerance=tolerance,
-                metadata=_metadata(model, processor, name, output_names, size, dynamic_batch, dynamic_size,
-                                   short_name(torch_dtype), with_preprocessing, quantize),  # type: ignore[arg-type]
-            )  # fmt: skip
-            job = _Job(model, reference, module, example if preprocess else example.to(torch_dtype), size,
-                       staging / Path(path).name, report, dynamic, processor)  # type: ignore[arg-type]  # fmt: skip
+                path=str(path),
+                format=fmt,
+                model_type=model.config.model_type,
+                architecture=type(model).__name__,
+                dtype=short_name(torch_dtype),
+                input_name=name,
+                input_shape=shape,
+                output_names=output_names,  # type: ignore[arg-type]
+                with_preprocessing=with_preprocessing,
+                quantize=quantize,
+                tolerance=tolerance,
+                metadata=_metadata(
+                    model,
+                    processor,
+                    name,
+                    output_names,
+                    size,
+                    dynamic_batch,
+                    dynamic_size,
+                    short_name(torch_dtype),
+                    with_preprocessing,
+                    quantize,
+                ),  # type: ignore[arg-type]
+            )
+            job = _Job(
+                model,
+                reference,
+                module,
+                example if preprocess else example.to(torch_dtype),
+                size,
+                staging / Path(path).name,
+                report,
+                dynamic,
+                processor,
+            )  # type: ignore[arg-type]
             run = trace(job)
             if run is not None:
                 _verify(job, run, _check_shapes(model, size, int(batch_size), dynamic_batch, dynamic_size, min_side))
@@ -282,8 +330,10 @@ def _resolve_size(model: nn.Module, image_size: int | Sequence[int] | None, proc
     mh, mw = family.size_multiple(model.config)
     if size[0] % mh or size[1] % mw:
         near = f"{size[0] // mh * mh or mh}x{size[1] // mw * mw or mw}"
-        raise ValueError(f"{family.title} cannot be exported at {size[0]}x{size[1]}: height and width must be "
-                         f"multiples of the patch size {mh}x{mw} (e.g. {near})")  # fmt: skip
+        raise ValueError(
+            f"{family.title} cannot be exported at {size[0]}x{size[1]}: height and width must be "
+            f"multiples of the patch size {mh}x{mw} (e.g. {near})"
+        )
     return size
 
 
@@ -307,13 +357,23 @@ def _mean_std(processor: Any) -> tuple[np.ndarray, np.ndarray]:
     """The per-channel mean and std the processor normalizes with: zeros and ones when it does not normalize."""
     if not processor.do_normalize:
         return np.zeros(3), np.ones(3)
-    return tuple(np.broadcast_to(np.asarray(v, dtype=np.float64), (3,)) for v in (processor.image_mean,
-                                                                               processor.image_std))  # type: ignore[return-value]
+    return tuple(
+        np.broadcast_to(np.asarray(v, dtype=np.float64), (3,)) for v in (processor.image_mean, processor.image_std)
+    )  # type: ignore[return-value]
 
 
-def _metadata(model: nn.Module, processor: Any, input_name: str, output_names: list[str], size: tuple[int, int],
-              dynamic_batch: bool, dynamic_size: bool, dtype: str, with_preprocessing: bool,
-              quantize: str | None) -> dict[str, str]:  # fmt: skip
+def _metadata(
+    model: nn.Module,
+    processor: Any,
+    input_name: str,
+    output_names: list[str],
+    size: tuple[int, int],
+    dynamic_batch: bool,
+    dynamic_size: bool,
+    dtype: str,
+    with_preprocessing: bool,
+    quantize: str | None,
+) -> dict[str, str]:
     """The `metadata_props` (all strings; JSON where structured) a server needs to use the file on its own."""
     from . import __version__
 
@@ -321,26 +381,40 @@ def _metadata(model: nn.Module, processor: Any, input_name: str, output_names: l
     mean, std = (v.tolist() for v in _mean_std(processor))
     resample = int(processor.resample)
     meta = {
-        "model_type": config.model_type, "architecture": type(model).__name__, "input_names": [input_name],
-        "output_names": output_names, "size": {"height": size[0], "width": size[1]}, "dynamic_batch": dynamic_batch,
-        "dynamic_size": dynamic_size, "resample": resample, "resample_name": RESAMPLE_NAMES[resample].lower(),
-        "do_rescale": bool(processor.do_rescale), "rescale_factor": float(processor.rescale_factor),
-        "do_normalize": bool(processor.do_normalize), "image_mean": mean, "image_std": std,
-        "preprocessor_config": processor.to_dict(), "config": config.to_dict(), "dtype": dtype,
-        "quantization": f"{quantize}-int8" if quantize else "none", "producer": f"pvtkit {__version__}",
+        "model_type": config.model_type,
+        "architecture": type(model).__name__,
+        "input_names": [input_name],
+        "output_names": output_names,
+        "size": {"height": size[0], "width": size[1]},
+        "dynamic_batch": dynamic_batch,
+        "dynamic_size": dynamic_size,
+        "resample": resample,
+        "resample_name": RESAMPLE_NAMES[resample].lower(),
+        "do_rescale": bool(processor.do_rescale),
+        "rescale_factor": float(processor.rescale_factor),
+        "do_normalize": bool(processor.do_normalize),
+        "image_mean": mean,
+        "image_std": std,
+        "preprocessor_config": processor.to_dict(),
+        "config": config.to_dict(),
+        "dtype": dtype,
+        "quantization": f"{quantize}-int8" if quantize else "none",
+        "producer": f"pvtkit {__version__}",
         "input_format": "uint8 RGB images (batch, height, width, 3), resized to `size`; rescale and normalize run "
-                        "inside the graph" if with_preprocessing else
-                        f"{dtype} pixel values (batch, 3, height, width): RGB, resized to `size`, rescaled and "
-                        "normalized with `image_mean` / `image_std`",
+        "inside the graph"
+        if with_preprocessing
+        else f"{dtype} pixel values (batch, 3, height, width): RGB, resized to `size`, rescaled and "
+        "normalized with `image_mean` / `image_std`",
         **registry.family_of(model).export_metadata(config),
-    }  # fmt: skip
+    }
     if output_names == ["logits"] and getattr(config, "num_labels", 0) > 0:
         meta["id2label"] = {str(k): v for k, v in sorted(config.id2label.items())}
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, ensure_ascii=False) for k, v in meta.items()}
 
 
-def _check_shapes(model: nn.Module, size: tuple[int, int], batch: int, dynamic_batch: bool, dynamic_size: bool,
-                  min_side: int = 1) -> list[tuple[int, int, int]]:  # fmt: skip
+def _check_shapes(
+    model: nn.Module, size: tuple[int, int], batch: int, dynamic_batch: bool, dynamic_size: bool, min_side: int = 1
+) -> list[tuple[int, int, int]]:
     """(batch, height, width) of the verification runs: the export size, plus other batches and sizes when they
     are dynamic: odd and non-square (224: 193x257 and 115x117), snapped to the multiple the family needs."""
     H, W = size
@@ -353,7 +427,9 @@ def _check_shapes(model: nn.Module, size: tuple[int, int], batch: int, dynamic_b
     return list(dict.fromkeys((b, h, w) for b, (h, w) in zip(batches, sizes)))
 
 
-def _verify(job: _Job, run: Callable[[torch.Tensor], dict[str, np.ndarray]], shapes: list[tuple[int, int, int]]) -> None:
+def _verify(
+    job: _Job, run: Callable[[torch.Tensor], dict[str, np.ndarray]], shapes: list[tuple[int, int, int]]
+) -> None:
     """Run the exported file at each shape against the eager model; fail above the tolerance."""
     report = job.report
     what = "ONNX file" if report.format == "onnx" else "exported program"
@@ -371,8 +447,10 @@ def _verify(job: _Job, run: Callable[[torch.Tensor], dict[str, np.ndarray]], sha
     report.verified = True
     if not report.max_rel_diff <= report.tolerance:  # type: ignore[operator]
         worst = max(report.checks, key=lambda c: c.max_rel_diff)
-        raise ExportError(f"the {what} differs from PyTorch by {report.max_rel_diff:.3g} (relative, at input "
-                          f"{worst.shape}), above the tolerance {report.tolerance:g}; nothing was written")  # fmt: skip
+        raise ExportError(
+            f"the {what} differs from PyTorch by {report.max_rel_diff:.3g} (relative, at input "
+            f"{worst.shape}), above the tolerance {report.tolerance:g}; nothing was written"
+        )
 
 
 @contextlib.contextmanager
@@ -381,8 +459,14 @@ def _quiet_exporter() -> Iterator[None]:
     if logger.isEnabledFor(logging.INFO):  # `pvtkit -v`
         yield
         return
-    names = ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch._export", "torch.export",
-             "torch.fx.experimental.symbolic_shapes", "")  # "": onnxruntime.quantization logs to the root logger
+    names = (
+        "torch.onnx",
+        "torch.onnx._internal.exporter._registration",
+        "torch._export",
+        "torch.export",
+        "torch.fx.experimental.symbolic_shapes",
+        "",
+    )  # "": onnxruntime.quantization logs to the root logger
     levels = {name: logging.getLogger(name).level for name in names}
     try:
         for name in names:
@@ -464,8 +548,10 @@ def export_onnx(
         OSError: The output cannot be written.
     """
     if int(opset) not in SUPPORTED_OPSETS:
-        raise ValueError(f"opset {opset} is not supported: pvtkit exports opsets {SUPPORTED_OPSETS[0]} to "
-                         f"{SUPPORTED_OPSETS[-1]} ({DEFAULT_OPSET} recommended: native Gelu)")  # fmt: skip
+        raise ValueError(
+            f"opset {opset} is not supported: pvtkit exports opsets {SUPPORTED_OPSETS[0]} to "
+            f"{SUPPORTED_OPSETS[-1]} ({DEFAULT_OPSET} recommended: native Gelu)"
+        )
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize {quantize!r} is not supported: expected one of {', '.join(QUANTIZE_MODES)}")
     if quantize and parse_dtype(dtype, ONNX_DTYPES) != torch.float32:
@@ -487,10 +573,17 @@ def export_onnx(
         logger.info("exporting %s to ONNX (opset %d, %s)", type(model).__name__, opset, report.dtype)
         with _tracing("ONNX export", model), cpu_kernels.flags(onnx_nchw_mlp=fast_layout and not quantize):
             program = torch.onnx.export(
-                job.module, (job.example,), dynamo=True, input_names=[report.input_name],
-                output_names=report.output_names, opset_version=int(opset), optimize=True, verbose=False,
-                dynamic_shapes={"x": job.dynamic} if job.dynamic else None, external_data=False,
-            )  # fmt: skip
+                job.module,
+                (job.example,),
+                dynamo=True,
+                input_names=[report.input_name],
+                output_names=report.output_names,
+                opset_version=int(opset),
+                optimize=True,
+                verbose=False,
+                dynamic_shapes={"x": job.dynamic} if job.dynamic else None,
+                external_data=False,
+            )
         for key, value in report.metadata.items():
             program.model.metadata_props[key] = value
         program.model.producer_name = "pvtkit"
@@ -506,11 +599,22 @@ def export_onnx(
         return lambda feed: dict(zip(names, session.run(names, {report.input_name: feed.numpy().astype(feed_type)})))
 
     return _export(
-        model, path, "onnx", trace, dtypes=ONNX_DTYPES, dtype=dtype, dynamic_batch=dynamic_batch,
-        dynamic_size=dynamic_size, batch_size=batch_size, image_size=image_size, with_preprocessing=with_preprocessing,
-        processor=processor, tolerance=tolerance, quantize=quantize,
+        model,
+        path,
+        "onnx",
+        trace,
+        dtypes=ONNX_DTYPES,
+        dtype=dtype,
+        dynamic_batch=dynamic_batch,
+        dynamic_size=dynamic_size,
+        batch_size=batch_size,
+        image_size=image_size,
+        with_preprocessing=with_preprocessing,
+        processor=processor,
+        tolerance=tolerance,
+        quantize=quantize,
         after=(lambda job: _quantize(ort, job, calibration_images)) if quantize else None,
-    )  # fmt: skip
+    )
 
 
 def ort_session(ort: Any, path: str | os.PathLike, threads: int | None = None) -> Any:
@@ -550,8 +654,9 @@ def _quantize(ort: Any, job: _Job, images: Sequence[Any] | None) -> None:
     fp32 = staged.parent / f"fp32-{staged.name}"
     os.replace(staged, fp32)
     with _quiet_exporter():
-        quantization.quantize_dynamic(fp32, staged, weight_type=quantization.QuantType.QInt8,
-                                      op_types_to_quantize=["MatMul", "Gemm"])  # fmt: skip
+        quantization.quantize_dynamic(
+            fp32, staged, weight_type=quantization.QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+        )
     fp32.unlink()
     onnx = require("onnx", "ONNX export")
     model = onnx.load(str(staged))  # the quantizer keeps no metadata: the job's (which says dynamic-int8) again
@@ -573,10 +678,12 @@ def _quantize(ort: Any, job: _Job, images: Sequence[Any] | None) -> None:
     drift = float(np.abs(got - expected).max())
     classifier = report.output_names == ["logits"] and expected.shape[1] > 1  # per pixel for segmentation logits
     report.quantization = {
-        "images": len(arrays), "source": source, "max_logit_drift": drift,
+        "images": len(arrays),
+        "source": source,
+        "max_logit_drift": drift,
         "max_rel_drift": drift / max(float(np.abs(expected).max()), 1e-12),
         "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()) if classifier else float("nan"),
-    }  # fmt: skip
+    }
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -626,13 +733,16 @@ def export_torch(
 
     def trace(job: _Job) -> Callable[[torch.Tensor], dict[str, np.ndarray]] | None:
         report, Dim = job.report, torch.export.Dim
-        dims = {axis: Dim("batch", min=1, max=MAX_BATCH) if name == "batch" else Dim.DYNAMIC
-                for axis, name in job.dynamic.items()}  # fmt: skip
+        dims = {
+            axis: Dim("batch", min=1, max=MAX_BATCH) if name == "batch" else Dim.DYNAMIC
+            for axis, name in job.dynamic.items()
+        }
         with _tracing("torch.export", model):
             program = torch.export.export(job.module, (job.example,), dynamic_shapes={"x": dims or None})
         torch.export.save(program, job.staged, extra_files={"pvtkit.json": json.dumps(report.metadata)})
-        report.dynamic_ranges = {name: ([1, MAX_BATCH] if name == "batch" else [low, None])
-                                 for name in job.dynamic.values()}  # fmt: skip
+        report.dynamic_ranges = {
+            name: ([1, MAX_BATCH] if name == "batch" else [low, None]) for name in job.dynamic.values()
+        }
         if not verify:
             report.skipped = "verify=False"
             return None
@@ -646,7 +756,18 @@ def export_torch(
         return run
 
     return _export(
-        model, path, "torch.export", trace, dtypes=TORCH_DTYPES, dtype=dtype, dynamic_batch=dynamic_batch,
-        dynamic_size=dynamic_size, batch_size=batch_size, image_size=image_size, with_preprocessing=with_preprocessing,
-        processor=processor, tolerance=tolerance, min_side=low,
-    )  # fmt: skip
+        model,
+        path,
+        "torch.export",
+        trace,
+        dtypes=TORCH_DTYPES,
+        dtype=dtype,
+        dynamic_batch=dynamic_batch,
+        dynamic_size=dynamic_size,
+        batch_size=batch_size,
+        image_size=image_size,
+        with_preprocessing=with_preprocessing,
+        processor=processor,
+        tolerance=tolerance,
+        min_side=low,
+    )

@@ -18,14 +18,18 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from ._files import find_interrupted_save
 
 CONFIG_NAME = "config.json"
 # In the order transformers prefers them.
-WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
@@ -113,9 +117,13 @@ def hub_file(repo_id: str, filename: str, options: HubOptions, required: bool = 
     try:
         return Path(
             huggingface_hub.hf_hub_download(
-                repo_id, filename, revision=options.revision, cache_dir=options.cache_dir,
-                local_files_only=options.local_files_only, token=options.token,
-            )  # fmt: skip
+                repo_id,
+                filename,
+                revision=options.revision,
+                cache_dir=options.cache_dir,
+                local_files_only=options.local_files_only,
+                token=options.token,
+            )
         )
     except GatedRepoError as e:
         raise PermissionError(f"{repo_id} is gated on the Hub: accept its terms and log in (HF_TOKEN)") from e
@@ -150,12 +158,12 @@ def _resolve_hub(repo_id: str, options: HubOptions) -> Checkpoint:
             files = [weights]
         return Checkpoint(hub_file(repo_id, CONFIG_NAME, options, required=False), files)  # type: ignore[arg-type]
     hub_file(repo_id, CONFIG_NAME, options)  # raises the clearer error when the repo itself is unreachable
-    raise FileNotFoundError(f"{repo_id} has none of the weight files {', '.join(WEIGHT_NAMES)} (in the cache or on the Hub)")
+    raise FileNotFoundError(
+        f"{repo_id} has none of the weight files {', '.join(WEIGHT_NAMES)} (in the cache or on the Hub)"
+    )
 
 
-def resolve_file(
-    name_or_path: str | os.PathLike, filename: str, options: HubOptions = HubOptions()
-) -> Path | None:
+def resolve_file(name_or_path: str | os.PathLike, filename: str, options: HubOptions = HubOptions()) -> Path | None:
     """A side file of a checkpoint (e.g. `preprocessor_config.json`), local or from the Hub; None if absent."""
     path = Path(name_or_path)
     if path.is_dir():
@@ -221,4 +229,3 @@ def load_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
             raise ValueError(f"{file} holds a {type(part).__name__}, not a state dict of tensors")
         state.update(part)
     return state
-

@@ -13,8 +13,14 @@ import torch
 import torch.nn.functional as F
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int,
-                      reduction: str = "mean", upsampled: bool = False) -> Any:  # fmt: skip
+def segmentation_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_labels: int,
+    ignore_index: int,
+    reduction: str = "mean",
+    upsampled: bool = False,
+) -> Any:
     """transformers' SegFormer loss: logits upsampled (bilinear) to the labels' size, then cross-entropy with
     `ignore_index`, or for one label BCE-with-logits over the valid pixels.
 
@@ -25,14 +31,18 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: in
     returns `(loss, upsampled logits)`, for metrics on the same upsampling. This is the one copy of the loss: the
     models, the trainer and the evaluator all call it."""
     if labels.ndim != 3 or labels.shape[0] != logits.shape[0] or labels.is_floating_point() and num_labels > 1:
-        raise ValueError(f"labels must be (batch={logits.shape[0]}, height, width) integer class indices, got shape "
-                         f"{tuple(labels.shape)} and dtype {labels.dtype}")  # fmt: skip
+        raise ValueError(
+            f"labels must be (batch={logits.shape[0]}, height, width) integer class indices, got shape "
+            f"{tuple(labels.shape)} and dtype {labels.dtype}"
+        )
     if not torch.jit.is_tracing() and not torch.compiler.is_compiling():  # one host sync, none when traced
         classes = max(num_labels, 2)
         bad = ((labels < 0) | (labels >= classes)) & (labels != ignore_index)
         if bad.any():
-            raise ValueError(f"label value {labels[bad][0].item()} is outside [0, {classes}) and is not the ignore "
-                             f"index {ignore_index}; expected class indices below num_labels={num_labels}")  # fmt: skip
+            raise ValueError(
+                f"label value {labels[bad][0].item()} is outside [0, {classes}) and is not the ignore "
+                f"index {ignore_index}; expected class indices below num_labels={num_labels}"
+            )
     up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     if num_labels > 1:
         loss = F.cross_entropy(up, labels.long(), ignore_index=ignore_index, reduction=reduction)

@@ -12,8 +12,8 @@ import logging
 import math
 import os
 import threading
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -48,6 +48,7 @@ def _register_output(cls: type) -> None:
 
 
 outputs.add_registrar(_register_output)
+
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: PretrainedConfig) -> torch.Tensor:
     """The loss transformers computes for a classifier, chosen by `config.problem_type`.
@@ -182,7 +183,9 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         skip = set()
         if exclude_embeddings:
             skip = {id(p) for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-        return sum(p.numel() for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in skip)
+        return sum(
+            p.numel() for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in skip
+        )
 
     def get_memory_footprint(self, return_buffers: bool = True) -> int:
         """Bytes held by the parameters (and buffers)."""
@@ -253,7 +256,9 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         """The tensors of a forward's output that an export returns, by name (`{"logits": ...}`)."""
         return {name: getattr(out, name) for name in self.output_names if getattr(out, name) is not None}
 
-    def attention_layers(self, out: Any, pixel_values: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple[int, int], int]]:
+    def attention_layers(
+        self, out: Any, pixel_values: torch.Tensor
+    ) -> list[tuple[str, torch.Tensor, tuple[int, int], int]]:
         """The attention maps of an output computed with `output_attentions=True`, for the first image: one
         `(title, weights (heads, queries, keys), query grid (h, w), prefix tokens)` per layer worth showing."""
         raise NotImplementedError(f"{type(self).__name__} has no attention maps to show")
@@ -286,8 +291,12 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
             parent, _, name = self.label_head.rpartition(".")
             setattr(self.get_submodule(parent) if parent else self, name, new)
             self.num_labels = len(labels)
-            logger.warning("replaced the model's %d-class head with a new %d-class head for %s", len(current),
-                           len(labels), ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else ""))  # fmt: skip
+            logger.warning(
+                "replaced the model's %d-class head with a new %d-class head for %s",
+                len(current),
+                len(labels),
+                ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else ""),
+            )
         else:
             logger.info("kept the model's %d-class head, with the data's class names as labels", len(labels))
         config.id2label = dict(enumerate(labels))
@@ -389,7 +398,9 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         model_kwargs = {k: config_overrides.pop(k) for k in list(config_overrides) if k in init_params}
         ckpt = None
         if pretrained_model_name_or_path is not None and (state_dict is None or config is None):
-            ckpt = resolve_checkpoint(pretrained_model_name_or_path, HubOptions(revision, cache_dir, local_files_only, token))
+            ckpt = resolve_checkpoint(
+                pretrained_model_name_or_path, HubOptions(revision, cache_dir, local_files_only, token)
+            )
         raw = state_dict if state_dict is not None else load_state_dict(ckpt.weight_files)  # type: ignore[union-attr]
         state, layout = cls.layout_registry.to_transformers(raw, cls.config_class.model_type, source)
         if config is None:
@@ -447,8 +458,10 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         state, dropped_heads = align_prefix(state, own, self.base_model_prefix + ".")
         heads = tuple(self.head_prefixes)
         if not any(k in own and not (heads and k.startswith(heads)) for k in state):
-            raise LoadingError(f"{source} shares no weight with {type(self).__name__}: its keys look like "
-                               f"{', '.join(list(state)[:5])}; the model's look like {', '.join(list(own)[:3])}")  # fmt: skip
+            raise LoadingError(
+                f"{source} shares no weight with {type(self).__name__}: its keys look like "
+                f"{', '.join(list(state)[:5])}; the model's look like {', '.join(list(own)[:3])}"
+            )
 
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
@@ -470,8 +483,11 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
                 parts.append(f"missing from the checkpoint ({len(missing)}): " + ", ".join(missing[:20]))
             if unexpected:
                 parts.append(f"not in the model ({len(unexpected)}): " + ", ".join(unexpected[:20]))
-            raise LoadingError(f"{source} does not fit {type(self).__name__}: " + "; ".join(parts)
-                               + " (strict=True; the default loads it, initialising and reporting the rest)")  # fmt: skip
+            raise LoadingError(
+                f"{source} does not fit {type(self).__name__}: "
+                + "; ".join(parts)
+                + " (strict=True; the default loads it, initialising and reporting the rest)"
+            )
         mismatched_keys = [(k, tuple(state.pop(k).shape), tuple(own[k].shape)) for k in mismatched]
         self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         # What did not come from the checkpoint (a fresh head, re-initialised or missing weights): callers such as
@@ -482,16 +498,26 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
             self._init_weights(self.get_submodule(module_name))
         name = type(self).__name__
         if mismatched:
-            logger.warning("%s: re-initialised %d weight(s) of another shape: %s", source, len(mismatched), ", ".join(mismatched))
+            logger.warning(
+                "%s: re-initialised %d weight(s) of another shape: %s", source, len(mismatched), ", ".join(mismatched)
+            )
         if fresh_heads or missing:
-            logger.warning("some weights of %s were not in %s and are newly initialised: %s; train the model "
-                           "before use", name, source, ", ".join([*fresh_heads, *missing]))  # fmt: skip
+            logger.warning(
+                "some weights of %s were not in %s and are newly initialised: %s; train the model before use",
+                name,
+                source,
+                ", ".join([*fresh_heads, *missing]),
+            )
         if unexpected:
             logger.warning("some weights of %s were not used by %s (skipped): %s", source, name, ", ".join(unexpected))
         if dropped_heads:
             logger.info("%s: ignored task-head weights %s", source, ", ".join(dropped_heads))
-        return {"missing_keys": [*fresh_heads, *missing], "unexpected_keys": unexpected,
-                "mismatched_keys": mismatched_keys, "error_msgs": []}  # fmt: skip
+        return {
+            "missing_keys": [*fresh_heads, *missing],
+            "unexpected_keys": unexpected,
+            "mismatched_keys": mismatched_keys,
+            "error_msgs": [],
+        }
 
 
 class BackboneMixin:
@@ -529,10 +555,12 @@ class BackboneMixin:
     @property
     def feature_info(self) -> FeatureInfo:
         """timm's view of the returned maps: `.channels()`, `.reduction()`, `.module_name()`, one dict per map."""
-        return FeatureInfo([
-            {"num_chs": self.stage_channels[i], "reduction": self.stage_strides[i], "module": self.stage_modules[i]}
-            for i in self.config.out_indices
-        ])  # fmt: skip
+        return FeatureInfo(
+            [
+                {"num_chs": self.stage_channels[i], "reduction": self.stage_strides[i], "module": self.stage_modules[i]}
+                for i in self.config.out_indices
+            ]
+        )
 
     @property
     def num_features(self) -> list[int]:

@@ -28,16 +28,15 @@ Deliberate differences from transformers, each covered by a test:
 from __future__ import annotations
 
 import copy
-import json
+import importlib
 import io
+import json
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
-
-import importlib
-import sys
 
 import numpy as np
 import PIL.Image
@@ -68,6 +67,7 @@ def _is_tensor(value: Any) -> bool:
     """A PyTorch tensor? (Only when torch is loaded: without it, nothing is one, and nothing imports it.)"""
     module = sys.modules.get("torch")
     return module is not None and isinstance(value, module.Tensor)
+
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -143,7 +143,9 @@ def _describe(image: Any, index: int | None = None) -> str:
 
 
 def load_image(
-    image: str | os.PathLike | bytes | PIL.Image.Image, exif_transpose: bool = True, convert_rgb: bool = True,
+    image: str | os.PathLike | bytes | PIL.Image.Image,
+    exif_transpose: bool = True,
+    convert_rgb: bool = True,
     name: str | None = None,
 ) -> PIL.Image.Image:
     """Open an image file or encoded bytes (or take a PIL image), fully decoded, upright and, by default, in RGB.
@@ -256,8 +258,9 @@ def _array_to_rgb_hwc(image: np.ndarray) -> np.ndarray:
     if channels == 4:
         is_int = np.issubdtype(image.dtype, np.integer)
         if not is_int and (image.min() < 0.0 or image.max() > 1.0):
-            raise ValueError(f"a 4-channel float image must lie in [0, 1] to composite its alpha, got "
-                             f"[{image.min()}, {image.max()}]")
+            raise ValueError(
+                f"a 4-channel float image must lie in [0, 1] to composite its alpha, got [{image.min()}, {image.max()}]"
+            )
         white = 255 if is_int else 1.0
         alpha = image[..., 3:4] / white
         blended = alpha * image[..., :3] + (1 - alpha) * white
@@ -279,18 +282,24 @@ def _channel_axis(shape: Sequence[int], input_data_format: str | None, name: str
         fmt = str(getattr(input_data_format, "value", input_data_format))
         if fmt not in ("channels_first", "channels_last"):
             raise ValueError(
-                f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}")
+                f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}"
+            )
         return 0 if fmt == "channels_first" else 2
     first, last = shape[0] in (1, 3, 4), shape[2] in (1, 3, 4)
     if first and last:
-        warnings.warn(f"{name}: channel axis is ambiguous, assuming channels first as transformers does; pass "
-                      "input_data_format='channels_first' or 'channels_last' to say which", stacklevel=4)
+        warnings.warn(
+            f"{name}: channel axis is ambiguous, assuming channels first as transformers does; pass "
+            "input_data_format='channels_first' or 'channels_last' to say which",
+            stacklevel=4,
+        )
     if first:
         return 0
     if last:
         return 2
-    raise ImageLoadError(f"{name}: cannot find a channel axis; expected 1, 3 or 4 channels in the first or last "
-                         "dimension (H x W x C or C x H x W)")
+    raise ImageLoadError(
+        f"{name}: cannot find a channel axis; expected 1, 3 or 4 channels in the first or last "
+        "dimension (H x W x C or C x H x W)"
+    )
 
 
 def _check_array(image: np.ndarray | torch.Tensor, name: str) -> None:
@@ -356,8 +365,10 @@ def _normalize_size(size: Any) -> dict[str, int]:
     if isinstance(size, dict) and set(size) in ({"height", "width"}, {"shortest_edge"}):
         if all(isinstance(v, int) and v > 0 for v in size.values()):
             return {k: int(v) for k, v in size.items()}
-    raise ValueError(f"size must be an int, (height, width), {{'height', 'width'}} or {{'shortest_edge'}} with "
-                     f"positive ints, got {size!r}")
+    raise ValueError(
+        f"size must be an int, (height, width), {{'height', 'width'}} or {{'shortest_edge'}} with "
+        f"positive ints, got {size!r}"
+    )
 
 
 # ------------------------------------------------------------------------------------------- label maps
@@ -384,8 +395,10 @@ def label_array(label: Any, name: str = "segmentation map") -> np.ndarray:
     """
     if isinstance(label, PIL.Image.Image):
         if label.mode not in _LABEL_MODES:
-            raise ImageLoadError(f"{name} is a {label.mode} image; expected one class index per pixel (a PIL image "
-                                 "of mode L, P, I or I;16, or an integer array), not a colour or multi-band image")
+            raise ImageLoadError(
+                f"{name} is a {label.mode} image; expected one class index per pixel (a PIL image "
+                "of mode L, P, I or I;16, or an integer array), not a colour or multi-band image"
+            )
         array = np.array(label)
     elif _is_tensor(label):
         array = label.detach().cpu().numpy()
@@ -396,8 +409,10 @@ def label_array(label: Any, name: str = "segmentation map") -> np.ndarray:
     if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
         array = array[0] if array.shape[0] == 1 else array[..., 0]
     if array.ndim != 2:
-        raise ImageLoadError(f"{name} has shape {tuple(array.shape)}; expected (height, width) class indices, one "
-                             "channel (a colour-coded mask must be mapped to class indices first)")
+        raise ImageLoadError(
+            f"{name} has shape {tuple(array.shape)}; expected (height, width) class indices, one "
+            "channel (a colour-coded mask must be mapped to class indices first)"
+        )
     if array.size == 0:
         raise ImageLoadError(f"{name} is empty; expected at least one pixel")
     if array.dtype == bool:
@@ -428,9 +443,15 @@ class _BaseImageProcessor:
 
     image_processor_type = ""
     _defaults: dict[str, Any] = {
-        "do_resize": True, "size": {"height": 224, "width": 224}, "resample": 2, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": IMAGENET_STANDARD_MEAN,
-        "image_std": IMAGENET_STANDARD_STD, "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"height": 224, "width": 224},
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": IMAGENET_STANDARD_MEAN,
+        "image_std": IMAGENET_STANDARD_STD,
+        "do_convert_rgb": True,
     }
     model_input_names = ["pixel_values"]
 
@@ -464,9 +485,17 @@ class _BaseImageProcessor:
             **kwargs: Other keys of a transformers config: bookkeeping keys are ignored, unknown ones are kept
                 (and written back) with a warning, and options we do not implement raise if switched on.
         """
-        values = dict(do_resize=do_resize, size=size, resample=resample, do_rescale=do_rescale,
-                      rescale_factor=rescale_factor, do_normalize=do_normalize, image_mean=image_mean,
-                      image_std=image_std, do_convert_rgb=do_convert_rgb)
+        values = dict(
+            do_resize=do_resize,
+            size=size,
+            resample=resample,
+            do_rescale=do_rescale,
+            rescale_factor=rescale_factor,
+            do_normalize=do_normalize,
+            image_mean=image_mean,
+            image_std=image_std,
+            do_convert_rgb=do_convert_rgb,
+        )
         values.update({k: kwargs.pop(k) for k in list(kwargs) if k in self._defaults})  # a subclass's own options
         for key, value in self._resolve(values).items():
             setattr(self, key, value)
@@ -532,8 +561,16 @@ class _BaseImageProcessor:
         """
         return self._preprocess(images, None, return_tensors, input_data_format, exif_transpose, device, overrides)
 
-    def _preprocess(self, images: Any, label_maps: Any, return_tensors: str | None, fmt: str | None,
-                    exif_transpose: bool | None, device: Any, overrides: dict[str, Any]) -> BatchFeature:  # fmt: skip
+    def _preprocess(
+        self,
+        images: Any,
+        label_maps: Any,
+        return_tensors: str | None,
+        fmt: str | None,
+        exif_transpose: bool | None,
+        device: Any,
+        overrides: dict[str, Any],
+    ) -> BatchFeature:
         """`preprocess`, with the label maps of the processors that take them (`labels` in the output)."""
         unknown = set(overrides) - set(self._defaults)
         if unknown:
@@ -548,8 +585,9 @@ class _BaseImageProcessor:
             out["labels"] = self._collate(self._label_maps(label_maps, sizes, opts, exif, device), return_tensors)
         return out
 
-    def _label_maps(self, maps: Any, sizes: list[tuple[int, int]], opts: dict[str, Any], exif: bool,
-                    device: Any) -> list[Any]:  # fmt: skip
+    def _label_maps(
+        self, maps: Any, sizes: list[tuple[int, int]], opts: dict[str, Any], exif: bool, device: Any
+    ) -> list[Any]:
         """Label maps checked against their images' sizes, reduced if asked, resized by nearest neighbour (never
         interpolated, so every output value is one of the input's) to their images' output sizes."""
         flat = _flatten_label_maps(maps, len(sizes))
@@ -560,8 +598,10 @@ class _BaseImageProcessor:
             name = "segmentation map" + _describe(raw, index).removeprefix("image")
             label = label_array(self._load(raw, index, exif), name)
             if label.shape != size:
-                raise ValueError(f"{name} is {label.shape[0]}x{label.shape[1]} but image {index} is "
-                                 f"{size[0]}x{size[1]} (height x width); a label map must have its image's size")
+                raise ValueError(
+                    f"{name} is {label.shape[0]}x{label.shape[1]} but image {index} is "
+                    f"{size[0]}x{size[1]} (height x width); a label map must have its image's size"
+                )
             if opts.get("do_reduce_labels"):
                 label = reduce_labels(label)
             target = self._target_size(*size, opts, name) if opts["do_resize"] else size
@@ -580,8 +620,9 @@ class _BaseImageProcessor:
             raise TypeError(f"{_describe(image, index)}: expected a PIL image, numpy array, torch tensor or path")
         return image
 
-    def _process(self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool,
-                 device: str | torch.device | None) -> tuple[list[Any], list[tuple[int, int]]]:
+    def _process(
+        self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool, device: str | torch.device | None
+    ) -> tuple[list[Any], list[tuple[int, int]]]:
         """The processed images, and each one's (height, width) before resizing."""
         raise NotImplementedError
 
@@ -596,8 +637,10 @@ class _BaseImageProcessor:
             return images
         shapes = sorted({tuple(im.shape) for im in images})
         if len(shapes) > 1:
-            raise ValueError(f"cannot stack images of different shapes {shapes} into one tensor; use a fixed "
-                             "{'height', 'width'} size or return_tensors=None")
+            raise ValueError(
+                f"cannot stack images of different shapes {shapes} into one tensor; use a fixed "
+                "{'height', 'width'} size or return_tensors=None"
+            )
         if _is_tensor(images[0]):
             stacked = torch.stack(images)
             return stacked if return_tensors == "pt" else stacked.cpu().numpy()
@@ -707,12 +750,15 @@ class _TorchBackend(_BaseImageProcessor):
     def _resize_batch(batch: torch.Tensor, size: tuple[int, int], resample: int) -> torch.Tensor:
         """Antialiased resize of an N x C x H x W batch; integer input gives integer output."""
         if resample == 1:
-            warnings.warn("LANCZOS has no torch kernel; using BICUBIC as transformers' tensor back end does",
-                          stacklevel=5)
+            warnings.warn(
+                "LANCZOS has no torch kernel; using BICUBIC as transformers' tensor back end does", stacklevel=5
+            )
             resample = 3
         if resample not in _TORCH_MODES:
-            raise ValueError(f"resample={resample} ({RESAMPLE_NAMES[resample]}) has no torch kernel; use "
-                             "NEAREST, BILINEAR or BICUBIC, or the PIL processor")
+            raise ValueError(
+                f"resample={resample} ({RESAMPLE_NAMES[resample]}) has no torch kernel; use "
+                "NEAREST, BILINEAR or BICUBIC, or the PIL processor"
+            )
         mode = _TORCH_MODES[resample]
         extra = {} if mode == "nearest-exact" else {"antialias": True, "align_corners": False}
         dtype = batch.dtype
@@ -728,29 +774,40 @@ class _TorchBackend(_BaseImageProcessor):
             out = out.clamp_(0, 255)
         return out.round_().to(dtype)
 
-    def _process(self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool,
-                 device: str | torch.device | None = None) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    def _process(
+        self,
+        images: list[Any],
+        opts: dict[str, Any],
+        fmt: str | None,
+        exif: bool,
+        device: str | torch.device | None = None,
+    ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
         tensors, names = [], []
         for index, raw in enumerate(images):
             names.append(_describe(raw, index))
             tensor = self._to_tensor(self._load(raw, index, exif), opts, fmt, names[-1])
             tensors.append(tensor if device is None else tensor.to(device))
         if opts["do_rescale"] and any(t.is_floating_point() and t.max() <= 1 for t in tensors):
-            warnings.warn("float pixels already lie in [0, 1] and do_rescale=True scales them again; pass "
-                          "do_rescale=False if they are already rescaled", stacklevel=4)
+            warnings.warn(
+                "float pixels already lie in [0, 1] and do_rescale=True scales them again; pass "
+                "do_rescale=False if they are already rescaled",
+                stacklevel=4,
+            )
         if opts["do_normalize"]:
             for name, t in zip(names, tensors):
                 for key in ("image_mean", "image_std"):
                     n = 1 if isinstance(opts[key], float) else len(opts[key])
                     if n not in (1, t.shape[0]):
-                        raise ImageLoadError(f"{name}: has {t.shape[0]} channels but {key} has {n} values; "
-                                             "expected one per channel (is do_convert_rgb off?)")
+                        raise ImageLoadError(
+                            f"{name}: has {t.shape[0]} channels but {key} has {n} values; "
+                            "expected one per channel (is do_convert_rgb off?)"
+                        )
         # Group equal shapes (and dtypes/devices) so each group is one batched kernel call.
         groups: dict[tuple, list[int]] = {}
         for i, t in enumerate(tensors):
             groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(i)
         out: list[torch.Tensor | None] = [None] * len(tensors)
-        for (shape, _, device), indices in groups.items():
+        for (shape, _, _), indices in groups.items():
             batch = torch.stack([tensors[i] for i in indices])
             if opts["do_resize"]:
                 size = self._target_size(shape[1], shape[2], opts, names[indices[0]])
@@ -775,22 +832,24 @@ class _TorchBackend(_BaseImageProcessor):
         """Fused rescale + normalize as transformers' tensor back end: mean and std divided by the factor."""
         if opts["do_normalize"]:
             factor = 1.0 / opts["rescale_factor"] if opts["do_rescale"] else 1.0
-            mean, std = (torch.tensor(opts[k], dtype=torch.float32, device=batch.device).reshape(-1, 1, 1) * factor
-                         for k in ("image_mean", "image_std"))
+            mean, std = (
+                torch.tensor(opts[k], dtype=torch.float32, device=batch.device).reshape(-1, 1, 1) * factor
+                for k in ("image_mean", "image_std")
+            )
             return (batch.to(torch.float32) - mean) / std
         if opts["do_rescale"]:
             return batch * opts["rescale_factor"]
         return batch
 
 
-
 # ------------------------------------------------------------------------- dense prediction: SegFormer, GLPN
 
 
 def semantic_segmentation(
-    logits: torch.Tensor, target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
+    logits: torch.Tensor,
+    target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
     return_segmentation_scores: bool = False,
-) -> list[Any]:  # fmt: skip
+) -> list[Any]:
     """Per image, the `(H, W)` class map of segmentation logits `(B, num_labels, h, w)`, the logits first resized
     (bilinear) to `target_sizes[i]` when given; with `return_segmentation_scores`, `{"segmentation",
     "segmentation_scores"}` records (the resized logits as scores), as transformers' post-processing returns."""
@@ -802,8 +861,9 @@ def semantic_segmentation(
             size = tuple(int(v) for v in target_sizes[i])
             scores = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
         classes = scores.argmax(dim=0)
-        results.append(BatchFeature(segmentation=classes, segmentation_scores=scores) if return_segmentation_scores
-                       else classes)  # fmt: skip
+        results.append(
+            BatchFeature(segmentation=classes, segmentation_scores=scores) if return_segmentation_scores else classes
+        )
     return results
 
 
@@ -813,8 +873,9 @@ def depth_maps(
     """Per image `{"predicted_depth": (H, W)}`, resized (bicubic) to `target_sizes[i]` when given: transformers'
     `post_process_depth_estimation`."""
     if target_sizes is not None and len(target_sizes) != len(predicted_depth):
-        raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {len(predicted_depth)}; expected one "
-                         "per image")  # fmt: skip
+        raise ValueError(
+            f"got {len(target_sizes)} target sizes for a batch of {len(predicted_depth)}; expected one per image"
+        )
     results = []
     for i, depth in enumerate(predicted_depth):
         if target_sizes is not None:
@@ -836,6 +897,14 @@ def register_image_processors(types: Mapping[str, type[_BaseImageProcessor]]) ->
 
 
 __all__ = [
-    "BatchFeature", "IMAGE_PROCESSOR_TYPES", "ImageLoadError", "convert_to_rgb", "depth_maps", "image_size",
-    "label_array", "load_image", "register_image_processors", "semantic_segmentation",
+    "BatchFeature",
+    "IMAGE_PROCESSOR_TYPES",
+    "ImageLoadError",
+    "convert_to_rgb",
+    "depth_maps",
+    "image_size",
+    "label_array",
+    "load_image",
+    "register_image_processors",
+    "semantic_segmentation",
 ]

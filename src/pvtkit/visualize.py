@@ -11,10 +11,18 @@ import PIL.ImageFont
 
 # Anchor colours of a perceptually ordered dark-to-bright map (black-purple-red-orange-yellow, like "inferno").
 _ANCHORS = np.array(
-    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39],
-     [252, 255, 164]],
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
     dtype=np.float64,
-)  # fmt: skip
+)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:

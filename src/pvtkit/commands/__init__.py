@@ -3,5 +3,16 @@
 `pvtkit.cli` builds the parser from the modules named in `COMMANDS`, in that order.
 """
 
-COMMANDS = ("classify", "segment", "depth", "features", "info", "attention", "train", "eval", "convert", "export",
-            "serve")
+COMMANDS = (
+    "classify",
+    "segment",
+    "depth",
+    "features",
+    "info",
+    "attention",
+    "train",
+    "eval",
+    "convert",
+    "export",
+    "serve",
+)

@@ -29,8 +29,13 @@ WORKERS_HELP = "(default: one fewer than the usable CPU cores, at most 4)"
 
 def _with_default(action: argparse.Action) -> bool:
     """Whether help should add the action's default: a real value, not a flag's, and not stated already."""
-    return bool(action.help) and "(default" not in action.help and action.default not in (None, argparse.SUPPRESS) \
-        and not isinstance(action.default, bool) and (action.nargs != 0)
+    return (
+        bool(action.help)
+        and "(default" not in action.help
+        and action.default not in (None, argparse.SUPPRESS)
+        and not isinstance(action.default, bool)
+        and (action.nargs != 0)
+    )
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -79,10 +84,13 @@ def on_every_rank() -> Iterator[bool]:
 def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
     """`--model` (Hub id, directory or weights file) and the Hub options."""
     parser.add_argument(
-        "--model", "-m", default=default, required=default is None,
+        "--model",
+        "-m",
+        default=default,
+        required=default is None,
         help="Hub repo id, local directory or weights file (.safetensors/.pth/.bin), in transformers, timm or "
         "whai362/PVT layout",
-    )  # fmt: skip
+    )
     parser.add_argument("--revision", help="Hub branch, tag or commit")
     parser.add_argument("--offline", action="store_true", help="never touch the network; use the Hub cache only")
 
@@ -101,17 +109,20 @@ def add_workers_argument(parser: Any, help: str) -> None:
 def add_compile_argument(parser: Any, help: str | None = None, batch_flag: str = "--batch-size") -> None:
     """`--compile`: the model through `pvtkit.optimize`; `batch_flag` is the command's option for the batch size."""
     parser.add_argument(
-        "--compile", action="store_true",
-        help=help or "torch.compile the model where that pays (pvtkit.optimize): Inductor with frozen weights on the "
+        "--compile",
+        action="store_true",
+        help=help
+        or "torch.compile the model where that pays (pvtkit.optimize): Inductor with frozen weights on the "
         f"CPU for PVTv2/SegFormer/GLPN batches of one image (use {batch_flag} 1; larger batches run faster on the "
         "eager paths and stay eager) and any ViT batch, every batch on CUDA; each new input shape compiles first "
         "(tens of seconds on a CPU); without a working compiler: a warning, then eager",
-    )  # fmt: skip
+    )
 
 
 def resolve_device(name: str) -> torch.device:
     """`devices.resolve_device`, its errors as usage errors naming --device."""
-    from ..devices import DeviceError, resolve_device as resolve
+    from ..devices import DeviceError
+    from ..devices import resolve_device as resolve
 
     try:
         return resolve(name)
@@ -293,8 +304,16 @@ class ResultFiles:
         raise NotImplementedError
 
 
-def write_all(ctx: Any, args: argparse.Namespace, command: str, items: Sequence[Any], pipe: Any, files: ResultFiles,
-              write_record: Callable[..., None], done: str) -> int:  # fmt: skip
+def write_all(
+    ctx: Any,
+    args: argparse.Namespace,
+    command: str,
+    items: Sequence[Any],
+    pipe: Any,
+    files: ResultFiles,
+    write_record: Callable[..., None],
+    done: str,
+) -> int:
     """Run a dense pipeline over `items` on every rank, write each image's files where it was computed and the
     records (stdout or `--records`) on rank 0, in input order; the exit status."""
 
@@ -329,9 +348,18 @@ def image_job(args: argparse.Namespace, task: str, **options: Any) -> Iterator[t
         share_cpu_threads(ctx, device)
         items = expand_inputs(args.inputs)
         try:
-            pipe = pipeline(task, model=args.model, device=device, dtype=dtype, batch_size=args.batch_size,
-                            num_workers=args.num_workers, revision=args.revision, local_files_only=args.offline,
-                            compile=args.compile, **options)  # fmt: skip
+            pipe = pipeline(
+                task,
+                model=args.model,
+                device=device,
+                dtype=dtype,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                revision=args.revision,
+                local_files_only=args.offline,
+                compile=args.compile,
+                **options,
+            )
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot load model {args.model!r}: {describe_error(e)}") from e
         yield ctx, items, pipe
@@ -344,8 +372,12 @@ def add_dense_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (slide mode: windows)")
     add_device_arguments(parser)
     add_compile_argument(parser)
-    parser.add_argument("--format", choices=["table", "json"], default="table",
-                        help="table for humans; json = JSON Lines, one record per input")  # fmt: skip
+    parser.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default="table",
+        help="table for humans; json = JSON Lines, one record per input",
+    )
     parser.add_argument("--records", help="write the records here (atomically) instead of stdout")
     add_workers_argument(parser, "image-decoding worker processes (0: decode in the main process)")
 

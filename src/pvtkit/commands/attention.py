@@ -6,7 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import HelpFormatter, UsageError, add_device_arguments, add_model_arguments, hub_kwargs, parse_size, resolve_device
+from ._common import (
+    HelpFormatter,
+    UsageError,
+    add_device_arguments,
+    add_model_arguments,
+    hub_kwargs,
+    parse_size,
+    resolve_device,
+)
 
 
 def parse_point(text: str | None) -> tuple[float, float] | None:
@@ -15,8 +23,9 @@ def parse_point(text: str | None) -> tuple[float, float] | None:
     try:
         x, y = (float(v) for v in text.split(","))
     except ValueError as e:
-        raise UsageError(f"--query {text!r}: expected X,Y as fractions of the image width and height, e.g. "
-                         "0.5,0.4") from e  # fmt: skip
+        raise UsageError(
+            f"--query {text!r}: expected X,Y as fractions of the image width and height, e.g. 0.5,0.4"
+        ) from e
     if not (0 <= x <= 1 and 0 <= y <= 1):
         raise UsageError(f"--query {text!r}: X and Y are fractions of the width and height, between 0 and 1")
     return x, y
@@ -65,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
     picture = titled_strip(panels)
     fmt = "JPEG" if args.output.lower().endswith((".jpg", ".jpeg")) else "PNG"
     atomic_write(args.output, lambda tmp: picture.save(tmp, format=fmt))
-    print(f"wrote {args.output}: {len(maps)} attention map(s) of {type(model).__name__} over {args.image}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"wrote {args.output}: {len(maps)} attention map(s) of {type(model).__name__} over {args.image}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -9,10 +9,19 @@ import os
 from typing import IO, Any
 
 from ._common import (
-    HelpFormatter, UsageError, add_compile_argument, add_device_arguments,
-    add_model_arguments, add_workers_argument, image_job, input_name, open_output, report_failure,
-    stream_sharded, summarize_failures,
-)  # fmt: skip
+    HelpFormatter,
+    UsageError,
+    add_compile_argument,
+    add_device_arguments,
+    add_model_arguments,
+    add_workers_argument,
+    image_job,
+    input_name,
+    open_output,
+    report_failure,
+    stream_sharded,
+    summarize_failures,
+)
 
 
 class Writer:
@@ -79,8 +88,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     add_device_arguments(parser)
     add_compile_argument(parser)
-    parser.add_argument("--format", choices=["table", "json", "csv"], default="table",
-                        help="table for humans; json = JSON Lines, one record per input; csv = one row per label")
+    parser.add_argument(
+        "--format",
+        choices=["table", "json", "csv"],
+        default="table",
+        help="table for humans; json = JSON Lines, one record per input; csv = one row per label",
+    )
     parser.add_argument("--output", "-o", help="write here (atomically) instead of stdout")
     add_workers_argument(parser, "image-decoding worker processes (0: decode in the main process)")
     parser.set_defaults(run=run)

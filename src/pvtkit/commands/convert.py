@@ -10,11 +10,17 @@ def run(args: argparse.Namespace) -> int:
     from ..auto import convert_checkpoint
 
     model = convert_checkpoint(
-        args.source, args.destination, variant=args.variant, dtype=args.dtype,
-        revision=args.revision, local_files_only=args.offline,
-    )  # fmt: skip
-    print(f"wrote {type(model).__name__} ({model.num_parameters() / 1e6:.1f}M parameters, {model.dtype}) "
-          f"to {args.destination}")  # fmt: skip
+        args.source,
+        args.destination,
+        variant=args.variant,
+        dtype=args.dtype,
+        revision=args.revision,
+        local_files_only=args.offline,
+    )
+    print(
+        f"wrote {type(model).__name__} ({model.num_parameters() / 1e6:.1f}M parameters, {model.dtype}) "
+        f"to {args.destination}"
+    )
     return 0
 
 
@@ -33,10 +39,14 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("source", help="checkpoint: directory, weights file or Hub repo id")
     parser.add_argument("destination", help="output directory (replaced atomically)")
-    parser.add_argument("--variant", help="published architecture to use, e.g. b2, b2_linear, base_patch16_224, "
-                        "mit_b2, glpn_kitti")  # fmt: skip
-    parser.add_argument("--dtype", choices=["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"],
-                        help="cast the weights before saving (default: keep)")  # fmt: skip
+    parser.add_argument(
+        "--variant", help="published architecture to use, e.g. b2, b2_linear, base_patch16_224, mit_b2, glpn_kitti"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"],
+        help="cast the weights before saving (default: keep)",
+    )
     parser.add_argument("--revision", help="Hub branch, tag or commit")
     parser.add_argument("--offline", action="store_true", help="use the Hub cache only")
     parser.set_defaults(run=run)

@@ -8,8 +8,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._common import (
-    HelpFormatter, ResultFiles, UsageError, add_dense_arguments, add_model_arguments, image_job, output_folder, write_all,
-)  # fmt: skip
+    HelpFormatter,
+    ResultFiles,
+    UsageError,
+    add_dense_arguments,
+    add_model_arguments,
+    image_job,
+    output_folder,
+    write_all,
+)
 
 
 def write_depth_png(path: Path, depth: Any, scale: float) -> int:
@@ -47,10 +54,14 @@ class DepthFiles(ResultFiles):
         depth_path = stem.with_name(stem.name + "_depth.png")
         clipped = write_depth_png(depth_path, depth, self.args.scale)
         record: dict[str, Any] = {
-            "path": str(self.items[index]), "size": list(depth.shape), "depth_png": str(depth_path),
-            "depth_scale": self.args.scale, "min": round(float(depth.min()), 6), "max": round(float(depth.max()), 6),
+            "path": str(self.items[index]),
+            "size": list(depth.shape),
+            "depth_png": str(depth_path),
+            "depth_scale": self.args.scale,
+            "min": round(float(depth.min()), 6),
+            "max": round(float(depth.max()), 6),
             "mean": round(float(depth.mean()), 6),
-        }  # fmt: skip
+        }
         if clipped:
             record["clipped_pixels"] = clipped
         if self.args.color:
@@ -63,8 +74,9 @@ class DepthFiles(ResultFiles):
 
 def write_record(stream: IO[str], fmt: str, path: str, record: dict[str, Any] | None, error: str | None) -> None:
     if fmt == "json":
-        stream.write(json.dumps({"path": path, "error": error} if error is not None else record, ensure_ascii=False)
-                     + "\n")  # fmt: skip
+        stream.write(
+            json.dumps({"path": path, "error": error} if error is not None else record, ensure_ascii=False) + "\n"
+        )
     elif error is not None:
         stream.write(f"{path}\n  error: {error}\n")
     else:

@@ -8,11 +8,20 @@ import json
 from typing import Any
 
 from ._common import (
-    HelpFormatter, add_workers_argument,
-    UsageError, add_compile_argument, add_device_arguments,
-    add_model_arguments, checkpoint_task, load_model, load_processor, on_every_rank,
-    open_output, resolve_device, resolve_dtype,
-)  # fmt: skip
+    HelpFormatter,
+    UsageError,
+    add_compile_argument,
+    add_device_arguments,
+    add_model_arguments,
+    add_workers_argument,
+    checkpoint_task,
+    load_model,
+    load_processor,
+    on_every_rank,
+    open_output,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 def register(sub: Any) -> None:
@@ -31,27 +40,56 @@ def register(sub: Any) -> None:
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser, default=None)
-    parser.add_argument("--data", "-d", required=True, help="folder of class folders, or a dataset with val/; for segmentation, images "
-                        "and masks in a layout of `pvtkit train --help`")
-    parser.add_argument("--val-fraction", type=float, help="evaluate only the stratified hold-out that `pvtkit "
-                        "train --val-fraction` validated on (for data without a val/ folder)")  # fmt: skip
-    parser.add_argument("--format", choices=["table", "json"], default="table",
-                        help="table for people, json (one object) for scripts")  # fmt: skip
+    parser.add_argument(
+        "--data",
+        "-d",
+        required=True,
+        help="folder of class folders, or a dataset with val/; for segmentation, images "
+        "and masks in a layout of `pvtkit train --help`",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        help="evaluate only the stratified hold-out that `pvtkit "
+        "train --val-fraction` validated on (for data without a val/ folder)",
+    )
+    parser.add_argument(
+        "--format", choices=["table", "json"], default="table", help="table for people, json (one object) for scripts"
+    )
     parser.add_argument("--output", "-o", help="write the report to this file (atomically) instead of stdout")
     parser.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix into this PNG file")
-    parser.add_argument("--task", choices=[name for t in tasks.trainable() for name in t.names],
-                        help="what the model does: " + " or ".join(t.name for t in tasks.trainable()) + " (or their "
-                        "short names; default: read from its config's architectures)")  # fmt: skip
-    parser.add_argument("--mode", choices=["whole", "slide"], default="whole", help="segmentation: whole images "
-                        "resized by the processor, or sliding windows of its size over the image resized to that "
-                        "short side (mmsegmentation's 'slide')")  # fmt: skip
-    parser.add_argument("--reduce-labels", action="store_const", const=True, help="segmentation: mask value 0 is "
-                        "'other' (ignored), k is class k-1 (default: the processor's do_reduce_labels)")  # fmt: skip
-    parser.add_argument("--depth-scale", type=float, help="depth: 16-bit PNG maps hold metres x this (default 1000, "
-                        "NYU's millimetres; KITTI 256)")  # fmt: skip
+    parser.add_argument(
+        "--task",
+        choices=[name for t in tasks.trainable() for name in t.names],
+        help="what the model does: " + " or ".join(t.name for t in tasks.trainable()) + " (or their "
+        "short names; default: read from its config's architectures)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["whole", "slide"],
+        default="whole",
+        help="segmentation: whole images "
+        "resized by the processor, or sliding windows of its size over the image resized to that "
+        "short side (mmsegmentation's 'slide')",
+    )
+    parser.add_argument(
+        "--reduce-labels",
+        action="store_const",
+        const=True,
+        help="segmentation: mask value 0 is "
+        "'other' (ignored), k is class k-1 (default: the processor's do_reduce_labels)",
+    )
+    parser.add_argument(
+        "--depth-scale",
+        type=float,
+        help="depth: 16-bit PNG maps hold metres x this (default 1000, NYU's millimetres; KITTI 256)",
+    )
     parser.add_argument("--min-depth", type=float, help="depth: ground truth below is invalid (default 0.001 m)")
-    parser.add_argument("--max-depth", type=float, help="depth: ground truth above is invalid, predictions clipped "
-                        "to it (default: the model's max_depth)")  # fmt: skip
+    parser.add_argument(
+        "--max-depth",
+        type=float,
+        help="depth: ground truth above is invalid, predictions clipped to it (default: the model's max_depth)",
+    )
     parser.add_argument("--batch-size", "-b", type=int, help="images per batch (default 64; 8 for segmentation)")
     add_workers_argument(parser, "data-loading processes")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -81,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
 
     task = _task(args)
     if not task.trainable:
-        raise UsageError(f"pvtkit eval evaluates {', '.join(t.title for t in _trainable())} models; "
-                         f"{args.model} is a {task.title} model")  # fmt: skip
+        raise UsageError(
+            f"pvtkit eval evaluates {', '.join(t.title for t in _trainable())} models; "
+            f"{args.model} is a {task.title} model"
+        )
     if args.batch_size is None:
         args.batch_size = task.eval_batch_size
     if args.batch_size < 1:
@@ -95,8 +135,10 @@ def run(args: argparse.Namespace) -> int:
     stray = [name for name in given if name not in task.eval_options]
     if stray:
         owners = [t.name for t in _trainable() if set(stray) <= set(t.eval_options)]
-        raise UsageError(f"{' and '.join('--' + n.replace('_', '-') for n in stray)}: only for "
-                         f"{' or '.join(owners) or 'other'} models (or --task {owners[0] if owners else '...'})")  # fmt: skip
+        raise UsageError(
+            f"{' and '.join('--' + n.replace('_', '-') for n in stray)}: only for "
+            f"{' or '.join(owners) or 'other'} models (or --task {owners[0] if owners else '...'})"
+        )
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     with on_every_rank():
         ctx = init_distributed(device)
@@ -106,9 +148,17 @@ def run(args: argparse.Namespace) -> int:
             from ..compiling import optimize_for
 
             optimize_for(model.to(device), args.batch_size, device)
-        options = dict(processor=processor, val_fraction=args.val_fraction, batch_size=args.batch_size,
-                       num_workers=args.num_workers, device=device, dtype=dtype, confusion=args.confusion,
-                       progress=not args.quiet, **{name: getattr(args, name) for name in task.eval_options})  # fmt: skip
+        options = dict(
+            processor=processor,
+            val_fraction=args.val_fraction,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=device,
+            dtype=dtype,
+            confusion=args.confusion,
+            progress=not args.quiet,
+            **{name: getattr(args, name) for name in task.eval_options},
+        )
         try:
             result = task.evaluate(model, args.data, **options)
         except LayoutError as e:

@@ -46,7 +46,7 @@ def _saved_model(args: argparse.Namespace) -> int:
     try:
         import tensorflow as tf
     except ImportError:
-        raise UsageError("pvtkit export saved-model needs TensorFlow: pip install \"pvtkit[tensorflow]\"") from None
+        raise UsageError('pvtkit export saved-model needs TensorFlow: pip install "pvtkit[tensorflow]"') from None
     from .. import keras as pk
     from ._common import hub_kwargs
 
@@ -60,18 +60,25 @@ def _saved_model(args: argparse.Namespace) -> int:
         model = cls.from_pretrained(args.model, **hub)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model {args.model!r} for pvtkit's Keras models: {e}") from e
-    print(f"exporting {type(model).__name__} from {args.model} to {args.output} (Keras on "
-          f"{pk.keras_backend()}) ...", file=sys.stderr)  # fmt: skip
+    print(
+        f"exporting {type(model).__name__} from {args.model} to {args.output} (Keras on {pk.keras_backend()}) ...",
+        file=sys.stderr,
+    )
     model.export(args.output, image_bytes=args.image_bytes)
-    report: dict[str, Any] = {"output": str(args.output), "class": type(model).__name__, "backend": pk.keras_backend(),
-                              "signatures": ["serving_default"] + (["serve_image_bytes"] if args.image_bytes else []),
-                              "export_s": round(time.perf_counter() - started, 2)}  # fmt: skip
+    report: dict[str, Any] = {
+        "output": str(args.output),
+        "class": type(model).__name__,
+        "backend": pk.keras_backend(),
+        "signatures": ["serving_default"] + (["serve_image_bytes"] if args.image_bytes else []),
+        "export_s": round(time.perf_counter() - started, 2),
+    }
     if not args.no_verify:
         loaded = tf.saved_model.load(str(args.output))
         worst = 0.0
         for batch in (1, 3):
-            pixels = np.random.default_rng(batch).standard_normal((model.config.num_channels,
-                                                                   *model.image_size_for_export()))  # fmt: skip
+            pixels = np.random.default_rng(batch).standard_normal(
+                (model.config.num_channels, *model.image_size_for_export())
+            )
             pixels = np.broadcast_to(pixels, (batch, *pixels.shape)).astype(np.float32)
             got = loaded.signatures["serving_default"](pixel_values=tf.constant(pixels))
             want = model(pixels, training=False)
@@ -80,13 +87,18 @@ def _saved_model(args: argparse.Namespace) -> int:
                 worst = max(worst, float(np.abs(value.numpy() - reference).max() / (np.abs(reference).max() + 1e-12)))
         report["max_relative_error"] = worst
         if worst > 1e-4:
-            raise RuntimeError(f"the SavedModel at {args.output} differs from the Keras model by {worst:.2e} "
-                               "(relative), more than 1e-4")  # fmt: skip
+            raise RuntimeError(
+                f"the SavedModel at {args.output} differs from the Keras model by {worst:.2e} "
+                "(relative), more than 1e-4"
+            )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        checked = (f"; reloaded and checked at batch 1 and 3: max relative error {report['max_relative_error']:.1e}"
-                   if "max_relative_error" in report else "")  # fmt: skip
+        checked = (
+            f"; reloaded and checked at batch 1 and 3: max relative error {report['max_relative_error']:.1e}"
+            if "max_relative_error" in report
+            else ""
+        )
         print(f"wrote {args.output}: signatures {', '.join(report['signatures'])}{checked}")
     return 0
 
@@ -100,9 +112,11 @@ def run(args: argparse.Namespace) -> int:
     batch = parse_batch(args.batch)
     size = parse_size(args.size, "--size", dynamic=True)
     if args.format == "onnx" and args.opset not in exporting.SUPPORTED_OPSETS:
-        raise UsageError(f"--opset {args.opset} is not supported: pvtkit exports opsets "
-                         f"{exporting.SUPPORTED_OPSETS[0]} to {exporting.SUPPORTED_OPSETS[-1]} "
-                         f"(default {exporting.DEFAULT_OPSET})")  # fmt: skip
+        raise UsageError(
+            f"--opset {args.opset} is not supported: pvtkit exports opsets "
+            f"{exporting.SUPPORTED_OPSETS[0]} to {exporting.SUPPORTED_OPSETS[-1]} "
+            f"(default {exporting.DEFAULT_OPSET})"
+        )
     if args.format == "onnx":  # fail before loading anything when the export extra is missing
         exporting.require("onnx", "pvtkit export onnx")
         exporting.require("onnxscript", "pvtkit export onnx")
@@ -111,9 +125,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(_auto_class(args.task, args), args)
     processor = load_processor(args, model)
     options = dict(
-        dtype=args.dtype, dynamic_batch=batch is None, batch_size=batch or 1, dynamic_size=size is None,
-        image_size=size, with_preprocessing=args.with_preprocessing, processor=processor, verify=not args.no_verify,
-    )  # fmt: skip
+        dtype=args.dtype,
+        dynamic_batch=batch is None,
+        batch_size=batch or 1,
+        dynamic_size=size is None,
+        image_size=size,
+        with_preprocessing=args.with_preprocessing,
+        processor=processor,
+        verify=not args.no_verify,
+    )
     print(f"exporting {type(model).__name__} from {args.model} to {args.output} ...", file=sys.stderr)
     try:
         if args.format == "onnx":
@@ -140,8 +160,8 @@ def register(sub: Any) -> None:
         "the largest relative difference is above 1e-4 (fp32; 1e-2 for fp16). The file's metadata holds "
         "id2label, image_mean/std, size, resample and the input/output names, so a server needs nothing else. "
         "`torch` writes a torch.export program (.pt2) for `torch.export.load`. Needs `pip install "
-        "\"pvtkit[export]\"` (onnx, onnxscript, onnxruntime) for ONNX. `saved-model` writes a TF SavedModel of a "
-        "ViT or PVTv2 for TF Serving through pvtkit's Keras models (`pip install \"pvtkit[tensorflow]\"`).",
+        '"pvtkit[export]"` (onnx, onnxscript, onnxruntime) for ONNX. `saved-model` writes a TF SavedModel of a '
+        'ViT or PVTv2 for TF Serving through pvtkit\'s Keras models (`pip install "pvtkit[tensorflow]"`).',
         epilog="examples:\n"
         "  pvtkit export onnx --model OpenGVLab/pvt_v2_b0 --output pvt_v2_b0.onnx\n"
         "  pvtkit export onnx --model my-vit --output vit.onnx --size 384 --batch 1 --dtype fp16\n"
@@ -151,54 +171,84 @@ def register(sub: Any) -> None:
         formatter_class=RawHelpFormatter,
     )
     formats = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
-    onnx = formats.add_parser("onnx", help="one .onnx file, checked in ONNX Runtime", formatter_class=HelpFormatter,
-                              description="Export to ONNX (see `pvtkit export --help`).")  # fmt: skip
-    torch_ = formats.add_parser("torch", help="a torch.export program (.pt2)", formatter_class=HelpFormatter,
-                                description="Export a torch.export program (see `pvtkit export --help`). PVTv2 "
-                                "programs take sizes whose every feature map is at least 2x2 (61 pixels for the "
-                                "standard variants, 33 with linear SRA).")  # fmt: skip
+    onnx = formats.add_parser(
+        "onnx",
+        help="one .onnx file, checked in ONNX Runtime",
+        formatter_class=HelpFormatter,
+        description="Export to ONNX (see `pvtkit export --help`).",
+    )
+    torch_ = formats.add_parser(
+        "torch",
+        help="a torch.export program (.pt2)",
+        formatter_class=HelpFormatter,
+        description="Export a torch.export program (see `pvtkit export --help`). PVTv2 "
+        "programs take sizes whose every feature map is at least 2x2 (61 pixels for the "
+        "standard variants, 33 with linear SRA).",
+    )
     for p, dtypes in ((onnx, ["fp32", "fp16"]), (torch_, ["fp32", "fp16", "bf16"])):
         add_model_arguments(p, default=None)
         p.add_argument("--output", "-o", required=True, help="file to write (atomically; nothing is left on failure)")
-        p.add_argument("--task", choices=["auto", *TASKS], default="auto",
-                       help="head to export: classification (logits), features (last_hidden_state), backbone "
-                       "(stage maps), segmentation (logits at 1/4 size), depth (predicted_depth); auto follows "
-                       "the checkpoint's architecture (default)")  # fmt: skip
+        p.add_argument(
+            "--task",
+            choices=["auto", *TASKS],
+            default="auto",
+            help="head to export: classification (logits), features (last_hidden_state), backbone "
+            "(stage maps), segmentation (logits at 1/4 size), depth (predicted_depth); auto follows "
+            "the checkpoint's architecture (default)",
+        )
         p.add_argument("--dtype", choices=dtypes, default="fp32", help="weights and compute dtype")
         p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
-        p.add_argument("--size", default="dynamic",
-                       help="'dynamic' (default: any size; traced and checked at the processor's size) or a fixed "
-                       "HEIGHTxWIDTH (or one side)")  # fmt: skip
-        p.add_argument("--with-preprocessing", action="store_true",
-                       help="the input is uint8 RGB images (batch, height, width, 3) already resized to the "
-                       "model's size; rescale and normalize run inside the graph (input name `images`)")  # fmt: skip
+        p.add_argument(
+            "--size",
+            default="dynamic",
+            help="'dynamic' (default: any size; traced and checked at the processor's size) or a fixed "
+            "HEIGHTxWIDTH (or one side)",
+        )
+        p.add_argument(
+            "--with-preprocessing",
+            action="store_true",
+            help="the input is uint8 RGB images (batch, height, width, 3) already resized to the "
+            "model's size; rescale and normalize run inside the graph (input name `images`)",
+        )
         p.add_argument("--no-verify", action="store_true", help="skip the check against PyTorch")
         p.add_argument("--json", action="store_true", help="print the export report as JSON")
         p.set_defaults(run=run)
     onnx.add_argument("--opset", type=int, default=20, help="ONNX opset, 18-23 (default 20: native Gelu)")
-    onnx.add_argument("--quantize", choices=["dynamic"],
-                      help="dynamic int8 quantization of the weights (ONNX Runtime); prints top-1 agreement and "
-                      "logit drift against fp32 on real photos")  # fmt: skip
+    onnx.add_argument(
+        "--quantize",
+        choices=["dynamic"],
+        help="dynamic int8 quantization of the weights (ONNX Runtime); prints top-1 agreement and "
+        "logit drift against fp32 on real photos",
+    )
     torch_.set_defaults(opset=None, quantize=None)
     saved = formats.add_parser(
-        "saved-model", help="a TF SavedModel of a ViT or PVTv2, for TF Serving (Keras 3)", formatter_class=HelpFormatter,
+        "saved-model",
+        help="a TF SavedModel of a ViT or PVTv2, for TF Serving (Keras 3)",
+        formatter_class=HelpFormatter,
         description="Export a ViT or PVTv2 checkpoint (transformers', timm's or the PVT authors' layout) as a TF "
         "SavedModel directory through pvtkit's Keras models: signature `serving_default` takes float pixel_values "
         "(batch, 3, H, W) at the model's size (config image_size; batch dynamic) and returns logits (or "
         "last_hidden_state, and ViT's pooler_output); "
         "--image-bytes adds `serve_image_bytes`, which takes encoded images (a string tensor, TF Serving's "
-        "{\"b64\": ...}) and decodes, resizes and normalizes them in the graph with the checkpoint's processor "
+        '{"b64": ...}) and decodes, resizes and normalizes them in the graph with the checkpoint\'s processor '
         "settings. The SavedModel is reloaded and compared with the Keras model at two batch sizes (relative "
         "error at most 1e-4) unless --no-verify. Back end: KERAS_BACKEND (default tensorflow; jax exports through "
-        "jax2tf). Needs `pip install \"pvtkit[tensorflow]\"`.",
-    )  # fmt: skip
+        'jax2tf). Needs `pip install "pvtkit[tensorflow]"`.',
+    )
     add_model_arguments(saved, default=None)
     saved.add_argument("--output", "-o", required=True, help="directory to write (replaced atomically)")
-    saved.add_argument("--task", choices=["auto", "classification", "features"], default="auto",
-                       help="classification (logits) or features (last_hidden_state, ...); auto follows "
-                       "the checkpoint's architecture (default)")  # fmt: skip
-    saved.add_argument("--image-bytes", action="store_true",
-                       help="add the serve_image_bytes signature (encoded images in, preprocessing in the graph)")
+    saved.add_argument(
+        "--task",
+        choices=["auto", "classification", "features"],
+        default="auto",
+        help="classification (logits) or features (last_hidden_state, ...); auto follows "
+        "the checkpoint's architecture (default)",
+    )
+    saved.add_argument(
+        "--image-bytes",
+        action="store_true",
+        help="add the serve_image_bytes signature (encoded images in, preprocessing in the graph)",
+    )
     saved.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     saved.add_argument("--json", action="store_true", help="print the export report as JSON")
     saved.set_defaults(run=run)

@@ -8,10 +8,17 @@ import sys
 from typing import Any
 
 from ._common import (
-    HelpFormatter, UsageError, add_compile_argument, add_device_arguments,
-    add_model_arguments, expand_inputs, report_failure, resolve_device,
-    add_workers_argument, resolve_dtype,
-)  # fmt: skip
+    HelpFormatter,
+    UsageError,
+    add_compile_argument,
+    add_device_arguments,
+    add_model_arguments,
+    add_workers_argument,
+    expand_inputs,
+    report_failure,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 def parse_stages(text: str | None) -> list[int] | None:
@@ -41,10 +48,18 @@ def run(args: argparse.Namespace) -> int:
     items = expand_inputs(args.inputs)
     try:
         extractor = pipeline(
-            "image-feature-extraction", model=args.model, device=device, dtype=dtype, pooled=args.pooled,
-            stages=stages, batch_size=args.batch_size, num_workers=args.num_workers, revision=args.revision,
-            local_files_only=args.offline, compile=args.compile,
-        )  # fmt: skip
+            "image-feature-extraction",
+            model=args.model,
+            device=device,
+            dtype=dtype,
+            pooled=args.pooled,
+            stages=stages,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            revision=args.revision,
+            local_files_only=args.offline,
+            compile=args.compile,
+        )
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model {args.model!r}: {describe_error(e)}") from e
     features: dict[str, list[torch.Tensor]] = {}

@@ -23,8 +23,10 @@ def print_table(info: dict[str, Any]) -> None:
     print(f"  parameters   {info['parameters'] / 1e6:.2f}M (head {info['head_parameters'] / 1e6:.2f}M)")
     c, h, w = info["input"]
     print(f"  input        {c} x {h} x {w}")
-    print(f"  compute      {_human(info['macs'])} MACs = {_human(info['flops'])} FLOPs per image "
-          "(papers call the MACs 'FLOPs')")  # fmt: skip
+    print(
+        f"  compute      {_human(info['macs'])} MACs = {_human(info['flops'])} FLOPs per image "
+        "(papers call the MACs 'FLOPs')"
+    )
     if info["num_labels"] is not None:
         print(f"  classes      {info['num_labels']}")
     for section, value in info.items():  # the family's own part: a table of rows, or a group of facts
@@ -39,8 +41,18 @@ def print_table(info: dict[str, Any]) -> None:
             print(f"  {section}: " + ", ".join(f"{k} {_cell(v)}" for k, v in value.items()))
 
 
-_COMMON = ("model_type", "class", "variant", "parameters", "head_parameters", "input", "macs", "flops", "num_labels",
-           "source")  # fmt: skip
+_COMMON = (
+    "model_type",
+    "class",
+    "variant",
+    "parameters",
+    "head_parameters",
+    "input",
+    "macs",
+    "flops",
+    "num_labels",
+    "source",
+)
 
 
 def _cell(value: Any) -> str:
@@ -93,8 +105,9 @@ def register(sub: Any) -> None:
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser)
-    parser.add_argument("--variant", help="a published architecture instead of --model, e.g. b2, b2_linear, "
-                        "base_patch16_224")  # fmt: skip
+    parser.add_argument(
+        "--variant", help="a published architecture instead of --model, e.g. b2, b2_linear, base_patch16_224"
+    )
     parser.add_argument("--image-size", help="input size, 224 or HxW (default: the config's image_size)")
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.set_defaults(run=run)

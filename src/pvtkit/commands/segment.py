@@ -8,8 +8,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._common import (
-    HelpFormatter, ResultFiles, UsageError, add_dense_arguments, add_model_arguments, image_job, output_folder, parse_size, write_all,
-)  # fmt: skip
+    HelpFormatter,
+    ResultFiles,
+    UsageError,
+    add_dense_arguments,
+    add_model_arguments,
+    image_job,
+    output_folder,
+    parse_size,
+    write_all,
+)
 
 
 def write_label_png(path: Path, classes: Any, num_labels: int) -> None:
@@ -45,8 +53,11 @@ class SegmentFiles(ResultFiles):
         stem = self.stem(index)
         label_path = stem.with_name(stem.name + ".png")
         write_label_png(label_path, classes, len(self.labels))
-        record: dict[str, Any] = {"path": str(self.items[index]), "size": list(classes.shape),
-                                  "label_png": str(label_path)}  # fmt: skip
+        record: dict[str, Any] = {
+            "path": str(self.items[index]),
+            "size": list(classes.shape),
+            "label_png": str(label_path),
+        }
         if self.args.overlay:
             overlay_path = stem.with_name(stem.name + "_overlay.jpg")
             image = load_image(self.items[index])
@@ -81,8 +92,9 @@ def slide_options(args: argparse.Namespace) -> dict[str, Any]:
     crop = parse_size(args.crop, "--crop") if args.crop else None
     stride = parse_size(args.stride, "--stride") if args.stride else None
     if crop and stride and (stride[0] > crop[0] or stride[1] > crop[1]):
-        raise UsageError(f"--stride {args.stride} is larger than --crop {args.crop}: pixels between windows would be "
-                         "skipped")  # fmt: skip
+        raise UsageError(
+            f"--stride {args.stride} is larger than --crop {args.crop}: pixels between windows would be skipped"
+        )
     return {"mode": "slide", "crop": crop, "stride": stride}
 
 
@@ -117,8 +129,12 @@ def register(sub: Any) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     add_model_arguments(parser, default="nvidia/segformer-b0-finetuned-ade-512-512")
     parser.add_argument("--output", "-o", required=True, metavar="OUT", help="folder for the label PNGs and overlays")
-    parser.add_argument("--mode", choices=["whole", "slide"], default="whole",
-                        help="whole: resize to the processor's size and back; slide: sliding windows at full size")
+    parser.add_argument(
+        "--mode",
+        choices=["whole", "slide"],
+        default="whole",
+        help="whole: resize to the processor's size and back; slide: sliding windows at full size",
+    )
     parser.add_argument("--crop", help="slide mode: window size H or HxW (default: the processor's size)")
     parser.add_argument("--stride", help="slide mode: window step S or SxT (default: two thirds of the crop)")
     parser.add_argument("--no-overlay", dest="overlay", action="store_false", help="write the label PNGs only")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import HelpFormatter, UsageError, add_compile_argument, add_device_arguments, hub_kwargs, resolve_device, resolve_dtype
+from ._common import (
+    HelpFormatter,
+    UsageError,
+    add_compile_argument,
+    add_device_arguments,
+    hub_kwargs,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 def parse_model(text: str) -> tuple[str | None, str]:
@@ -23,8 +31,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     import torch
 
-    for option, value, low in [("--max-batch-size", args.max_batch_size, 1), ("--max-queue", args.max_queue, 1),
-                               ("--decode-threads", args.decode_threads, 1), ("--top-k", args.top_k, 1)]:  # fmt: skip
+    for option, value, low in [
+        ("--max-batch-size", args.max_batch_size, 1),
+        ("--max-queue", args.max_queue, 1),
+        ("--decode-threads", args.decode_threads, 1),
+        ("--top-k", args.top_k, 1),
+    ]:
         if value < low:
             raise UsageError(f"{option} must be at least {low}, got {value}")
     for option, value in [("--max-delay-ms", args.max_delay_ms), ("--max-body-mb", args.max_body_mb)]:
@@ -44,11 +56,21 @@ def run(args: argparse.Namespace) -> int:
     models = []
     for text in args.model:
         name, source = parse_model(text)
-        model = ImageModel(name or default_name(source), source, device=device, dtype=dtype,
-                           max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
-                           max_queue=args.max_queue, timeout_s=args.timeout_s, top_k=args.top_k,
-                           decode_threads=args.decode_threads, warmup=not args.no_warmup, compile=args.compile,
-                           **hub_kwargs(args))  # fmt: skip
+        model = ImageModel(
+            name or default_name(source),
+            source,
+            device=device,
+            dtype=dtype,
+            max_batch_size=args.max_batch_size,
+            max_delay_ms=args.max_delay_ms,
+            max_queue=args.max_queue,
+            timeout_s=args.timeout_s,
+            top_k=args.top_k,
+            decode_threads=args.decode_threads,
+            warmup=not args.no_warmup,
+            compile=args.compile,
+            **hub_kwargs(args),
+        )
         try:
             model.load()
         except (OSError, ValueError) as e:
@@ -71,27 +93,41 @@ def register(sub: Any) -> None:
         description="Serve classification and semantic-segmentation checkpoints over HTTP, with KServe's model "
         "server protocols so existing clients work: the Open Inference Protocol (V2: `POST /v2/models/NAME/infer`, "
         "Triton's tritonclient works, binary data included; over gRPC too with --grpc-port), TF Serving's REST API (V1: `POST "
-        "/v1/models/NAME:predict` with {\"instances\": [{\"b64\": ...}]}), a plain `POST /predict` image upload "
+        '/v1/models/NAME:predict` with {"instances": [{"b64": ...}]}), a plain `POST /predict` image upload '
         "(curl -F file=@cat.jpg) answering like `pvtkit classify --format json`, and a page at / to drop an image "
         "on. Concurrent requests are batched into one forward pass (up to --max-batch-size images, waiting at most "
         "--max-delay-ms). Beyond --max-queue waiting images requests get 503 with Retry-After; past --timeout-s, "
         "504. Health: GET /v2/health/live, /v2/health/ready (ready once every model is loaded and warmed up); "
         "Prometheus metrics at GET /metrics; one JSON log line per request on stderr. SIGTERM stops accepting, "
-        "finishes the requests in flight and exits 0. Needs `pip install \"pvtkit[serve]\"`.",
+        'finishes the requests in flight and exits 0. Needs `pip install "pvtkit[serve]"`.',
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model", "-m", action="append", required=True, metavar="[NAME=]SOURCE",
-                        help="a Hub id, directory or weights file; repeat to serve several. NAME (default: the "
-                        "source's last path part) is the model's name in the URLs")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        "-m",
+        action="append",
+        required=True,
+        metavar="[NAME=]SOURCE",
+        help="a Hub id, directory or weights file; repeat to serve several. NAME (default: the "
+        "source's last path part) is the model's name in the URLs",
+    )
     parser.add_argument("--revision", help="Hub branch, tag or commit")
     parser.add_argument("--offline", action="store_true", help="never touch the network; use the Hub cache only")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all, as in a container)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (0: any free port)")
-    parser.add_argument("--grpc-port", type=int, help="also serve the V2 protocol over gRPC on this port (KServe's "
-                        "gRPC service; tritonclient.grpc works); default: off")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve the V2 protocol over gRPC on this port (KServe's "
+        "gRPC service; tritonclient.grpc works); default: off",
+    )
     parser.add_argument("--max-batch-size", type=int, default=16, help="most images per forward pass (1: no batching)")
-    parser.add_argument("--max-delay-ms", type=float, default=5.0,
-                        help="how long the oldest waiting image waits for others to join its batch")
+    parser.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=5.0,
+        help="how long the oldest waiting image waits for others to join its batch",
+    )
     parser.add_argument("--max-queue", type=int, default=256, help="most images waiting; beyond it, 503")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="each request's deadline; past it, 504")
     parser.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body; beyond it, 413")

@@ -62,8 +62,10 @@ def arch_help() -> str:
     for config in family.config_classes().values():
         prefixes = [p.rstrip("_").replace("_", "-") if "/" in p else p.rstrip("_") for p in config.variant_prefixes]
         first = next(iter(config.variants))
-        lines.append(f"{config.title} ({' or '.join(f'{p}-{first}' for p in prefixes if '/' not in p)}, ...): "
-                     f"{', '.join(config.variants)}")  # fmt: skip
+        lines.append(
+            f"{config.title} ({' or '.join(f'{p}-{first}' for p in prefixes if '/' not in p)}, ...): "
+            f"{', '.join(config.variants)}"
+        )
     return "; ".join(lines)
 
 
@@ -139,14 +141,20 @@ def _say_which_family(arch: str) -> None:
     having = [c for c in family.config_classes().values() if arch in c.variants]
     if len(having) > 1:
         names = [f"{c.variant_prefixes[0].rstrip('_')}-{arch}" for c in having]
-        logger.warning(f"--arch {arch} builds {having[0].title}'s ({names[0]}); another family's is named "
-                       f"{' or '.join(names[1:])}")
+        logger.warning(
+            f"--arch {arch} builds {having[0].title}'s ({names[0]}); another family's is named {' or '.join(names[1:])}"
+        )
 
 
 def _as_flags(message: str) -> str:
     """The library's words for options -> the command's flags."""
-    for word, flag in (("resume:", "--resume:"), ("resume it", "pass --resume"), ("overwrite it", "--overwrite"),
-                       ("pass overwrite", "pass --overwrite"), ("without resume", "without --resume"),
-                       ("another output directory", "another --output")):  # fmt: skip
+    for word, flag in (
+        ("resume:", "--resume:"),
+        ("resume it", "pass --resume"),
+        ("overwrite it", "--overwrite"),
+        ("pass overwrite", "pass --overwrite"),
+        ("without resume", "without --resume"),
+        ("another output directory", "another --output"),
+    ):
         message = message.replace(word, flag)
     return message

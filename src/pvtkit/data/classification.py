@@ -16,7 +16,12 @@ from torch.utils.data import Dataset
 
 from ..processing import ImageLoadError, load_image
 from .folders import (
-    SPLIT_SEED, DatasetError, find_split_folders, scan_class_folders, stratified_split, unreadable_images,
+    SPLIT_SEED,
+    DatasetError,
+    find_split_folders,
+    scan_class_folders,
+    stratified_split,
+    unreadable_images,
     warn_unreadable,
 )
 
@@ -24,6 +29,7 @@ logger = logging.getLogger("pvtkit")
 
 
 Sample = tuple[str, int]  # (image path, class index)
+
 
 @dataclass
 class ImageFolderData:
@@ -52,6 +58,7 @@ class ImageFolderData:
                 out[self.classes[label]][column] += 1
         return out
 
+
 def _class_folders(directory: Path) -> dict[str, list[Path]]:
     by_class = scan_class_folders(directory)
     if not by_class:
@@ -62,6 +69,7 @@ def _class_folders(directory: Path) -> dict[str, list[Path]]:
         )
     return by_class
 
+
 def _drop_unreadable(
     parts: Sequence[dict[str, list[Path]]], check: bool
 ) -> tuple[list[dict[str, list[Path]]], list[tuple[str, str]]]:
@@ -70,6 +78,7 @@ def _drop_unreadable(
     bad = dict(unreadable_images([p for part in parts for files in part.values() for p in files]))
     kept = [{name: [p for p in files if p not in bad] for name, files in part.items()} for part in parts]
     return kept, [(str(p), reason) for p, reason in bad.items()]
+
 
 def load_training_folders(root: str | Path, val_fraction: float = 0.1, check_images: bool = True) -> ImageFolderData:
     """The training and validation images of a dataset directory, for `pvtkit train`.
@@ -85,19 +94,24 @@ def load_training_folders(root: str | Path, val_fraction: float = 0.1, check_ima
     train_dir, val_dir = find_split_folders(root)
     by_class = _class_folders(train_dir)
     if len(by_class) < 2:
-        raise DatasetError(f"{train_dir}: only one class folder ({next(iter(by_class))}); a classifier needs at "
-                           "least two")
+        raise DatasetError(
+            f"{train_dir}: only one class folder ({next(iter(by_class))}); a classifier needs at least two"
+        )
     empty = [name for name, files in by_class.items() if not files]
     if empty:
         more = f" ({len(empty)} such folders)" if len(empty) > 1 else ""
-        raise DatasetError(f"{train_dir / empty[0]}: class folder holds no image files; every class needs images "
-                           f"(remove the folder or add images){more}")
+        raise DatasetError(
+            f"{train_dir / empty[0]}: class folder holds no image files; every class needs images "
+            f"(remove the folder or add images){more}"
+        )
     if val_dir is not None:
         val_by_class = scan_class_folders(val_dir)
         extra = [name for name in val_by_class if name not in by_class]
         if extra:
-            raise DatasetError(f"{val_dir / extra[0]}: a validation class that {train_dir} has no folder for; "
-                               f"validation classes must be training classes")
+            raise DatasetError(
+                f"{val_dir / extra[0]}: a validation class that {train_dir} has no folder for; "
+                f"validation classes must be training classes"
+            )
         source: str | None = "folder"
     else:
         by_class, val_by_class = stratified_split(by_class, val_fraction, SPLIT_SEED)
@@ -106,8 +120,9 @@ def load_training_folders(root: str | Path, val_fraction: float = 0.1, check_ima
     warn_unreadable(unreadable)
     gone = [name for name, files in by_class.items() if not files]
     if len(gone) == len(by_class):
-        raise DatasetError(f"{train_dir}: none of the training images is readable (first: {unreadable[0][0]}: "
-                           f"{unreadable[0][1]})")
+        raise DatasetError(
+            f"{train_dir}: none of the training images is readable (first: {unreadable[0][0]}: {unreadable[0][1]})"
+        )
     if gone:
         raise DatasetError(f"{train_dir / gone[0]}: no readable training image in this class folder")
     classes = list(by_class)
@@ -117,6 +132,7 @@ def load_training_folders(root: str | Path, val_fraction: float = 0.1, check_ima
     if source == "fraction" and not val:
         source = None
     return ImageFolderData(classes, train, val, source, unreadable)
+
 
 def load_eval_folders(
     root: str | Path, val_fraction: float | None = None, check_images: bool = True
@@ -147,6 +163,7 @@ def load_eval_folders(
         raise DatasetError(f"{directory}: none of the images is readable (first: {first}: {reason})")
     return directory, {name: files for name, files in by_class.items() if files}, unreadable
 
+
 def model_label_ids(class_names: Sequence[str], config: Any, where: str = "the data") -> list[int]:
     """The model's class index of each class folder, matched by name against `config.id2label`."""
     by_name = {name: int(i) for i, name in config.id2label.items()}
@@ -160,6 +177,7 @@ def model_label_ids(class_names: Sequence[str], config: Any, where: str = "the d
         )
     return [by_name[name] for name in class_names]
 
+
 class ImageDataset(Dataset):
     """Images and their labels, transformed on the fly; a file that cannot be decoded yields a zero image of
     weight 0 (and the reason), so a batch keeps its shape and the loss and counts leave it out.
@@ -169,9 +187,11 @@ class ImageDataset(Dataset):
     """
 
     def __init__(
-        self, samples: Sequence[Sample], transform: Callable[[PIL.Image.Image, int, int], np.ndarray],
+        self,
+        samples: Sequence[Sample],
+        transform: Callable[[PIL.Image.Image, int, int], np.ndarray],
         shape: tuple[int, int, int],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.shape = shape

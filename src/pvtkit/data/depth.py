@@ -27,9 +27,17 @@ from torch.utils.data import Dataset
 
 from ..processing import ImageLoadError, load_image
 from .folders import (
-    DEPTH_EXTENSIONS, DEPTH_FOLDER_NAMES, DEPTH_LAYOUTS, SPLIT_SEED, DatasetError, LayoutError, find_split_folders,
-    is_image_file, listed, warn_unreadable,
-)  # fmt: skip
+    DEPTH_EXTENSIONS,
+    DEPTH_FOLDER_NAMES,
+    DEPTH_LAYOUTS,
+    SPLIT_SEED,
+    DatasetError,
+    LayoutError,
+    find_split_folders,
+    is_image_file,
+    listed,
+    warn_unreadable,
+)
 
 DepthSample = tuple[str, str]  # (image path, depth map path)
 
@@ -56,8 +64,9 @@ class DepthData:
         return {"pairs": [len(self.train), len(self.val)]}
 
 
-def read_depth(path: str | os.PathLike, depth_scale: float = 1000.0, min_depth: float = 1e-3,
-               max_depth: float | None = None) -> np.ndarray:  # fmt: skip
+def read_depth(
+    path: str | os.PathLike, depth_scale: float = 1000.0, min_depth: float = 1e-3, max_depth: float | None = None
+) -> np.ndarray:
     """A depth map file as `(H, W)` float32 metres, 0 where there is no valid measurement.
 
     Raises:
@@ -77,8 +86,10 @@ def read_depth(path: str | os.PathLike, depth_scale: float = 1000.0, min_depth: 
                 elif opened.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 8-bit maps cannot hold depth
                     depth = np.asarray(opened, dtype=np.float32) / float(depth_scale)
                 else:
-                    raise ImageLoadError(f"depth map {path}: PIL mode {opened.mode}; expected a one-band 16-bit PNG "
-                                         "(8 bits cannot hold depth), a 32-bit float TIFF or a .npy array")  # fmt: skip
+                    raise ImageLoadError(
+                        f"depth map {path}: PIL mode {opened.mode}; expected a one-band 16-bit PNG "
+                        "(8 bits cannot hold depth), a 32-bit float TIFF or a .npy array"
+                    )
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, ImageLoadError):
             raise
@@ -96,8 +107,11 @@ def _pairs(images: Path, depths: Path) -> tuple[list[DepthSample], list[str], li
     image_files = {p.stem: p for p in sorted(images.iterdir()) if p.is_file() and is_image_file(p)}
     depth_files = {p.stem: p for p in sorted(depths.iterdir()) if p.is_file() and p.suffix.lower() in DEPTH_EXTENSIONS}
     pairs = [(str(image_files[s]), str(depth_files[s])) for s in sorted(image_files) if s in depth_files]
-    return (pairs, [str(image_files[s]) for s in sorted(set(image_files) - set(depth_files))],
-            [str(depth_files[s]) for s in sorted(set(depth_files) - set(image_files))])  # fmt: skip
+    return (
+        pairs,
+        [str(image_files[s]) for s in sorted(set(image_files) - set(depth_files))],
+        [str(depth_files[s]) for s in sorted(set(depth_files) - set(image_files))],
+    )
 
 
 def _split_folders(directory: Path) -> tuple[Path, Path] | None:
@@ -106,8 +120,13 @@ def _split_folders(directory: Path) -> tuple[Path, Path] | None:
     return (images, depths) if images.is_dir() and depths is not None else None
 
 
-def load_depth_data(root: str | os.PathLike, val_fraction: float = 0.1, depth_scale: float = 1000.0,
-                    min_depth: float = 1e-3, max_depth: float | None = None) -> DepthData:  # fmt: skip
+def load_depth_data(
+    root: str | os.PathLike,
+    val_fraction: float = 0.1,
+    depth_scale: float = 1000.0,
+    min_depth: float = 1e-3,
+    max_depth: float | None = None,
+) -> DepthData:
     """The image/depth pairs of a depth dataset, every map read and checked (`pvtkit train` / `eval`).
 
     Raises:
@@ -130,7 +149,9 @@ def load_depth_data(root: str | os.PathLike, val_fraction: float = 0.1, depth_sc
     lone = [f"{p} (no depth map)" for _, lone_images, _ in splits.values() for p in lone_images]
     lone += [f"{p} (no image)" for _, _, lone_maps in splits.values() for p in lone_maps]
     if lone:
-        raise DatasetError(f"{root}: every image needs a depth map of the same file stem and the reverse:{listed(lone)}")
+        raise DatasetError(
+            f"{root}: every image needs a depth map of the same file stem and the reverse:{listed(lone)}"
+        )
     unreadable, empty, mismatched = [], [], []
     checked: dict[str, list[DepthSample]] = {}
     for split, (pairs, _, _) in splits.items():
@@ -153,12 +174,16 @@ def load_depth_data(root: str | os.PathLike, val_fraction: float = 0.1, depth_sc
                 kept.append((image, depth_path))
         checked[split] = kept
     if mismatched:
-        raise DatasetError(f"{root}: {len(mismatched)} depth map(s) differ in size from their image (width x height):"
-                           f"{listed(mismatched)}")  # fmt: skip
+        raise DatasetError(
+            f"{root}: {len(mismatched)} depth map(s) differ in size from their image (width x height):"
+            f"{listed(mismatched)}"
+        )
     if empty:
-        raise DatasetError(f"{root}: {len(empty)} depth map(s) hold no valid depth in [{min_depth}, "
-                           f"{max_depth if max_depth is not None else 'inf'}] m (check --depth-scale, --min-depth, "
-                           f"--max-depth):{listed(empty)}")  # fmt: skip
+        raise DatasetError(
+            f"{root}: {len(empty)} depth map(s) hold no valid depth in [{min_depth}, "
+            f"{max_depth if max_depth is not None else 'inf'}] m (check --depth-scale, --min-depth, "
+            f"--max-depth):{listed(empty)}"
+        )
     warn_unreadable(unreadable, "pair")
     train = checked["train"]
     if not train:
@@ -167,8 +192,9 @@ def load_depth_data(root: str | os.PathLike, val_fraction: float = 0.1, depth_sc
         return DepthData(train, checked["val"], "folder", unreadable=unreadable)
     held = set(np.random.default_rng(SPLIT_SEED).permutation(len(train))[: int(round(len(train) * val_fraction))])
     val = [p for i, p in enumerate(train) if i in held]
-    return DepthData([p for i, p in enumerate(train) if i not in held], val, "fraction" if val else None,
-                     unreadable=unreadable)  # fmt: skip
+    return DepthData(
+        [p for i, p in enumerate(train) if i not in held], val, "fraction" if val else None, unreadable=unreadable
+    )
 
 
 class DepthTrainTransform:
@@ -183,7 +209,9 @@ class DepthTrainTransform:
         self.size, self.hflip, self.seed, self.scale_range = size, hflip, seed, tuple(scale_range)
         self.resample, self.normalize = int(processor.resample), Normalize(processor)
 
-    def __call__(self, image: PIL.Image.Image, depth: np.ndarray, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, image: PIL.Image.Image, depth: np.ndarray, index: int, epoch: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         from .transforms import nearest_resize
 
         rng = np.random.default_rng([self.seed, epoch, index])
@@ -204,8 +232,12 @@ class DepthPairDataset(Dataset):
     """Training pairs transformed together; a pair that cannot be decoded yields a zero image and an all-invalid map
     of weight 0 (and the reason)."""
 
-    def __init__(self, samples: Sequence[DepthSample], transform: Callable[..., tuple[np.ndarray, np.ndarray]],
-                 read: Callable[[str], np.ndarray]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        samples: Sequence[DepthSample],
+        transform: Callable[..., tuple[np.ndarray, np.ndarray]],
+        read: Callable[[str], np.ndarray],
+    ) -> None:
         self.samples, self.transform, self.read = list(samples), transform, read
 
     def __len__(self) -> int:

@@ -199,8 +199,10 @@ def pair_images_and_masks(images: Path, masks: Path) -> tuple[list[tuple[Path, P
         for path in _images_in(folder, recursive=True):
             key = path.relative_to(folder).with_suffix("").as_posix()
             if key in out:
-                raise ValueError(f"{out[key]} and {path}: two files with one name; an image and its mask are paired "
-                                 "by name, so each name may appear once per folder")  # fmt: skip
+                raise ValueError(
+                    f"{out[key]} and {path}: two files with one name; an image and its mask are paired "
+                    "by name, so each name may appear once per folder"
+                )
             out[key] = path
         return out
 
@@ -260,8 +262,9 @@ def find_segmentation_layout(root: str | os.PathLike) -> SegmentationLayout:
             name = "flat"
             splits.append(("train", images, masks))
     else:
-        raise ValueError(f"{root}: not a segmentation dataset layout pvtkit knows; expected one of:\n"
-                         f"{SEGMENTATION_LAYOUTS}")  # fmt: skip
+        raise ValueError(
+            f"{root}: not a segmentation dataset layout pvtkit knows; expected one of:\n{SEGMENTATION_LAYOUTS}"
+        )
     layout = SegmentationLayout(name, [], None)
     for split, images, masks in splits:
         assert images is not None and masks is not None
@@ -281,11 +284,14 @@ def find_segmentation_layout(root: str | os.PathLike) -> SegmentationLayout:
 IGNORE_INDEX = 255  # mmsegmentation's and transformers' convention for "no label here"
 SPLIT_SEED = 0
 
+
 class DatasetError(ValueError):
     """A dataset directory that cannot be used as it is; the message names the folder or file and what is wrong."""
 
+
 class LayoutError(DatasetError):
     """A segmentation dataset folder in no layout pvtkit recognises (the CLI's exit status 2: a usage mistake)."""
+
 
 def warn_unreadable(unreadable: list[tuple[str, str]], what: str = "image") -> None:
     if not unreadable:
@@ -294,11 +300,14 @@ def warn_unreadable(unreadable: list[tuple[str, str]], what: str = "image") -> N
     more = f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
     logger.warning("skipping %d unreadable %s(s): %s%s", len(unreadable), what, shown, more)
 
+
 def listed(items: Sequence[str], limit: int = 10) -> str:
     more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
     return "".join(f"\n  {item}" for item in items[:limit]) + more
 
+
 LABEL_FILES = ("labels.json", "classes.txt")
+
 
 def read_class_names(root: Path) -> list[str] | None:
     """Class names from `root/labels.json` (a list of names, or `{"0": "background", ...}` as in `id2label`) or
@@ -322,8 +331,9 @@ def read_class_names(root: Path) -> list[str] | None:
             if not isinstance(data, list) or not all(isinstance(n, (str, int)) for n in data):
                 raise ValueError("not a list of names")
         except (ValueError, KeyError) as e:
-            raise DatasetError(f"{path}: expected a JSON list of class names or an object {{\"0\": name, ...}} with "
-                               f"ids 0..N-1 ({e})") from None  # fmt: skip
+            raise DatasetError(
+                f'{path}: expected a JSON list of class names or an object {{"0": name, ...}} with ids 0..N-1 ({e})'
+            ) from None
         return [str(n) for n in data]
     path = root / "classes.txt"
     if path.is_file():

@@ -14,8 +14,13 @@ class TrainBatchSampler:
 
     def __init__(self, num_images: int, batch_size: int, rank: int, world_size: int, accum: int, seed: int) -> None:
         self.n, self.batch, self.rank, self.world, self.accum, self.seed = (
-            num_images, batch_size, rank, world_size, accum, seed,
-        )  # fmt: skip
+            num_images,
+            batch_size,
+            rank,
+            world_size,
+            accum,
+            seed,
+        )
         self.micro = batch_size // (world_size * accum)
         self.steps = num_images // batch_size
         self.epoch, self.start_step = 0, 0

@@ -16,12 +16,19 @@ from torch.utils.data import Dataset
 
 from ..processing import ImageLoadError, load_image
 from .folders import (
-    IGNORE_INDEX, LABEL_FILES, SPLIT_SEED, DatasetError, LayoutError, listed, read_class_names, stratified_split, warn_unreadable,
+    IGNORE_INDEX,
+    LABEL_FILES,
+    SPLIT_SEED,
+    DatasetError,
+    LayoutError,
+    listed,
+    read_class_names,
+    stratified_split,
+    warn_unreadable,
 )
 
-
-
 SegSample = tuple[str, str]  # (image path, mask path)
+
 
 @dataclass
 class SegmentationData:
@@ -49,6 +56,7 @@ class SegmentationData:
         """The fingerprint a resumed run must match: the classes and the number of pairs of each split."""
         return {"classes": [len(self.classes)], "pairs": [len(self.train), len(self.val)]}
 
+
 def read_mask(path: str | Path, reduce: bool = False) -> np.ndarray:
     """A mask file as `(H, W)` int64 class indices (mode L, P, I or I;16; 255 = ignored), ADE20K-reduced if asked.
 
@@ -67,6 +75,7 @@ def read_mask(path: str | Path, reduce: bool = False) -> np.ndarray:
         raise ImageLoadError(f"mask {path}: cannot be decoded ({e})") from e
     return reduce_labels(array) if reduce else array
 
+
 @dataclass
 class _MaskCheck:
     size_mismatch: str | None = None
@@ -74,6 +83,7 @@ class _MaskCheck:
     max_value: int = -1
     out_of_range: int | None = None  # the first value >= the number of classes (when known) that is not 255
     dominant: int = -1  # the most frequent labelled class (for the stratified hold-out)
+
 
 def _check_pair(image: Path, mask: Path, reduce: bool, num_classes: int | None) -> _MaskCheck:
     check = _MaskCheck()
@@ -98,10 +108,14 @@ def _check_pair(image: Path, mask: Path, reduce: bool, num_classes: int | None) 
             check.out_of_range = int(present[present >= num_classes][0])
     return check
 
+
 def load_segmentation_data(
-    root: str | Path, val_fraction: float = 0.1, reduce_labels: bool = False, progress: bool = False,
+    root: str | Path,
+    val_fraction: float = 0.1,
+    reduce_labels: bool = False,
+    progress: bool = False,
     workers: int = 8,
-) -> SegmentationData:  # fmt: skip
+) -> SegmentationData:
     """The image/mask pairs of a segmentation dataset, every mask read and checked (`pvtkit train` / `eval`).
 
     Class names come from `root/labels.json` or `root/classes.txt`, else they are the indices 0..max found. Without
@@ -131,41 +145,67 @@ def load_segmentation_data(
     if layout.lone_images or layout.lone_masks:
         parts = []
         if layout.lone_images:
-            parts.append(f"{len(layout.lone_images)} image(s) without a mask:{listed([str(p) for p in layout.lone_images])}")
+            parts.append(
+                f"{len(layout.lone_images)} image(s) without a mask:{listed([str(p) for p in layout.lone_images])}"
+            )
         if layout.lone_masks:
-            parts.append(f"{len(layout.lone_masks)} mask(s) without an image:{listed([str(p) for p in layout.lone_masks])}")
-        raise DatasetError(f"{root} ({layout.name} layout): every image needs a mask of the same name and the "
-                           "reverse; " + "; ".join(parts))  # fmt: skip
+            parts.append(
+                f"{len(layout.lone_masks)} mask(s) without an image:{listed([str(p) for p in layout.lone_masks])}"
+            )
+        raise DatasetError(
+            f"{root} ({layout.name} layout): every image needs a mask of the same name and the "
+            "reverse; " + "; ".join(parts)
+        )
     if not layout.train:
-        raise DatasetError(f"{root} ({layout.name} layout): the training split is empty (no image/mask pairs in "
-                           f"{layout.folders[0]} and {layout.folders[1]})")  # fmt: skip
+        raise DatasetError(
+            f"{root} ({layout.name} layout): the training split is empty (no image/mask pairs in "
+            f"{layout.folders[0]} and {layout.folders[1]})"
+        )
     if layout.val is not None and not layout.val:
-        raise DatasetError(f"{root} ({layout.name} layout): the validation split is empty (no image/mask pairs in "
-                           f"{layout.folders[2]} and {layout.folders[3]}); add pairs or remove the folders")  # fmt: skip
+        raise DatasetError(
+            f"{root} ({layout.name} layout): the validation split is empty (no image/mask pairs in "
+            f"{layout.folders[2]} and {layout.folders[3]}); add pairs or remove the folders"
+        )
     names = read_class_names(root)
     pairs = layout.train + (layout.val or [])
     with ThreadPoolExecutor(max_workers=workers) as pool:
         jobs = pool.map(lambda p: _check_pair(p[0], p[1], reduce_labels, len(names) if names else None), pairs)
-        checks = list(tqdm(jobs, total=len(pairs), desc="checking masks", unit="mask", leave=False, file=sys.stderr,
-                           disable=not progress or len(pairs) < 200))  # fmt: skip
+        checks = list(
+            tqdm(
+                jobs,
+                total=len(pairs),
+                desc="checking masks",
+                unit="mask",
+                leave=False,
+                file=sys.stderr,
+                disable=not progress or len(pairs) < 200,
+            )
+        )
     mismatched = [f"{m}: {c.size_mismatch}" for (_, m), c in zip(pairs, checks) if c.size_mismatch]
     if mismatched:
-        raise DatasetError(f"{root}: {len(mismatched)} mask(s) differ in size from their image (a mask labels each "
-                           f"pixel of its image):{listed(mismatched)}")  # fmt: skip
+        raise DatasetError(
+            f"{root}: {len(mismatched)} mask(s) differ in size from their image (a mask labels each "
+            f"pixel of its image):{listed(mismatched)}"
+        )
     unreadable = [(f"{i} / {m}", c.unreadable) for (i, m), c in zip(pairs, checks) if c.unreadable]
     top = max((c.max_value for c in checks), default=-1)
     count = len(names) if names else top + 1
-    expected = (f"class indices 0..{count - 1} ({'from ' + next(str(root / f) for f in LABEL_FILES if (root / f).is_file()) if names else 'found in the masks'})"
-                f" or {IGNORE_INDEX} (ignored)")  # fmt: skip
+    expected = (
+        f"class indices 0..{count - 1} ({'from ' + next(str(root / f) for f in LABEL_FILES if (root / f).is_file()) if names else 'found in the masks'})"
+        f" or {IGNORE_INDEX} (ignored)"
+    )
     bad = [f"{m}: value {c.out_of_range}" for (_, m), c in zip(pairs, checks) if c.out_of_range is not None]
     if bad:
         hint = " (ADE20K-style masks where 0 means 'other' need --reduce-labels)" if names and not reduce_labels else ""
-        raise DatasetError(f"{root}: {len(bad)} mask(s) hold values that are no class; expected {expected}{hint}:"
-                           f"{listed(bad)}")  # fmt: skip
+        raise DatasetError(
+            f"{root}: {len(bad)} mask(s) hold values that are no class; expected {expected}{hint}:{listed(bad)}"
+        )
     if count < 2:
         found = "only class 0" if count == 1 else "no labelled pixel at all"
-        raise DatasetError(f"{root}: the masks hold {found}; segmentation needs at least two classes (e.g. background "
-                           "and the object); list them in labels.json or classes.txt if the data lacks one")  # fmt: skip
+        raise DatasetError(
+            f"{root}: the masks hold {found}; segmentation needs at least two classes (e.g. background "
+            "and the object); list them in labels.json or classes.txt if the data lacks one"
+        )
     ok = {pair: c for pair, c in zip(pairs, checks) if not c.unreadable}
     warn_unreadable(unreadable, "pair")
     train = [p for p in layout.train if p in ok]
@@ -182,11 +222,20 @@ def load_segmentation_data(
         train = [(i, m) for i, m in train if i not in held_set]
         source = "fraction" if val else None
     if not train:
-        raise DatasetError(f"{root}: none of the training pairs is readable (first: {unreadable[0][0]}: "
-                           f"{unreadable[0][1]})")  # fmt: skip
+        raise DatasetError(
+            f"{root}: none of the training pairs is readable (first: {unreadable[0][0]}: {unreadable[0][1]})"
+        )
     classes = names or [str(i) for i in range(count)]
-    return SegmentationData(classes, [(str(i), str(m)) for i, m in train], [(str(i), str(m)) for i, m in val],
-                            source, layout.name, reduce_labels, unreadable)  # fmt: skip
+    return SegmentationData(
+        classes,
+        [(str(i), str(m)) for i, m in train],
+        [(str(i), str(m)) for i, m in val],
+        source,
+        layout.name,
+        reduce_labels,
+        unreadable,
+    )
+
 
 def load_eval_segmentation(
     root: str | Path, val_fraction: float | None = None, reduce_labels: bool = False, progress: bool = False
@@ -198,12 +247,14 @@ def load_eval_segmentation(
         return data, data.val
     return data, data.train
 
+
 class EvalPairDataset(Dataset):
     """Validation pairs: the image as the model takes it (`transform`) and the mask at the image's own size; a pair
     that cannot be decoded yields `(None, None, 0.0, index, reason)`."""
 
-    def __init__(self, samples: Sequence[SegSample], transform: Callable[[PIL.Image.Image], np.ndarray],
-                 reduce: bool) -> None:  # fmt: skip
+    def __init__(
+        self, samples: Sequence[SegSample], transform: Callable[[PIL.Image.Image], np.ndarray], reduce: bool
+    ) -> None:
         self.samples, self.transform, self.reduce = list(samples), transform, reduce
 
     def __len__(self) -> int:
@@ -218,6 +269,7 @@ class EvalPairDataset(Dataset):
             return None, None, 0.0, index, str(e) or type(e).__name__
         return torch.from_numpy(np.ascontiguousarray(pixels)), torch.from_numpy(mask), 1.0, index, ""
 
+
 def as_lists(batch: Sequence[tuple]) -> tuple[list, ...]:
     return tuple(list(column) for column in zip(*batch))
 
@@ -227,7 +279,9 @@ class PairDataset(torch.utils.data.Dataset):
     zero image and an all-ignored mask of weight 0 (and the reason), so a batch keeps its shape and the loss and
     counts leave it out."""
 
-    def __init__(self, samples: list[tuple[str, str]], transform: Callable[..., tuple[np.ndarray, np.ndarray]], reduce: bool) -> None:
+    def __init__(
+        self, samples: list[tuple[str, str]], transform: Callable[..., tuple[np.ndarray, np.ndarray]], reduce: bool
+    ) -> None:
         self.samples, self.transform, self.reduce = samples, transform, reduce
 
     def __len__(self) -> int:
@@ -240,6 +294,11 @@ class PairDataset(torch.utils.data.Dataset):
         try:
             pixels, target = self.transform(load_image(image_path), read_mask(mask_path, self.reduce), index, epoch)
         except (ImageLoadError, OSError) as e:
-            return (torch.zeros(3, S, S), torch.full((S, S), IGNORE_INDEX, dtype=torch.int64), 0.0, index,
-                    str(e) or type(e).__name__)  # fmt: skip
+            return (
+                torch.zeros(3, S, S),
+                torch.full((S, S), IGNORE_INDEX, dtype=torch.int64),
+                0.0,
+                index,
+                str(e) or type(e).__name__,
+            )
         return torch.from_numpy(pixels), torch.from_numpy(np.ascontiguousarray(target)), 1.0, index, ""

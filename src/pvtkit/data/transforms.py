@@ -14,9 +14,12 @@ from .folders import IGNORE_INDEX
 
 
 def random_resized_crop_box(
-    width: int, height: int, rng: np.random.Generator, scale: tuple[float, float] = (0.08, 1.0),
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> tuple[float, float, float, float]:  # fmt: skip
+) -> tuple[float, float, float, float]:
     """A random crop (left, top, right, bottom) covering `scale` of the area with an aspect ratio in `ratio`
     (log-uniform), as Inception-style training uses; after 10 misses, the largest central crop of an allowed ratio.
     Boxes keep their sub-pixel edges (PIL resamples fractional boxes), which matters for tiny images."""
@@ -33,6 +36,7 @@ def random_resized_crop_box(
     w, h = (width, width / aspect) if width / height <= aspect else (height * aspect, height)
     return (width - w) / 2, (height - h) / 2, (width + w) / 2, (height + h) / 2
 
+
 class Normalize:
     """The processor's rescaling and normalisation of an `(H, W, 3)` float array, returned as `(3, H, W)`: what the
     training transforms do after their own (random) resizing."""
@@ -45,6 +49,7 @@ class Normalize:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return ((x * self.rescale - self.mean) / self.std).transpose(2, 0, 1)
+
 
 class TrainTransform:
     """Random resized crop and horizontal flip, then the processor's rescaling and normalisation.
@@ -65,12 +70,14 @@ class TrainTransform:
             image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
         return self.normalize(np.asarray(image, dtype=np.float32))  # (3, H, W)
 
+
 def nearest_resize(labels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize a label map by nearest neighbour (pixel centres, as PIL's NEAREST): never a value between classes."""
     h, w = labels.shape
     rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
     return labels[rows[:, None], cols[None, :]]
+
 
 def photometric_distortion(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """mmsegmentation's PhotoMetricDistortion on an `(H, W, 3)` float RGB array in [0, 255]: each with
@@ -95,6 +102,7 @@ def photometric_distortion(x: np.ndarray, rng: np.random.Generator) -> np.ndarra
         x = x * contrast
     return np.clip(x, 0, 255)
 
+
 class SegmentationTrainTransform:
     """SegFormer's training pipeline (mmsegmentation's), written with PIL and NumPy, on an image and its mask
     together: random resize (short side to `size` x a ratio in `scale_range`), a random `size` x `size` crop that
@@ -104,8 +112,16 @@ class SegmentationTrainTransform:
     resized by nearest neighbour. Randomness is a function of (seed, epoch, index) only, as for classification.
     """
 
-    def __init__(self, processor: Any, size: int, scale_range: tuple[float, float], cat_max_ratio: float,
-                 hflip: bool, jitter: bool, seed: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        processor: Any,
+        size: int,
+        scale_range: tuple[float, float],
+        cat_max_ratio: float,
+        hflip: bool,
+        jitter: bool,
+        seed: int,
+    ) -> None:
         self.size, self.scale_range, self.cat_max_ratio = size, tuple(scale_range), cat_max_ratio
         self.hflip, self.jitter, self.seed = hflip, jitter, seed
         self.resample, self.normalize = int(processor.resample), Normalize(processor)
@@ -123,7 +139,9 @@ class SegmentationTrainTransform:
                 break
         return top, left
 
-    def __call__(self, image: PIL.Image.Image, labels: np.ndarray, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, image: PIL.Image.Image, labels: np.ndarray, index: int, epoch: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch, index])
         S = self.size
         scale = rng.uniform(*self.scale_range) * S / min(image.size)
@@ -155,6 +173,7 @@ class ProcessorTransform:
     def __call__(self, image: PIL.Image.Image, index: int, epoch: int) -> np.ndarray:
         return self.processor(image, return_tensors="np")["pixel_values"][0]
 
+
 class SlideTransform:
     """Sliding-window preprocessing: the image resized (aspect kept) so its short side is the window's, then
     rescaled and normalised by the processor."""
@@ -168,10 +187,13 @@ class SlideTransform:
         image = image.resize(size, resample=int(self.processor.resample))
         return self.processor(image, do_resize=False, return_tensors="np")["pixel_values"][0]
 
+
 def processor_image_size(processor: Any) -> tuple[int, int]:
     """The fixed (height, width) a processor resizes to; batching needs one."""
     size = fixed_size(processor)
     if size is None:
-        raise ValueError(f"{type(processor).__name__} resizes to {getattr(processor, 'size', None)}; evaluation "
-                         "batches need a fixed {'height', 'width'} size (set the processor's size)")  # fmt: skip
+        raise ValueError(
+            f"{type(processor).__name__} resizes to {getattr(processor, 'size', None)}; evaluation "
+            "batches need a fixed {'height', 'width'} size (set the processor's size)"
+        )
     return size

@@ -15,8 +15,9 @@ import os
 try:
     import keras as _keras
 except ImportError as e:  # pragma: no cover - the message is the point
-    raise ImportError("pvtkit.keras needs Keras 3 and a back end: pip install 'pvtkit[tensorflow]' or "
-                      "'pvtkit[jax]'") from e
+    raise ImportError(
+        "pvtkit.keras needs Keras 3 and a back end: pip install 'pvtkit[tensorflow]' or 'pvtkit[jax]'"
+    ) from e
 
 if not str(_keras.__version__).startswith("3"):  # pragma: no cover
     raise ImportError(f"pvtkit.keras needs Keras 3, found keras {_keras.__version__}")
@@ -29,7 +30,6 @@ from .modeling import KerasPreTrainedModel  # noqa: E402
 from .pvt_v2 import PvtV2ForImageClassification, PvtV2Model, PvtV2PreTrainedModel  # noqa: E402
 from .vit import ViTForImageClassification, ViTModel, ViTPreTrainedModel  # noqa: E402
 
-
 # The Keras classes by `model_type`, then by the registry's head names (`pvtkit.models.family.HEADS`).
 CLASSES: dict[str, dict[str, type[KerasPreTrainedModel]]] = {
     "vit": {"model": ViTModel, "image-classification": ViTForImageClassification},
@@ -37,8 +37,9 @@ CLASSES: dict[str, dict[str, type[KerasPreTrainedModel]]] = {
 }
 
 
-def model_class(source: str | os.PathLike, task: str | None = None, revision: str | None = None,
-                local_files_only: bool = False) -> type[KerasPreTrainedModel]:  # fmt: skip
+def model_class(
+    source: str | os.PathLike, task: str | None = None, revision: str | None = None, local_files_only: bool = False
+) -> type[KerasPreTrainedModel]:
     """The Keras class for a checkpoint: its family from `config.json` (`model_type`) or, for a bare weights file,
     from its keys' layout; its task from `task`, else the config's `architectures`, else a classifier."""
     from .._files import read_json
@@ -75,6 +76,19 @@ def keras_backend() -> str:
     return _keras.backend.backend()
 
 
-__all__ = ["CLASSES", "KerasPreTrainedModel", "PVT_V2_VARIANTS", "PvtV2Config", "PvtV2ForImageClassification",
-           "PvtV2Model", "PvtV2PreTrainedModel", "VIT_VARIANTS", "ViTConfig", "ViTForImageClassification", "ViTModel",
-           "ViTPreTrainedModel", "keras_backend", "model_class"]  # fmt: skip
+__all__ = [
+    "CLASSES",
+    "KerasPreTrainedModel",
+    "PVT_V2_VARIANTS",
+    "PvtV2Config",
+    "PvtV2ForImageClassification",
+    "PvtV2Model",
+    "PvtV2PreTrainedModel",
+    "VIT_VARIANTS",
+    "ViTConfig",
+    "ViTForImageClassification",
+    "ViTModel",
+    "ViTPreTrainedModel",
+    "keras_backend",
+    "model_class",
+]

@@ -27,22 +27,34 @@ def preprocessing_settings(model: Any, processor: dict[str, Any] | None = None) 
     """The processor settings the bytes signature applies: a `preprocessor_config.json`'s fields over the family's
     default processor's (ViT's 0.5 mean and std, PVTv2's ImageNet ones) at the model's size."""
     h, w = model.image_size_for_export()
-    settings: dict[str, Any] = {"do_resize": True, "size": {"height": h, "width": w}, "resample": 2,
-                                "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-                                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-                                **model.processor_defaults}  # fmt: skip
+    settings: dict[str, Any] = {
+        "do_resize": True,
+        "size": {"height": h, "width": w},
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        **model.processor_defaults,
+    }
     settings.update({k: v for k, v in (processor or {}).items() if k in settings})
     size = settings["size"]
     if not (isinstance(size, dict) and {"height", "width"} <= set(size)):
-        raise ValueError(f"the image-bytes signature resizes to a fixed size; the processor's size is {size!r} "
-                         "(expected {'height': H, 'width': W})")  # fmt: skip
+        raise ValueError(
+            f"the image-bytes signature resizes to a fixed size; the processor's size is {size!r} "
+            "(expected {'height': H, 'width': W})"
+        )
     return settings
 
 
 def export_saved_model(
-    model: Any, filepath: str | os.PathLike, image_bytes: bool = False, processor: dict[str, Any] | None = None,
+    model: Any,
+    filepath: str | os.PathLike,
+    image_bytes: bool = False,
+    processor: dict[str, Any] | None = None,
     verbose: bool | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write `model` as a TF SavedModel directory at `filepath` (atomically: a failed export leaves what was there).
 
     Args:
@@ -77,8 +89,12 @@ def export_saved_model(
             image = tf.cast(tf.io.decode_image(data, channels=C, expand_animations=False), tf.float32)  # (h, w, C)
             if settings["do_resize"]:
                 same = tf.reduce_all(tf.equal(tf.shape(image)[:2], (H, W)))
-                resized = lambda: tf.clip_by_value(tf.round(tf.image.resize(image, (H, W), method, antialias=True)),
-                                                   0.0, 255.0)  # fmt: skip  # PIL resizes 8-bit images to 8 bits
+
+                def resized() -> Any:  # PIL resizes 8-bit images to 8 bits
+                    return tf.clip_by_value(
+                        tf.round(tf.image.resize(image, (H, W), method, antialias=True)), 0.0, 255.0
+                    )
+
                 image = tf.cond(same, lambda: image, resized)
             image = tf.ensure_shape(image, (H, W, C))
             if settings["do_rescale"]:

@@ -25,16 +25,25 @@ import numpy as np
 from .. import convert, outputs
 from .._files import atomic_directory, atomic_write, read_json
 from ..config import PretrainedConfig
-from ..hub import HubOptions, resolve_checkpoint, resolve_file
 from ..convert import Layout
+from ..hub import HubOptions, resolve_checkpoint, resolve_file
 
 logger = logging.getLogger("pvtkit")
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 
 # safetensors' dtype names -> NumPy's; bfloat16 through ml_dtypes (a dependency of Keras), upcast on load.
-_DTYPES: dict[str, Any] = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-                           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}  # fmt: skip
+_DTYPES: dict[str, Any] = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
 def _register_output(cls: type) -> None:
@@ -42,13 +51,20 @@ def _register_output(cls: type) -> None:
     `jax.jit` take the models' outputs as they are; children are the fields that are not None."""
     import optree
 
-    optree.register_pytree_node(cls, lambda out: (list(out.values()), list(out.keys()), list(out.keys())),
-                                lambda names, values: cls(**dict(zip(names, values))), namespace="keras")  # fmt: skip
+    optree.register_pytree_node(
+        cls,
+        lambda out: (list(out.values()), list(out.keys()), list(out.keys())),
+        lambda names, values: cls(**dict(zip(names, values))),
+        namespace="keras",
+    )
     if keras.backend.backend() == "jax":
         import jax
 
-        jax.tree_util.register_pytree_node(cls, lambda out: (list(out.values()), tuple(out.keys())),
-                                           lambda names, values: cls(**dict(zip(names, values))))  # fmt: skip
+        jax.tree_util.register_pytree_node(
+            cls,
+            lambda out: (list(out.values()), tuple(out.keys())),
+            lambda names, values: cls(**dict(zip(names, values))),
+        )
 
 
 outputs.add_registrar(_register_output)
@@ -92,10 +108,13 @@ def read_weights(files: Iterable[Path]) -> dict[str, np.ndarray]:
         from ..hub import load_state_dict
 
         if importlib.util.find_spec("torch") is None:
-            raise ValueError(f"{file} is a pickled PyTorch file, which needs torch to read; convert it to "
-                             "safetensors (`pvtkit convert`) or install torch") from None  # fmt: skip
-        state.update({k: v.float().numpy() if v.is_floating_point() else v.numpy()
-                      for k, v in load_state_dict([file]).items()})  # fmt: skip
+            raise ValueError(
+                f"{file} is a pickled PyTorch file, which needs torch to read; convert it to "
+                "safetensors (`pvtkit convert`) or install torch"
+            ) from None
+        state.update(
+            {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in load_state_dict([file]).items()}
+        )
     return state
 
 
@@ -168,9 +187,16 @@ class KerasPreTrainedModel(keras.Model):
         self.config = config
         self.processor_config: dict[str, Any] | None = None  # the checkpoint's preprocessor_config.json, if any
 
-    def export(self, filepath: str | os.PathLike, format: str = "tf_saved_model", verbose: bool | None = None,
-               input_signature: Any = None, image_bytes: bool = False, processor: dict[str, Any] | None = None,
-               **kwargs: Any) -> Any:  # fmt: skip
+    def export(
+        self,
+        filepath: str | os.PathLike,
+        format: str = "tf_saved_model",
+        verbose: bool | None = None,
+        input_signature: Any = None,
+        image_bytes: bool = False,
+        processor: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Export for serving. `tf_saved_model` (the default) writes a SavedModel for TF Serving with a
         `serving_default` signature on float `pixel_values` `(batch, C, H, W)` and, with `image_bytes=True`, a
         `serve_image_bytes` signature on encoded images, preprocessed in the graph with `processor` (default: the
@@ -182,9 +208,13 @@ class KerasPreTrainedModel(keras.Model):
 
         if not self.built:
             self.build(self.dummy_inputs().shape)
-        return export_saved_model(self, filepath, image_bytes=image_bytes,
-                                  processor=processor if processor is not None else self.processor_config,
-                                  verbose=verbose)  # fmt: skip
+        return export_saved_model(
+            self,
+            filepath,
+            image_bytes=image_bytes,
+            processor=processor if processor is not None else self.processor_config,
+            verbose=verbose,
+        )
 
     @staticmethod
     def infer_config(state: dict[str, Any]) -> dict[str, Any]:
@@ -209,8 +239,10 @@ class KerasPreTrainedModel(keras.Model):
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The weights as NumPy arrays under transformers' names and layouts."""
-        return {name: to_torch_layout(np.asarray(keras.ops.convert_to_numpy(w.variable.value)), w.kind, w.torch_shape)
-                for name, w in self.hf_weights().items()}  # fmt: skip
+        return {
+            name: to_torch_layout(np.asarray(keras.ops.convert_to_numpy(w.variable.value)), w.kind, w.torch_shape)
+            for name, w in self.hf_weights().items()
+        }
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `config.json` and `model.safetensors` (transformers' names) into `save_directory`, atomically: a
@@ -230,10 +262,17 @@ class KerasPreTrainedModel(keras.Model):
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, *, config: PretrainedConfig | None = None,
-        ignore_mismatched_sizes: bool = False, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False, token: str | bool | None = None, **config_overrides: Any,
-    ) -> Any:  # fmt: skip
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        config: PretrainedConfig | None = None,
+        ignore_mismatched_sizes: bool = False,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **config_overrides: Any,
+    ) -> Any:
         """Load a model from a transformers- or timm-layout checkpoint, with transformers' semantics: weights the
         model lacks are reported and skipped, weights the checkpoint lacks (a new head) are freshly initialised and
         reported, weights of another shape are an error unless `ignore_mismatched_sizes`.
@@ -280,8 +319,10 @@ class KerasPreTrainedModel(keras.Model):
         state, dropped_heads = convert.align_prefix(state, own, self.base_model_prefix + ".")
         heads = tuple(self.head_prefixes)
         if not any(k in own and not (heads and k.startswith(heads)) for k in state):
-            raise convert.LoadingError(f"{source} shares no weight with {type(self).__name__}: its keys look like "
-                                       f"{', '.join(list(state)[:5])}; the model's look like {', '.join(list(own)[:3])}")  # fmt: skip
+            raise convert.LoadingError(
+                f"{source} shares no weight with {type(self).__name__}: its keys look like "
+                f"{', '.join(list(state)[:5])}; the model's look like {', '.join(list(own)[:3])}"
+            )
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         mismatched = [k for k in own if k in state and tuple(state[k].shape) != own[k].torch_shape]
@@ -298,16 +339,27 @@ class KerasPreTrainedModel(keras.Model):
                 weight.variable.assign(value.reshape(tuple(weight.variable.shape)))
         fresh = [*mismatched, *missing]
         if fresh:
-            logger.warning("some weights of %s were not in %s and are newly initialised: %s; train the model "
-                           "before use", type(self).__name__, source, ", ".join(fresh))  # fmt: skip
+            logger.warning(
+                "some weights of %s were not in %s and are newly initialised: %s; train the model before use",
+                type(self).__name__,
+                source,
+                ", ".join(fresh),
+            )
         if unexpected:
-            logger.warning("some weights of %s were not used by %s (skipped): %s", source, type(self).__name__,
-                           ", ".join(unexpected))  # fmt: skip
+            logger.warning(
+                "some weights of %s were not used by %s (skipped): %s",
+                source,
+                type(self).__name__,
+                ", ".join(unexpected),
+            )
         if dropped_heads:
             logger.info("%s: ignored task-head weights %s", source, ", ".join(dropped_heads))
         self.newly_initialized_weights = fresh
-        return {"missing_keys": missing, "unexpected_keys": unexpected,
-                "mismatched_keys": [(k, tuple(state[k].shape), own[k].torch_shape) for k in mismatched]}  # fmt: skip
+        return {
+            "missing_keys": missing,
+            "unexpected_keys": unexpected,
+            "mismatched_keys": [(k, tuple(state[k].shape), own[k].torch_shape) for k in mismatched],
+        }
 
 
 class ClassifierTraining:
@@ -324,8 +376,9 @@ class ClassifierTraining:
     def _classifier_weights(self) -> dict[str, Weight]:
         return dense_weights(self.classifier, "classifier") if self.classifier is not None else {}
 
-    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None,
-                     training: bool = True) -> Any:  # fmt: skip
+    def compute_loss(
+        self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
+    ) -> Any:
         logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
         if getattr(self, "_compile_loss", None) is None and y is not None:
             loss = classification_loss(logits, y, self.config)
@@ -343,10 +396,16 @@ def classification_loss(logits: Any, labels: Any, config: PretrainedConfig) -> A
     ops = keras.ops
     problem = config.problem_type
     if problem is None:
-        integer = "int" in keras.backend.standardize_dtype(labels.dtype if hasattr(labels, "dtype") else
-                                                           np.asarray(labels).dtype)  # fmt: skip
-        problem = ("regression" if config.num_labels == 1 else
-                   "single_label_classification" if integer else "multi_label_classification")  # fmt: skip
+        integer = "int" in keras.backend.standardize_dtype(
+            labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
+        )
+        problem = (
+            "regression"
+            if config.num_labels == 1
+            else "single_label_classification"
+            if integer
+            else "multi_label_classification"
+        )
     if problem == "regression":
         return ops.mean(ops.square(ops.reshape(logits, (-1,)) - ops.cast(ops.reshape(labels, (-1,)), logits.dtype)))
     if problem == "single_label_classification":

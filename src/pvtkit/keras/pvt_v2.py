@@ -31,8 +31,9 @@ class Conv(layers.Layer):
     """A PyTorch-style Conv2d on channels-last maps: symmetric zero padding `pad`, then a valid conv (depth-wise:
     stride 1 only)."""
 
-    def __init__(self, filters: int, kernel: int, stride: int = 1, pad: int = 0, depthwise: bool = False,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, filters: int, kernel: int, stride: int = 1, pad: int = 0, depthwise: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.filters, self.k, self.stride, self.pad, self.depthwise = filters, kernel, stride, pad, depthwise
 
@@ -81,8 +82,18 @@ class SpatialReductionAttention(layers.Layer):
     """Multi-head attention whose keys and values come from a spatially reduced copy of the tokens (SRA: an
     `sr_ratio`-strided conv + LayerNorm; linear SRA: 7x7 average pooling, 1x1 conv, LayerNorm, GELU)."""
 
-    def __init__(self, dim: int, heads: int, sr_ratio: int, linear: bool, qkv_bias: bool, attn_drop: float,
-                 drop: float, eps: float, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        sr_ratio: int,
+        linear: bool,
+        qkv_bias: bool,
+        attn_drop: float,
+        drop: float,
+        eps: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
         self.sr_ratio, self.linear = sr_ratio, linear
@@ -138,8 +149,12 @@ class SpatialReductionAttention(layers.Layer):
         return (self.dropout(out, training=training) if self.dropout is not None else out), weights
 
     def hf_weights(self, prefix: str) -> dict[str, Weight]:
-        found = {**dense_weights(self.query, prefix + "query"), **dense_weights(self.key, prefix + "key"),
-                 **dense_weights(self.value, prefix + "value"), **dense_weights(self.proj, prefix + "proj")}  # fmt: skip
+        found = {
+            **dense_weights(self.query, prefix + "query"),
+            **dense_weights(self.key, prefix + "key"),
+            **dense_weights(self.value, prefix + "value"),
+            **dense_weights(self.proj, prefix + "proj"),
+        }
         if self.reduction is not None:
             found.update(self.reduction.hf_weights(prefix + "spatial_reduction"))
             found.update(norm_weights(self.layer_norm, prefix + "layer_norm"))
@@ -150,8 +165,21 @@ class Block(layers.Layer):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)) with the MLP's depth-wise 3x3 conv; stochastic
     depth on each branch."""
 
-    def __init__(self, dim: int, heads: int, sr_ratio: int, mlp_ratio: float, linear: bool, qkv_bias: bool,
-                 act: str, drop: float, attn_drop: float, drop_path: float, eps: float, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        sr_ratio: int,
+        mlp_ratio: float,
+        linear: bool,
+        qkv_bias: bool,
+        act: str,
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+        eps: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         hidden = int(dim * mlp_ratio)
         self.hidden, self.linear, self.act = hidden, linear, ACTIVATIONS[act]
@@ -207,12 +235,27 @@ class PvtV2Encoder(layers.Layer):
         rates = [c.drop_path_rate * j / max(total - 1, 1) for j in range(total)]
         # Flat lists (Keras tracks the layers of a list attribute): stage i's blocks are blocks[starts[i]:starts[i+1]].
         self.starts = [sum(c.depths[:i]) for i in range(c.num_encoder_blocks + 1)]
-        self.embeds = [OverlapPatchEmbed(c.hidden_sizes[i], c.patch_sizes[i], c.strides[i], eps)
-                       for i in range(c.num_encoder_blocks)]  # fmt: skip
-        self.blocks = [Block(c.hidden_sizes[i], c.num_attention_heads[i], c.sr_ratios[i], c.mlp_ratios[i],
-                             c.linear_attention, c.qkv_bias, c.hidden_act, c.hidden_dropout_prob,
-                             c.attention_probs_dropout_prob, rates[self.starts[i] + j], eps)
-                       for i in range(c.num_encoder_blocks) for j in range(c.depths[i])]  # fmt: skip
+        self.embeds = [
+            OverlapPatchEmbed(c.hidden_sizes[i], c.patch_sizes[i], c.strides[i], eps)
+            for i in range(c.num_encoder_blocks)
+        ]
+        self.blocks = [
+            Block(
+                c.hidden_sizes[i],
+                c.num_attention_heads[i],
+                c.sr_ratios[i],
+                c.mlp_ratios[i],
+                c.linear_attention,
+                c.qkv_bias,
+                c.hidden_act,
+                c.hidden_dropout_prob,
+                c.attention_probs_dropout_prob,
+                rates[self.starts[i] + j],
+                eps,
+            )
+            for i in range(c.num_encoder_blocks)
+            for j in range(c.depths[i])
+        ]
         self.norms = [layers.LayerNormalization(epsilon=eps) for _ in range(c.num_encoder_blocks)]
 
     def build(self, input_shape: Any) -> None:
@@ -270,8 +313,13 @@ class PvtV2PreTrainedModel(KerasPreTrainedModel):
             check_pixel_values(tuple(pixel_values.shape), self.config)
         return super().__call__(pixel_values, *args, **kwargs)
 
-    def _encode(self, pixel_values: Any, output_attentions: bool | None, output_hidden_states: bool | None,
-                training: bool | None) -> tuple[Any, Any, Any]:  # fmt: skip
+    def _encode(
+        self,
+        pixel_values: Any,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        training: bool | None,
+    ) -> tuple[Any, Any, Any]:
         c = self.config
         keep_attn = c.output_attentions if output_attentions is None else output_attentions
         keep_hidden = c.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -299,8 +347,13 @@ class PvtV2Model(PvtV2PreTrainedModel):
         super().__init__(config, **kwargs)
         self.encoder = PvtV2Encoder(config)
 
-    def call(self, pixel_values: Any, output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-             training: bool | None = None) -> BaseModelOutput:  # fmt: skip
+    def call(
+        self,
+        pixel_values: Any,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        training: bool | None = None,
+    ) -> BaseModelOutput:
         last, hidden, attentions = self._encode(pixel_values, output_attentions, output_hidden_states, training)
         last = hidden[-1] if hidden else ops.transpose(last, (0, 3, 1, 2))
         return BaseModelOutput(last_hidden_state=last, hidden_states=hidden, attentions=attentions)
@@ -329,8 +382,13 @@ class PvtV2ForImageClassification(ClassifierTraining, PvtV2PreTrainedModel):
         self.encoder = PvtV2Encoder(config)
         self.classifier = layers.Dense(config.num_labels) if config.num_labels > 0 else None
 
-    def call(self, pixel_values: Any, output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-             training: bool | None = None) -> ImageClassifierOutput:  # fmt: skip
+    def call(
+        self,
+        pixel_values: Any,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        training: bool | None = None,
+    ) -> ImageClassifierOutput:
         last, hidden, attentions = self._encode(pixel_values, output_attentions, output_hidden_states, training)
         pooled = ops.mean(last, axis=(1, 2))  # (B, C)
         logits = self.classifier(pooled) if self.classifier is not None else pooled

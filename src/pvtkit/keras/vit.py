@@ -56,8 +56,9 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
 class Embeddings(layers.Layer):
     """Patches embedded by one matmul, [CLS] in front, position embeddings (resampled for another grid) added."""
 
-    def __init__(self, channels: int, dim: int, image_size: tuple[int, int], patch: tuple[int, int], drop: float,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, channels: int, dim: int, image_size: tuple[int, int], patch: tuple[int, int], drop: float, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.channels, self.dim, self.patch = channels, dim, patch
         self.grid = (image_size[0] // patch[0], image_size[1] // patch[1])
@@ -67,8 +68,9 @@ class Embeddings(layers.Layer):
         ph, pw = self.patch
         init = keras.initializers.TruncatedNormal(stddev=0.02)
         self.cls_token = self.add_weight(shape=(1, 1, self.dim), initializer=init, name="cls_token")
-        self.position_embeddings = self.add_weight(shape=(1, 1 + self.grid[0] * self.grid[1], self.dim),
-                                                   initializer=init, name="position_embeddings")  # fmt: skip
+        self.position_embeddings = self.add_weight(
+            shape=(1, 1 + self.grid[0] * self.grid[1], self.dim), initializer=init, name="position_embeddings"
+        )
         self.kernel = self.add_weight(shape=(self.channels * ph * pw, self.dim), initializer=init, name="kernel")
         self.bias = self.add_weight(shape=(self.dim,), initializer="zeros", name="bias")
 
@@ -108,8 +110,18 @@ class Embeddings(layers.Layer):
 class EncoderLayer(layers.Layer):
     """Pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x)); dropout closes each branch."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, act: str, qkv_bias: bool, drop: float, attn_drop: float,
-                 eps: float, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_dim: int,
+        act: str,
+        qkv_bias: bool,
+        drop: float,
+        attn_drop: float,
+        eps: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.heads, self.head_dim, self.attn_drop = heads, dim // heads, attn_drop
         self.layernorm_before = layers.LayerNormalization(epsilon=eps)
@@ -126,8 +138,15 @@ class EncoderLayer(layers.Layer):
 
     def build(self, input_shape: Any) -> None:  # every variable from the shapes alone, no forward needed
         tokens = (None, None, input_shape[-1])
-        for layer in (self.layernorm_before, self.query, self.key, self.value, self.proj, self.layernorm_after,
-                      self.intermediate):  # fmt: skip
+        for layer in (
+            self.layernorm_before,
+            self.query,
+            self.key,
+            self.value,
+            self.proj,
+            self.layernorm_after,
+            self.intermediate,
+        ):
             layer.build(tokens)
         self.out.build((None, None, self.intermediate.units))
         self.built = True
@@ -138,7 +157,9 @@ class EncoderLayer(layers.Layer):
     def call(self, x: Any, need_weights: bool = False, training: bool | None = None) -> tuple[Any, Any]:
         N, C = x.shape[1], x.shape[2]
         h = self.layernorm_before(x)
-        q, k, v = (ops.reshape(proj(h), (-1, N, self.heads, self.head_dim)) for proj in (self.query, self.key, self.value))
+        q, k, v = (
+            ops.reshape(proj(h), (-1, N, self.heads, self.head_dim)) for proj in (self.query, self.key, self.value)
+        )
         weights = None
         if need_weights or (training and self.attention_dropout is not None):
             scores = ops.einsum("bqhd,bkhd->bhqk", q, k) / np.float32(np.sqrt(self.head_dim))  # (B, heads, N, N)
@@ -177,11 +198,20 @@ class ViTEncoder(layers.Layer):
         c = config
         self.config = c
         self.image_size, self.patch_size = pair(c.image_size), pair(c.patch_size)
-        self.embeddings = Embeddings(c.num_channels, c.hidden_size, self.image_size, self.patch_size,
-                                     c.hidden_dropout_prob)  # fmt: skip
+        self.embeddings = Embeddings(
+            c.num_channels, c.hidden_size, self.image_size, self.patch_size, c.hidden_dropout_prob
+        )
         self.layer = [
-            EncoderLayer(c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act, c.qkv_bias,
-                         c.hidden_dropout_prob, c.attention_probs_dropout_prob, c.layer_norm_eps)  # fmt: skip
+            EncoderLayer(
+                c.hidden_size,
+                c.num_attention_heads,
+                c.intermediate_size,
+                c.hidden_act,
+                c.qkv_bias,
+                c.hidden_dropout_prob,
+                c.attention_probs_dropout_prob,
+                c.layer_norm_eps,
+            )
             for _ in range(c.num_hidden_layers)
         ]
         self.layernorm = layers.LayerNormalization(epsilon=c.layer_norm_eps)
@@ -203,12 +233,20 @@ class ViTEncoder(layers.Layer):
         check_pixel_values(shape, self.config, interpolate, sizes=False)
         if shape[2] is None or shape[3] is None:
             (ih, iw), C = self.image_size, self.config.num_channels
-            raise ValueError(f"pixel_values needs a static height and width, got shape {tuple(shape)}; trace or export "
-                             f"the model at a fixed size (e.g. (None, {C}, {ih}, {iw}))")  # fmt: skip
+            raise ValueError(
+                f"pixel_values needs a static height and width, got shape {tuple(shape)}; trace or export "
+                f"the model at a fixed size (e.g. (None, {C}, {ih}, {iw}))"
+            )
         check_pixel_values(shape, self.config, interpolate)
 
-    def call(self, pixel_values: Any, interpolate: bool = False, keep_hidden: bool = False,
-             keep_attentions: bool = False, training: bool | None = None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+    def call(
+        self,
+        pixel_values: Any,
+        interpolate: bool = False,
+        keep_hidden: bool = False,
+        keep_attentions: bool = False,
+        training: bool | None = None,
+    ) -> tuple[Any, Any, Any, Any]:
         """Returns (final-layernormed tokens, pooled or None, hidden states or None, attentions or None)."""
         self.check_inputs(tuple(pixel_values.shape), interpolate)
         x = self.embeddings(pixel_values, training=training)
@@ -219,8 +257,12 @@ class ViTEncoder(layers.Layer):
             attentions.append(weights)
         x = self.layernorm(x)
         pooled = self.pooler_act(self.pooler(x[:, 0])) if self.pooler is not None else None
-        return (x, pooled, tuple(hidden_states) if keep_hidden else None,
-                tuple(attentions) if keep_attentions else None)  # fmt: skip
+        return (
+            x,
+            pooled,
+            tuple(hidden_states) if keep_hidden else None,
+            tuple(attentions) if keep_attentions else None,
+        )
 
     def hf_weights(self, prefix: str = "") -> dict[str, Weight]:
         found = self.embeddings.hf_weights(prefix + "embeddings.")
@@ -250,13 +292,21 @@ class ViTPreTrainedModel(KerasPreTrainedModel):
             self.vit.check_inputs(tuple(pixel_values.shape), self._flag(interpolate, "interpolate_pos_encoding"))
         return super().__call__(pixel_values, *args, **kwargs)
 
-    def _encode(self, pixel_values: Any, interpolate: bool | None, output_attentions: bool | None,
-                output_hidden_states: bool | None, training: bool | None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+    def _encode(
+        self,
+        pixel_values: Any,
+        interpolate: bool | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        training: bool | None,
+    ) -> tuple[Any, Any, Any, Any]:
         return self.vit(
-            pixel_values, interpolate=self._flag(interpolate, "interpolate_pos_encoding"),
+            pixel_values,
+            interpolate=self._flag(interpolate, "interpolate_pos_encoding"),
             keep_hidden=self._flag(output_hidden_states, "output_hidden_states"),
-            keep_attentions=self._flag(output_attentions, "output_attentions"), training=training,
-        )  # fmt: skip
+            keep_attentions=self._flag(output_attentions, "output_attentions"),
+            training=training,
+        )
 
     def dummy_inputs(self) -> np.ndarray:
         h, w = pair(self.config.image_size)
@@ -279,15 +329,22 @@ class ViTModel(ViTPreTrainedModel):
         super().__init__(config, **kwargs)
         self.vit = ViTEncoder(config, add_pooling_layer)
 
-    def call(self, pixel_values: Any, interpolate_pos_encoding: bool | None = None,
-             output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-             training: bool | None = None) -> BaseModelOutputWithPooling:  # fmt: skip
+    def call(
+        self,
+        pixel_values: Any,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        training: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
         """Encode `pixel_values` `(B, num_channels, H, W)`; `interpolate_pos_encoding` lets any multiple of the
         patch size run (default: the config's)."""
-        x, pooled, hidden, attn = self._encode(pixel_values, interpolate_pos_encoding, output_attentions,
-                                               output_hidden_states, training)  # fmt: skip
-        return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled, hidden_states=hidden,
-                                          attentions=attn)  # fmt: skip
+        x, pooled, hidden, attn = self._encode(
+            pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states, training
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=x, pooler_output=pooled, hidden_states=hidden, attentions=attn
+        )
 
     def build(self, input_shape: Any) -> None:
         self.vit.build(input_shape)
@@ -315,11 +372,17 @@ class ViTForImageClassification(ClassifierTraining, ViTPreTrainedModel):
         self.vit = ViTEncoder(config, add_pooling_layer=False)
         self.classifier = layers.Dense(config.num_labels) if config.num_labels > 0 else None
 
-    def call(self, pixel_values: Any, interpolate_pos_encoding: bool | None = None,
-             output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-             training: bool | None = None) -> ImageClassifierOutput:  # fmt: skip
-        x, _, hidden, attn = self._encode(pixel_values, interpolate_pos_encoding, output_attentions,
-                                          output_hidden_states, training)  # fmt: skip
+    def call(
+        self,
+        pixel_values: Any,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        training: bool | None = None,
+    ) -> ImageClassifierOutput:
+        x, _, hidden, attn = self._encode(
+            pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states, training
+        )
         cls = x[:, 0]  # (B, C)
         logits = self.classifier(cls) if self.classifier is not None else cls
         return ImageClassifierOutput(logits=logits, hidden_states=hidden, attentions=attn)

@@ -25,8 +25,14 @@ FAMILY_MODULES = ("pvt_v2", "vit", "segformer", "glpn")
 
 # The heads a family's model classes fill (`Family.classes` keys, the Auto classes' `task`); which head a task runs
 # is the task's spec (`pvtkit.tasks`: `Task.heads`).
-HEADS = ("model", "image-classification", "backbone", "masked-image-modeling", "semantic-segmentation",
-         "depth-estimation")
+HEADS = (
+    "model",
+    "image-classification",
+    "backbone",
+    "masked-image-modeling",
+    "semantic-segmentation",
+    "depth-estimation",
+)
 
 
 def _no_multiple(config: Any) -> tuple[int, int]:
@@ -76,8 +82,10 @@ class Family:
     def __post_init__(self) -> None:
         for layout in self.layouts:
             if layout.prefix and layout.prefix != self.prefix:
-                raise ValueError(f"layout {layout.name} of {self.model_type} names prefix {layout.prefix!r}; the "
-                                 f"family's is {self.prefix!r}")  # fmt: skip
+                raise ValueError(
+                    f"layout {layout.name} of {self.model_type} names prefix {layout.prefix!r}; the "
+                    f"family's is {self.prefix!r}"
+                )
         # every layout the registry hands out names its prefix: `convert` knows no family to look it up in
         layouts = tuple(layout if layout.prefix else replace(layout, prefix=self.prefix) for layout in self.layouts)
         object.__setattr__(self, "layouts", layouts)
@@ -121,8 +129,14 @@ def config_classes() -> dict[str, type]:
     found = []
     for name in FAMILY_MODULES:
         module = importlib.import_module(f"{__package__}.{name}.configuration")
-        found.extend(c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__
-                     and getattr(c, "model_type", None) and getattr(c, "variants", None) is not None)  # fmt: skip
+        found.extend(
+            c
+            for c in vars(module).values()
+            if isinstance(c, type)
+            and c.__module__ == module.__name__
+            and getattr(c, "model_type", None)
+            and getattr(c, "variants", None) is not None
+        )
     return {c.model_type: c for c in found}
 
 
@@ -184,21 +198,24 @@ def detect_layout(state: StateDict, source: str = "checkpoint", prefer: str | No
     registry = families()
     names = [f.title for f in registry.values()]
     titles = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
-    known = "; ".join(f"{f.title}: {', '.join(dict.fromkeys(lo.name for lo in f.layouts))}"
-                      for f in registry.values())  # fmt: skip
-    return convert.detect_layout(state, source, prefer, layouts=all_layouts(),
-                                 expected=f"a {titles} checkpoint pvtkit knows (layouts {known})")  # fmt: skip
+    known = "; ".join(f"{f.title}: {', '.join(dict.fromkeys(lo.name for lo in f.layouts))}" for f in registry.values())
+    return convert.detect_layout(
+        state, source, prefer, layouts=all_layouts(), expected=f"a {titles} checkpoint pvtkit knows (layouts {known})"
+    )
 
 
-def to_transformers(state: StateDict, model_type: str | None = None,
-                    source: str = "checkpoint") -> tuple[StateDict, Layout]:  # fmt: skip
+def to_transformers(
+    state: StateDict, model_type: str | None = None, source: str = "checkpoint"
+) -> tuple[StateDict, Layout]:
     """Convert a checkpoint of any registered family's layout to transformers' names; check it holds the family
     `model_type` (when given)."""
     layout, state = detect_layout(convert.unwrap(state, source), source, prefer=model_type)
     if model_type is not None and layout.model_type != model_type:
         found, wanted = families()[layout.model_type].title, families()[model_type].title
-        raise ValueError(f"{source} is a {found} checkpoint ({layout.name} layout), not a {wanted} one; load it with "
-                         f"{found}'s classes or the Auto classes")  # fmt: skip
+        raise ValueError(
+            f"{source} is a {found} checkpoint ({layout.name} layout), not a {wanted} one; load it with "
+            f"{found}'s classes or the Auto classes"
+        )
     return layout.convert(state), layout
 
 

@@ -22,10 +22,10 @@ import torch
 
 from .. import tasks
 from ..modeling import PreTrainedModel
+from ..tasks.features import load_encoder
 from .base import Pipeline, PipelineResult, describe_error
 from .classification import ImageClassificationPipeline
 from .depth import DepthEstimationPipeline, depth_to_uint8
-from ..tasks.features import load_encoder
 from .features import ImageFeatureExtractionPipeline
 from .segmentation import ImageSegmentationPipeline, class_areas, slide_windows, sliding_window_logits
 
@@ -84,12 +84,30 @@ def pipeline(
             logger.info("no image processor given; using %s's defaults", type(image_processor).__name__)
         else:
             image_processor = image_processor_for(where, loaded, **hub)
-    return spec.pipeline_class()(loaded, image_processor, device=device, dtype=dtype, batch_size=batch_size,
-                            num_workers=num_workers, compile=compile, **task_options)  # fmt: skip
+    return spec.pipeline_class()(
+        loaded,
+        image_processor,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        compile=compile,
+        **task_options,
+    )
 
 
 __all__ = [
-    "DepthEstimationPipeline", "ImageClassificationPipeline", "ImageFeatureExtractionPipeline",
-    "ImageSegmentationPipeline", "Pipeline", "PipelineResult", "class_areas", "depth_to_uint8", "describe_error",
-    "load_encoder", "pipeline", "slide_windows", "sliding_window_logits",
-]  # fmt: skip
+    "DepthEstimationPipeline",
+    "ImageClassificationPipeline",
+    "ImageFeatureExtractionPipeline",
+    "ImageSegmentationPipeline",
+    "Pipeline",
+    "PipelineResult",
+    "class_areas",
+    "depth_to_uint8",
+    "describe_error",
+    "load_encoder",
+    "pipeline",
+    "slide_windows",
+    "sliding_window_logits",
+]

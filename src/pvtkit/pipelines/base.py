@@ -57,8 +57,9 @@ class _Preprocessed(torch.utils.data.Dataset):
             return index, None, describe_error(item), None
         try:
             if isinstance(item, (str, os.PathLike)):  # decoded here once: its size is the outputs' size
-                item = load_image(item, exif_transpose=getattr(self.processor, "exif_transpose", True),
-                                  convert_rgb=False)  # fmt: skip
+                item = load_image(
+                    item, exif_transpose=getattr(self.processor, "exif_transpose", True), convert_rgb=False
+                )
             pixels = self.processor(item, return_tensors="np", **self.options)["pixel_values"]
             if pixels.shape[0] != 1:
                 raise ValueError(f"input {index} is a batch of {pixels.shape[0]} images; pass them one by one")
@@ -101,15 +102,16 @@ class Pipeline:
             raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
         spec = tasks.get(self.task)
         if not spec.accepts(model):
-            raise ValueError(f"{type(model).__name__} is not a {spec.title} model; load one with "
-                             f"{spec.auto_class_name}")  # fmt: skip
+            raise ValueError(
+                f"{type(model).__name__} is not a {spec.title} model; load one with {spec.auto_class_name}"
+            )
         fresh = [k for k in getattr(model, "newly_initialized_weights", []) if k.startswith(model.head_prefixes)]
         if spec.head_title and fresh:
             raise ValueError(
                 f"the checkpoint has no trained {spec.head_title} head (newly initialised: {', '.join(fresh[:4])}"
                 f"{', ...' if len(fresh) > 4 else ''}); fine-tune it first (pvtkit train) or use a model trained "
                 "for this task"
-            )  # fmt: skip
+            )
         self.device = resolve_device(device)
         self.spec = spec
         self.model = model.to(device=self.device, dtype=dtype).eval()
@@ -137,7 +139,7 @@ class Pipeline:
             num_workers=min(workers, len(items)),
             collate_fn=_as_list,
             pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
+        )
         for batch in loader:
             errors = [(i, error) for i, _, error, _ in batch if error is not None]
             groups: dict[tuple[int, ...], list[tuple[int, np.ndarray, tuple[int, int]]]] = {}
@@ -152,9 +154,13 @@ class Pipeline:
                 yield [i for i, _, _ in group], pixels, errors if n == 0 else [], [s for _, _, s in group]
 
     def run(
-        self, items: Sequence[Any], batch_size: int | None = None, num_workers: int | None = None,
-        formatted: bool = True, **options: Any,
-    ) -> Iterator[PipelineResult]:  # fmt: skip
+        self,
+        items: Sequence[Any],
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        formatted: bool = True,
+        **options: Any,
+    ) -> Iterator[PipelineResult]:
         """One `PipelineResult` per item, in input order, as soon as its batch is done; bad items carry an error.
 
         `formatted=False` leaves outputs as `forward` gives them (a class map, a depth tensor) before `postprocess`

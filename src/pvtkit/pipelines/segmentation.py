@@ -42,12 +42,12 @@ def sliding_window_logits(
     count = pixels.new_zeros((1, 1, height, width), dtype=torch.float32)
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
-        crops = torch.cat([pixels[..., t:b, l:r] for t, b, l, r in chunk])  # windows share one size
+        crops = torch.cat([pixels[..., t:b, left:r] for t, b, left, r in chunk])  # windows share one size
         logits = model(pixel_values=crops).logits.float()
         logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
-        for (t, b, l, r), window in zip(chunk, logits):
-            total[0, :, t:b, l:r] += window
-            count[0, :, t:b, l:r] += 1
+        for (t, b, left, r), window in zip(chunk, logits):
+            total[0, :, t:b, left:r] += window
+            count[0, :, t:b, left:r] += 1
     return total / count
 
 
@@ -69,9 +69,14 @@ class ImageSegmentationPipeline(Pipeline):
     task = "semantic-segmentation"
 
     def __init__(
-        self, model: PreTrainedModel, image_processor: Any, mode: str = "whole", crop: tuple[int, int] | None = None,
-        stride: tuple[int, int] | None = None, **kwargs: Any,
-    ) -> None:  # fmt: skip
+        self,
+        model: PreTrainedModel,
+        image_processor: Any,
+        mode: str = "whole",
+        crop: tuple[int, int] | None = None,
+        stride: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if mode not in ("whole", "slide"):
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         super().__init__(model, image_processor, **kwargs)
@@ -109,5 +114,12 @@ def class_areas(classes: Any, labels: list[str]) -> list[dict[str, Any]]:
     ids, counts = np.unique(classes, return_counts=True)
     total = int(counts.sum())
     order = np.argsort(-counts, kind="stable")
-    return [{"id": int(ids[i]), "label": labels[int(ids[i])], "pixels": int(counts[i]),
-             "fraction": round(int(counts[i]) / total, 6)} for i in order]  # fmt: skip
+    return [
+        {
+            "id": int(ids[i]),
+            "label": labels[int(ids[i])],
+            "pixels": int(counts[i]),
+            "fraction": round(int(counts[i]) / total, 6),
+        }
+        for i in order
+    ]

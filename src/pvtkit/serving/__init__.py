@@ -21,5 +21,14 @@ from .app import build_app, configure_logging, make_server, run_server
 from .batching import DeadlineExceeded, DynamicBatcher, Overloaded
 from .model import ImageModel, default_name
 
-__all__ = ["DeadlineExceeded", "DynamicBatcher", "ImageModel", "Overloaded", "build_app", "configure_logging",
-           "default_name", "make_server", "run_server"]
+__all__ = [
+    "DeadlineExceeded",
+    "DynamicBatcher",
+    "ImageModel",
+    "Overloaded",
+    "build_app",
+    "configure_logging",
+    "default_name",
+    "make_server",
+    "run_server",
+]

@@ -50,8 +50,17 @@ _ROUTES = [
     (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?$"), "/v2/models/{name}"),
     (re.compile(r"^/v1/models/[^/]+$"), "/v1/models/{name}"),
 ]
-_PLAIN_ROUTES = {"/", "/predict", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready", "/v1/models",
-                 "/v2/models", "/models"}  # fmt: skip
+_PLAIN_ROUTES = {
+    "/",
+    "/predict",
+    "/metrics",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v1/models",
+    "/v2/models",
+    "/models",
+}
 
 
 def route_of(path: str) -> str:
@@ -83,7 +92,6 @@ class _DataPlane(DataPlane):
         except Exception as e:  # KeyError, TypeError, ValueError, IndexError from a malformed request
             raise errors.InvalidInput(f"malformed inference request: {type(e).__name__}: {describe_error(e)}") from e
 
-
     async def ready(self) -> bool:
         """Ready once every model is loaded and warmed up (KServe's own answers True at once)."""
         return not_ready(self.model_registry.get_models().values()) is None
@@ -108,23 +116,30 @@ def binary_infer_request(body: bytes, headers: dict[str, str], model_name: str) 
             raise ValueError
         header = json.loads(body[:size])
     except ValueError:
-        raise errors.InvalidInput(f"Inference-Header-Content-Length {length!r}: not the size of a JSON object at the "
-                                  f"start of the {len(body)}-byte body") from None  # fmt: skip
+        raise errors.InvalidInput(
+            f"Inference-Header-Content-Length {length!r}: not the size of a JSON object at the "
+            f"start of the {len(body)}-byte body"
+        ) from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
-        raise errors.InvalidInput("a V2 request is a JSON object with an \"inputs\" list")
+        raise errors.InvalidInput('a V2 request is a JSON object with an "inputs" list')
     if header.get("parameters") is not None and not isinstance(header["parameters"], dict):
-        raise errors.InvalidInput("\"parameters\": expected an object")
+        raise errors.InvalidInput('"parameters": expected an object')
     start, inputs = size, []
     for i, spec in enumerate(header["inputs"]):
-        if not isinstance(spec, dict) or not {"name", "shape", "datatype"} <= spec.keys() or \
-                not isinstance(spec.get("parameters") or {}, dict):
+        if (
+            not isinstance(spec, dict)
+            or not {"name", "shape", "datatype"} <= spec.keys()
+            or not isinstance(spec.get("parameters") or {}, dict)
+        ):
             raise errors.InvalidInput(f"inputs[{i}]: expected an object with name, shape and datatype")
         tensor = InferInput(spec["name"], spec["shape"], spec["datatype"], parameters=spec.get("parameters"))
         binary = (spec.get("parameters") or {}).get("binary_data_size")
         if binary is not None:
             if not isinstance(binary, int) or binary < 0 or start + binary > len(body):
-                raise errors.InvalidInput(f"input {spec['name']!r}: binary_data_size {binary!r} runs past the end of "
-                                          f"the {len(body)}-byte body")  # fmt: skip
+                raise errors.InvalidInput(
+                    f"input {spec['name']!r}: binary_data_size {binary!r} runs past the end of "
+                    f"the {len(body)}-byte body"
+                )
             tensor._raw_data = body[start : start + binary]
             start += binary
         elif "data" in spec:
@@ -137,12 +152,18 @@ def binary_infer_request(body: bytes, headers: dict[str, str], model_name: str) 
     outputs = header.get("outputs")
     requested = None
     if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o and
-                                                    isinstance(o.get("parameters") or {}, dict) for o in outputs):
-            raise errors.InvalidInput("\"outputs\": expected a list of objects with a name (and object parameters)")
+        if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and "name" in o and isinstance(o.get("parameters") or {}, dict) for o in outputs
+        ):
+            raise errors.InvalidInput('"outputs": expected a list of objects with a name (and object parameters)')
         requested = [RequestedOutput(o["name"], o.get("parameters")) for o in outputs]
-    return InferRequest(model_name=model_name, infer_inputs=inputs, request_id=header.get("id"),
-                        parameters=header.get("parameters"), request_outputs=requested)  # fmt: skip
+    return InferRequest(
+        model_name=model_name,
+        infer_inputs=inputs,
+        request_id=header.get("id"),
+        parameters=header.get("parameters"),
+        request_outputs=requested,
+    )
 
 
 class Limits:
@@ -165,8 +186,13 @@ class Limits:
 
         async def too_large() -> None:
             body = json.dumps({"error": f"request body over the {limit / 2**20:g} MiB limit (--max-body-mb)"})
-            await tracked_send({"type": "http.response.start", "status": 413,
-                                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+            await tracked_send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+                }
+            )
             await send({"type": "http.response.body", "body": body.encode()})
             status["refused"] = True
 
@@ -212,9 +238,18 @@ class Limits:
             if code >= 400:
                 METRICS.errors.labels(ERROR_KINDS.get(code, "other")).inc()
             if route not in ("/metrics", "/v2/health/live", "/v2/health/ready"):
-                logger.info("request", extra={"fields": {"request_id": request_id, "method": scope["method"],
-                                                          "path": scope["path"], "status": code,
-                                                          "ms": round(elapsed * 1000, 2)}})  # fmt: skip
+                logger.info(
+                    "request",
+                    extra={
+                        "fields": {
+                            "request_id": request_id,
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": code,
+                            "ms": round(elapsed * 1000, 2),
+                        }
+                    },
+                )
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -252,12 +287,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, f"internal error: {type(exc).__name__}: {describe_error(exc)}")
 
     for kind, handler in [
-        (errors.InvalidInput, bad_input), (RequestValidationError, validation), (errors.ModelNotFound, not_found),
-        (errors.ModelNotReady, unavailable), (errors.ServerNotReady, unavailable),
-        (errors.ServerNotLive, unavailable), (Overloaded, overloaded), (DeadlineExceeded, deadline),
-        (StarletteHTTPException, http_error), (NotImplementedError, not_implemented), (errors.UnsupportedProtocol, not_implemented),
+        (errors.InvalidInput, bad_input),
+        (RequestValidationError, validation),
+        (errors.ModelNotFound, not_found),
+        (errors.ModelNotReady, unavailable),
+        (errors.ServerNotReady, unavailable),
+        (errors.ServerNotLive, unavailable),
+        (Overloaded, overloaded),
+        (DeadlineExceeded, deadline),
+        (StarletteHTTPException, http_error),
+        (NotImplementedError, not_implemented),
+        (errors.UnsupportedProtocol, not_implemented),
         (Exception, internal),
-    ]:  # fmt: skip
+    ]:
         app.add_exception_handler(kind, handler)
 
 
@@ -281,10 +323,13 @@ async def start_grpc(dataplane: DataPlane, repository: Any, address: str) -> Any
             else:
                 await super().handle_exception(ex, request, context, method_name)
 
-    server = aio.server(interceptors=(Errors(),), options=[("grpc.max_receive_message_length", 64 * 2**20),
-                                                           ("grpc.max_send_message_length", 64 * 2**20)])
+    server = aio.server(
+        interceptors=(Errors(),),
+        options=[("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)],
+    )
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, ModelRepositoryExtension(model_registry=repository)), server)
+        InferenceServicer(dataplane, ModelRepositoryExtension(model_registry=repository)), server
+    )
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     await server.start()
@@ -292,8 +337,9 @@ async def start_grpc(dataplane: DataPlane, repository: Any, address: str) -> Any
     return server
 
 
-def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0, grpc_address: str | None = None,
-              grace_s: float = 30.0) -> Any:  # fmt: skip
+def build_app(
+    models: Sequence[ImageModel], max_body_mb: float = 20.0, grpc_address: str | None = None, grace_s: float = 30.0
+) -> Any:
     """The ASGI app serving `models` (loaded; `warm_up` runs at startup, in a thread, and makes each ready), and
     with `grpc_address` (host:port) the V2 gRPC service beside it, stopped with the same grace."""
     if not models:
@@ -311,6 +357,7 @@ def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0, grpc_addr
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         for model in models:
             model.batcher.start()
+
         # Warm up off the event loop: liveness answers meanwhile, readiness only once every model is warm.
         async def warm(model: ImageModel) -> None:
             try:
@@ -333,8 +380,14 @@ def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0, grpc_addr
                 model.stop()
             logger.info("stopped", extra={"fields": dict(stats)})
 
-    app = FastAPI(title="pvtkit", docs_url=None, redoc_url=None, openapi_url=None,
-                  default_response_class=JSONResponse, lifespan=lifespan)  # fmt: skip
+    app = FastAPI(
+        title="pvtkit",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        default_response_class=JSONResponse,
+        lifespan=lifespan,
+    )
     app.state.models, app.state.stats = {m.name: m for m in models}, stats
 
     def model_named(name: str | None) -> ImageModel:
@@ -370,7 +423,10 @@ def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0, grpc_addr
     @app.get("/models")
     async def model_list() -> Any:
         """What the page shows: each model's name, task and readiness."""
-        return [{"name": m.name, "task": m.task.pipeline_task if m.task else "", "ready": m.ready, "labels": len(m.labels)} for m in models]
+        return [
+            {"name": m.name, "task": m.task.pipeline_task if m.task else "", "ready": m.ready, "labels": len(m.labels)}
+            for m in models
+        ]
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
@@ -387,7 +443,8 @@ def build_app(models: Sequence[ImageModel], max_body_mb: float = 20.0, grpc_addr
         overlays: list[str] = []
         if overlay and model.task.draws_overlay:  # drawing is real work: off the event loop
             overlays = await asyncio.get_running_loop().run_in_executor(
-                model.decoder, lambda: [_overlay_data_url(model, job, i, d) for i, (_, d) in enumerate(images)])
+                model.decoder, lambda: [_overlay_data_url(model, job, i, d) for i, (_, d) in enumerate(images)]
+            )
         for i, (name, _) in enumerate(images):
             record = model.task.upload_record(name, model.record(job, i))
             if overlays:
@@ -410,13 +467,16 @@ async def _uploaded_images(request: Request) -> list[tuple[str, bytes]]:
             raise errors.InvalidInput(f"malformed multipart body: {describe_error(e)}") from e
         files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
         if not files:
-            raise errors.InvalidInput("the multipart form has no file; send the image as a file field "
-                                      "(curl -F file=@cat.jpg ...)")  # fmt: skip
+            raise errors.InvalidInput(
+                "the multipart form has no file; send the image as a file field (curl -F file=@cat.jpg ...)"
+            )
         return files
     if kind.startswith("image/") or kind == "application/octet-stream":
         return [(request.headers.get("x-filename", "upload"), await request.body())]
-    raise errors.InvalidInput(f"content type {kind or '(none)'!r}: POST /predict takes an image as a multipart form "
-                              "(curl -F file=@cat.jpg) or as the raw body with an image/* content type")  # fmt: skip
+    raise errors.InvalidInput(
+        f"content type {kind or '(none)'!r}: POST /predict takes an image as a multipart form "
+        "(curl -F file=@cat.jpg) or as the raw body with an image/* content type"
+    )
 
 
 def _overlay_data_url(model: ImageModel, job: Any, index: int, data: bytes) -> str:
@@ -434,8 +494,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the record's structured fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}  # fmt: skip
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -445,7 +509,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
     """The server's and uvicorn's logs on stderr, as JSON lines (`json`) or plain text."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     for name in ("pvtkit", "uvicorn.error", "kserve"):
         log = logging.getLogger(name)
         log.handlers[:] = [handler]
@@ -459,8 +525,16 @@ def make_server(app: Any, host: str = "127.0.0.1", port: int = 8080, grace_s: fl
     what is in flight finish (up to `grace_s`), then the app stops its models."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=math.ceil(grace_s), timeout_keep_alive=5)  # fmt: skip
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=math.ceil(grace_s),
+        timeout_keep_alive=5,
+    )
     return uvicorn.Server(config)
 
 

@@ -26,8 +26,9 @@ class Overloaded(Exception):
     """The queue is full: the request is refused (before its images are decoded, when the model checks first)."""
 
     def __init__(self, queued: int, retry_after_s: float) -> None:
-        super().__init__(f"server busy: {queued} images are already waiting (--max-queue); retry in "
-                         f"{retry_after_s:g} s")  # fmt: skip
+        super().__init__(
+            f"server busy: {queued} images are already waiting (--max-queue); retry in {retry_after_s:g} s"
+        )
         self.retry_after_s = retry_after_s
 
 

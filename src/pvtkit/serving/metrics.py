@@ -23,15 +23,33 @@ class Metrics:
 METRICS = Metrics(
     requests=Counter("pvtkit_requests", "HTTP requests answered, by route and status code", ["route", "code"]),
     errors=Counter("pvtkit_request_errors", "requests answered with an error, by kind", ["kind"]),
-    latency=Histogram("pvtkit_request_duration_seconds", "time from request to response, by route", ["route"],
-                      buckets=_LATENCY_BUCKETS),  # fmt: skip
-    inference_seconds=Histogram("pvtkit_inference_seconds", "time a request's images spent queued and in the model",
-                                ["model"], buckets=_LATENCY_BUCKETS),  # fmt: skip
-    batch_size=Histogram("pvtkit_batch_size", "images per forward pass", ["model"],
-                         buckets=(1, 2, 4, 8, 16, 32, 64, 128)),  # fmt: skip
+    latency=Histogram(
+        "pvtkit_request_duration_seconds",
+        "time from request to response, by route",
+        ["route"],
+        buckets=_LATENCY_BUCKETS,
+    ),
+    inference_seconds=Histogram(
+        "pvtkit_inference_seconds",
+        "time a request's images spent queued and in the model",
+        ["model"],
+        buckets=_LATENCY_BUCKETS,
+    ),
+    batch_size=Histogram(
+        "pvtkit_batch_size", "images per forward pass", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+    ),
     queue_depth=Gauge("pvtkit_queue_depth", "images waiting for a forward pass", ["model"]),
 )
 
 # Status code -> the error kind counted in pvtkit_request_errors.
-ERROR_KINDS = {400: "bad_input", 404: "not_found", 405: "bad_method", 413: "too_large", 415: "bad_content_type",
-               422: "bad_input", 500: "internal", 503: "overloaded", 504: "timeout"}  # fmt: skip
+ERROR_KINDS = {
+    400: "bad_input",
+    404: "not_found",
+    405: "bad_method",
+    413: "too_large",
+    415: "bad_content_type",
+    422: "bad_input",
+    500: "internal",
+    503: "overloaded",
+    504: "timeout",
+}

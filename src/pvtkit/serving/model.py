@@ -44,7 +44,6 @@ InvalidInput = kserve.errors.InvalidInput
 InferRequest, InferResponse, InferOutput = kserve.InferRequest, kserve.InferResponse, kserve.InferOutput
 
 
-
 @dataclass
 class Job:
     """One request on its way through preprocess -> predict -> postprocess."""
@@ -75,10 +74,22 @@ class ImageModel(kserve.Model):
     """
 
     def __init__(
-        self, name: str, source: Any, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-        max_batch_size: int = 8, max_delay_ms: float = 5.0, max_queue: int = 256, timeout_s: float = 30.0,
-        top_k: int = 5, decode_threads: int = 2, warmup: bool = True, compile: bool = False, **hub: Any,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        source: Any,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        max_batch_size: int = 8,
+        max_delay_ms: float = 5.0,
+        max_queue: int = 256,
+        timeout_s: float = 30.0,
+        top_k: int = 5,
+        decode_threads: int = 2,
+        warmup: bool = True,
+        compile: bool = False,
+        **hub: Any,
+    ) -> None:
         super().__init__(name)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -86,8 +97,13 @@ class ImageModel(kserve.Model):
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         self.source, self.device, self.dtype, self.hub = source, device, dtype, hub
         self.timeout_s, self.top_k, self.warmup_enabled, self.compile = timeout_s, top_k, warmup, compile
-        self.batcher = DynamicBatcher(self._forward, max_batch_size, max_delay_ms / 1000, max_queue,
-                                      on_batch=METRICS.batch_size.labels(name).observe)  # fmt: skip
+        self.batcher = DynamicBatcher(
+            self._forward,
+            max_batch_size,
+            max_delay_ms / 1000,
+            max_queue,
+            on_batch=METRICS.batch_size.labels(name).observe,
+        )
         METRICS.queue_depth.labels(name).set_function(lambda: self.batcher.depth)
         self.decoder = concurrent.futures.ThreadPoolExecutor(decode_threads, thread_name_prefix=f"decode-{name}")
         self.pipe: Any = None
@@ -157,8 +173,9 @@ class ImageModel(kserve.Model):
         try:
             return await asyncio.wait_for(work, self.timeout_s)
         except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"model {self.name!r}: no answer within the {self.timeout_s:g} s deadline "
-                                   "(--timeout-s)") from None  # fmt: skip
+            raise DeadlineExceeded(
+                f"model {self.name!r}: no answer within the {self.timeout_s:g} s deadline (--timeout-s)"
+            ) from None
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Job:
         if isinstance(payload, InferRequest):
@@ -170,8 +187,10 @@ class ImageModel(kserve.Model):
                 raise InvalidInput(f"model {self.name!r}: the body is not JSON ({e})") from None
         if isinstance(payload, dict):
             return await self._v1_job(payload)
-        raise InvalidInput(f"model {self.name!r}: expected a JSON object with \"instances\" (V1) or a V2 inference "
-                           f"request, got {type(payload).__name__}")  # fmt: skip
+        raise InvalidInput(
+            f'model {self.name!r}: expected a JSON object with "instances" (V1) or a V2 inference '
+            f"request, got {type(payload).__name__}"
+        )
 
     async def predict(self, job: Job, headers: dict[str, str] | None = None, response_headers: Any = None) -> Job:
         started = time.monotonic()
@@ -196,8 +215,10 @@ class ImageModel(kserve.Model):
         """Refuse a request whose images could never fit the queue (400) or do not fit it now (503), before any
         work is spent on them."""
         if count > self.batcher.max_queue:
-            raise InvalidInput(f"model {self.name!r}: the request has {count} images; at most {self.batcher.max_queue}"
-                               " (--max-queue) per request")  # fmt: skip
+            raise InvalidInput(
+                f"model {self.name!r}: the request has {count} images; at most {self.batcher.max_queue}"
+                " (--max-queue) per request"
+            )
         if self.batcher.depth + count > self.batcher.max_queue:
             raise Overloaded(self.batcher.depth, retry_after_s=1.0)
 
@@ -245,8 +266,9 @@ class ImageModel(kserve.Model):
             raise InvalidInput(f"model {self.name!r}: the request has no images")
         self._check_room(len(blobs))
         loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*(loop.run_in_executor(self.decoder, self._decode_one, data, name)
-                                         for data, name in zip(blobs, names)))  # fmt: skip
+        decoded = await asyncio.gather(
+            *(loop.run_in_executor(self.decoder, self._decode_one, data, name) for data, name in zip(blobs, names))
+        )
         job.pixels = [p for p, _ in decoded]
         job.sizes = [s for _, s in decoded]
 
@@ -258,22 +280,25 @@ class ImageModel(kserve.Model):
             raise InvalidInput(f"{where}: expected numbers (preprocessed pixels), got {describe_error(e)}") from None
         channels = getattr(self.pipe.model.config, "num_channels", 3)
         if array.ndim != 3 or array.shape[0] != channels:
-            raise InvalidInput(f"{where}: expected preprocessed pixels of shape ({channels}, height, width), got "
-                               f"shape {tuple(array.shape)}")  # fmt: skip
+            raise InvalidInput(
+                f"{where}: expected preprocessed pixels of shape ({channels}, height, width), got "
+                f"shape {tuple(array.shape)}"
+            )
         if array.shape[1] < 1 or array.shape[2] < 1 or not np.isfinite(array).all():
             raise InvalidInput(f"{where}: expected a non-empty, finite ({channels}, H, W) array")
         return array
 
     async def _v1_job(self, body: dict[str, Any]) -> Job:
         if "instances" not in body and "inputs" not in body:
-            raise InvalidInput(f"model {self.name!r}: a V1 request is {{\"instances\": [...]}}; got the keys "
-                               f"{sorted(body)}")  # fmt: skip
+            raise InvalidInput(
+                f'model {self.name!r}: a V1 request is {{"instances": [...]}}; got the keys {sorted(body)}'
+            )
         instances = body.get("instances", body.get("inputs"))
         if not isinstance(instances, list) or not instances:
-            raise InvalidInput("\"instances\": expected a non-empty list")
+            raise InvalidInput('"instances": expected a non-empty list')
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
-            raise InvalidInput("\"parameters\": expected an object")
+            raise InvalidInput('"parameters": expected an object')
         job = Job("v1", [], [], self._top_k(parameters.get("top_k"), "parameters.top_k"))
         blobs, names, tensors = [], [], []
         for i, instance in enumerate(instances):
@@ -283,15 +308,17 @@ class ImageModel(kserve.Model):
                 try:
                     blobs.append(base64.b64decode(encoded, validate=True))
                 except (binascii.Error, ValueError):
-                    raise InvalidInput(f"{where}: \"b64\" is not valid base64") from None
+                    raise InvalidInput(f'{where}: "b64" is not valid base64') from None
                 names.append(where)
             elif isinstance(instance, list):
                 tensors.append(self._pixels(instance, where))
             else:
-                raise InvalidInput(f"{where}: expected {{\"b64\": \"<base64 image>\"}} or a (3, H, W) list of "
-                                   f"pixels, got {type(instance).__name__}")  # fmt: skip
+                raise InvalidInput(
+                    f'{where}: expected {{"b64": "<base64 image>"}} or a (3, H, W) list of '
+                    f"pixels, got {type(instance).__name__}"
+                )
         if blobs and tensors:
-            raise InvalidInput("\"instances\": mix of encoded images and pixel arrays; send one kind per request")
+            raise InvalidInput('"instances": mix of encoded images and pixel arrays; send one kind per request')
         if blobs:
             await self._decode_into(job, blobs, names)
         else:
@@ -300,8 +327,10 @@ class ImageModel(kserve.Model):
 
     async def _v2_job(self, request: Any) -> Job:
         if len(request.inputs) != 1:
-            raise InvalidInput(f"model {self.name!r} takes one input (encoded images as BYTES, or FP32 pixels "
-                               f"[N, 3, H, W]); the request has {len(request.inputs)}")  # fmt: skip
+            raise InvalidInput(
+                f"model {self.name!r} takes one input (encoded images as BYTES, or FP32 pixels "
+                f"[N, 3, H, W]); the request has {len(request.inputs)}"
+            )
         tensor = request.inputs[0]
         parameters = request.parameters or {}
         job = Job("v2", [], [], self._top_k(_parameter(parameters.get("top_k")), "parameters.top_k"), request)
@@ -314,16 +343,19 @@ class ImageModel(kserve.Model):
             if array.ndim == 2 and array.shape[1] == 1:
                 array = array[:, 0]
             if array.ndim != 1:
-                raise InvalidInput(f"{where}: BYTES of shape [N] or [N, 1] (one encoded image each), got shape "
-                                   f"{list(array.shape)}")  # fmt: skip
+                raise InvalidInput(
+                    f"{where}: BYTES of shape [N] or [N, 1] (one encoded image each), got shape {list(array.shape)}"
+                )
             if tensor._raw_data is None and not request.from_grpc:  # JSON has no raw bytes: base64 text
                 blobs = []
                 for i, text in enumerate(array):
                     try:
                         blobs.append(base64.b64decode(text, validate=True))
                     except (binascii.Error, ValueError, TypeError):
-                        raise InvalidInput(f"{where}[{i}]: in JSON, BYTES images are base64 text; this is not "
-                                           "valid base64 (or use the binary-data extension)") from None  # fmt: skip
+                        raise InvalidInput(
+                            f"{where}[{i}]: in JSON, BYTES images are base64 text; this is not "
+                            "valid base64 (or use the binary-data extension)"
+                        ) from None
             else:
                 blobs = [bytes(b) for b in array]
             await self._decode_into(job, blobs, [f"{where}[{i}]" for i in range(len(blobs))])
@@ -335,15 +367,19 @@ class ImageModel(kserve.Model):
             job.pixels = [self._pixels(a, f"{where}[{i}]") for i, a in enumerate(array)]
             job.sizes = [tuple(a.shape[1:]) for a in job.pixels]
         else:
-            raise InvalidInput(f"{where}: datatype {tensor.datatype}; expected BYTES (encoded images) or FP32 "
-                               "(preprocessed pixels)")  # fmt: skip
+            raise InvalidInput(
+                f"{where}: datatype {tensor.datatype}; expected BYTES (encoded images) or FP32 (preprocessed pixels)"
+            )
         if self.task.answers_at_input_size and len(set(job.sizes)) > 1:
-            raise InvalidInput("the images have different sizes, so their class maps do not stack into one tensor; "
-                               "send them in separate requests")  # fmt: skip
+            raise InvalidInput(
+                "the images have different sizes, so their class maps do not stack into one tensor; "
+                "send them in separate requests"
+            )
         for output in request.request_outputs or []:
             if output.name not in self.output_names:
-                raise InvalidInput(f"model {self.name!r} has no output {output.name!r}; it has "
-                                   f"{', '.join(self.output_names)}")  # fmt: skip
+                raise InvalidInput(
+                    f"model {self.name!r} has no output {output.name!r}; it has {', '.join(self.output_names)}"
+                )
         return job
 
     # ------------------------------------------------------------------------------------------- answers
@@ -363,20 +399,29 @@ class ImageModel(kserve.Model):
         asked = {o.name: _parameter((o.parameters or {}).get("classification")) for o in wanted}
         if not wanted:
             asked = dict.fromkeys(self.task.served_default_outputs)
-        outputs = [_output(name, datatype, data) for name, datatype, data in
-                   self.task.served_v2_outputs(self.pipe, job.answers, asked, job.top_k, self._top_k)]  # fmt: skip
+        outputs = [
+            _output(name, datatype, data)
+            for name, datatype, data in self.task.served_v2_outputs(
+                self.pipe, job.answers, asked, job.top_k, self._top_k
+            )
+        ]
         return InferResponse(
-            response_id=request.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs,
-            requested_outputs=wanted or None, use_binary_outputs=request.use_binary_outputs,
-        )  # fmt: skip
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=outputs,
+            requested_outputs=wanted or None,
+            use_binary_outputs=request.use_binary_outputs,
+        )
 
     # ------------------------------------------------------------------------------------------- metadata
 
     def get_input_types(self) -> list[dict[str, Any]]:
         size = self._fixed_size() if self.pipe is not None else None
         height, width = size or (-1, -1)
-        return [{"name": "image", "datatype": "BYTES", "shape": [-1]},
-                {"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, height, width]}]  # fmt: skip
+        return [
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, height, width]},
+        ]
 
     def get_output_types(self) -> list[dict[str, Any]]:
         return self.task.served_output_types(len(self.labels) if self.pipe is not None else -1)
@@ -422,5 +467,3 @@ def default_name(source: Any) -> str:
     text = os.path.splitext(text)[0] if os.path.isfile(str(source)) else text
     cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-.")
     return cleaned or "model"
-
-

@@ -62,16 +62,21 @@ class ClassificationTask(Task):
         correct = ((logits.argmax(-1) == labels).float() * weights).sum()
         return (per_image * weights).sum(), correct.detach(), weights.sum()
 
-    def evaluator(self, model: Any, samples: list[Any], ids: list[int], processor: Any, settings: Mapping[str, Any],
-                  **common: Any) -> Any:  # fmt: skip
+    def evaluator(
+        self, model: Any, samples: list[Any], ids: list[int], processor: Any, settings: Mapping[str, Any], **common: Any
+    ) -> Any:
         from ..evaluation import Evaluator
 
         common["batch_size"] = max(common["batch_size"], 32)
         return Evaluator(model, samples, sorted(set(ids)), processor, **common)
 
     def validation_record(self, result: Any) -> tuple[dict[str, Any], float]:
-        record = {"val_loss": result.loss, "val_accuracy": result.accuracy, "val_top5_accuracy": result.top5_accuracy,
-                  "val_images": result.num_images}  # fmt: skip
+        record = {
+            "val_loss": result.loss,
+            "val_accuracy": result.accuracy,
+            "val_top5_accuracy": result.top5_accuracy,
+            "val_images": result.num_images,
+        }
         return record, result.accuracy
 
     def short_metrics(self, record: Mapping[str, Any], validated: bool) -> tuple[str, str]:
@@ -114,8 +119,9 @@ class ClassificationTask(Task):
 
         return pipe.records(torch.from_numpy(answer)[None], top_k)[0]
 
-    def served_v2_outputs(self, pipe: Any, answers: list[Any], asked: Mapping[str, Any], top_k: int,
-                          check_top_k: Any) -> list[tuple[str, str, Any]]:  # fmt: skip
+    def served_v2_outputs(
+        self, pipe: Any, answers: list[Any], asked: Mapping[str, Any], top_k: int, check_top_k: Any
+    ) -> list[tuple[str, str, Any]]:
         """`logits`, `probabilities` (FP32 `[N, classes]`), `labels` (BYTES) and `scores` (`[N, top_k]`); an output
         with Triton's classification extension (`classification: k`) as `"score:index:label"` strings, best first."""
         import numpy as np
@@ -130,23 +136,31 @@ class ClassificationTask(Task):
             if count is not None:
                 values = logits if name == "logits" else scores
                 v, ids = values.topk(check_top_k(count, f"output {name!r} classification"), dim=-1)
-                data = np.array([[f"{a:f}:{j}:{labels[j]}".encode() for a, j in zip(vs.tolist(), js.tolist())]
-                                 for vs, js in zip(v, ids)], dtype=np.object_)  # fmt: skip
+                data = np.array(
+                    [
+                        [f"{a:f}:{j}:{labels[j]}".encode() for a, j in zip(vs.tolist(), js.tolist())]
+                        for vs, js in zip(v, ids)
+                    ],
+                    dtype=np.object_,
+                )
                 outputs.append((name, "BYTES", data))
             elif name in ("logits", "probabilities"):
                 outputs.append((name, "FP32", (logits if name == "logits" else scores).numpy().astype(np.float32)))
             elif name == "labels":
-                outputs.append((name, "BYTES", np.array([[labels[j].encode() for j in js] for js in top_ids.tolist()],
-                                                        np.object_)))  # fmt: skip
+                outputs.append(
+                    (name, "BYTES", np.array([[labels[j].encode() for j in js] for js in top_ids.tolist()], np.object_))
+                )
             else:
                 outputs.append((name, "FP32", top_scores.numpy().astype(np.float32)))
         return outputs
 
     def served_output_types(self, num_labels: int) -> list[dict[str, Any]]:
-        return [{"name": "logits", "datatype": "FP32", "shape": [-1, num_labels]},
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, num_labels]},
-                {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
-                {"name": "scores", "datatype": "FP32", "shape": [-1, -1]}]  # fmt: skip
+        return [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, num_labels]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, num_labels]},
+            {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
+            {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+        ]
 
 
 TASK = ClassificationTask()

@@ -39,14 +39,20 @@ class DepthTask(Task):
         from ..data.depth import read_depth
 
         max_depth = settings["max_depth"] if settings["max_depth"] is not None else model_max_depth
-        return partial(read_depth, depth_scale=settings["depth_scale"], min_depth=settings["min_depth"],
-                       max_depth=max_depth)  # fmt: skip
+        return partial(
+            read_depth, depth_scale=settings["depth_scale"], min_depth=settings["min_depth"], max_depth=max_depth
+        )
 
     def load_data(self, settings: Mapping[str, Any], progress: bool) -> Any:
         from ..data.depth import load_depth_data
 
-        return load_depth_data(settings["data"], settings["val_fraction"], settings["depth_scale"],
-                               settings["min_depth"], settings["max_depth"])  # fmt: skip
+        return load_depth_data(
+            settings["data"],
+            settings["val_fraction"],
+            settings["depth_scale"],
+            settings["min_depth"],
+            settings["max_depth"],
+        )
 
     def samples(self, data: Any, config: Any) -> tuple[list[Any], list[Any], list[int]]:
         return list(data.train), list(data.val), []
@@ -84,20 +90,31 @@ class DepthTask(Task):
         """Per image with a valid depth: the loss is a mean of per-image losses over the global batch."""
         return sum(((b[1] > 0).flatten(1).any(1) & (b[2] > 0)).sum() for b in micro_batches).double()
 
-    def evaluator(self, model: Any, samples: list[Any], ids: list[int], processor: Any, settings: Mapping[str, Any],
-                  **common: Any) -> Any:  # fmt: skip
+    def evaluator(
+        self, model: Any, samples: list[Any], ids: list[int], processor: Any, settings: Mapping[str, Any], **common: Any
+    ) -> Any:
         from ..evaluation import DepthEvaluator
 
         common.pop("batch_size")
         max_depth = settings["max_depth"] if settings["max_depth"] is not None else model.config.max_depth
-        return DepthEvaluator(model, samples, processor, self._read(settings, max_depth),
-                              min_depth=settings["min_depth"], max_depth=max_depth, **common)  # fmt: skip
+        return DepthEvaluator(
+            model,
+            samples,
+            processor,
+            self._read(settings, max_depth),
+            min_depth=settings["min_depth"],
+            max_depth=max_depth,
+            **common,
+        )
 
     def validation_record(self, result: Any) -> tuple[dict[str, Any], float]:
         import math
 
-        record = {"val_loss": result.loss, **{f"val_{k}": v for k, v in result.metrics.items()},
-                  "val_images": result.num_images}  # fmt: skip
+        record = {
+            "val_loss": result.loss,
+            **{f"val_{k}": v for k, v in result.metrics.items()},
+            "val_images": result.num_images,
+        }
         return record, -math.inf if math.isnan(result.delta1) else result.delta1
 
     def short_metrics(self, record: Mapping[str, Any], validated: bool) -> tuple[str, str]:

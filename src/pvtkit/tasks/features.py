@@ -27,8 +27,6 @@ class FeatureExtractionTask(Task):
         return feature_model(source, options.get("stages"), dict(hub))
 
 
-
-
 def feature_model(source: Any, stages: Iterable[int] | None, hub: dict[str, Any]) -> Any:
     """A checkpoint of a family with a backbone as that backbone over `stages` (default: all), else its encoder."""
     from ..auto import AutoBackbone, _model_type_of
@@ -50,8 +48,9 @@ def feature_model(source: Any, stages: Iterable[int] | None, hub: dict[str, Any]
     return backbone
 
 
-def load_encoder(source: Any, hub: dict[str, Any], model_type: str | None = None,
-                 extra: dict[str, Any] | None = None) -> Any:  # fmt: skip
+def load_encoder(
+    source: Any, hub: dict[str, Any], model_type: str | None = None, extra: dict[str, Any] | None = None
+) -> Any:
     """The bare encoder of any checkpoint (`PvtV2Model`, `ViTModel` without the pooler feature extraction does not
     need, unless the checkpoint has one)."""
     from ..auto import AutoModel, _model_type_of

@@ -25,10 +25,21 @@ class SegmentationTask(Task):
     trainable = True
     labelled = True
     recipe = {
-        "weight_decay": 0.01, "schedule": "poly", "head_lr_scale": 10.0, "scale_range": [0.5, 2.0], "batch_size": 16,
-        "lr_from_scratch": 6e-4, "lr_fine_tune": 6e-5,
-    }  # fmt: skip
-    settings = {"reduce_labels": False, "scale_range": None, "cat_max_ratio": 0.75, "jitter": True, "eval_mode": "whole"}
+        "weight_decay": 0.01,
+        "schedule": "poly",
+        "head_lr_scale": 10.0,
+        "scale_range": [0.5, 2.0],
+        "batch_size": 16,
+        "lr_from_scratch": 6e-4,
+        "lr_fine_tune": 6e-5,
+    }
+    settings = {
+        "reduce_labels": False,
+        "scale_range": None,
+        "cat_max_ratio": 0.75,
+        "jitter": True,
+        "eval_mode": "whole",
+    }
     default_image_size = 512
     best_metric = "val_mean_iou"
     metric_title = "mIoU"
@@ -39,23 +50,34 @@ class SegmentationTask(Task):
     def load_data(self, settings: Mapping[str, Any], progress: bool) -> Any:
         from ..data.segmentation import load_segmentation_data
 
-        return load_segmentation_data(settings["data"], settings["val_fraction"], settings["reduce_labels"],
-                                      progress=progress)  # fmt: skip
+        return load_segmentation_data(
+            settings["data"], settings["val_fraction"], settings["reduce_labels"], progress=progress
+        )
 
     def samples(self, data: Any, config: Any) -> tuple[list[Any], list[Any], list[int]]:
         # mask value i is class i: the model's labels are the data's, in order
         return list(data.train), list(data.val), list(range(len(data.classes)))
 
     def processor_options(self, processor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
-        return {"do_reduce_labels": bool(settings["reduce_labels"])} if "do_reduce_labels" in type(processor)._defaults else {}
+        return (
+            {"do_reduce_labels": bool(settings["reduce_labels"])}
+            if "do_reduce_labels" in type(processor)._defaults
+            else {}
+        )
 
     def train_dataset(self, samples: list[Any], processor: Any, settings: Mapping[str, Any]) -> Any:
         from ..data.segmentation import PairDataset
         from ..data.transforms import SegmentationTrainTransform
 
-        transform = SegmentationTrainTransform(processor, settings["image_size"], settings["scale_range"],
-                                               settings["cat_max_ratio"], settings["hflip"], settings["jitter"],
-                                               settings["seed"])  # fmt: skip
+        transform = SegmentationTrainTransform(
+            processor,
+            settings["image_size"],
+            settings["scale_range"],
+            settings["cat_max_ratio"],
+            settings["hflip"],
+            settings["jitter"],
+            settings["seed"],
+        )
         return PairDataset(samples, transform, settings["reduce_labels"])
 
     def loss_units(self, micro_batches: list[Any]) -> Any:
@@ -76,24 +98,33 @@ class SegmentationTask(Task):
         correct = ((up.detach().argmax(1) == labels) & valid).sum()
         return loss, correct, valid.sum()
 
-    def evaluator(self, model: Any, samples: list[Any], ids: list[int], processor: Any, settings: Mapping[str, Any],
-                  **common: Any) -> Any:  # fmt: skip
+    def evaluator(
+        self, model: Any, samples: list[Any], ids: list[int], processor: Any, settings: Mapping[str, Any], **common: Any
+    ) -> Any:
         from ..evaluation import SegmentationEvaluator
 
         common["batch_size"] = max(common["batch_size"], 8)
-        return SegmentationEvaluator(model, samples, processor, mode=settings["eval_mode"],
-                                     reduce_labels=settings["reduce_labels"], **common)  # fmt: skip
+        return SegmentationEvaluator(
+            model, samples, processor, mode=settings["eval_mode"], reduce_labels=settings["reduce_labels"], **common
+        )
 
     def validation_record(self, result: Any) -> tuple[dict[str, Any], float]:
         import math
 
-        record = {"val_loss": result.loss, "val_mean_iou": result.mean_iou, "val_mean_accuracy": result.mean_accuracy,
-                  "val_overall_accuracy": result.overall_accuracy, "val_images": result.num_images}  # fmt: skip
+        record = {
+            "val_loss": result.loss,
+            "val_mean_iou": result.mean_iou,
+            "val_mean_accuracy": result.mean_accuracy,
+            "val_overall_accuracy": result.overall_accuracy,
+            "val_images": result.num_images,
+        }
         return record, -math.inf if math.isnan(result.mean_iou) else result.mean_iou
 
     def short_metrics(self, record: Mapping[str, Any], validated: bool) -> tuple[str, str]:
-        return (f"pixel acc {record['train_pixel_accuracy']:.2%}",
-                f"val mIoU {record['val_mean_iou']:.2%}" if validated else "")  # fmt: skip
+        return (
+            f"pixel acc {record['train_pixel_accuracy']:.2%}",
+            f"val mIoU {record['val_mean_iou']:.2%}" if validated else "",
+        )
 
     eval_batch_size = 8
     eval_options = ("reduce_labels", "mode")
@@ -108,17 +139,22 @@ class SegmentationTask(Task):
         import io
 
         stream = io.StringIO()
+
         def pct(v: float | None) -> str:
             return "-" if v is None else f"{v:.2%}"
 
         classes = report["per_class"]
         stream.write(f"model             {report['model']}\n")
-        stream.write(f"data              {report['data']} ({report['num_images']} images, {len(classes)} classes, "
-                     f"{report['mode']} mode)\n")  # fmt: skip
+        stream.write(
+            f"data              {report['data']} ({report['num_images']} images, {len(classes)} classes, "
+            f"{report['mode']} mode)\n"
+        )
         stream.write(f"mIoU              {pct(report['mean_iou'])}\n")
         stream.write(f"pixel accuracy    {pct(report['overall_accuracy'])}\n")
         stream.write(f"mean class acc    {pct(report['mean_accuracy'])}\n")
-        stream.write(f"loss              {report['loss']:.4f}\n" if report["loss"] is not None else "loss              -\n")
+        stream.write(
+            f"loss              {report['loss']:.4f}\n" if report["loss"] is not None else "loss              -\n"
+        )
         if report["skipped"]:
             stream.write(f"skipped           {len(report['skipped'])} unreadable pair(s):\n")
             for path, reason in report["skipped"].items():
@@ -126,10 +162,14 @@ class SegmentationTask(Task):
         width = max(5, *(len(name) for name in classes))
         stream.write(f"\n{'class':<{width}}       IoU  accuracy      pixels   predicted\n")
         for name, row in classes.items():
-            stream.write(f"{name:<{width}}  {pct(row['iou']):>8}  {pct(row['accuracy']):>8}  {row['pixels']:>10}  "
-                         f"{row['predicted_pixels']:>10}\n")  # fmt: skip
-        stream.write("\n(-: the class is in neither the masks nor the predictions (IoU) / not in the masks (accuracy); "
-                     "left out of the means)\n")  # fmt: skip
+            stream.write(
+                f"{name:<{width}}  {pct(row['iou']):>8}  {pct(row['accuracy']):>8}  {row['pixels']:>10}  "
+                f"{row['predicted_pixels']:>10}\n"
+            )
+        stream.write(
+            "\n(-: the class is in neither the masks nor the predictions (IoU) / not in the masks (accuracy); "
+            "left out of the means)\n"
+        )
         return stream.getvalue()
 
     served_default_outputs = ("segmentation",)
@@ -151,8 +191,9 @@ class SegmentationTask(Task):
     def upload_record(self, name: str, record: Any) -> dict[str, Any]:
         return {"path": name, **record}
 
-    def served_v2_outputs(self, pipe: Any, answers: list[Any], asked: Mapping[str, Any], top_k: int,
-                          check_top_k: Any) -> list[tuple[str, str, Any]]:  # fmt: skip
+    def served_v2_outputs(
+        self, pipe: Any, answers: list[Any], asked: Mapping[str, Any], top_k: int, check_top_k: Any
+    ) -> list[tuple[str, str, Any]]:
         """`segmentation`: INT64 `[N, H, W]` class maps."""
         import numpy as np
 

@@ -144,8 +144,9 @@ class Task:
         """(summed loss, the train metric's hits, what it counts) of a micro-batch."""
         raise NotImplementedError
 
-    def evaluator(self, model: Any, samples: list[Any], ids: list[int], processor: Any, settings: Mapping[str, Any],
-                  **common: Any) -> Any:  # fmt: skip
+    def evaluator(
+        self, model: Any, samples: list[Any], ids: list[int], processor: Any, settings: Mapping[str, Any], **common: Any
+    ) -> Any:
         raise NotImplementedError
 
     def validation_record(self, result: Any) -> tuple[dict[str, Any], float]:
@@ -194,8 +195,9 @@ class Task:
         """`/predict`'s record of the uploaded file `name`."""
         return {"path": name, "predictions": record}
 
-    def served_v2_outputs(self, pipe: Any, answers: list[Any], asked: Mapping[str, Any], top_k: int,
-                          check_top_k: Any) -> list[tuple[str, str, Any]]:  # fmt: skip
+    def served_v2_outputs(
+        self, pipe: Any, answers: list[Any], asked: Mapping[str, Any], top_k: int, check_top_k: Any
+    ) -> list[tuple[str, str, Any]]:
         """`(name, V2 datatype, array)` of each asked output (name -> its `classification` parameter or None)."""
         raise NotImplementedError(f"pvtkit serve does not serve {self.title}")
 

@@ -12,8 +12,18 @@ from typing import Any
 
 from .arguments import RUN_DEFAULTS, TrainingArguments, TrainingConfigError
 
-_TRAINER = ("CHECKPOINT_DIR", "METRICS_NAME", "RunPlan", "Trainer", "TrainerState", "TrainResult", "learning_rate",
-            "parameter_groups", "plan_run", "train")  # fmt: skip
+_TRAINER = (
+    "CHECKPOINT_DIR",
+    "METRICS_NAME",
+    "RunPlan",
+    "Trainer",
+    "TrainerState",
+    "TrainResult",
+    "learning_rate",
+    "parameter_groups",
+    "plan_run",
+    "train",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -26,5 +36,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DatasetError", "RUN_DEFAULTS", "Trainer", "TrainingArguments", "TrainingConfigError", "TrainResult",
-           "learning_rate", "parameter_groups", "train"]  # fmt: skip
+__all__ = [
+    "DatasetError",
+    "RUN_DEFAULTS",
+    "Trainer",
+    "TrainingArguments",
+    "TrainingConfigError",
+    "TrainResult",
+    "learning_rate",
+    "parameter_groups",
+    "train",
+]

@@ -19,21 +19,39 @@ SCHEDULES = ("cosine", "poly")
 # What a task changes in them (its recipe), the learning rate it starts from and the settings only it reads (with
 # their defaults) live in the task's spec (`pvtkit.tasks`).
 RUN_DEFAULTS: dict[str, Any] = {
-    "task": tasks.default().name, "data": None, "model": None, "arch": None, "image_size": None, "epochs": 10,
-    "batch_size": 32, "lr": None, "weight_decay": 0.05, "warmup_epochs": 1.0, "val_fraction": 0.1, "seed": 0,
-    "hflip": True, "max_grad_norm": 1.0, "schedule": "cosine", "head_lr_scale": 1.0,
+    "task": tasks.default().name,
+    "data": None,
+    "model": None,
+    "arch": None,
+    "image_size": None,
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": None,
+    "weight_decay": 0.05,
+    "warmup_epochs": 1.0,
+    "val_fraction": 0.1,
+    "seed": 0,
+    "hflip": True,
+    "max_grad_norm": 1.0,
+    "schedule": "cosine",
+    "head_lr_scale": 1.0,
     **{name: default for task in tasks.trainable() for name, default in task.settings.items()},
-}  # fmt: skip
+}
 # `pvtkit train --help`'s groups of flags (`TrainingArguments`' field metadata)
 WHAT, RECIPE, RUNNING = "what to train", "recipe", "running"
-CLASSIFICATION, SEGMENTATION, DEPTH = (f"{t.title} (--task {t.aliases[0]})" for t in (
-    tasks.get("image-classification"), tasks.get("semantic-segmentation"), tasks.get("depth-estimation")))
+CLASSIFICATION, SEGMENTATION, DEPTH = (
+    f"{t.title} (--task {t.aliases[0]})"
+    for t in (tasks.get("image-classification"), tasks.get("semantic-segmentation"), tasks.get("depth-estimation"))
+)
 
 
 def _defaults(name: str) -> str:
     """`name`'s default for the help: the general one, and each task's own where its recipe changes it."""
-    own = [f"{t.recipe[name]:g} for {t.title}" if isinstance(t.recipe[name], float) else f"{t.recipe[name]} for {t.title}"
-           for t in tasks.trainable() if name in t.recipe]  # fmt: skip
+    own = [
+        f"{t.recipe[name]:g} for {t.title}" if isinstance(t.recipe[name], float) else f"{t.recipe[name]} for {t.title}"
+        for t in tasks.trainable()
+        if name in t.recipe
+    ]
     value = RUN_DEFAULTS[name]
     return "; ".join([f"{value:g}" if isinstance(value, float) else str(value), *own])
 
@@ -109,122 +127,298 @@ class TrainingArguments:
 
     # Each field's `metadata` is its `pvtkit train` flag: "help", "group", "flags" (default: --field-name), and
     # argparse's "choices", "nargs", "metavar", "required"; "const": a flag that takes no value and sets this one.
-    output_dir: str | os.PathLike = field(metadata={
-        "group": WHAT, "flags": ("--output", "-o"), "required": True,
-        "help": "output directory for the model, metrics and checkpoint"})
-    data: str | os.PathLike | None = field(default=None, metadata={
-        "group": WHAT, "flags": ("--data", "-d"), "help": "dataset folder (see the layout below); required unless --resume"})
-    task: str | None = field(default=None, metadata={
-        "group": WHAT, "choices": tuple(n for t in tasks.trainable() for n in t.names),
-        "help": f"what to train: {', '.join(t.name for t in tasks.trainable())} (or a short name: "
-        f"{', '.join(t.aliases[0] for t in tasks.trainable())}; default: {tasks.default().name})"})
-    model: str | os.PathLike | None = field(default=None, metadata={
-        "group": WHAT, "flags": ("--model", "-m"), "help": "pretrained model to fine-tune: Hub repo id, directory or "
-        "weights file (a head for the data's classes replaces one of another size)"})
-    arch: str | None = field(default=None, metadata={
-        "group": WHAT, "help": "or train this published variant from scratch, named FAMILY-VARIANT (a bare VARIANT "
-        "means the first family listed that has it)"})
-    image_size: int | None = field(default=None, metadata={
-        "group": RECIPE, "help": "training and evaluation resolution (default: the model's processor size, else 224)"})
-    epochs: int | None = field(default=None, metadata={
-        "group": RECIPE, "help": f"passes over the training images (default: {RUN_DEFAULTS['epochs']})"})
-    batch_size: int | None = field(default=None, metadata={
-        "group": RECIPE, "flags": ("--batch-size", "-b"), "help": "images per optimizer step over all processes and "
-        f"accumulation steps (default: {_defaults('batch_size')})"})
-    lr: float | None = field(default=None, metadata={
-        "group": RECIPE, "help": "peak learning rate (default, with --arch / --model: " + "; ".join(
-            f"{t.learning_rate(True):g} / {t.learning_rate(False):g} for {t.title}" for t in tasks.trainable()) + ")"})
-    weight_decay: float | None = field(default=None, metadata={
-        "group": RECIPE, "help": f"AdamW weight decay (default: {_defaults('weight_decay')})"})
-    warmup_epochs: float | None = field(default=None, metadata={
-        "group": RECIPE, "help": f"linear warmup, in epochs (default: {RUN_DEFAULTS['warmup_epochs']:g})"})
-    label_smoothing: float | None = field(default=None, metadata={
-        "group": CLASSIFICATION, "help": f"cross-entropy label smoothing (default: {RUN_DEFAULTS['label_smoothing']})"})
-    val_fraction: float | None = field(default=None, metadata={
-        "group": RECIPE, "help": "share of each class held out for validation when DIR has no val/ folder; 0 = "
-        f"none, keep the last epoch (default: {RUN_DEFAULTS['val_fraction']})"})
-    seed: int | None = field(default=None, metadata={
-        "group": RECIPE, "help": f"seeds new weights, shuffling and augmentation (default: {RUN_DEFAULTS['seed']})"})
-    crop_scale: float | None = field(default=None, metadata={
-        "group": CLASSIFICATION, "help": "smallest share of the image area a random crop keeps "
-        f"(default: {RUN_DEFAULTS['crop_scale']})"})
-    hflip: bool | None = field(default=None, metadata={
-        "group": RECIPE, "flags": ("--no-hflip",), "const": False, "help": "no random horizontal flips"})
-    max_grad_norm: float | None = field(default=None, metadata={
-        "group": RECIPE, "help": f"gradient clipping; 0 = off (default: {RUN_DEFAULTS['max_grad_norm']})"})
-    schedule: str | None = field(default=None, metadata={
-        "group": RECIPE, "choices": SCHEDULES, "help": "decay after the warmup; poly is linear to 0 (default: "
-        f"{_defaults('schedule')})"})
-    head_lr_scale: float | None = field(default=None, metadata={
-        "group": RECIPE, "help": f"the head learns this many times faster (default: {_defaults('head_lr_scale')})"})
-    reduce_labels: bool | None = field(default=None, metadata={
-        "group": SEGMENTATION, "const": True, "help": "mask value 0 is 'other' (ignored), k is class k-1 (ADE20K's masks)"})
-    scale_range: tuple[float, float] | list[float] | None = field(default=None, metadata={
-        "group": SEGMENTATION, "nargs": 2, "metavar": ("LOW", "HIGH"), "help": "random resize of the short side to "
-        "--image-size x a ratio in this range "
-        "(default: {} {})".format(*tasks.get("semantic-segmentation").recipe["scale_range"])})
-    cat_max_ratio: float | None = field(default=None, metadata={
-        "group": SEGMENTATION, "help": "retry a random crop while one class fills more than this share of it; 1 = "
-        f"never (default: {RUN_DEFAULTS['cat_max_ratio']})"})
-    jitter: bool | None = field(default=None, metadata={
-        "group": SEGMENTATION, "flags": ("--no-jitter",), "const": False,
-        "help": "no photometric distortion (brightness, contrast, saturation, hue)"})
-    eval_mode: str | None = field(default=None, metadata={
-        "group": SEGMENTATION, "choices": ("whole", "slide"), "help": "validation on whole images resized by the "
-        f"processor, or on sliding windows (default: {RUN_DEFAULTS['eval_mode']})"})
-    depth_scale: float | None = field(default=None, metadata={
-        "group": DEPTH, "help": "16-bit PNG depth maps hold metres x this (NYU's millimetres: 1000, KITTI: 256); .npy "
-        f"and float TIFF maps are metres (default: {RUN_DEFAULTS['depth_scale']:g})"})
-    min_depth: float | None = field(default=None, metadata={
-        "group": DEPTH, "help": f"ground truth below this is no measurement (default: {RUN_DEFAULTS['min_depth']:g} m)"})
-    max_depth: float | None = field(default=None, metadata={
-        "group": DEPTH, "help": "ground truth above this is no measurement, and predictions are clipped to it in the "
-        "metrics (default: the model's max_depth: GLPN's 10 m NYU, 80 m KITTI)"})
-    precision: str = field(default="fp32", metadata={
-        "group": RUNNING, "choices": PRECISIONS,
-        "help": "fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA)"})
-    grad_accum: int = field(default=1, metadata={
-        "group": RUNNING, "help": "split each step into this many micro-batches to save memory; the result does not "
-        "change"})
-    num_workers: int = field(default_factory=_default_workers, metadata={
-        "group": RUNNING, "help": "data-loading processes per training process (default: one fewer than the usable "
-        "CPU cores, at most 4)"})
-    device: str = field(default="auto", metadata={
-        "group": RUNNING, "help": "auto (the local GPU when there is one), cpu, cuda, cuda:1, mps"})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "group": RUNNING, "help": "recompute activations in backward: less memory, ~30% slower"})
-    compile: bool = field(default=False, metadata={
-        "group": RUNNING, "help": "torch.compile the model where that pays (pvtkit.optimize, weights not frozen): every "
-        "step on CUDA; on a CPU a ViT's evaluations only (CPU training steps and PVTv2's batched evaluations run "
-        "faster eagerly, measured: README 'Speed'); without a working compiler: a warning, then eager"})
-    save_steps: int = field(default=0, metadata={
-        "group": RUNNING, "help": "also checkpoint every N optimizer steps (default: at the end of each epoch)"})
-    resume: bool = field(default=False, metadata={
-        "group": RUNNING, "help": "continue the run in --output from its checkpoint"})
-    overwrite: bool = field(default=False, metadata={
-        "group": RUNNING, "help": "start a new run in an --output that holds one (or other files)"})
-    progress: bool = field(default=True, metadata={
-        "group": RUNNING, "flags": ("--quiet", "-q"), "const": False, "help": "no progress bars or per-epoch lines"})
+    output_dir: str | os.PathLike = field(
+        metadata={
+            "group": WHAT,
+            "flags": ("--output", "-o"),
+            "required": True,
+            "help": "output directory for the model, metrics and checkpoint",
+        }
+    )
+    data: str | os.PathLike | None = field(
+        default=None,
+        metadata={
+            "group": WHAT,
+            "flags": ("--data", "-d"),
+            "help": "dataset folder (see the layout below); required unless --resume",
+        },
+    )
+    task: str | None = field(
+        default=None,
+        metadata={
+            "group": WHAT,
+            "choices": tuple(n for t in tasks.trainable() for n in t.names),
+            "help": f"what to train: {', '.join(t.name for t in tasks.trainable())} (or a short name: "
+            f"{', '.join(t.aliases[0] for t in tasks.trainable())}; default: {tasks.default().name})",
+        },
+    )
+    model: str | os.PathLike | None = field(
+        default=None,
+        metadata={
+            "group": WHAT,
+            "flags": ("--model", "-m"),
+            "help": "pretrained model to fine-tune: Hub repo id, directory or "
+            "weights file (a head for the data's classes replaces one of another size)",
+        },
+    )
+    arch: str | None = field(
+        default=None,
+        metadata={
+            "group": WHAT,
+            "help": "or train this published variant from scratch, named FAMILY-VARIANT (a bare VARIANT "
+            "means the first family listed that has it)",
+        },
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "help": "training and evaluation resolution (default: the model's processor size, else 224)",
+        },
+    )
+    epochs: int | None = field(
+        default=None,
+        metadata={"group": RECIPE, "help": f"passes over the training images (default: {RUN_DEFAULTS['epochs']})"},
+    )
+    batch_size: int | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "flags": ("--batch-size", "-b"),
+            "help": "images per optimizer step over all processes and "
+            f"accumulation steps (default: {_defaults('batch_size')})",
+        },
+    )
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "help": "peak learning rate (default, with --arch / --model: "
+            + "; ".join(
+                f"{t.learning_rate(True):g} / {t.learning_rate(False):g} for {t.title}" for t in tasks.trainable()
+            )
+            + ")",
+        },
+    )
+    weight_decay: float | None = field(
+        default=None, metadata={"group": RECIPE, "help": f"AdamW weight decay (default: {_defaults('weight_decay')})"}
+    )
+    warmup_epochs: float | None = field(
+        default=None,
+        metadata={"group": RECIPE, "help": f"linear warmup, in epochs (default: {RUN_DEFAULTS['warmup_epochs']:g})"},
+    )
+    label_smoothing: float | None = field(
+        default=None,
+        metadata={
+            "group": CLASSIFICATION,
+            "help": f"cross-entropy label smoothing (default: {RUN_DEFAULTS['label_smoothing']})",
+        },
+    )
+    val_fraction: float | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "help": "share of each class held out for validation when DIR has no val/ folder; 0 = "
+            f"none, keep the last epoch (default: {RUN_DEFAULTS['val_fraction']})",
+        },
+    )
+    seed: int | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "help": f"seeds new weights, shuffling and augmentation (default: {RUN_DEFAULTS['seed']})",
+        },
+    )
+    crop_scale: float | None = field(
+        default=None,
+        metadata={
+            "group": CLASSIFICATION,
+            "help": f"smallest share of the image area a random crop keeps (default: {RUN_DEFAULTS['crop_scale']})",
+        },
+    )
+    hflip: bool | None = field(
+        default=None,
+        metadata={"group": RECIPE, "flags": ("--no-hflip",), "const": False, "help": "no random horizontal flips"},
+    )
+    max_grad_norm: float | None = field(
+        default=None,
+        metadata={"group": RECIPE, "help": f"gradient clipping; 0 = off (default: {RUN_DEFAULTS['max_grad_norm']})"},
+    )
+    schedule: str | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "choices": SCHEDULES,
+            "help": f"decay after the warmup; poly is linear to 0 (default: {_defaults('schedule')})",
+        },
+    )
+    head_lr_scale: float | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "help": f"the head learns this many times faster (default: {_defaults('head_lr_scale')})",
+        },
+    )
+    reduce_labels: bool | None = field(
+        default=None,
+        metadata={
+            "group": SEGMENTATION,
+            "const": True,
+            "help": "mask value 0 is 'other' (ignored), k is class k-1 (ADE20K's masks)",
+        },
+    )
+    scale_range: tuple[float, float] | list[float] | None = field(
+        default=None,
+        metadata={
+            "group": SEGMENTATION,
+            "nargs": 2,
+            "metavar": ("LOW", "HIGH"),
+            "help": "random resize of the short side to --image-size x a ratio in this range (default: {} {})".format(
+                *tasks.get("semantic-segmentation").recipe["scale_range"]
+            ),
+        },
+    )
+    cat_max_ratio: float | None = field(
+        default=None,
+        metadata={
+            "group": SEGMENTATION,
+            "help": "retry a random crop while one class fills more than this share of it; 1 = "
+            f"never (default: {RUN_DEFAULTS['cat_max_ratio']})",
+        },
+    )
+    jitter: bool | None = field(
+        default=None,
+        metadata={
+            "group": SEGMENTATION,
+            "flags": ("--no-jitter",),
+            "const": False,
+            "help": "no photometric distortion (brightness, contrast, saturation, hue)",
+        },
+    )
+    eval_mode: str | None = field(
+        default=None,
+        metadata={
+            "group": SEGMENTATION,
+            "choices": ("whole", "slide"),
+            "help": "validation on whole images resized by the "
+            f"processor, or on sliding windows (default: {RUN_DEFAULTS['eval_mode']})",
+        },
+    )
+    depth_scale: float | None = field(
+        default=None,
+        metadata={
+            "group": DEPTH,
+            "help": "16-bit PNG depth maps hold metres x this (NYU's millimetres: 1000, KITTI: 256); .npy "
+            f"and float TIFF maps are metres (default: {RUN_DEFAULTS['depth_scale']:g})",
+        },
+    )
+    min_depth: float | None = field(
+        default=None,
+        metadata={
+            "group": DEPTH,
+            "help": f"ground truth below this is no measurement (default: {RUN_DEFAULTS['min_depth']:g} m)",
+        },
+    )
+    max_depth: float | None = field(
+        default=None,
+        metadata={
+            "group": DEPTH,
+            "help": "ground truth above this is no measurement, and predictions are clipped to it in the "
+            "metrics (default: the model's max_depth: GLPN's 10 m NYU, 80 m KITTI)",
+        },
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "group": RUNNING,
+            "choices": PRECISIONS,
+            "help": "fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA)",
+        },
+    )
+    grad_accum: int = field(
+        default=1,
+        metadata={
+            "group": RUNNING,
+            "help": "split each step into this many micro-batches to save memory; the result does not change",
+        },
+    )
+    num_workers: int = field(
+        default_factory=_default_workers,
+        metadata={
+            "group": RUNNING,
+            "help": "data-loading processes per training process (default: one fewer than the usable "
+            "CPU cores, at most 4)",
+        },
+    )
+    device: str = field(
+        default="auto",
+        metadata={"group": RUNNING, "help": "auto (the local GPU when there is one), cpu, cuda, cuda:1, mps"},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"group": RUNNING, "help": "recompute activations in backward: less memory, ~30% slower"},
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "group": RUNNING,
+            "help": "torch.compile the model where that pays (pvtkit.optimize, weights not frozen): every "
+            "step on CUDA; on a CPU a ViT's evaluations only (CPU training steps and PVTv2's batched evaluations run "
+            "faster eagerly, measured: README 'Speed'); without a working compiler: a warning, then eager",
+        },
+    )
+    save_steps: int = field(
+        default=0,
+        metadata={
+            "group": RUNNING,
+            "help": "also checkpoint every N optimizer steps (default: at the end of each epoch)",
+        },
+    )
+    resume: bool = field(
+        default=False, metadata={"group": RUNNING, "help": "continue the run in --output from its checkpoint"}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={"group": RUNNING, "help": "start a new run in an --output that holds one (or other files)"},
+    )
+    progress: bool = field(
+        default=True,
+        metadata={
+            "group": RUNNING,
+            "flags": ("--quiet", "-q"),
+            "const": False,
+            "help": "no progress bars or per-epoch lines",
+        },
+    )
     revision: str | None = field(default=None, metadata={"group": WHAT, "help": "Hub branch, tag or commit of --model"})
-    offline: bool = field(default=False, metadata={
-        "group": WHAT, "help": "never touch the network; use the Hub cache only"})
+    offline: bool = field(
+        default=False, metadata={"group": WHAT, "help": "never touch the network; use the Hub cache only"}
+    )
 
     def __post_init__(self) -> None:
         checks = [
-            ("epochs", lambda v: v >= 1, "at least 1"), ("batch_size", lambda v: v >= 1, "at least 1"),
-            ("lr", lambda v: v > 0, "positive"), ("weight_decay", lambda v: v >= 0, "0 or more"),
-            ("warmup_epochs", lambda v: v >= 0, "0 or more"), ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"), ("crop_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
-            ("max_grad_norm", lambda v: v >= 0, "0 or more"), ("image_size", lambda v: v >= 8, "at least 8"),
-            ("grad_accum", lambda v: v >= 1, "at least 1"), ("num_workers", lambda v: v >= 0, "0 or more"),
-            ("save_steps", lambda v: v >= 0, "0 or more"), ("head_lr_scale", lambda v: v > 0, "positive"),
+            ("epochs", lambda v: v >= 1, "at least 1"),
+            ("batch_size", lambda v: v >= 1, "at least 1"),
+            ("lr", lambda v: v > 0, "positive"),
+            ("weight_decay", lambda v: v >= 0, "0 or more"),
+            ("warmup_epochs", lambda v: v >= 0, "0 or more"),
+            ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("crop_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("max_grad_norm", lambda v: v >= 0, "0 or more"),
+            ("image_size", lambda v: v >= 8, "at least 8"),
+            ("grad_accum", lambda v: v >= 1, "at least 1"),
+            ("num_workers", lambda v: v >= 0, "0 or more"),
+            ("save_steps", lambda v: v >= 0, "0 or more"),
+            ("head_lr_scale", lambda v: v > 0, "positive"),
             ("cat_max_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("schedule", lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
             ("eval_mode", lambda v: v in ("whole", "slide"), "whole or slide"),
             ("scale_range", lambda v: len(v) == 2 and 0 < v[0] <= v[1], "two ratios, 0 < low <= high"),
-            ("depth_scale", lambda v: v > 0, "positive"), ("min_depth", lambda v: v > 0, "positive"),
+            ("depth_scale", lambda v: v > 0, "positive"),
+            ("min_depth", lambda v: v > 0, "positive"),
             ("max_depth", lambda v: v > (self.min_depth or 0), "greater than min-depth"),
-        ]  # fmt: skip
+        ]
         for name, ok, expected in checks:
             value = getattr(self, name)
             if value is not None and not ok(value):
@@ -243,13 +437,13 @@ class TrainingArguments:
         if self.model is not None and self.arch is not None:
             raise TrainingConfigError("give a model to fine-tune or an architecture to train from scratch, not both")
         if self.resume and self.overwrite:
-            raise TrainingConfigError("resume and overwrite contradict each other: resume continues the run in the "
-                                      "output directory, overwrite starts a new one there")  # fmt: skip
+            raise TrainingConfigError(
+                "resume and overwrite contradict each other: resume continues the run in the "
+                "output directory, overwrite starts a new one there"
+            )
 
 
-def resolve_run(
-    args: TrainingArguments, saved: dict[str, Any] | None, model_given: Any
-) -> dict[str, Any]:
+def resolve_run(args: TrainingArguments, saved: dict[str, Any] | None, model_given: Any) -> dict[str, Any]:
     """The run's settings: the arguments with defaults filled in, or on resume, the saved settings (any argument
     given explicitly must agree with them)."""
     given = {k: getattr(args, k) for k in RUN_DEFAULTS}
@@ -273,14 +467,17 @@ def resolve_run(
     if given["data"] is None:
         raise TrainingConfigError("no training data given (a folder of class folders)")
     if given["model"] is None and given["arch"] is None:
-        raise TrainingConfigError("give a model to fine-tune (--model) or an architecture to train from scratch "
-                                  "(--arch)")
+        raise TrainingConfigError(
+            "give a model to fine-tune (--model) or an architecture to train from scratch (--arch)"
+        )
     task = tasks.get(given["task"] or RUN_DEFAULTS["task"])
     for other in tasks.trainable():
         stray = [k for k in other.options if given[k] is not None and k not in task.options]
         if other is not task and stray:
-            raise TrainingConfigError(f"{', '.join(k.replace('_', '-') for k in stray)}: only for task {other.name}, "
-                                      f"and this run's task is {task.name}")  # fmt: skip
+            raise TrainingConfigError(
+                f"{', '.join(k.replace('_', '-') for k in stray)}: only for task {other.name}, "
+                f"and this run's task is {task.name}"
+            )
     defaults = {**RUN_DEFAULTS, **{k: v for k, v in task.recipe.items() if k in RUN_DEFAULTS}}
     run = {k: (defaults[k] if v is None else v) for k, v in given.items()}
     run["task"] = task.name

@@ -59,13 +59,17 @@ from torch.utils.data import DataLoader
 from .. import tasks
 from .._files import atomic_directory, atomic_write, atomic_write_json, find_interrupted_save, read_json
 from ..auto import default_image_processor, image_processor_for
-from ..devices import resolve_device
-from ..distributed import (
-    DistContext, init_distributed, launched_by_torchrun, share_cpu_threads,
-    shutdown_distributed, synchronise_batch_norms,
-)  # fmt: skip
 from ..data.folders import DatasetError
 from ..data.sampling import TrainBatchSampler
+from ..devices import resolve_device
+from ..distributed import (
+    DistContext,
+    init_distributed,
+    launched_by_torchrun,
+    share_cpu_threads,
+    shutdown_distributed,
+    synchronise_batch_norms,
+)
 from ..dtypes import parse_dtype
 from ..modeling import PreTrainedModel
 from ..models import family as registry
@@ -81,11 +85,6 @@ OPTIMIZER_NAME = "training_state.pt"
 METRICS_NAME = "metrics.jsonl"
 ARGS_NAME = "training_args.json"
 MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
-
-
-
-
-
 
 
 @dataclass
@@ -126,15 +125,21 @@ class TrainResult:
         task = tasks.get(self.task)
         what = task.metric_title
         if self.best_epoch is not None:
-            lines.append(f"best validation {what} {self.best_accuracy:.2%} at epoch {self.best_epoch} "
-                         f"({self.num_val} images); last epoch {last.get(self.best_metric, float('nan')):.2%}, "
-                         f"train loss {last.get('train_loss', float('nan')):.4f}")  # fmt: skip
+            lines.append(
+                f"best validation {what} {self.best_accuracy:.2%} at epoch {self.best_epoch} "
+                f"({self.num_val} images); last epoch {last.get(self.best_metric, float('nan')):.2%}, "
+                f"train loss {last.get('train_loss', float('nan')):.4f}"
+            )
         elif last:
             key = task.train_metric
-            lines.append(f"no validation set: kept the last epoch's model (train loss {last['train_loss']:.4f}, "
-                         f"train {key[6:].replace('_', ' ')} {last[key]:.2%})")  # fmt: skip
-        lines.append(f"wrote {self.output_dir}: {', '.join(MODEL_FILES)} (the best model), {METRICS_NAME}, "
-                     f"{CHECKPOINT_DIR}/ (to resume)")  # fmt: skip
+            lines.append(
+                f"no validation set: kept the last epoch's model (train loss {last['train_loss']:.4f}, "
+                f"train {key[6:].replace('_', ' ')} {last[key]:.2%})"
+            )
+        lines.append(
+            f"wrote {self.output_dir}: {', '.join(MODEL_FILES)} (the best model), {METRICS_NAME}, "
+            f"{CHECKPOINT_DIR}/ (to resume)"
+        )
         return "\n".join(lines)
 
 
@@ -163,8 +168,10 @@ def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float
             continue
         skip = p.ndim <= 1 or name.endswith(("position_embeddings", "cls_token", "mask_token"))
         groups.setdefault((not skip, bool(heads) and name.startswith(heads)), []).append(p)
-    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": head_lr_scale if head else 1.0}
-            for (decay, head), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]  # fmt: skip
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": head_lr_scale if head else 1.0}
+        for (decay, head), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+    ]
 
 
 # ---- models ----------------------------------------------------------------------------------------------------
@@ -209,8 +216,10 @@ def _read_checkpoint(directory: Path) -> dict[str, Any]:
             "training": torch.load(directory / OPTIMIZER_NAME, map_location="cpu", weights_only=True),
         }
     except (OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{directory}: the checkpoint cannot be read ({e}); it was not written by this version of "
-                         "pvtkit, or was damaged: start a new run") from e  # fmt: skip
+        raise ValueError(
+            f"{directory}: the checkpoint cannot be read ({e}); it was not written by this version of "
+            "pvtkit, or was damaged: start a new run"
+        ) from e
     return payload
 
 
@@ -241,8 +250,9 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] |
             # A kill between the two renames of a checkpoint swap leaves the previous one under another name.
             previous = find_interrupted_save(checkpoint)
             if previous is None or not (previous / STATE_NAME).is_file():
-                raise TrainingConfigError(f"resume: {out} holds no checkpoint to resume (no {state_file}); "
-                                          "start the run without resume")  # fmt: skip
+                raise TrainingConfigError(
+                    f"resume: {out} holds no checkpoint to resume (no {state_file}); start the run without resume"
+                )
             logger.warning("%s: resuming from %s, left by a checkpoint save that was interrupted", out, previous.name)
             os.rename(previous, checkpoint)
         return _read_checkpoint(checkpoint)
@@ -251,14 +261,17 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] |
         with contextlib.suppress(OSError, ValueError, KeyError):
             state = read_json(state_file)
             done = f" (checkpoint after {state['global_step']} of {state['total_steps']} steps)"
-        raise TrainingConfigError(f"{out} already holds a training run{done}: resume it, overwrite it, or choose "
-                                  "another output directory")  # fmt: skip
+        raise TrainingConfigError(
+            f"{out} already holds a training run{done}: resume it, overwrite it, or choose another output directory"
+        )
     present = sorted(e.name for e in os.scandir(out) if not e.name.startswith(".")) if out.is_dir() else []
     ours = [name for name in (*MODEL_FILES, METRICS_NAME, ARGS_NAME, CHECKPOINT_DIR) if name in present]
     if present and not overwrite:
-        raise TrainingConfigError(f"output {out} is not empty (it holds {', '.join(present[:5])}"
-                                  f"{', ...' if len(present) > 5 else ''}); pass overwrite to train into it anyway, "
-                                  "or choose another output directory")  # fmt: skip
+        raise TrainingConfigError(
+            f"output {out} is not empty (it holds {', '.join(present[:5])}"
+            f"{', ...' if len(present) > 5 else ''}); pass overwrite to train into it anyway, "
+            "or choose another output directory"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name in ours:
@@ -270,8 +283,6 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] |
     except OSError as e:
         raise OSError(f"output {out}: cannot write there ({e.strerror or e})") from e
     return None
-
-
 
 
 # ---- the trainer -----------------------------------------------------------------------------------------------
@@ -318,19 +329,21 @@ class RunPlan:
     warmup_steps: int
 
     def lr(self, step: int) -> float:
-        return learning_rate(step, self.settings["lr"], self.warmup_steps, self.total_steps,
-                             self.settings.get("schedule", "cosine"))  # fmt: skip
+        return learning_rate(
+            step, self.settings["lr"], self.warmup_steps, self.total_steps, self.settings.get("schedule", "cosine")
+        )
 
 
-def plan_run(settings: dict[str, Any], data: Any, world_size: int,
-             grad_accum: int) -> RunPlan:  # fmt: skip
+def plan_run(settings: dict[str, Any], data: Any, world_size: int, grad_accum: int) -> RunPlan:
     """The schedule of `settings` on `data` with `world_size` processes: the global batch is split over processes
     and accumulation steps (it must divide evenly) and shrunk, with a warning, when it exceeds the data."""
     unit = world_size * grad_accum
     batch, n = settings["batch_size"], len(data.train)
     if batch % unit:
-        raise TrainingConfigError(f"batch size {batch} is not divisible by {world_size} process(es) x {grad_accum} "
-                                  f"accumulation step(s); use a multiple of {unit}")  # fmt: skip
+        raise TrainingConfigError(
+            f"batch size {batch} is not divisible by {world_size} process(es) x {grad_accum} "
+            f"accumulation step(s); use a multiple of {unit}"
+        )
     if batch > n:
         if n < unit:
             raise DatasetError(f"{settings['data']}: {n} training images cannot fill {unit} micro-batches")
@@ -338,10 +351,19 @@ def plan_run(settings: dict[str, Any], data: Any, world_size: int,
         batch = n // unit * unit
     steps = n // batch
     return RunPlan(
-        settings=dict(settings), classes=list(data.classes), counts=data.counts(), num_train=n, num_val=len(data.val),
-        world_size=world_size, grad_accum=grad_accum, batch=batch, micro=batch // unit, steps_per_epoch=steps,
-        total_steps=settings["epochs"] * steps, warmup_steps=round(settings["warmup_epochs"] * steps),
-    )  # fmt: skip
+        settings=dict(settings),
+        classes=list(data.classes),
+        counts=data.counts(),
+        num_train=n,
+        num_val=len(data.val),
+        world_size=world_size,
+        grad_accum=grad_accum,
+        batch=batch,
+        micro=batch // unit,
+        steps_per_epoch=steps,
+        total_steps=settings["epochs"] * steps,
+        warmup_steps=round(settings["warmup_epochs"] * steps),
+    )
 
 
 @dataclass
@@ -370,8 +392,14 @@ class TrainerState:
 
     @classmethod
     def start(cls, plan: RunPlan) -> TrainerState:
-        return cls(run=plan.settings, data=plan.counts, classes=plan.classes, steps_per_epoch=plan.steps_per_epoch,
-                   total_steps=plan.total_steps, world_size=plan.world_size)  # fmt: skip
+        return cls(
+            run=plan.settings,
+            data=plan.counts,
+            classes=plan.classes,
+            steps_per_epoch=plan.steps_per_epoch,
+            total_steps=plan.total_steps,
+            world_size=plan.world_size,
+        )
 
     @property
     def complete(self) -> bool:
@@ -411,12 +439,22 @@ class Trainer:
         self.ctx.barrier()
         validated = self.evaluator is not None
         return TrainResult(
-            output_dir=self.out, model_name=type(self.model).__name__, num_parameters=self.model.num_parameters(),
-            classes=plan.classes, num_train=plan.num_train, num_val=plan.num_val, epochs=plan.settings["epochs"],
-            steps=state.global_step, world_size=plan.world_size, history=state.history,
-            best_epoch=state.best_epoch if validated else None, best_accuracy=state.best_accuracy if validated else None,
-            seconds=time.perf_counter() - started, resumed_at_step=resumed_at, task=plan.settings["task"],
-        )  # fmt: skip
+            output_dir=self.out,
+            model_name=type(self.model).__name__,
+            num_parameters=self.model.num_parameters(),
+            classes=plan.classes,
+            num_train=plan.num_train,
+            num_val=plan.num_val,
+            epochs=plan.settings["epochs"],
+            steps=state.global_step,
+            world_size=plan.world_size,
+            history=state.history,
+            best_epoch=state.best_epoch if validated else None,
+            best_accuracy=state.best_accuracy if validated else None,
+            seconds=time.perf_counter() - started,
+            resumed_at_step=resumed_at,
+            task=plan.settings["task"],
+        )
 
     # -- set-up, in the order it runs --
 
@@ -435,14 +473,18 @@ class Trainer:
         self.task = task = tasks.get(settings["task"])
         data = _on_main(self.ctx, lambda: task.load_data(settings, a.progress))
         if saved is not None and data.counts() != saved.data:
-            raise TrainingConfigError(f"resume: the images in {settings['data']} changed since the run started "
-                                      "(classes or image counts differ); a resumed run needs the same data")  # fmt: skip
+            raise TrainingConfigError(
+                f"resume: the images in {settings['data']} changed since the run started "
+                "(classes or image counts differ); a resumed run needs the same data"
+            )
         self.model, self.processor, settings = self._model(settings, data, resumed)
         self.train_samples, self.val_samples, ids = task.samples(data, self.model.config)
         self.plan = plan = plan_run(settings, data, self.ctx.world_size, a.grad_accum)
         if saved is not None and saved.steps_per_epoch != plan.steps_per_epoch:
-            raise TrainingConfigError(f"resume: {plan.steps_per_epoch} steps per epoch now, {saved.steps_per_epoch} "
-                                      "when the run started; a resumed run needs the same data and batch size")  # fmt: skip
+            raise TrainingConfigError(
+                f"resume: {plan.steps_per_epoch} steps per epoch now, {saved.steps_per_epoch} "
+                "when the run started; a resumed run needs the same data and batch size"
+            )
         self.state = saved or TrainerState.start(plan)
         self.optimizer, self.scaler = self._optimizer(resumed)
         self.net = self._wrapped()
@@ -457,20 +499,21 @@ class Trainer:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         if a.precision == "fp16" and device.type != "cuda":
-            raise TrainingConfigError("fp16 training needs a CUDA device (it relies on loss scaling); use bf16 "
-                                      "on this device")  # fmt: skip
+            raise TrainingConfigError(
+                "fp16 training needs a CUDA device (it relies on loss scaling); use bf16 on this device"
+            )
         amp = parse_dtype(a.precision)
         return device, None if amp == torch.float32 else amp
 
-    def _model(self, settings: dict[str, Any], data: Any,
-               resumed: dict[str, Any] | None):  # fmt: skip
+    def _model(self, settings: dict[str, Any], data: Any, resumed: dict[str, Any] | None):
         """(model, processor, settings with the image size): on the run's device in fp32 weights (autocast
         computes), with the data's labels, native at the run's image size."""
         model, processor = self._load_or_build(settings, data, resumed)
         if resumed is None:
             if getattr(model.config, "num_channels", 3) != 3:
-                raise TrainingConfigError(f"the model takes {model.config.num_channels}-channel input; training "
-                                          "feeds RGB images (3 channels)")  # fmt: skip
+                raise TrainingConfigError(
+                    f"the model takes {model.config.num_channels}-channel input; training feeds RGB images (3 channels)"
+                )
             self.task.prepare_model(model, list(data.classes))
             default_size = self.task.default_image_size
             settings = {**settings, "image_size": settings["image_size"] or _square_size(processor) or default_size}
@@ -478,7 +521,9 @@ class Trainer:
                 model.set_input_size(settings["image_size"])
             except ValueError as e:
                 raise TrainingConfigError(f"image size {settings['image_size']}: {e}") from None
-            processor = _sized_processor(processor, settings["image_size"], **self.task.processor_options(processor, settings))
+            processor = _sized_processor(
+                processor, settings["image_size"], **self.task.processor_options(processor, settings)
+            )
         if self.args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model = model.to(device=self.device, dtype=torch.float32)
@@ -489,8 +534,7 @@ class Trainer:
             optimize_for(model, settings.get("batch_size") or 1, self.device, freeze=False)
         return model, processor, settings
 
-    def _load_or_build(self, settings: dict[str, Any], data: Any,
-                       resumed: dict[str, Any] | None):  # fmt: skip
+    def _load_or_build(self, settings: dict[str, Any], data: Any, resumed: dict[str, Any] | None):
         """(model, processor) on the CPU: the checkpoint's to resume, the given instance, a fresh `arch`, or the
         pretrained `model` to fine-tune."""
         from ..models.family import IMAGE_PROCESSOR_TYPES
@@ -506,8 +550,9 @@ class Trainer:
         if self.model_given is not None:
             return self.model_given, default_image_processor(self.model_given)
         if settings["arch"]:
-            config = config_for_arch(settings["arch"], self.task, data.classes,
-                                     settings["image_size"] or self.task.default_image_size)
+            config = config_for_arch(
+                settings["arch"], self.task, data.classes, settings["image_size"] or self.task.default_image_size
+            )
             model = self._task_class(registry.family_of(config))(config)
             return model, default_image_processor(model)
         hub = {"revision": self.args.revision, "local_files_only": self.args.offline}
@@ -522,8 +567,10 @@ class Trainer:
         """The family's model class for this run's task (a family without one is a usage error)."""
         head = self.task.heads[0]
         if head not in family.classes:
-            raise TrainingConfigError(f"{family.title} has no {head} model; {head} trains "
-                                      + ", ".join(f.title for f in registry.families().values() if head in f.classes))  # fmt: skip
+            raise TrainingConfigError(
+                f"{family.title} has no {head} model; {head} trains "
+                + ", ".join(f.title for f in registry.families().values() if head in f.classes)
+            )
         return family.classes[head]
 
     def _optimizer(self, resumed: dict[str, Any] | None):
@@ -558,21 +605,34 @@ class Trainer:
         """(this process's batch sampler, its training loader, the validation evaluator or None)."""
         a, plan, settings = self.args, self.plan, self.plan.settings
         dataset = self.task.train_dataset(self.train_samples, self.processor, settings)
-        sampler = TrainBatchSampler(plan.num_train, plan.batch, self.ctx.rank, plan.world_size, plan.grad_accum,
-                                    settings["seed"])  # fmt: skip
+        sampler = TrainBatchSampler(
+            plan.num_train, plan.batch, self.ctx.rank, plan.world_size, plan.grad_accum, settings["seed"]
+        )
         # A generator of its own: each epoch's iterator draws its workers' base seed from it, not from the global
         # RNG the model's dropout draws from (a run resumed mid-epoch would otherwise get other dropout masks).
         loader = DataLoader(
-            dataset, batch_sampler=sampler, num_workers=a.num_workers, persistent_workers=a.num_workers > 0,
-            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(settings["seed"]),
-        )  # fmt: skip
+            dataset,
+            batch_sampler=sampler,
+            num_workers=a.num_workers,
+            persistent_workers=a.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(settings["seed"]),
+        )
         evaluator: Any = None
         if self.val_samples:
             evaluator = self.task.evaluator(
-                self.model, self.val_samples, label_ids, self.processor, settings, batch_size=plan.micro,
-                num_workers=a.num_workers, device=self.device, amp_dtype=self.amp_dtype, ctx=self.ctx,
+                self.model,
+                self.val_samples,
+                label_ids,
+                self.processor,
+                settings,
+                batch_size=plan.micro,
+                num_workers=a.num_workers,
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                ctx=self.ctx,
                 progress=a.progress,
-            )  # fmt: skip
+            )
         return sampler, loader, evaluator
 
     def _announce(self) -> None:
@@ -584,15 +644,30 @@ class Trainer:
         if self.resumed:
             self._write_metrics()  # drops any epoch recorded after the checkpoint
         else:
-            atomic_write_json(self.out / ARGS_NAME, {**plan.settings, "grad_accum": plan.grad_accum,
-                                                     "world_size": plan.world_size, "precision": self.args.precision})  # fmt: skip
-        logger.info("training %s on %d images (%d validation), %d classes; %d steps of %d images per epoch",
-                    type(self.model).__name__, plan.num_train, plan.num_val, len(plan.classes), plan.steps_per_epoch,
-                    plan.batch)  # fmt: skip
+            atomic_write_json(
+                self.out / ARGS_NAME,
+                {
+                    **plan.settings,
+                    "grad_accum": plan.grad_accum,
+                    "world_size": plan.world_size,
+                    "precision": self.args.precision,
+                },
+            )
+        logger.info(
+            "training %s on %d images (%d validation), %d classes; %d steps of %d images per epoch",
+            type(self.model).__name__,
+            plan.num_train,
+            plan.num_val,
+            len(plan.classes),
+            plan.steps_per_epoch,
+            plan.batch,
+        )
         if self.device.type == "cpu" and os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
-            logger.info("CPU training: export THP_MEM_ALLOC_ENABLE=1 before starting Python for huge-page "
-                        "backed tensors (fewer page faults; +48%% B0 training throughput measured, see README "
-                        "'Speed'); the `pvtkit` command sets it itself")  # fmt: skip
+            logger.info(
+                "CPU training: export THP_MEM_ALLOC_ENABLE=1 before starting Python for huge-page "
+                "backed tensors (fewer page faults; +48%% B0 training throughput measured, see README "
+                "'Speed'); the `pvtkit` command sets it itself"
+            )
         if self.resumed and self.state.complete:
             logger.warning("the run in %s is already complete (%d steps)", self.out, plan.total_steps)
 
@@ -616,8 +691,15 @@ class Trainer:
             seconds_before = state.running["seconds"]
         skipped: dict[str, str] = {}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{run['epochs']}", unit="step",
-                   file=sys.stderr, disable=not self.show, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=steps,
+            initial=first,
+            desc=f"epoch {epoch + 1}/{run['epochs']}",
+            unit="step",
+            file=sys.stderr,
+            disable=not self.show,
+            dynamic_ncols=True,
+        )
         t0 = time.perf_counter()
         batches = iter(self.loader)
         smooth_loss = None
@@ -646,8 +728,15 @@ class Trainer:
                     loss = loss_sum / max(norm, 1.0)
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
                 with torch.no_grad():
-                    sums += torch.stack([loss_sum.detach().double(), correct.double(), counted.double(),
-                                         weights.sum().double(), (weights == 0).sum().double()])  # fmt: skip
+                    sums += torch.stack(
+                        [
+                            loss_sum.detach().double(),
+                            correct.double(),
+                            counted.double(),
+                            weights.sum().double(),
+                            (weights == 0).sum().double(),
+                        ]
+                    )
                 step_loss += loss.item()
                 for i, reason in zip(indices.tolist(), reasons):
                     if reason:
@@ -673,16 +762,24 @@ class Trainer:
         for part in ctx.gather_objects(skipped):
             skipped.update(part)
         if skipped and ctx.is_main:
-            logger.warning("epoch %d: skipped %d image(s) that could not be decoded: %s", epoch + 1, len(skipped),
-                           "; ".join(f"{p} ({r})" for p, r in list(skipped.items())[:5]))  # fmt: skip
+            logger.warning(
+                "epoch %d: skipped %d image(s) that could not be decoded: %s",
+                epoch + 1,
+                len(skipped),
+                "; ".join(f"{p} ({r})" for p, r in list(skipped.items())[:5]),
+            )
         loss_sum, correct, count, images, bad = sums.tolist()
         accuracy = self.task.train_metric
         return {
-            "epoch": epoch + 1, "step": state.global_step, "lr": lr,
-            "train_loss": loss_sum / max(count, 1), accuracy: correct / max(count, 1),
-            "images_per_second": (images + bad) / max(seconds, 1e-9), "train_seconds": round(seconds, 3),
+            "epoch": epoch + 1,
+            "step": state.global_step,
+            "lr": lr,
+            "train_loss": loss_sum / max(count, 1),
+            accuracy: correct / max(count, 1),
+            "images_per_second": (images + bad) / max(seconds, 1e-9),
+            "train_seconds": round(seconds, 3),
             "skipped_images": int(bad),
-        }  # fmt: skip
+        }
 
     def _optimizer_step(self, params: list[nn.Parameter]) -> None:
         if self.scaler is not None:
@@ -717,17 +814,23 @@ class Trainer:
 
             trained, shown = self.task.short_metrics(record, self.evaluator is not None)
             val = f", val loss {record['val_loss']:.4f}, {shown}{' (best)' if improved else ''}" if shown else ""
-            tqdm.write(f"epoch {epoch + 1}/{self.plan.settings['epochs']}: loss {record['train_loss']:.4f}, {trained}"
-                       f"{val}, lr {record['lr']:.2e}, "
-                       f"{record['images_per_second']:.0f} img/s", file=sys.stderr)  # fmt: skip
+            tqdm.write(
+                f"epoch {epoch + 1}/{self.plan.settings['epochs']}: loss {record['train_loss']:.4f}, {trained}"
+                f"{val}, lr {record['lr']:.2e}, "
+                f"{record['images_per_second']:.0f} img/s",
+                file=sys.stderr,
+            )
 
     def _save_checkpoint(self, epoch: int, epoch_step: int, running: dict[str, Any] | None) -> None:
         """`OUT/checkpoint/`: the model in transformers format, optimizer and RNG state, and the trainer state
         (`epoch` epochs and `epoch_step` steps of the next one done), swapped in atomically."""
         state = self.state
         state.epoch, state.epoch_step, state.running = epoch, epoch_step, running
-        training = {"optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
-                    "scaler": self.scaler.state_dict() if self.scaler else None}  # fmt: skip
+        training = {
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+        }
         if self.device.type == "cuda":  # dropout and stochastic depth draw from the GPU's generator
             training["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         with atomic_directory(self.out / CHECKPOINT_DIR) as staging:
@@ -773,5 +876,11 @@ def train(
 
 
 __all__ = [
-    "DatasetError", "Trainer", "TrainingArguments", "TrainingConfigError", "TrainResult", "learning_rate", "train",
-]  # fmt: skip
+    "DatasetError",
+    "Trainer",
+    "TrainingArguments",
+    "TrainingConfigError",
+    "TrainResult",
+    "learning_rate",
+    "train",
+]

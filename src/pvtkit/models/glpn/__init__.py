@@ -8,12 +8,17 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "GLPNConfig": "configuration", "VARIANTS": "configuration",
-    "LAYOUTS": "conversion", "infer_config": "conversion",
-    "FAMILY": "modeling", "GLPNForDepthEstimation": "modeling", "GLPNModel": "modeling",
+    "GLPNConfig": "configuration",
+    "VARIANTS": "configuration",
+    "LAYOUTS": "conversion",
+    "infer_config": "conversion",
+    "FAMILY": "modeling",
+    "GLPNForDepthEstimation": "modeling",
+    "GLPNModel": "modeling",
     "GLPNPreTrainedModel": "modeling",
-    "GLPNImageProcessor": "processing", "GLPNImageProcessorFast": "processing",
-}  # fmt: skip
+    "GLPNImageProcessor": "processing",
+    "GLPNImageProcessorFast": "processing",
+}
 __all__ = ["VARIANTS", "GLPNConfig", "GLPNForDepthEstimation", "GLPNModel"]
 
 

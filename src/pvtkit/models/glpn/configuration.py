@@ -21,8 +21,9 @@ class GLPNConfig(pyramid_config.PyramidConfig):
     title = "GLPN"
     variant_prefixes = ("glpn_", "vinvino02/glpn_")
 
-    def __init__(self, decoder_hidden_size: int = 64, max_depth: float = 10, head_in_index: int = -1,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, decoder_hidden_size: int = 64, max_depth: float = 10, head_in_index: int = -1, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.decoder_hidden_size, self.head_in_index = int(decoder_hidden_size), int(head_in_index)
         # transformers types the field int: whole depths are written as ints so its strict config loads our file

@@ -26,7 +26,6 @@ from ..pyramid import modeling as pyramid
 from .configuration import GLPNConfig
 from .conversion import LAYOUTS, infer_config
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Decoder and head
 
@@ -104,8 +103,6 @@ class DepthHead(nn.Module):
         return (kernels.conv_act(x, self.head[2], torch.sigmoid) * self.max_depth).squeeze(1)
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Models
 
@@ -147,9 +144,14 @@ class GLPNForDepthEstimation(GLPNPreTrainedModel):
         self.head = DepthHead(config)
 
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
-    ) -> DepthEstimatorOutput | tuple:  # fmt: skip
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> DepthEstimatorOutput | tuple:
         """`pixel_values` `(B, num_channels, H, W)`; `labels` `(B, H, W)` ground-truth depth."""
         pyramid.check_dense_input(pixel_values, self.config)
         return self._forward(pixel_values, labels, output_attentions, output_hidden_states, return_dict)
@@ -157,15 +159,21 @@ class GLPNForDepthEstimation(GLPNPreTrainedModel):
     def _head(self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: Any, size: Any) -> DepthEstimatorOutput:
         depth = self.head(self.decoder(out.hidden_states, size))
         if labels is not None and labels.shape[-2:] != depth.shape[-2:]:
-            raise ValueError(f"labels have shape {tuple(labels.shape)}; expected (batch, height, width) at the "
-                             f"input's size, {tuple(depth.shape)}")  # fmt: skip
+            raise ValueError(
+                f"labels have shape {tuple(labels.shape)}; expected (batch, height, width) at the "
+                f"input's size, {tuple(depth.shape)}"
+            )
         loss = silog_loss(depth, labels) if labels is not None else None
         return DepthEstimatorOutput(loss=loss, predicted_depth=depth, hidden_states=hidden, attentions=attentions)
 
 
 FAMILY = Family(
-    model_type="glpn", config_class=GLPNConfig, processor="GLPNImageProcessor",
+    model_type="glpn",
+    config_class=GLPNConfig,
+    processor="GLPNImageProcessor",
     classes={"model": GLPNModel, "depth-estimation": GLPNForDepthEstimation},
     layouts=LAYOUTS,
-    infer_config=infer_config, min_export_side=pyramid.min_export_side, describe=pyramid.describe,
-)  # fmt: skip
+    infer_config=infer_config,
+    min_export_side=pyramid.min_export_side,
+    describe=pyramid.describe,
+)

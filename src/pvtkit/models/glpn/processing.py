@@ -25,8 +25,14 @@ class GLPNImageProcessor(ViTImageProcessor):
     """
 
     image_processor_type = "GLPNImageProcessor"
-    _defaults = {**_BaseImageProcessor._defaults, "size": None, "do_normalize": False, "image_mean": None,
-                 "image_std": None, "size_divisor": 32}
+    _defaults = {
+        **_BaseImageProcessor._defaults,
+        "size": None,
+        "do_normalize": False,
+        "image_mean": None,
+        "image_std": None,
+        "size_divisor": 32,
+    }
 
     def _resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
         opts = super()._resolve(overrides)
@@ -38,8 +44,10 @@ class GLPNImageProcessor(ViTImageProcessor):
     def _target_size(self, height: int, width: int, opts: dict[str, Any], name: str) -> tuple[int, int]:
         d = opts["size_divisor"]
         if height < d or width < d:
-            raise ImageLoadError(f"{name}: {height}x{width} (height x width) is smaller than size_divisor {d}; "
-                                 f"expected both sides at least {d} pixels")  # fmt: skip
+            raise ImageLoadError(
+                f"{name}: {height}x{width} (height x width) is smaller than size_divisor {d}; "
+                f"expected both sides at least {d} pixels"
+            )
         return height // d * d, width // d * d
 
     def post_process_depth_estimation(self, outputs: Any, target_sizes: Any = None) -> list[dict[str, torch.Tensor]]:
@@ -53,11 +61,13 @@ class GLPNImageProcessorFast(_TorchBackend, GLPNImageProcessor):
     image_processor_type = "GLPNImageProcessorFast"
 
 
-register_image_processors({
-    "GLPNImageProcessor": GLPNImageProcessor,
-    "GLPNImageProcessorPil": GLPNImageProcessor,
-    "GLPNFeatureExtractor": GLPNImageProcessor,
-    "GLPNImageProcessorFast": GLPNImageProcessorFast,
-})
+register_image_processors(
+    {
+        "GLPNImageProcessor": GLPNImageProcessor,
+        "GLPNImageProcessorPil": GLPNImageProcessor,
+        "GLPNFeatureExtractor": GLPNImageProcessor,
+        "GLPNImageProcessorFast": GLPNImageProcessorFast,
+    }
+)
 
 __all__ = ["GLPNImageProcessor", "GLPNImageProcessorFast"]

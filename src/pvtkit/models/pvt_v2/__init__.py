@@ -8,14 +8,27 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "PvtV2Config": "configuration", "VARIANTS": "configuration",
-    "LAYOUTS": "conversion", "infer_config": "conversion",
-    "FAMILY": "modeling", "PvtV2Backbone": "modeling", "PvtV2ForImageClassification": "modeling",
-    "PvtV2ForSemanticSegmentation": "modeling", "PvtV2Model": "modeling", "PvtV2PreTrainedModel": "modeling",
-    "PvtImageProcessor": "processing", "PvtImageProcessorFast": "processing",
-}  # fmt: skip
-__all__ = ["VARIANTS", "PvtV2Backbone", "PvtV2Config", "PvtV2ForImageClassification", "PvtV2ForSemanticSegmentation",
-           "PvtV2Model"]  # fmt: skip
+    "PvtV2Config": "configuration",
+    "VARIANTS": "configuration",
+    "LAYOUTS": "conversion",
+    "infer_config": "conversion",
+    "FAMILY": "modeling",
+    "PvtV2Backbone": "modeling",
+    "PvtV2ForImageClassification": "modeling",
+    "PvtV2ForSemanticSegmentation": "modeling",
+    "PvtV2Model": "modeling",
+    "PvtV2PreTrainedModel": "modeling",
+    "PvtImageProcessor": "processing",
+    "PvtImageProcessorFast": "processing",
+}
+__all__ = [
+    "VARIANTS",
+    "PvtV2Backbone",
+    "PvtV2Config",
+    "PvtV2ForImageClassification",
+    "PvtV2ForSemanticSegmentation",
+    "PvtV2Model",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,8 +22,14 @@ from ..pyramid import modeling as pyramid
 from .configuration import VARIANTS, PvtV2Config
 from .conversion import LAYOUTS, infer_config
 
-__all__ = ["VARIANTS", "PvtV2Backbone", "PvtV2Config", "PvtV2ForImageClassification", "PvtV2ForSemanticSegmentation",
-           "PvtV2Model"]  # fmt: skip
+__all__ = [
+    "VARIANTS",
+    "PvtV2Backbone",
+    "PvtV2Config",
+    "PvtV2ForImageClassification",
+    "PvtV2ForSemanticSegmentation",
+    "PvtV2Model",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,19 +138,31 @@ class PvtV2ForSemanticSegmentation(PvtV2PreTrainedModel, pyramid.PyramidForSeman
 
     def __init__(self, config: PvtV2Config) -> None:
         super().__init__(config)
-        for name, default in (("decoder_hidden_size", 256), ("classifier_dropout_prob", 0.1),
-                              ("semantic_loss_ignore_index", 255)):  # fmt: skip
+        for name, default in (
+            ("decoder_hidden_size", 256),
+            ("classifier_dropout_prob", 0.1),
+            ("semantic_loss_ignore_index", 255),
+        ):
             setattr(config, name, getattr(config, name, default))
         self.pvt_v2 = PvtV2Model(config)
-        self.decode_head = pyramid.AllMlpDecodeHead(config.hidden_sizes, config.decoder_hidden_size,
-                                                    config.num_labels, config.classifier_dropout_prob)  # fmt: skip
+        self.decode_head = pyramid.AllMlpDecodeHead(
+            config.hidden_sizes, config.decoder_hidden_size, config.num_labels, config.classifier_dropout_prob
+        )
 
 
 FAMILY = Family(
-    model_type="pvt_v2", config_class=PvtV2Config, processor="PvtImageProcessor",
+    model_type="pvt_v2",
+    config_class=PvtV2Config,
+    processor="PvtImageProcessor",
     task_processors={"semantic-segmentation": "SegformerImageProcessor"},
-    classes={"model": PvtV2Model, "image-classification": PvtV2ForImageClassification, "backbone": PvtV2Backbone,
-             "semantic-segmentation": PvtV2ForSemanticSegmentation},
+    classes={
+        "model": PvtV2Model,
+        "image-classification": PvtV2ForImageClassification,
+        "backbone": PvtV2Backbone,
+        "semantic-segmentation": PvtV2ForSemanticSegmentation,
+    },
     layouts=LAYOUTS,
-    infer_config=infer_config, min_export_side=pyramid.min_export_side, describe=pyramid.describe,
-)  # fmt: skip
+    infer_config=infer_config,
+    min_export_side=pyramid.min_export_side,
+    describe=pyramid.describe,
+)

@@ -22,8 +22,12 @@ class PvtImageProcessor(ViTImageProcessor):
     """
 
     image_processor_type = "PvtImageProcessor"
-    _defaults = {**_BaseImageProcessor._defaults, "image_mean": IMAGENET_DEFAULT_MEAN,
-                 "image_std": IMAGENET_DEFAULT_STD, "resample": 3}
+    _defaults = {
+        **_BaseImageProcessor._defaults,
+        "image_mean": IMAGENET_DEFAULT_MEAN,
+        "image_std": IMAGENET_DEFAULT_STD,
+        "resample": 3,
+    }
 
 
 class PvtImageProcessorFast(_TorchBackend, PvtImageProcessor):
@@ -32,10 +36,12 @@ class PvtImageProcessorFast(_TorchBackend, PvtImageProcessor):
     image_processor_type = "PvtImageProcessorFast"
 
 
-register_image_processors({
-    "PvtImageProcessor": PvtImageProcessor,
-    "PvtImageProcessorPil": PvtImageProcessor,
-    "PvtImageProcessorFast": PvtImageProcessorFast,
-})
+register_image_processors(
+    {
+        "PvtImageProcessor": PvtImageProcessor,
+        "PvtImageProcessorPil": PvtImageProcessor,
+        "PvtImageProcessorFast": PvtImageProcessorFast,
+    }
+)
 
 __all__ = ["PvtImageProcessor", "PvtImageProcessorFast"]

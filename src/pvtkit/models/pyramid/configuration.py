@@ -71,10 +71,16 @@ def validate(config: Any) -> None:
     """The checks every pyramid config makes: per-stage lists of one length, positive entries, heads dividing widths."""
     owner, n = type(config).__name__, config.num_encoder_blocks
     check_lengths(
-        owner, n, depths=config.depths, sr_ratios=config.sr_ratios, hidden_sizes=config.hidden_sizes,
-        patch_sizes=config.patch_sizes, strides=config.strides, num_attention_heads=config.num_attention_heads,
+        owner,
+        n,
+        depths=config.depths,
+        sr_ratios=config.sr_ratios,
+        hidden_sizes=config.hidden_sizes,
+        patch_sizes=config.patch_sizes,
+        strides=config.strides,
+        num_attention_heads=config.num_attention_heads,
         mlp_ratios=config.mlp_ratios,
-    )  # fmt: skip
+    )
     for i, (size, heads) in enumerate(zip(config.hidden_sizes, config.num_attention_heads)):
         if heads <= 0 or size % heads:
             raise ValueError(f"{owner}: stage {i + 1} hidden size {size} is not divisible by {heads} heads")
@@ -97,8 +103,15 @@ def infer_stages(state: StateDict, patch: str, block: str, reduction: str) -> di
         n += 1
     if n == 0:
         raise ValueError(f"cannot infer the architecture: no {patch.format(0)}")
-    fields: dict[str, Any] = {"num_encoder_blocks": n, "depths": [], "hidden_sizes": [], "patch_sizes": [],
-                              "sr_ratios": [], "mlp_ratios": [], "num_attention_heads": []}  # fmt: skip
+    fields: dict[str, Any] = {
+        "num_encoder_blocks": n,
+        "depths": [],
+        "hidden_sizes": [],
+        "patch_sizes": [],
+        "sr_ratios": [],
+        "mlp_ratios": [],
+        "num_attention_heads": [],
+    }
     for i in range(n):
         proj = state[patch.format(i)]  # (C, C_in, k, k)
         dim = proj.shape[0]
@@ -109,10 +122,14 @@ def infer_stages(state: StateDict, patch: str, block: str, reduction: str) -> di
         first = block.format(i, 0)
         sr = state.get(first + reduction)
         head_dim = fields["hidden_sizes"][0] if i else dim
-        for key, value in (("depths", depth), ("hidden_sizes", dim), ("patch_sizes", proj.shape[-1]),
-                           ("sr_ratios", 1 if sr is None else sr.shape[-1]),
-                           ("mlp_ratios", state[first + "mlp.dense1.weight"].shape[0] // dim if depth else 4),
-                           ("num_attention_heads", dim // head_dim if dim % head_dim == 0 else 1)):  # fmt: skip
+        for key, value in (
+            ("depths", depth),
+            ("hidden_sizes", dim),
+            ("patch_sizes", proj.shape[-1]),
+            ("sr_ratios", 1 if sr is None else sr.shape[-1]),
+            ("mlp_ratios", state[first + "mlp.dense1.weight"].shape[0] // dim if depth else 4),
+            ("num_attention_heads", dim // head_dim if dim % head_dim == 0 else 1),
+        ):
             fields[key].append(value)
     fields["strides"] = [4] + [2] * (n - 1)
     return fields
@@ -121,5 +138,6 @@ def infer_stages(state: StateDict, patch: str, block: str, reduction: str) -> di
 def check_pixel_values(shape: Sequence[Any], config: Any) -> None:
     """The pyramid models' ValueError for `pixel_values` of another rank or channel count (PyTorch's and Keras')."""
     if len(shape) != 4 or shape[1] != config.num_channels:
-        raise ValueError(f"pixel_values must have shape (batch, {config.num_channels}, height, width), "
-                         f"got {tuple(shape)}")  # fmt: skip
+        raise ValueError(
+            f"pixel_values must have shape (batch, {config.num_channels}, height, width), got {tuple(shape)}"
+        )

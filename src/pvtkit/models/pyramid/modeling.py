@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ... import cpu_kernels as kernels
-from ...losses import segmentation_loss
 from ...layers import Dense, DropPath, adaptive_avg_pool2d, attend, get_activation, map_to_tokens, tokens_to_map
+from ...losses import segmentation_loss
 from ...modeling import PreTrainedModel, classification_loss
 from ...outputs import BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from .. import family as registry
@@ -65,9 +65,16 @@ class SpatialReductionAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, sr_ratio: int, linear: bool, qkv_bias: bool, attn_drop: float,
-        proj_drop: float, eps: float,
-    ) -> None:  # fmt: skip
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        linear: bool,
+        qkv_bias: bool,
+        attn_drop: float,
+        proj_drop: float,
+        eps: float,
+    ) -> None:
         super().__init__()
         self._setup(dim, num_heads, sr_ratio, linear, attn_drop, proj_drop)
         self.query = nn.Linear(dim, dim, bias=qkv_bias)
@@ -203,9 +210,20 @@ class Block(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: float, linear: bool, qkv_bias: bool, act: str,
-        drop: float, attn_drop: float, drop_path: float, eps: float, mix: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        mlp_ratio: float,
+        linear: bool,
+        qkv_bias: bool,
+        act: str,
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+        eps: float,
+        mix: bool = False,
+    ) -> None:
         super().__init__()
         self.layer_norm_1 = nn.LayerNorm(dim, eps=eps)
         if mix:
@@ -236,10 +254,19 @@ def stage_blocks(config: Any, index: int, eps: float, mix: bool = False) -> nn.M
     rates = [c.drop_path_rate * (first + j) / max(n - 1, 1) for j in range(c.depths[index])]
     return nn.ModuleList(
         Block(
-            c.hidden_sizes[index], c.num_attention_heads[index], c.sr_ratios[index], c.mlp_ratios[index],
-            getattr(c, "linear_attention", False), getattr(c, "qkv_bias", True), c.hidden_act, c.hidden_dropout_prob,
-            c.attention_probs_dropout_prob, rate, eps, mix,
-        )  # fmt: skip
+            c.hidden_sizes[index],
+            c.num_attention_heads[index],
+            c.sr_ratios[index],
+            c.mlp_ratios[index],
+            getattr(c, "linear_attention", False),
+            getattr(c, "qkv_bias", True),
+            c.hidden_act,
+            c.hidden_dropout_prob,
+            c.attention_probs_dropout_prob,
+            rate,
+            eps,
+            mix,
+        )
         for rate in rates
     )
 
@@ -329,8 +356,14 @@ class PyramidPreTrainedModel(PreTrainedModel):
     def _encoder(self) -> PyramidEncoder:
         return getattr(self, self.base_model_prefix, self).encoder  # a task model holds the encoder model
 
-    def _forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None, output_attentions: bool | None,
-                 output_hidden_states: bool | None, return_dict: bool | None) -> Any:  # fmt: skip
+    def _forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        return_dict: bool | None,
+    ) -> Any:
         c = self.config
         check_pixel_values(pixel_values.shape, c)
         keep_attn = c.output_attentions if output_attentions is None else output_attentions
@@ -359,8 +392,10 @@ class PyramidPreTrainedModel(PreTrainedModel):
         if not self.nested_attentions:  # flat over blocks: regroup by stage
             ends = torch.tensor(depths).cumsum(0).tolist()
             stages = [stages[end - d : end] for end, d in zip(ends, depths)]
-        return [(f"stage {i + 1}", stage[-1][0], tuple(hidden.shape[-2:]), 0)
-                for i, (stage, hidden) in enumerate(zip(stages, out.hidden_states))]  # fmt: skip
+        return [
+            (f"stage {i + 1}", stage[-1][0], tuple(hidden.shape[-2:]), 0)
+            for i, (stage, hidden) in enumerate(zip(stages, out.hidden_states))
+        ]
 
 
 class MixPreTrainedModel(PyramidPreTrainedModel):
@@ -470,14 +505,20 @@ class PyramidForImageClassification(PyramidPreTrainedModel):
         self.classifier = nn.Linear(self.head_width, n) if n > 0 else nn.Identity()
 
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
-    ) -> ImageClassifierOutput | tuple:  # fmt: skip
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ImageClassifierOutput | tuple:
         """`pixel_values` `(B, num_channels, H, W)`; with `labels`, the loss `config.problem_type` names."""
         return self._forward(pixel_values, labels, output_attentions, output_hidden_states, return_dict)
 
-    def _head(self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: Any,
-              size: Any) -> ImageClassifierOutput:  # fmt: skip
+    def _head(
+        self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: Any, size: Any
+    ) -> ImageClassifierOutput:
         logits = self.classifier(out.last_hidden_state.mean(dim=(2, 3)))  # global average pool: (B, num_labels)
         loss = classification_loss(logits, labels, self.config) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attentions)
@@ -495,9 +536,14 @@ class PyramidForSemanticSegmentation(PyramidPreTrainedModel):
     decode_head: AllMlpDecodeHead
 
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
-    ) -> SemanticSegmenterOutput | tuple:  # fmt: skip
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SemanticSegmenterOutput | tuple:
         """`pixel_values` `(B, num_channels, H, W)`; `labels` `(B, H, W)` class indices (any size: the logits are
         upsampled to it for the loss)."""
         if labels is not None and self.config.num_labels < 1:
@@ -505,8 +551,9 @@ class PyramidForSemanticSegmentation(PyramidPreTrainedModel):
         check_dense_input(pixel_values, self.config)
         return self._forward(pixel_values, labels, output_attentions, output_hidden_states, return_dict)
 
-    def _head(self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: Any,
-              size: Any) -> SemanticSegmenterOutput:  # fmt: skip
+    def _head(
+        self, out: BaseModelOutput, hidden: Any, attentions: Any, labels: Any, size: Any
+    ) -> SemanticSegmenterOutput:
         logits = self.decode_head(out.hidden_states)
         c = self.config
         loss = None if labels is None else segmentation_loss(logits, labels, c.num_labels, c.semantic_loss_ignore_index)
@@ -517,10 +564,10 @@ def check_dense_input(pixel_values: torch.Tensor, config: Any) -> None:
     """A dense head's output pixel stands for a first-stride square of the input: refuse an input smaller than
     that (the classifiers take any size)."""
     if pixel_values.ndim == 4 and min(pixel_values.shape[-2:]) < config.strides[0]:
-        raise ValueError(f"pixel_values of size {tuple(pixel_values.shape[-2:])} (height, width) are smaller than the "
-                         f"first stage's stride {config.strides[0]}; expected both sides at least {config.strides[0]}")
-
-
+        raise ValueError(
+            f"pixel_values of size {tuple(pixel_values.shape[-2:])} (height, width) are smaller than the "
+            f"first stage's stride {config.strides[0]}; expected both sides at least {config.strides[0]}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -547,9 +594,19 @@ def describe(config: Any, out: Any) -> dict[str, Any]:
     """Per stage: name, stride, channels, output shape, depth, heads, SR ratio, MLP ratio, attention kind."""
     strides = torch.tensor(config.strides).cumprod(0).tolist()
     linear = getattr(config, "linear_attention", False)
-    return {"stages": [{
-        "name": f"stage{i + 1}", "stride": strides[i], "channels": out.hidden_states[i].shape[1],
-        "shape": list(out.hidden_states[i].shape[2:]), "depth": config.depths[i],
-        "heads": config.num_attention_heads[i], "sr_ratio": config.sr_ratios[i], "mlp_ratio": config.mlp_ratios[i],
-        "attention": "linear SRA (7x7 pool)" if linear else "SRA",
-    } for i in range(config.num_encoder_blocks)]}  # fmt: skip
+    return {
+        "stages": [
+            {
+                "name": f"stage{i + 1}",
+                "stride": strides[i],
+                "channels": out.hidden_states[i].shape[1],
+                "shape": list(out.hidden_states[i].shape[2:]),
+                "depth": config.depths[i],
+                "heads": config.num_attention_heads[i],
+                "sr_ratio": config.sr_ratios[i],
+                "mlp_ratio": config.mlp_ratios[i],
+                "attention": "linear SRA (7x7 pool)" if linear else "SRA",
+            }
+            for i in range(config.num_encoder_blocks)
+        ]
+    }

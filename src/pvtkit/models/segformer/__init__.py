@@ -8,15 +8,27 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "SegformerConfig": "configuration", "VARIANTS": "configuration",
-    "LAYOUTS": "conversion", "from_mmseg": "conversion", "from_nvlabs": "conversion", "infer_config": "conversion",
-    "FAMILY": "modeling", "SegformerForImageClassification": "modeling",
-    "SegformerForSemanticSegmentation": "modeling", "SegformerModel": "modeling",
+    "SegformerConfig": "configuration",
+    "VARIANTS": "configuration",
+    "LAYOUTS": "conversion",
+    "from_mmseg": "conversion",
+    "from_nvlabs": "conversion",
+    "infer_config": "conversion",
+    "FAMILY": "modeling",
+    "SegformerForImageClassification": "modeling",
+    "SegformerForSemanticSegmentation": "modeling",
+    "SegformerModel": "modeling",
     "SegformerPreTrainedModel": "modeling",
-    "SegformerImageProcessor": "processing", "SegformerImageProcessorFast": "processing",
-}  # fmt: skip
-__all__ = ["VARIANTS", "SegformerConfig", "SegformerForImageClassification", "SegformerForSemanticSegmentation",
-           "SegformerModel"]  # fmt: skip
+    "SegformerImageProcessor": "processing",
+    "SegformerImageProcessorFast": "processing",
+}
+__all__ = [
+    "VARIANTS",
+    "SegformerConfig",
+    "SegformerForImageClassification",
+    "SegformerForSemanticSegmentation",
+    "SegformerModel",
+]
 
 
 def __getattr__(name: str) -> Any:

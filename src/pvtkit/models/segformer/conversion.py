@@ -27,22 +27,30 @@ _NVLABS_RULES = [
     (r"^decode_head\.linear_fuse\.bn\.", lambda m: "decode_head.batch_norm."),
     (r"^decode_head\.linear_pred\.", lambda m: "decode_head.classifier."),
     (r"^backbone\.head\.", lambda m: "classifier."),
-]  # fmt: skip
+]
 _NVLABS_STAGES = convert.stage_renamer(_NVLABS_RULES)
 _NVLABS_BLOCK: convert.Rules = [
-    (r"\.norm1\.", ".layer_norm_1."), (r"\.norm2\.", ".layer_norm_2."), (r"\.attn\.q\.", ".attention.self.query."),
-    (r"\.attn\.kv\.", ".attention.self.kv."), (r"\.attn\.sr\.", ".attention.self.sr."),
-    (r"\.attn\.norm\.", ".attention.self.layer_norm."), (r"\.attn\.proj\.", ".attention.output.dense."),
-    (r"\.mlp\.fc1\.", ".mlp.dense1."), (r"\.mlp\.fc2\.", ".mlp.dense2."),
-]  # fmt: skip
+    (r"\.norm1\.", ".layer_norm_1."),
+    (r"\.norm2\.", ".layer_norm_2."),
+    (r"\.attn\.q\.", ".attention.self.query."),
+    (r"\.attn\.kv\.", ".attention.self.kv."),
+    (r"\.attn\.sr\.", ".attention.self.sr."),
+    (r"\.attn\.norm\.", ".attention.self.layer_norm."),
+    (r"\.attn\.proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".mlp.dense1."),
+    (r"\.mlp\.fc2\.", ".mlp.dense2."),
+]
 
 
 def from_nvlabs(state: StateDict) -> StateDict:
     """The NVlabs/SegFormer release (`backbone.` + `decode_head.`, or a bare MiT with `head.`) -> transformers'.
     The `decode_head.conv_seg` every mmseg 0.x head carries is unused by SegFormer's head and dropped. NVlabs' MiT
     has LayerNorm epsilon 1e-6 in its blocks, transformers 1e-5: outputs drift by ~1e-6 relative."""
-    prefixed = {k if k.startswith(("backbone.", "decode_head.")) else "backbone." + k: v for k, v in state.items()
-                if not k.startswith("decode_head.conv_seg.")}  # fmt: skip
+    prefixed = {
+        k if k.startswith(("backbone.", "decode_head.")) else "backbone." + k: v
+        for k, v in state.items()
+        if not k.startswith("decode_head.conv_seg.")
+    }
     state = convert.rename(_NVLABS_STAGES(prefixed), _NVLABS_BLOCK)
     return convert.split(state, "attention.self.kv", ("attention.self.key", "attention.self.value"))
 
@@ -69,22 +77,27 @@ def from_mmseg(state: StateDict) -> StateDict:
     with a warning, and the encoder starts a fine-tune. (mmseg's LayerNorms have epsilon 1e-6, transformers' 1e-5.)"""
     head = [k for k in state if k.startswith("decode_head.")]
     if head:
-        logger.warning("mmsegmentation's SegformerHead (%d tensors: %s, ...) has per-stage BatchNorms that "
-                       "transformers' decode head does not: only the MiT encoder converts",
-                       len(head), head[0])  # fmt: skip
+        logger.warning(
+            "mmsegmentation's SegformerHead (%d tensors: %s, ...) has per-stage BatchNorms that "
+            "transformers' decode head does not: only the MiT encoder converts",
+            len(head),
+            head[0],
+        )
     renamed = convert.rename({k.removeprefix("backbone."): v for k, v in state.items() if k not in head}, _MMSEG_RULES)
     for k, v in renamed.items():  # the MLP's 1x1 convs are Linear layers here: (out, in, 1, 1) -> (out, in)
         if k.endswith((".mlp.dense1.weight", ".mlp.dense2.weight")) and v.ndim == 4:
             renamed[k] = v[:, :, 0, 0]
-    return convert.split(renamed, "attention.self.qkv", ("attention.self.query", "attention.self.key",
-                                                         "attention.self.value"))  # fmt: skip
+    return convert.split(
+        renamed, "attention.self.qkv", ("attention.self.query", "attention.self.key", "attention.self.value")
+    )
 
 
 def infer_config(state: StateDict) -> dict[str, Any]:
     """SegformerConfig fields read off a transformers-named state dict."""
     s = convert.strip_prefix(state, "segformer.")
-    fields = pyramid_config.infer_stages(s, "encoder.patch_embeddings.{}.proj.weight", "encoder.block.{}.{}.",
-                                  "attention.self.sr.weight")  # fmt: skip
+    fields = pyramid_config.infer_stages(
+        s, "encoder.patch_embeddings.{}.proj.weight", "encoder.block.{}.{}.", "attention.self.sr.weight"
+    )
     if "classifier.weight" in state:
         fields["num_labels"] = state["classifier.weight"].shape[0]
     if "decode_head.classifier.weight" in state:
@@ -101,4 +114,4 @@ LAYOUTS = (
     Layout("mmseg", "segformer", "layers.0.1.0.attn.attn.in_proj_weight", from_mmseg, prefix=_PREFIX),
     # a bare MiT: after PVTv2's reading
     Layout("nvlabs", "segformer", "patch_embed1.proj.weight", from_nvlabs, prefix=_PREFIX),
-)  # fmt: skip
+)

@@ -18,7 +18,6 @@ from ..pyramid import modeling as pyramid
 from .configuration import SegformerConfig
 from .conversion import LAYOUTS, infer_config
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Models and heads
 
@@ -69,14 +68,22 @@ class SegformerForSemanticSegmentation(SegformerPreTrainedModel, pyramid.Pyramid
     def __init__(self, config: SegformerConfig) -> None:
         super().__init__(config)
         self.segformer = SegformerModel(config)
-        self.decode_head = pyramid.AllMlpDecodeHead(config.hidden_sizes, config.decoder_hidden_size,
-                                                    config.num_labels, config.classifier_dropout_prob)  # fmt: skip
+        self.decode_head = pyramid.AllMlpDecodeHead(
+            config.hidden_sizes, config.decoder_hidden_size, config.num_labels, config.classifier_dropout_prob
+        )
 
 
 FAMILY = Family(
-    model_type="segformer", config_class=SegformerConfig, processor="SegformerImageProcessor",
-    classes={"model": SegformerModel, "image-classification": SegformerForImageClassification,
-             "semantic-segmentation": SegformerForSemanticSegmentation},
+    model_type="segformer",
+    config_class=SegformerConfig,
+    processor="SegformerImageProcessor",
+    classes={
+        "model": SegformerModel,
+        "image-classification": SegformerForImageClassification,
+        "semantic-segmentation": SegformerForSemanticSegmentation,
+    },
     layouts=LAYOUTS,
-    infer_config=infer_config, min_export_side=pyramid.min_export_side, describe=pyramid.describe,
-)  # fmt: skip
+    infer_config=infer_config,
+    min_export_side=pyramid.min_export_side,
+    describe=pyramid.describe,
+)

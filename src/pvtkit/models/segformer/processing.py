@@ -32,8 +32,13 @@ class SegformerImageProcessor(ViTImageProcessor):
     """
 
     image_processor_type = "SegformerImageProcessor"
-    _defaults = {**_BaseImageProcessor._defaults, "size": {"height": 512, "width": 512},
-                 "image_mean": IMAGENET_DEFAULT_MEAN, "image_std": IMAGENET_DEFAULT_STD, "do_reduce_labels": False}
+    _defaults = {
+        **_BaseImageProcessor._defaults,
+        "size": {"height": 512, "width": 512},
+        "image_mean": IMAGENET_DEFAULT_MEAN,
+        "image_std": IMAGENET_DEFAULT_STD,
+        "do_reduce_labels": False,
+    }
 
     def __init__(self, *args: Any, reduce_labels: bool | None = None, **kwargs: Any) -> None:
         if reduce_labels is not None:  # the name in the configs of nvidia/segformer-*-ade-*, transformers 4's first
@@ -61,11 +66,13 @@ class SegformerImageProcessor(ViTImageProcessor):
         Returns:
             A `BatchFeature` with `pixel_values`, and `labels` when maps were given.
         """
-        return self._preprocess(images, segmentation_maps, return_tensors, input_data_format, exif_transpose,
-                                device, overrides)  # fmt: skip
+        return self._preprocess(
+            images, segmentation_maps, return_tensors, input_data_format, exif_transpose, device, overrides
+        )
 
-    def post_process_semantic_segmentation(self, outputs: Any, target_sizes: Any = None,
-                                           return_segmentation_scores: bool = False) -> list[Any]:  # fmt: skip
+    def post_process_semantic_segmentation(
+        self, outputs: Any, target_sizes: Any = None, return_segmentation_scores: bool = False
+    ) -> list[Any]:
         """Class maps from a segmentation model's output (see `semantic_segmentation`)."""
         return semantic_segmentation(outputs.logits, target_sizes, return_segmentation_scores)
 
@@ -76,11 +83,13 @@ class SegformerImageProcessorFast(_TorchBackend, SegformerImageProcessor):
     image_processor_type = "SegformerImageProcessorFast"
 
 
-register_image_processors({
-    "SegformerImageProcessor": SegformerImageProcessor,
-    "SegformerImageProcessorPil": SegformerImageProcessor,
-    "SegformerFeatureExtractor": SegformerImageProcessor,
-    "SegformerImageProcessorFast": SegformerImageProcessorFast,
-})
+register_image_processors(
+    {
+        "SegformerImageProcessor": SegformerImageProcessor,
+        "SegformerImageProcessorPil": SegformerImageProcessor,
+        "SegformerFeatureExtractor": SegformerImageProcessor,
+        "SegformerImageProcessorFast": SegformerImageProcessorFast,
+    }
+)
 
 __all__ = ["SegformerImageProcessor", "SegformerImageProcessorFast"]

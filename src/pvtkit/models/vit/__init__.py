@@ -8,15 +8,30 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ATTN_IMPLEMENTATIONS": "configuration", "VARIANTS": "configuration", "ViTConfig": "configuration",
+    "ATTN_IMPLEMENTATIONS": "configuration",
+    "VARIANTS": "configuration",
+    "ViTConfig": "configuration",
     "check_pixel_values": "configuration",
-    "LAYOUTS": "conversion", "from_timm": "conversion", "infer_config": "conversion",
-    "FAMILY": "modeling", "ViTForImageClassification": "modeling", "ViTForMaskedImageModeling": "modeling",
-    "ViTModel": "modeling", "ViTPreTrainedModel": "modeling",
-    "ViTFeatureExtractor": "processing", "ViTImageProcessor": "processing", "ViTImageProcessorFast": "processing",
-}  # fmt: skip
-__all__ = ["VARIANTS", "ViTConfig", "ViTForImageClassification", "ViTForMaskedImageModeling", "ViTModel",
-           "ViTPreTrainedModel"]  # fmt: skip
+    "LAYOUTS": "conversion",
+    "from_timm": "conversion",
+    "infer_config": "conversion",
+    "FAMILY": "modeling",
+    "ViTForImageClassification": "modeling",
+    "ViTForMaskedImageModeling": "modeling",
+    "ViTModel": "modeling",
+    "ViTPreTrainedModel": "modeling",
+    "ViTFeatureExtractor": "processing",
+    "ViTImageProcessor": "processing",
+    "ViTImageProcessorFast": "processing",
+}
+__all__ = [
+    "VARIANTS",
+    "ViTConfig",
+    "ViTForImageClassification",
+    "ViTForMaskedImageModeling",
+    "ViTModel",
+    "ViTPreTrainedModel",
+]
 
 
 def __getattr__(name: str) -> Any:

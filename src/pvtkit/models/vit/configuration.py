@@ -91,7 +91,7 @@ class ViTConfig(PretrainedConfig):
 
     @property
     def attn_implementation(self) -> str:
-        """"sdpa" or "eager"; kept out of `config.json` (underscore attribute), as transformers does."""
+        """ "sdpa" or "eager"; kept out of `config.json` (underscore attribute), as transformers does."""
         return self._attn_implementation or "sdpa"
 
     @attn_implementation.setter
@@ -101,8 +101,15 @@ class ViTConfig(PretrainedConfig):
         self._attn_implementation = value
 
     def _validate(self) -> None:
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels",
-                     "encoder_stride", "pooler_output_size"):  # fmt: skip
+        for name in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "num_channels",
+            "encoder_stride",
+            "pooler_output_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ViTConfig: {name} must be positive, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
@@ -138,11 +145,15 @@ def check_pixel_values(shape: Sequence[Any], config: ViTConfig, interpolate: boo
     H, W = shape[2:]
     (ph, pw), (ih, iw) = _pair(config.patch_size), _pair(config.image_size)
     if not interpolate and (H, W) != (ih, iw):
-        raise ValueError(f"Input image size ({H}*{W}) doesn't match model ({ih}*{iw}): expected {ih}x{iw}, "
-                         "or pass interpolate_pos_encoding=True (or set it in the config)")  # fmt: skip
+        raise ValueError(
+            f"Input image size ({H}*{W}) doesn't match model ({ih}*{iw}): expected {ih}x{iw}, "
+            "or pass interpolate_pos_encoding=True (or set it in the config)"
+        )
     if H % ph or W % pw:
-        raise ValueError(f"Input image size ({H}*{W}) is not a multiple of the patch size ({ph}*{pw}); "
-                         "expected height and width divisible by it")  # fmt: skip
+        raise ValueError(
+            f"Input image size ({H}*{W}) is not a multiple of the patch size ({ph}*{pw}); "
+            "expected height and width divisible by it"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,12 +169,22 @@ _SIZES: dict[str, dict[str, int]] = {
     "huge": {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16, "intermediate_size": 5120},
 }
 _PUBLISHED = (
-    ("tiny", 16, 224), ("tiny", 16, 384),
-    ("small", 16, 224), ("small", 16, 384), ("small", 32, 224), ("small", 32, 384),
-    ("base", 16, 224), ("base", 16, 384), ("base", 32, 224), ("base", 32, 384),
-    ("large", 16, 224), ("large", 16, 384), ("large", 32, 224), ("large", 32, 384),
+    ("tiny", 16, 224),
+    ("tiny", 16, 384),
+    ("small", 16, 224),
+    ("small", 16, 384),
+    ("small", 32, 224),
+    ("small", 32, 384),
+    ("base", 16, 224),
+    ("base", 16, 384),
+    ("base", 32, 224),
+    ("base", 32, 384),
+    ("large", 16, 224),
+    ("large", 16, 384),
+    ("large", 32, 224),
+    ("large", 32, 384),
     ("huge", 14, 224),
-)  # fmt: skip
+)
 VARIANTS: dict[str, dict[str, Any]] = {
     f"{size}_patch{patch}_{res}": {**_SIZES[size], "patch_size": patch, "encoder_stride": patch, "image_size": res}
     for size, patch, res in _PUBLISHED

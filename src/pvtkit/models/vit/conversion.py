@@ -10,7 +10,6 @@ from typing import Any
 from ... import convert
 from ...convert import Layout, StateDict
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoint layouts: timm's names -> transformers', and config inference.
 
@@ -31,7 +30,13 @@ _TIMM_RULES: convert.Rules = [
 
 def from_timm(state: StateDict) -> StateDict:
     """timm's `vit_*` state dict (class-token models) -> transformers' `ViTForImageClassification` names."""
-    unsupported = sorted({k.split(".")[0] for k in state if k.startswith(("fc_norm", "pre_logits", "reg_token", "norm_pre", "attn_pool"))})  # fmt: skip
+    unsupported = sorted(
+        {
+            k.split(".")[0]
+            for k in state
+            if k.startswith(("fc_norm", "pre_logits", "reg_token", "norm_pre", "attn_pool"))
+        }
+    )
     if unsupported:
         raise ValueError(
             f"this timm ViT uses {', '.join(unsupported)}, which transformers' ViT has no place for; only "
@@ -59,11 +64,16 @@ def infer_config(state: StateDict) -> dict[str, Any]:
     if side * side != positions:
         raise ValueError(f"cannot infer the image size: {positions} position embeddings do not form a square grid")
     fields: dict[str, Any] = {
-        "hidden_size": hidden, "num_hidden_layers": layers, "num_channels": channels, "patch_size": patch,
-        "encoder_stride": patch, "image_size": side * patch, "num_attention_heads": _HEADS.get(hidden, max(1, hidden // 64)),
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_channels": channels,
+        "patch_size": patch,
+        "encoder_stride": patch,
+        "image_size": side * patch,
+        "num_attention_heads": _HEADS.get(hidden, max(1, hidden // 64)),
         "intermediate_size": s["encoder.layer.0.intermediate.dense.weight"].shape[0],
         "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in s,
-    }  # fmt: skip
+    }
     if "classifier.weight" in state:
         fields["num_labels"] = state["classifier.weight"].shape[0]
     return fields

@@ -33,8 +33,14 @@ from ..family import Family
 from .configuration import VARIANTS, ViTConfig, check_pixel_values
 from .conversion import LAYOUTS, infer_config
 
-__all__ = ["VARIANTS", "ViTConfig", "ViTForImageClassification", "ViTForMaskedImageModeling", "ViTModel",
-           "ViTPreTrainedModel"]  # fmt: skip
+__all__ = [
+    "VARIANTS",
+    "ViTConfig",
+    "ViTForImageClassification",
+    "ViTForMaskedImageModeling",
+    "ViTModel",
+    "ViTPreTrainedModel",
+]
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -67,9 +73,14 @@ class ViTEmbeddings(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, dim: int, image_size: tuple[int, int], patch_size: tuple[int, int], drop: float,
+        self,
+        in_channels: int,
+        dim: int,
+        image_size: tuple[int, int],
+        patch_size: tuple[int, int],
+        drop: float,
         use_mask_token: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -133,9 +144,16 @@ class ViTLayer(nn.Module):
     """Pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x)); dropout closes each branch."""
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_dim: int, act: str, qkv_bias: bool, drop: float, attn_drop: float,
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        act: str,
+        qkv_bias: bool,
+        drop: float,
+        attn_drop: float,
         eps: float,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.layernorm_before = nn.LayerNorm(dim, eps=eps)
         self.attention = SelfAttention(dim, num_heads, qkv_bias, attn_drop)
@@ -160,9 +178,15 @@ class ViTEncoder(nn.Module):
         c = config
         self.layer = nn.ModuleList(
             ViTLayer(
-                c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act, c.qkv_bias,
-                c.hidden_dropout_prob, c.attention_probs_dropout_prob, c.layer_norm_eps,
-            )  # fmt: skip
+                c.hidden_size,
+                c.num_attention_heads,
+                c.intermediate_size,
+                c.hidden_act,
+                c.qkv_bias,
+                c.hidden_dropout_prob,
+                c.attention_probs_dropout_prob,
+                c.layer_norm_eps,
+            )
             for _ in range(c.num_hidden_layers)
         )
         self.gradient_checkpointing = False
@@ -241,8 +265,10 @@ class ViTPreTrainedModel(PreTrainedModel):
         transformers. Raises a ValueError when a side is not a multiple of the patch."""
         (h, w), (ph, pw) = _pair(image_size), _pair(self.config.patch_size)
         if h % ph or w % pw or min(h, w) <= 0:
-            raise ValueError(f"a ViT with patch size {ph} needs height and width divisible by {ph}, got {h}x{w} "
-                             f"(e.g. {max(ph, h // ph * ph)}x{max(pw, w // pw * pw)})")  # fmt: skip
+            raise ValueError(
+                f"a ViT with patch size {ph} needs height and width divisible by {ph}, got {h}x{w} "
+                f"(e.g. {max(ph, h // ph * ph)}x{max(pw, w // pw * pw)})"
+            )
         vit = self._vit()
         emb = vit.embeddings
         if (h // ph, w // pw) != emb.grid:
@@ -253,7 +279,9 @@ class ViTPreTrainedModel(PreTrainedModel):
         vit.image_size = (h, w)
         super().set_input_size(image_size)
 
-    def attention_layers(self, out: Any, pixel_values: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple[int, int], int]]:
+    def attention_layers(
+        self, out: Any, pixel_values: torch.Tensor
+    ) -> list[tuple[str, torch.Tensor, tuple[int, int], int]]:
         """Every layer's attention for the first image over the patch grid, behind the [CLS] token (one prefix)."""
         ph, pw = _pair(self.config.patch_size)
         grid = (pixel_values.shape[-2] // ph, pixel_values.shape[-1] // pw)
@@ -292,8 +320,10 @@ class ViTModel(ViTPreTrainedModel):
         H, W = pixel_values.shape[-2:]
         ph, pw = self.patch_size
         if tracing:  # symbolic sizes: a run-time assertion in an exported program, not a Python branch
-            torch._check(H % ph == 0 and W % pw == 0,
-                         lambda: f"ViT input size {H}x{W} is not a multiple of the patch size {ph}x{pw}")  # fmt: skip
+            torch._check(
+                H % ph == 0 and W % pw == 0,
+                lambda: f"ViT input size {H}x{W} is not a multiple of the patch size {ph}x{pw}",
+            )
             return
         if bool_masked_pos is None:
             return
@@ -301,13 +331,18 @@ class ViTModel(ViTPreTrainedModel):
             raise ValueError("bool_masked_pos needs a mask token: build ViTModel with use_mask_token=True")
         B, n = pixel_values.shape[0], (H // ph) * (W // pw)
         if bool_masked_pos.shape[0] != B or bool_masked_pos[0].numel() != n:
-            raise ValueError(f"bool_masked_pos must have shape (batch, num_patches) = ({B}, {n}), "
-                             f"got {tuple(bool_masked_pos.shape)}")  # fmt: skip
+            raise ValueError(
+                f"bool_masked_pos must have shape (batch, num_patches) = ({B}, {n}), got {tuple(bool_masked_pos.shape)}"
+            )
 
     def _encode(
-        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, interpolate: bool | None,
-        output_attentions: bool | None, output_hidden_states: bool | None,
-    ) -> tuple[torch.Tensor, tuple[int, int], Tensors | None, Tensors | None]:  # fmt: skip
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None,
+        interpolate: bool | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+    ) -> tuple[torch.Tensor, tuple[int, int], Tensors | None, Tensors | None]:
         """Returns (final-layernormed tokens, patch grid (h, w), hidden states or None, attentions or None)."""
         # Exported, the interpolation is always in the graph: the program then takes any multiple of the patch.
         interpolate = self._flag(interpolate, "interpolate_pos_encoding") or torch.compiler.is_exporting()
@@ -323,10 +358,15 @@ class ViTModel(ViTPreTrainedModel):
         return self.layernorm(x), grid, hidden_states, attentions
 
     def forward(
-        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None, output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
-    ) -> BaseModelOutputWithPooling | tuple:  # fmt: skip
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling | tuple:
         """Encode `pixel_values` `(B, num_channels, H, W)`.
 
         Args:
@@ -364,10 +404,15 @@ class ViTForImageClassification(ViTPreTrainedModel):
         self.post_init()
 
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None, output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
-    ) -> ImageClassifierOutput | tuple:  # fmt: skip
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ImageClassifierOutput | tuple:
         x, _, hidden, attn = self.vit._encode(
             pixel_values, None, interpolate_pos_encoding, output_attentions, output_hidden_states
         )
@@ -392,8 +437,10 @@ class ViTForMaskedImageModeling(ViTPreTrainedModel):
 
     def __init__(self, config: ViTConfig) -> None:
         if _pair(config.patch_size) != (config.encoder_stride, config.encoder_stride):
-            raise ValueError(f"ViTForMaskedImageModeling: encoder_stride ({config.encoder_stride}) must equal "
-                             f"patch_size ({config.patch_size}) so the reconstruction fits the input")  # fmt: skip
+            raise ValueError(
+                f"ViTForMaskedImageModeling: encoder_stride ({config.encoder_stride}) must equal "
+                f"patch_size ({config.patch_size}) so the reconstruction fits the input"
+            )
         super().__init__(config)
         self.vit = ViTModel(config, add_pooling_layer=False, use_mask_token=True)
         s, c = config.encoder_stride, config.num_channels
@@ -401,10 +448,15 @@ class ViTForMaskedImageModeling(ViTPreTrainedModel):
         self.post_init()
 
     def forward(
-        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None, output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any,
-    ) -> MaskedImageModelingOutput | tuple:  # fmt: skip
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> MaskedImageModelingOutput | tuple:
         """Reconstruct `pixel_values` `(B, num_channels, H, W)`.
 
         Args:
@@ -436,20 +488,33 @@ class ViTForMaskedImageModeling(ViTPreTrainedModel):
 def describe(config: ViTConfig, out: Any) -> dict[str, Any]:
     """Patch size and grid, tokens, layers, widths and heads at the input size (`config.image_size`)."""
     (h, w), (ph, pw) = _pair(config.image_size), _pair(config.patch_size)
-    return {"vit": {
-        "patch_size": config.patch_size, "grid": [h // ph, w // pw],
-        "tokens": out.hidden_states[-1].shape[1], "layers": config.num_hidden_layers,
-        "hidden_size": config.hidden_size, "heads": config.num_attention_heads, "mlp_size": config.intermediate_size,
-    }}  # fmt: skip
+    return {
+        "vit": {
+            "patch_size": config.patch_size,
+            "grid": [h // ph, w // pw],
+            "tokens": out.hidden_states[-1].shape[1],
+            "layers": config.num_hidden_layers,
+            "hidden_size": config.hidden_size,
+            "heads": config.num_attention_heads,
+            "mlp_size": config.intermediate_size,
+        }
+    }
 
 
 FAMILY = Family(
-    model_type="vit", config_class=ViTConfig, processor="ViTImageProcessor",
-    classes={"model": ViTModel, "image-classification": ViTForImageClassification,
-             "masked-image-modeling": ViTForMaskedImageModeling},
+    model_type="vit",
+    config_class=ViTConfig,
+    processor="ViTImageProcessor",
+    classes={
+        "model": ViTModel,
+        "image-classification": ViTForImageClassification,
+        "masked-image-modeling": ViTForMaskedImageModeling,
+    },
     layouts=LAYOUTS,
-    infer_config=infer_config, size_multiple=lambda config: _pair(config.patch_size),
-    min_export_side=lambda config: 2 * max(_pair(config.patch_size)), describe=describe,
+    infer_config=infer_config,
+    size_multiple=lambda config: _pair(config.patch_size),
+    min_export_side=lambda config: 2 * max(_pair(config.patch_size)),
+    describe=describe,
     export_metadata=lambda config: {"patch_size": list(_pair(config.patch_size))},
     feature_options={"add_pooling_layer": False},
-)  # fmt: skip
+)

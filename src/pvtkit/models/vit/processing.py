@@ -34,8 +34,14 @@ class ViTImageProcessor(_BaseImageProcessor):
 
     image_processor_type = "ViTImageProcessor"
 
-    def _process(self, images: list[Any], opts: dict[str, Any], fmt: str | None, exif: bool,
-                 device: str | torch.device | None = None) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    def _process(
+        self,
+        images: list[Any],
+        opts: dict[str, Any],
+        fmt: str | None,
+        exif: bool,
+        device: str | torch.device | None = None,
+    ) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
         out, sizes = [], []
         for index, raw in enumerate(images):
             name = _describe(raw, index)
@@ -75,8 +81,11 @@ class ViTImageProcessor(_BaseImageProcessor):
             except ValueError as e:
                 raise ImageLoadError(f"{name}: {e}") from e
         if opts["do_rescale"] and np.issubdtype(hwc.dtype, np.floating) and hwc.max() <= 1.0:
-            warnings.warn(f"{name}: float pixels already lie in [0, 1] and do_rescale=True scales them again; "
-                          "pass do_rescale=False if they are already rescaled", stacklevel=4)
+            warnings.warn(
+                f"{name}: float pixels already lie in [0, 1] and do_rescale=True scales them again; "
+                "pass do_rescale=False if they are already rescaled",
+                stacklevel=4,
+            )
         return np.moveaxis(hwc, -1, 0)
 
     @staticmethod
@@ -94,8 +103,10 @@ class ViTImageProcessor(_BaseImageProcessor):
                 was_fraction = True
                 hwc = (hwc.astype(np.float64) * 255).astype(np.float32)
             else:
-                raise ValueError(f"pixel values in [{hwc.min()}, {hwc.max()}] cannot be resized with PIL; expected "
-                                 "whole numbers in 0..255 or fractions in [0, 1]")
+                raise ValueError(
+                    f"pixel values in [{hwc.min()}, {hwc.max()}] cannot be resized with PIL; expected "
+                    "whole numbers in 0..255 or fractions in [0, 1]"
+                )
             hwc = hwc.astype(np.uint8)
         height, width = size
         resized = np.array(PIL.Image.fromarray(hwc).resize((width, height), resample=resample))
@@ -108,13 +119,15 @@ class ViTImageProcessor(_BaseImageProcessor):
         if not np.issubdtype(image.dtype, np.floating):
             image = image.astype(np.float32)
         channels = image.shape[0]
-        mean_arr, std_arr = (np.array([v] * channels if isinstance(v, float) else v, dtype=image.dtype)
-                             for v in (mean, std))
+        mean_arr, std_arr = (
+            np.array([v] * channels if isinstance(v, float) else v, dtype=image.dtype) for v in (mean, std)
+        )
         if len(mean_arr) != channels or len(std_arr) != channels:
-            raise ValueError(f"image has {channels} channels but image_mean/image_std have {len(mean_arr)}/"
-                             f"{len(std_arr)} values; expected one per channel (is do_convert_rgb off?)")
+            raise ValueError(
+                f"image has {channels} channels but image_mean/image_std have {len(mean_arr)}/"
+                f"{len(std_arr)} values; expected one per channel (is do_convert_rgb off?)"
+            )
         return (image - mean_arr[:, None, None]) / std_arr[:, None, None]
-
 
     @staticmethod
     def _resize_labels(label: np.ndarray, size: tuple[int, int], device: Any = None) -> np.ndarray:
@@ -139,11 +152,13 @@ class ViTImageProcessorFast(_TorchBackend, ViTImageProcessor):
     image_processor_type = "ViTImageProcessorFast"
 
 
-register_image_processors({
-    "ViTImageProcessor": ViTImageProcessor,
-    "ViTImageProcessorPil": ViTImageProcessor,
-    "ViTFeatureExtractor": ViTImageProcessor,
-    "ViTImageProcessorFast": ViTImageProcessorFast,
-})
+register_image_processors(
+    {
+        "ViTImageProcessor": ViTImageProcessor,
+        "ViTImageProcessorPil": ViTImageProcessor,
+        "ViTFeatureExtractor": ViTImageProcessor,
+        "ViTImageProcessorFast": ViTImageProcessorFast,
+    }
+)
 
 __all__ = ["ViTFeatureExtractor", "ViTImageProcessor", "ViTImageProcessorFast"]

@@ -51,9 +51,15 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def tiny(**overrides) -> ViTConfig:
     fields = dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
-        patch_size=8, encoder_stride=8, num_labels=3,
-    )  # fmt: skip
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        encoder_stride=8,
+        num_labels=3,
+    )
     return ViTConfig(**{**fields, **overrides})
 
 
@@ -105,14 +111,28 @@ def test_config_defaults_match_transformers():
 
 
 def test_config_json_round_trip_both_ways(tmp_path):
-    ours = tiny(num_labels=None, id2label={0: "cat", 1: "dog"}, problem_type="single_label_classification",
-                interpolate_pos_encoding=True, attn_implementation="eager", layer_norm_eps=1e-6)  # fmt: skip
+    ours = tiny(
+        num_labels=None,
+        id2label={0: "cat", 1: "dog"},
+        problem_type="single_label_classification",
+        interpolate_pos_encoding=True,
+        attn_implementation="eager",
+        layer_norm_eps=1e-6,
+    )
     ours.save_pretrained(tmp_path / "a")
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     assert saved["model_type"] == "vit" and "attn_implementation" not in saved
     theirs = transformers.ViTConfig.from_pretrained(tmp_path / "a")
-    for key in ("hidden_size", "num_hidden_layers", "patch_size", "encoder_stride", "layer_norm_eps", "problem_type",
-                "pooler_output_size", "num_labels"):  # fmt: skip
+    for key in (
+        "hidden_size",
+        "num_hidden_layers",
+        "patch_size",
+        "encoder_stride",
+        "layer_norm_eps",
+        "problem_type",
+        "pooler_output_size",
+        "num_labels",
+    ):
         assert getattr(theirs, key) == getattr(ours, key), key
     assert theirs.id2label == ours.id2label and theirs.interpolate_pos_encoding is True  # unknown key kept, ignored
     theirs.save_pretrained(tmp_path / "b")

@@ -19,20 +19,18 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import REPO as ROOT
+from helpers import kill_training_at_step
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
-from conftest import kill_training_at_step
-
 import pvtkit
 from pvtkit.cli import main as cli
-from pvtkit.evaluation import draw_confusion_matrix, evaluate
 from pvtkit.data.folders import stratified_split
 from pvtkit.data.sampling import TrainBatchSampler
 from pvtkit.data.transforms import random_resized_crop_box
+from pvtkit.evaluation import draw_confusion_matrix, evaluate
 from pvtkit.training import learning_rate
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_digits(root: Path, classes=range(10), per_class: int | None = None) -> Path:
@@ -64,8 +62,13 @@ def small(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_pvt(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    config = pvtkit.PvtV2Config(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
-                                mlp_ratios=[2, 2, 2, 2], num_labels=3)  # fmt: skip
+    config = pvtkit.PvtV2Config(
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 1, 1],
+        mlp_ratios=[2, 2, 2, 2],
+        num_labels=3,
+    )
     path = tmp_path_factory.mktemp("models") / "tiny-pvt"
     pvtkit.PvtV2ForImageClassification(config).save_pretrained(path)
     return path
@@ -74,8 +77,16 @@ def tiny_pvt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    config = pvtkit.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                              image_size=32, patch_size=8, encoder_stride=8, num_labels=4)  # fmt: skip
+    config = pvtkit.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        encoder_stride=8,
+        num_labels=4,
+    )
     path = tmp_path_factory.mktemp("models") / "tiny-vit"
     pvtkit.ViTForImageClassification(config).save_pretrained(path)
     pvtkit.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
@@ -96,8 +107,25 @@ def read_metrics(out: Path) -> list[dict]:
 
 
 def tiny_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--model", str(model), "--output", str(out), "--image-size", "32",
-            "--batch-size", "16", "--lr", "3e-3", "--num-workers", "0", "-q", *extra]  # fmt: skip
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        str(model),
+        "--output",
+        str(out),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--lr",
+        "3e-3",
+        "--num-workers",
+        "0",
+        "-q",
+        *extra,
+    ]
 
 
 def same_state(a: Path, b: Path, atol: float) -> float:
@@ -112,15 +140,40 @@ def same_state(a: Path, b: Path, atol: float) -> float:
 # ---- the bar: PVTv2-B0 from scratch on the digits ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_b0_from_scratch_learns_digits_and_the_output_loads_everywhere(digits, tmp_path, capsys):
     import transformers
 
     out = tmp_path / "b0"
     start = time.perf_counter()
     # Six epochs, not four: four reach 95.5-97.8% depending on the seed and the torch build, too close to the bar.
-    code = cli(["train", "--data", str(digits), "--arch", "b0", "--image-size", "32", "--epochs", "6",
-                "--batch-size", "32", "--lr", "2e-3", "--warmup-epochs", "0.5", "--crop-scale", "0.5", "--no-hflip",
-                "--num-workers", "0", "--output", str(out), "-q"])  # fmt: skip
+    code = cli(
+        [
+            "train",
+            "--data",
+            str(digits),
+            "--arch",
+            "b0",
+            "--image-size",
+            "32",
+            "--epochs",
+            "6",
+            "--batch-size",
+            "32",
+            "--lr",
+            "2e-3",
+            "--warmup-epochs",
+            "0.5",
+            "--crop-scale",
+            "0.5",
+            "--no-hflip",
+            "--num-workers",
+            "0",
+            "--output",
+            str(out),
+            "-q",
+        ]
+    )
     seconds = time.perf_counter() - start
     summary = capsys.readouterr().out
     assert code == 0
@@ -130,15 +183,34 @@ def test_b0_from_scratch_learns_digits_and_the_output_loads_everywhere(digits, t
         assert all(isinstance(h[key], float) for h in history), key
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     best = max(h["val_accuracy"] for h in history)
-    print(f"b0 from scratch, 32px: val accuracy {[round(h['val_accuracy'], 4) for h in history]} in {seconds:.0f}s, "
-          f"{np.mean([h['images_per_second'] for h in history]):.0f} images/s", file=sys.stderr)  # fmt: skip
+    print(
+        f"b0 from scratch, 32px: val accuracy {[round(h['val_accuracy'], 4) for h in history]} in {seconds:.0f}s, "
+        f"{np.mean([h['images_per_second'] for h in history]):.0f} images/s",
+        file=sys.stderr,
+    )
     assert best >= 0.95, history
     assert f"best validation accuracy {best:.2%}" in summary
 
     # pvtkit eval on the same hold-out finds exactly the accuracy training reported for the kept model.
     png = tmp_path / "confusion.png"
-    code = cli(["eval", "--model", str(out), "--data", str(digits), "--val-fraction", "0.1", "--format", "json",
-                "--confusion", str(png), "--num-workers", "0", "-q"])  # fmt: skip
+    code = cli(
+        [
+            "eval",
+            "--model",
+            str(out),
+            "--data",
+            str(digits),
+            "--val-fraction",
+            "0.1",
+            "--format",
+            "json",
+            "--confusion",
+            str(png),
+            "--num-workers",
+            "0",
+            "-q",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["accuracy"] == pytest.approx(best)
@@ -153,8 +225,9 @@ def test_b0_from_scratch_learns_digits_and_the_output_loads_everywhere(digits, t
     ours = pvtkit.AutoModelForImageClassification.from_pretrained(out)
     theirs = transformers.AutoModelForImageClassification.from_pretrained(out).eval()
     assert theirs.config.id2label == {i: str(i) for i in range(10)} == ours.config.id2label
-    pixels = pvtkit.AutoImageProcessor.from_pretrained(out)([pvtkit.load_image(p) for p in sorted(
-        (digits / "3").iterdir())[:4]], return_tensors="pt").pixel_values  # fmt: skip
+    pixels = pvtkit.AutoImageProcessor.from_pretrained(out)(
+        [pvtkit.load_image(p) for p in sorted((digits / "3").iterdir())[:4]], return_tensors="pt"
+    ).pixel_values
     assert pixels.shape == (4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(pixels).logits, theirs(pixel_values=pixels).logits, rtol=1e-5, atol=1e-5)
@@ -163,6 +236,7 @@ def test_b0_from_scratch_learns_digits_and_the_output_loads_everywhere(digits, t
 # ---- tiny models: learning, resuming, scaling out ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_and_a_sigkilled_run_resumes_to_the_same_result(small, tiny_pvt, tmp_path, one_thread):
     reference = tmp_path / "reference"
     assert cli(tiny_args(small, tiny_pvt, reference, "--epochs", "3")) == 0
@@ -172,8 +246,12 @@ def test_tiny_run_learns_and_a_sigkilled_run_resumes_to_the_same_result(small, t
 
     # The same run, checkpointing every step, killed with SIGKILL part-way through, then resumed.
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "pvtkit",
-               *tiny_args(small, tiny_pvt, killed, "--epochs", "3", "--save-steps", "1")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pvtkit",
+        *tiny_args(small, tiny_pvt, killed, "--epochs", "3", "--save-steps", "1"),
+    ]
     kill_training_at_step(command, killed, 5, ROOT)
     state_file = killed / "checkpoint" / "trainer_state.json"
     state = json.loads(state_file.read_text())
@@ -193,11 +271,21 @@ def test_tiny_run_learns_and_a_sigkilled_run_resumes_to_the_same_result(small, t
     assert len(read_metrics(killed)) == 3
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(small, tiny_pvt, tmp_path, one_thread):
     one, two = tmp_path / "one", tmp_path / "two"
     assert cli(tiny_args(small, tiny_pvt, one, "--epochs", "2")) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "pvtkit", *tiny_args(small, tiny_pvt, two, "--epochs", "2")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pvtkit",
+        *tiny_args(small, tiny_pvt, two, "--epochs", "2"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -219,9 +307,33 @@ def test_vit_fine_tunes_at_another_size_in_bf16_with_checkpointing_and_accumulat
     import transformers
 
     out = tmp_path / "vit"
-    code = cli(["train", "--data", str(small), "--model", str(tiny_vit), "--output", str(out), "--image-size", "48",
-                "--epochs", "1", "--batch-size", "16", "--grad-accum", "2", "--precision", "bf16",
-                "--gradient-checkpointing", "--lr", "1e-3", "--num-workers", "0", "-q"])  # fmt: skip
+    code = cli(
+        [
+            "train",
+            "--data",
+            str(small),
+            "--model",
+            str(tiny_vit),
+            "--output",
+            str(out),
+            "--image-size",
+            "48",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--grad-accum",
+            "2",
+            "--precision",
+            "bf16",
+            "--gradient-checkpointing",
+            "--lr",
+            "1e-3",
+            "--num-workers",
+            "0",
+            "-q",
+        ]
+    )
     assert code == 0
     [record] = read_metrics(out)
     assert np.isfinite(record["train_loss"]) and record["step"] == 9
@@ -237,15 +349,31 @@ def test_vit_fine_tunes_at_another_size_in_bf16_with_checkpointing_and_accumulat
 
 
 def test_python_api_trains_an_instance_identically_with_gradient_checkpointing(small, tmp_path, one_thread):
-    config = pvtkit.PvtV2Config(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
-                                mlp_ratios=[2, 2, 2, 2], num_labels=4)  # fmt: skip
+    config = pvtkit.PvtV2Config(
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 1, 1],
+        mlp_ratios=[2, 2, 2, 2],
+        num_labels=4,
+    )
     results, models = [], []
     for checkpointing in (False, True):
         torch.manual_seed(0)
         model = pvtkit.PvtV2ForImageClassification(config)
-        results.append(pvtkit.train(small, tmp_path / f"gc-{checkpointing}", model=model, image_size=32, epochs=1,
-                                    batch_size=16, lr=3e-3, num_workers=0, progress=False,
-                                    gradient_checkpointing=checkpointing))  # fmt: skip
+        results.append(
+            pvtkit.train(
+                small,
+                tmp_path / f"gc-{checkpointing}",
+                model=model,
+                image_size=32,
+                epochs=1,
+                batch_size=16,
+                lr=3e-3,
+                num_workers=0,
+                progress=False,
+                gradient_checkpointing=checkpointing,
+            )
+        )
         models.append(model)
     assert models[1].is_gradient_checkpointing and not models[0].is_gradient_checkpointing
     plain, recomputed = results
@@ -395,8 +523,11 @@ def test_processes_and_accumulation_split_the_same_global_batches(world, accum):
 
 
 def test_stratified_split_is_deterministic_and_per_class():
-    by_class = {"a": [Path(f"a/{i}.png") for i in range(50)], "b": [Path(f"b/{i}.png") for i in range(7)],
-                "c": [Path("c/0.png")]}  # fmt: skip
+    by_class = {
+        "a": [Path(f"a/{i}.png") for i in range(50)],
+        "b": [Path(f"b/{i}.png") for i in range(7)],
+        "c": [Path("c/0.png")],
+    }
     kept, held = stratified_split(by_class, 0.2)
     assert {k: len(v) for k, v in held.items()} == {"a": 10, "b": 1, "c": 0}
     assert all(set(kept[k]).isdisjoint(held[k]) and len(kept[k]) + len(held[k]) == len(by_class[k]) for k in by_class)
@@ -426,12 +557,20 @@ def test_evaluate_matches_folders_to_labels_by_name_and_counts(tmp_path):
             PIL.Image.new("L", (10, 12), value + i).save(tmp_path / name / f"{i}.png")
     PIL.Image.new("L", (10, 12), 240).save(tmp_path / "dark" / "mislabelled.png")
     (tmp_path / "dark" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
-    result = evaluate(Brightness(), tmp_path, processor=pvtkit.PvtImageProcessor(size=16), device="cpu",
-                      confusion=tmp_path / "cm.png", progress=False)  # fmt: skip
+    result = evaluate(
+        Brightness(),
+        tmp_path,
+        processor=pvtkit.PvtImageProcessor(size=16),
+        device="cpu",
+        confusion=tmp_path / "cm.png",
+        progress=False,
+    )
     assert result.num_images == 10 and list(result.skipped) == [str(tmp_path / "dark" / "broken.jpg")]
     assert result.accuracy == pytest.approx(0.9) and result.top5_accuracy == 1.0
-    assert result.per_class == {"bright": {"accuracy": 1.0, "correct": 5, "num_images": 5},
-                                "dark": {"accuracy": 0.8, "correct": 4, "num_images": 5}}  # fmt: skip
+    assert result.per_class == {
+        "bright": {"accuracy": 1.0, "correct": 5, "num_images": 5},
+        "dark": {"accuracy": 0.8, "correct": 4, "num_images": 5},
+    }
     assert result.confusion_labels == ["bright", "dark", "(other)"]
     assert result.confusion == [[5, 0, 0], [1, 4, 0]]
     with PIL.Image.open(tmp_path / "cm.png") as picture:
@@ -444,7 +583,12 @@ def test_evaluate_matches_folders_to_labels_by_name_and_counts(tmp_path):
 def test_confusion_matrix_scales_to_many_classes(tmp_path):
     n = 60
     counts = np.diag(np.arange(1, n + 1)) + 1
-    draw_confusion_matrix(counts, [f"class {i} with a long name" for i in range(n)],
-                          [f"class {i} with a long name" for i in range(n)], tmp_path / "big.png", "sixty")  # fmt: skip
+    draw_confusion_matrix(
+        counts,
+        [f"class {i} with a long name" for i in range(n)],
+        [f"class {i} with a long name" for i in range(n)],
+        tmp_path / "big.png",
+        "sixty",
+    )
     with PIL.Image.open(tmp_path / "big.png") as picture:
         assert 700 < picture.width < 1100 and 700 < picture.height < 1100

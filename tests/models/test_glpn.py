@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import assert_close
+from helpers import assert_close
 from test_segformer import gradients_by_disk_name
 
 import pvtkit
@@ -14,8 +14,14 @@ from pvtkit import AutoModelForDepthEstimation, GLPNConfig, GLPNForDepthEstimati
 from pvtkit.models.glpn import VARIANTS
 
 HF = {GLPNModel: transformers.GLPNModel, GLPNForDepthEstimation: transformers.GLPNForDepthEstimation}
-TINY = dict(depths=[1, 2, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4],
-            decoder_hidden_size=16, drop_path_rate=0.0, max_depth=8)  # fmt: skip
+TINY = dict(
+    depths=[1, 2, 1, 1],
+    hidden_sizes=[16, 32, 48, 64],
+    num_attention_heads=[1, 2, 3, 4],
+    decoder_hidden_size=16,
+    drop_path_rate=0.0,
+    max_depth=8,
+)
 
 
 def transformers_twin(cls, tmp_path, **fields):
@@ -91,8 +97,11 @@ def test_train_mode_gradients_match_transformers(tmp_path):
 
 def test_published_variants_build_and_match_transformers_once(tmp_path):
     """GLPN-KITTI's architecture (MiT-B4, max depth 80), once, at a small non-square size."""
-    fields = {k: v for k, v in GLPNConfig.from_variant("kitti").to_dict().items()
-              if k not in ("model_type", "architectures", "transformers_version")}  # fmt: skip
+    fields = {
+        k: v
+        for k, v in GLPNConfig.from_variant("kitti").to_dict().items()
+        if k not in ("model_type", "architectures", "transformers_version")
+    }
     assert fields["max_depth"] == 80 and fields["depths"] == [3, 8, 27, 3]
     ours, theirs, _ = transformers_twin(GLPNForDepthEstimation, tmp_path, **fields)
     x = torch.randn(1, 3, 64, 96)

@@ -1,5 +1,5 @@
 """Runs pvtkit's Keras ViT on one back end (KERAS_BACKEND, set by the caller) in a process without PyTorch, and
-writes what tests/test_keras.py compares with the PyTorch models: `python keras_worker.py WORKDIR OUTDIR`.
+writes what tests/keras/test_keras.py compares with the PyTorch models: `python keras_worker.py WORKDIR OUTDIR`.
 
 WORKDIR holds the checkpoints and `inputs.npz` the test made with PyTorch; this writes `outputs.npz`,
 `result.json`, a `save_pretrained` directory and a SavedModel into OUTDIR. Nothing here imports torch, and the result says whether anything did.
@@ -28,12 +28,12 @@ def forward(model, x, **flags):
 
 
 def main(work: Path, dest: Path) -> None:
+    import time
+
     import keras
 
     import pvtkit
     import pvtkit.keras as pk
-
-    import time
 
     marks = [("start", time.perf_counter())]
     inputs = dict(np.load(work / "inputs.npz", allow_pickle=True))
@@ -98,23 +98,46 @@ def main(work: Path, dest: Path) -> None:
     # Training the Keras way on scikit-learn's digits: 8x8 gray -> 16x16 RGB, a small ViT from scratch.
     keras.utils.set_random_seed(0)
     d = inputs
-    cfg = pk.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                       image_size=16, patch_size=4, num_labels=10)  # fmt: skip
+    cfg = pk.ViTConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=16,
+        patch_size=4,
+        num_labels=10,
+    )
     model = pk.ViTForImageClassification(cfg)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])  # fmt: skip
-    history = model.fit(d["digits_train_x"], d["digits_train_y"], batch_size=64, epochs=3, verbose=0,
-                        validation_data=(d["digits_val_x"], d["digits_val_y"]))  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = model.fit(
+        d["digits_train_x"],
+        d["digits_train_y"],
+        batch_size=64,
+        epochs=3,
+        verbose=0,
+        validation_data=(d["digits_val_x"], d["digits_val_y"]),
+    )
     result["fit"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     predicted = model.predict(d["digits_val_x"], verbose=0)
     result["predict_accuracy"] = float((np.asarray(predicted["logits"]).argmax(-1) == d["digits_val_y"]).mean())
     marks.append(("vit fit", time.perf_counter()))
-    pcfg = pk.PvtV2Config(depths=(1, 1, 1, 1), hidden_sizes=(16, 32, 48, 64), num_attention_heads=(1, 2, 3, 4),
-                          num_labels=10)  # fmt: skip
+    pcfg = pk.PvtV2Config(
+        depths=(1, 1, 1, 1), hidden_sizes=(16, 32, 48, 64), num_attention_heads=(1, 2, 3, 4), num_labels=10
+    )
     pvt = pk.PvtV2ForImageClassification(pcfg)
     pvt.compile(optimizer=keras.optimizers.AdamW(2e-3), metrics=["accuracy"])  # no loss: transformers' own
-    history = pvt.fit(d["digits_train_x"], d["digits_train_y"], batch_size=64, epochs=3, verbose=0,
-                      validation_data=(d["digits_val_x"], d["digits_val_y"]))  # fmt: skip
+    history = pvt.fit(
+        d["digits_train_x"],
+        d["digits_train_y"],
+        batch_size=64,
+        epochs=3,
+        verbose=0,
+        validation_data=(d["digits_val_x"], d["digits_val_y"]),
+    )
     result["pvt_fit"] = {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
     marks.append(("pvt fit", time.perf_counter()))
@@ -146,7 +169,9 @@ def main(work: Path, dest: Path) -> None:
     if (work / "cli_saved_model").is_dir():  # the one `pvtkit export saved-model` wrote
         cli = tf.saved_model.load(str(work / "cli_saved_model"))
         out["cli_bytes_logits"] = cli.signatures["serve_image_bytes"](image_bytes=images)["logits"].numpy()
-        out["cli_b2_logits"] = cli.signatures["serving_default"](pixel_values=tf.constant(inputs["native"][:2]))["logits"].numpy()
+        out["cli_b2_logits"] = cli.signatures["serving_default"](pixel_values=tf.constant(inputs["native"][:2]))[
+            "logits"
+        ].numpy()
 
     marks.append(("saved models", time.perf_counter()))
     result["seconds"] = {name: round(t - marks[i][1], 1) for i, (name, t) in enumerate(marks[1:])}

@@ -15,7 +15,7 @@ import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
-from conftest import assert_close
+from helpers import assert_close
 
 import pvtkit
 from pvtkit.cli import main
@@ -44,8 +44,9 @@ GOOD = ["camera.png", "chelsea.jpg", "nested/coffee.png"]
 def seg_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("seg") / "model"
     torch.manual_seed(3)
-    model = pvtkit.SegformerForSemanticSegmentation(pvtkit.SegformerConfig(**ENCODER, decoder_hidden_size=32,
-                                                                           num_labels=5, id2label=LABELS))  # fmt: skip
+    model = pvtkit.SegformerForSemanticSegmentation(
+        pvtkit.SegformerConfig(**ENCODER, decoder_hidden_size=32, num_labels=5, id2label=LABELS)
+    )
     model.save_pretrained(path)
     pvtkit.SegformerImageProcessor(size=96).save_pretrained(path)
     return path
@@ -61,8 +62,9 @@ def glpn_dir(tmp_path_factory) -> Path:
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pvtkit", *args], capture_output=True, text=True, env=ENV,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "pvtkit", *args], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
 
 
 # ---- segment ---------------------------------------------------------------------------------------------------
@@ -70,8 +72,20 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_segment_writes_label_pngs_overlays_and_records(seg_dir, photos, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("segment", str(photos), "-m", str(seg_dir), "-o", str(out), "--format", "json",
-                     "--batch-size", "2", "--num-workers", "2")  # fmt: skip
+    result = run_cli(
+        "segment",
+        str(photos),
+        "-m",
+        str(seg_dir),
+        "-o",
+        str(out),
+        "--format",
+        "json",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "2",
+    )
     assert result.returncode == 1, result.stderr  # one input is broken; the others are segmented
     assert "broken.jpg" in result.stderr and "Traceback" not in result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -96,10 +110,17 @@ def test_segment_writes_label_pngs_overlays_and_records(seg_dir, photos, tmp_pat
 
 def test_slide_mode_with_one_window_equals_whole_mode_at_full_size(seg_dir, photos):
     model = pvtkit.SegformerForSemanticSegmentation.from_pretrained(seg_dir)
-    whole = pvtkit.pipeline("image-segmentation", model=model, image_processor=pvtkit.SegformerImageProcessor(
-        do_resize=False))
-    slide = pvtkit.pipeline("image-segmentation", model=model, image_processor=pvtkit.SegformerImageProcessor(),
-                            mode="slide", crop=(512, 512), stride=(256, 256))  # fmt: skip
+    whole = pvtkit.pipeline(
+        "image-segmentation", model=model, image_processor=pvtkit.SegformerImageProcessor(do_resize=False)
+    )
+    slide = pvtkit.pipeline(
+        "image-segmentation",
+        model=model,
+        image_processor=pvtkit.SegformerImageProcessor(),
+        mode="slide",
+        crop=(512, 512),
+        stride=(256, 256),
+    )
     path = str(photos / "chelsea.jpg")
     a = next(whole.run([path], formatted=False)).output
     b = next(slide.run([path], formatted=False)).output
@@ -109,8 +130,15 @@ def test_slide_mode_with_one_window_equals_whole_mode_at_full_size(seg_dir, phot
 def test_slide_mode_averages_overlapping_windows(seg_dir, photos):
     model = pvtkit.SegformerForSemanticSegmentation.from_pretrained(seg_dir)
     processor = pvtkit.SegformerImageProcessor()
-    slide = pvtkit.pipeline("image-segmentation", model=model, image_processor=processor, mode="slide",
-                            crop=(128, 160), stride=(96, 100), batch_size=3)  # fmt: skip
+    slide = pvtkit.pipeline(
+        "image-segmentation",
+        model=model,
+        image_processor=processor,
+        mode="slide",
+        crop=(128, 160),
+        stride=(96, 100),
+        batch_size=3,
+    )
     pixels = processor(PIL.Image.open(photos / "chelsea.jpg"), do_resize=False, return_tensors="pt").pixel_values
     H, W = pixels.shape[-2:]
     # Independently: window origins every stride, plus one flush with the far edge; each window's logits
@@ -127,7 +155,8 @@ def test_slide_mode_averages_overlapping_windows(seg_dir, photos):
                 count[..., t : t + 128, left : left + 160] += 1
         got = slide.slide_logits(pixels)
     assert sorted(slide_windows(H, W, (128, 160), (96, 100))) == sorted(
-        (t, t + 128, left, left + 160) for t in tops for left in lefts)
+        (t, t + 128, left, left + 160) for t in tops for left in lefts
+    )
     assert count.min() >= 1
     assert_close(got, total / count, what="slide logits")
     small = slide_windows(50, 70, (128, 160), (96, 100))
@@ -136,8 +165,25 @@ def test_slide_mode_averages_overlapping_windows(seg_dir, photos):
 
 def test_segment_slide_cli_matches_the_pipeline(seg_dir, photos, tmp_path):
     out = tmp_path / "slide"
-    code = main(["segment", str(photos / "chelsea.jpg"), "-m", str(seg_dir), "-o", str(out), "--mode", "slide",
-                 "--crop", "128x160", "--stride", "96x100", "--no-overlay", "--num-workers", "0"])  # fmt: skip
+    code = main(
+        [
+            "segment",
+            str(photos / "chelsea.jpg"),
+            "-m",
+            str(seg_dir),
+            "-o",
+            str(out),
+            "--mode",
+            "slide",
+            "--crop",
+            "128x160",
+            "--stride",
+            "96x100",
+            "--no-overlay",
+            "--num-workers",
+            "0",
+        ]
+    )
     assert code == 0
     pipe = pvtkit.pipeline("image-segmentation", model=str(seg_dir), mode="slide", crop=(128, 160), stride=(96, 100))
     expected = next(pipe.run([str(photos / "chelsea.jpg")], formatted=False)).output.numpy()
@@ -149,23 +195,72 @@ def test_segment_usage_errors(seg_dir, photos, tmp_path, capsys):
     image = str(photos / "chelsea.jpg")
     assert main(["segment", image, "-m", str(seg_dir), "-o", str(tmp_path / "o"), "--crop", "64"]) == 2
     assert "--crop and --stride belong to --mode slide" in capsys.readouterr().err
-    assert main(["segment", image, "-m", str(seg_dir), "-o", str(tmp_path / "o"), "--mode", "slide", "--crop",
-                 "64", "--stride", "80"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "segment",
+                image,
+                "-m",
+                str(seg_dir),
+                "-o",
+                str(tmp_path / "o"),
+                "--mode",
+                "slide",
+                "--crop",
+                "64",
+                "--stride",
+                "80",
+            ]
+        )
+        == 2
+    )
     assert "larger than --crop" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(["segment", image, "-m", str(seg_dir), "-o", str(tmp_path / "file")]) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_segment_under_torchrun_shards_and_matches_one_process(seg_dir, photos, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pvtkit",
-           "segment", str(photos), "-m", str(seg_dir), "-o", str(tmp_path / "dist"), "--format", "json",
-           "--records", str(tmp_path / "dist.jsonl"), "--num-workers", "0", "--no-overlay"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pvtkit",
+        "segment",
+        str(photos),
+        "-m",
+        str(seg_dir),
+        "-o",
+        str(tmp_path / "dist"),
+        "--format",
+        "json",
+        "--records",
+        str(tmp_path / "dist.jsonl"),
+        "--num-workers",
+        "0",
+        "--no-overlay",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode != 0  # the broken input: rank 0 exits 1, which torchrun passes on
     distributed = [json.loads(line) for line in (tmp_path / "dist.jsonl").read_text().splitlines()]
-    single = run_cli("segment", str(photos), "-m", str(seg_dir), "-o", str(tmp_path / "one"), "--format", "json",
-                     "--num-workers", "0", "--no-overlay")  # fmt: skip
+    single = run_cli(
+        "segment",
+        str(photos),
+        "-m",
+        str(seg_dir),
+        "-o",
+        str(tmp_path / "one"),
+        "--format",
+        "json",
+        "--num-workers",
+        "0",
+        "--no-overlay",
+    )
     reference = [json.loads(line) for line in single.stdout.splitlines()]
     assert [r["path"] for r in distributed] == [r["path"] for r in reference]
     for ours, expected in zip(distributed, reference):
@@ -180,8 +275,20 @@ def test_segment_under_torchrun_shards_and_matches_one_process(seg_dir, photos, 
 
 def test_depth_writes_16_bit_pngs_and_coloured_views(glpn_dir, photos, tmp_path):
     out = tmp_path / "depth"
-    result = run_cli("depth", str(photos), "-m", str(glpn_dir), "-o", str(out), "--format", "json", "--scale",
-                     "1000", "--num-workers", "1")  # fmt: skip
+    result = run_cli(
+        "depth",
+        str(photos),
+        "-m",
+        str(glpn_dir),
+        "-o",
+        str(out),
+        "--format",
+        "json",
+        "--scale",
+        "1000",
+        "--num-workers",
+        "1",
+    )
     assert result.returncode == 1 and "broken.jpg" in result.stderr, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 4 and "error" in records[0]
@@ -205,16 +312,27 @@ def test_depth_writes_16_bit_pngs_and_coloured_views(glpn_dir, photos, tmp_path)
 def two_stages(**fields):
     """Two stages (tracing with symbolic sizes costs seconds per stage) still cover SRA, the stage hand-over and
     every head's upsampling."""
-    return dict(num_encoder_blocks=2, depths=[1, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
-                sr_ratios=[4, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], **fields)  # fmt: skip
+    return dict(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        hidden_sizes=[16, 32],
+        num_attention_heads=[1, 2],
+        sr_ratios=[4, 2],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        mlp_ratios=[2, 2],
+        **fields,
+    )
 
 
+@pytest.mark.slow
 def test_segmentation_onnx_is_dynamic_and_carries_labels_and_processor(tmp_path):
     pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     from pvtkit.export import export_onnx, read_onnx_metadata
 
-    model = pvtkit.SegformerForSemanticSegmentation(pvtkit.SegformerConfig(**two_stages(
-        decoder_hidden_size=16, num_labels=5, id2label=LABELS))).eval()  # fmt: skip
+    model = pvtkit.SegformerForSemanticSegmentation(
+        pvtkit.SegformerConfig(**two_stages(decoder_hidden_size=16, num_labels=5, id2label=LABELS))
+    ).eval()
     processor = pvtkit.SegformerImageProcessor(size=64, do_reduce_labels=True)
     report = export_onnx(model, tmp_path / "seg.onnx", processor=processor)
     assert report.verified and report.max_rel_diff < 1e-4 and report.output_names == ["logits"]
@@ -224,6 +342,7 @@ def test_segmentation_onnx_is_dynamic_and_carries_labels_and_processor(tmp_path)
     assert meta["preprocessor_config"]["do_reduce_labels"] is True and meta["size"] == {"height": 64, "width": 64}
 
 
+@pytest.mark.slow
 def test_depth_model_exports_to_onnx_and_torch(tmp_path):
     pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     from pvtkit.export import export_onnx, export_torch
@@ -240,6 +359,7 @@ def test_depth_model_exports_to_onnx_and_torch(tmp_path):
     assert program.dynamic_ranges["height"][0] >= 4
 
 
+@pytest.mark.slow
 def test_export_cli_picks_the_task_from_the_checkpoint(seg_dir, tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     code = main(["export", "torch", "-m", str(seg_dir), "-o", str(tmp_path / "seg.pt2"), "--json"])

@@ -28,11 +28,17 @@ def reference_metrics(p: np.ndarray, t: np.ndarray) -> dict[str, float]:
     p, t = p[t > 0].astype(np.float64), t[t > 0].astype(np.float64)
     ratio = np.maximum(p / t, t / p)
     d = np.log(p) - np.log(t)
-    return {"abs_rel": np.mean(np.abs(p - t) / t), "sq_rel": np.mean((p - t) ** 2 / t),
-            "rmse": math.sqrt(np.mean((p - t) ** 2)), "rmse_log": math.sqrt(np.mean(d**2)),
-            "log10": np.mean(np.abs(np.log10(p) - np.log10(t))), "delta1": np.mean(ratio < 1.25),
-            "delta2": np.mean(ratio < 1.25**2), "delta3": np.mean(ratio < 1.25**3),
-            "silog": 100 * math.sqrt(np.mean(d**2) - np.mean(d) ** 2)}  # fmt: skip
+    return {
+        "abs_rel": np.mean(np.abs(p - t) / t),
+        "sq_rel": np.mean((p - t) ** 2 / t),
+        "rmse": math.sqrt(np.mean((p - t) ** 2)),
+        "rmse_log": math.sqrt(np.mean(d**2)),
+        "log10": np.mean(np.abs(np.log10(p) - np.log10(t))),
+        "delta1": np.mean(ratio < 1.25),
+        "delta2": np.mean(ratio < 1.25**2),
+        "delta3": np.mean(ratio < 1.25**3),
+        "silog": 100 * math.sqrt(np.mean(d**2) - np.mean(d) ** 2),
+    }
 
 
 def test_depth_metrics_equal_a_direct_computation_on_valid_pixels_only():
@@ -120,6 +126,7 @@ def test_the_layout_is_found_paired_and_bad_data_named(stereo, tmp_path):
         load_depth_data(broken)
 
 
+@pytest.mark.slow
 def test_glpn_fine_tunes_on_stereo_depth_and_eval_reproduces_the_validation(stereo, tmp_path, capsys):
     """`pvtkit train --task depth` learns (the loss falls), keeps the best epoch by delta1, writes a model that loads
     as a depth model; `pvtkit eval` on it gives the validation numbers the trainer recorded for that epoch."""
@@ -128,9 +135,32 @@ def test_glpn_fine_tunes_on_stereo_depth_and_eval_reproduces_the_validation(ster
     pvtkit.GLPNForDepthEstimation(pvtkit.GLPNConfig(**ENCODER, decoder_hidden_size=16)).save_pretrained(start)
     pvtkit.GLPNImageProcessor().save_pretrained(start)
     out = tmp_path / "run"
-    code = main(["train", "--task", "depth", "--data", str(stereo), "--model", str(start), "--output", str(out),
-                 "--epochs", "4", "--batch-size", "4", "--image-size", "64", "--lr", "2e-3", "--max-depth", "10",
-                 "--num-workers", "0", "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--task",
+            "depth",
+            "--data",
+            str(stereo),
+            "--model",
+            str(start),
+            "--output",
+            str(out),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "64",
+            "--lr",
+            "2e-3",
+            "--max-depth",
+            "10",
+            "--num-workers",
+            "0",
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 4 and history[-1]["train_loss"] < history[0]["train_loss"]
@@ -139,8 +169,25 @@ def test_glpn_fine_tunes_on_stereo_depth_and_eval_reproduces_the_validation(ster
     model = pvtkit.AutoModelForDepthEstimation.from_pretrained(out)
     assert isinstance(model, pvtkit.GLPNForDepthEstimation)
     capsys.readouterr()
-    assert main(["eval", "--model", str(out), "--data", str(stereo), "--max-depth", "10", "--format", "json",
-                 "--quiet", "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out),
+                "--data",
+                str(stereo),
+                "--max-depth",
+                "10",
+                "--format",
+                "json",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["num_images"] == 4
     for name in ("abs_rel", "rmse", "delta1", "log10"):
@@ -150,6 +197,8 @@ def test_glpn_fine_tunes_on_stereo_depth_and_eval_reproduces_the_validation(ster
 
 
 def test_depth_settings_belong_to_the_depth_task(stereo, tmp_path, capsys):
-    assert main(["train", "--data", str(stereo), "--arch", "b0", "--output", str(tmp_path / "x"), "--depth-scale",
-                 "256"]) == 2  # fmt: skip
+    assert (
+        main(["train", "--data", str(stereo), "--arch", "b0", "--output", str(tmp_path / "x"), "--depth-scale", "256"])
+        == 2
+    )
     assert "depth-scale: only for task depth-estimation" in capsys.readouterr().err

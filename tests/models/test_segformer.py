@@ -10,14 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import assert_close
+from helpers import assert_close
 from safetensors.torch import load_file, save_file
 
 import pvtkit
 from pvtkit import (
-    AutoModelForSemanticSegmentation, PvtV2ForSemanticSegmentation, SegformerConfig,
-    SegformerForImageClassification, SegformerForSemanticSegmentation, SegformerModel,
-)  # fmt: skip
+    AutoModelForSemanticSegmentation,
+    PvtV2ForSemanticSegmentation,
+    SegformerConfig,
+    SegformerForImageClassification,
+    SegformerForSemanticSegmentation,
+    SegformerModel,
+)
 from pvtkit.models.segformer import VARIANTS
 
 HF = {
@@ -25,8 +29,15 @@ HF = {
     SegformerForImageClassification: transformers.SegformerForImageClassification,
     SegformerForSemanticSegmentation: transformers.SegformerForSemanticSegmentation,
 }
-TINY = dict(depths=[1, 2, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4],
-            decoder_hidden_size=32, num_labels=5, drop_path_rate=0.0, classifier_dropout_prob=0.0)  # fmt: skip
+TINY = dict(
+    depths=[1, 2, 1, 1],
+    hidden_sizes=[16, 32, 48, 64],
+    num_attention_heads=[1, 2, 3, 4],
+    decoder_hidden_size=32,
+    num_labels=5,
+    drop_path_rate=0.0,
+    classifier_dropout_prob=0.0,
+)
 # Parameter counts (millions) of nvidia/segformer-b0..b5 with the 150-class ADE20k head, as the Hub lists them.
 PUBLISHED_PARAMS_M = {"b0": 3.8, "b1": 13.7, "b2": 27.5, "b3": 47.3, "b4": 64.1, "b5": 84.7}
 
@@ -174,14 +185,20 @@ def test_pvt_v2_segmentation_is_transformers_pvt_v2_under_transformers_segformer
     logits are transformers' SegformerDecodeHead applied to transformers' PvtV2Model's stage maps."""
     from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
-    config = dict(depths=[1, 1, 2, 1], hidden_sizes=[16, 24, 40, 48], num_attention_heads=[1, 2, 5, 4],
-                  mlp_ratios=[2, 2, 2, 2], num_labels=6)  # fmt: skip
+    config = dict(
+        depths=[1, 1, 2, 1],
+        hidden_sizes=[16, 24, 40, 48],
+        num_attention_heads=[1, 2, 5, 4],
+        mlp_ratios=[2, 2, 2, 2],
+        num_labels=6,
+    )
     encoder = transformers.PvtV2ForImageClassification(transformers.PvtV2Config(**config)).eval()
     encoder.save_pretrained(tmp_path / "imagenet")
     ours = PvtV2ForSemanticSegmentation.from_pretrained(tmp_path / "imagenet", decoder_hidden_size=32).eval()
     assert all(k.startswith("decode_head.") for k in ours.newly_initialized_weights)
-    head = SegformerDecodeHead(transformers.SegformerConfig(hidden_sizes=config["hidden_sizes"],
-                                                             decoder_hidden_size=32, num_labels=6)).eval()  # fmt: skip
+    head = SegformerDecodeHead(
+        transformers.SegformerConfig(hidden_sizes=config["hidden_sizes"], decoder_hidden_size=32, num_labels=6)
+    ).eval()
     state = {k.replace("linear_c.", "linear_projections."): v for k, v in ours.decode_head.state_dict().items()}
     head.load_state_dict(state, strict=True)
     x, labels = torch.randn(2, 3, 77, 90), torch.randint(0, 6, (2, 77, 90))
@@ -232,7 +249,12 @@ def test_bare_weights_infer_the_architecture(tmp_path):
     loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "bare.safetensors")
     c = loaded.config
     assert (c.depths, c.hidden_sizes, c.num_attention_heads, c.num_labels, c.decoder_hidden_size) == (
-        [1, 2, 1, 1], [16, 32, 48, 64], [1, 2, 3, 4], 5, 32)
+        [1, 2, 1, 1],
+        [16, 32, 48, 64],
+        [1, 2, 3, 4],
+        5,
+        32,
+    )
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert_close(loaded.eval()(x).logits, ours(x).logits)
@@ -244,10 +266,18 @@ def test_bare_weights_infer_the_architecture(tmp_path):
 def to_nvlabs(state):
     """Our (transformers') names -> the NVlabs/SegFormer release's (mmseg 0.x), written independently of pvtkit's
     converter: fused kv, 1-based stage names, ConvModule's conv/bn, the unused conv_seg of mmseg 0.x heads."""
-    block = (("layer_norm_1", "norm1"), ("layer_norm_2", "norm2"), ("attention.self.query", "attn.q"),
-             ("attention.self.key", "attn.k"), ("attention.self.value", "attn.v"), ("attention.self.sr", "attn.sr"),
-             ("attention.self.layer_norm", "attn.norm"), ("attention.output.dense", "attn.proj"),
-             ("mlp.dense1", "mlp.fc1"), ("mlp.dense2", "mlp.fc2"))  # fmt: skip
+    block = (
+        ("layer_norm_1", "norm1"),
+        ("layer_norm_2", "norm2"),
+        ("attention.self.query", "attn.q"),
+        ("attention.self.key", "attn.k"),
+        ("attention.self.value", "attn.v"),
+        ("attention.self.sr", "attn.sr"),
+        ("attention.self.layer_norm", "attn.norm"),
+        ("attention.output.dense", "attn.proj"),
+        ("mlp.dense1", "mlp.fc1"),
+        ("mlp.dense2", "mlp.fc2"),
+    )
     head = (("linear_fuse.", "linear_fuse.conv."), ("batch_norm.", "linear_fuse.bn."), ("classifier.", "linear_pred."))
     out = {}
     for k, v in state.items():
@@ -304,10 +334,16 @@ def to_mmseg(state):
             name = f"layers.{i}.2.{parts[2]}"
         else:
             rest = ".".join(parts[3:])
-            for a, b in (("layer_norm_1", "norm1"), ("layer_norm_2", "norm2"), ("attention.self.sr", "attn.sr"),
-                         ("attention.self.layer_norm", "attn.norm"), ("attention.output.dense", "attn.attn.out_proj"),
-                         ("mlp.dense1", "ffn.layers.0"), ("mlp.dwconv.dwconv", "ffn.layers.1"),
-                         ("mlp.dense2", "ffn.layers.4")):  # fmt: skip
+            for a, b in (
+                ("layer_norm_1", "norm1"),
+                ("layer_norm_2", "norm2"),
+                ("attention.self.sr", "attn.sr"),
+                ("attention.self.layer_norm", "attn.norm"),
+                ("attention.output.dense", "attn.attn.out_proj"),
+                ("mlp.dense1", "ffn.layers.0"),
+                ("mlp.dwconv.dwconv", "ffn.layers.1"),
+                ("mlp.dense2", "ffn.layers.4"),
+            ):
                 rest = rest.replace(a, b)
             if ".ffn.layers.0." in f".{rest}" or ".ffn.layers.4." in f".{rest}":
                 v = v[:, :, None, None] if v.ndim == 2 else v
@@ -317,7 +353,8 @@ def to_mmseg(state):
         base = k.removesuffix("attention.self.query.weight")
         for suffix in ("weight", "bias"):
             out[base + f"attn.attn.in_proj_{suffix}"] = torch.cat(
-                [out.pop(base + f"attention.self.{p}.{suffix}") for p in ("query", "key", "value")])
+                [out.pop(base + f"attention.self.{p}.{suffix}") for p in ("query", "key", "value")]
+            )
     return out
 
 

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 import transformers
-from conftest import assert_close, rel_err
+from helpers import assert_close, rel_err
 
 import pvtkit
 from pvtkit import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model
@@ -30,9 +30,12 @@ HF_CLASSES = {
 def small_config(**overrides) -> PvtV2Config:
     """A tiny 4-stage PVTv2 that still exercises every code path (SR ratios 8..1, several heads)."""
     fields = dict(
-        depths=(1, 2, 1, 1), hidden_sizes=(16, 24, 40, 48), num_attention_heads=(1, 2, 5, 4),
-        mlp_ratios=(2, 2, 2, 2), num_labels=5,
-    )  # fmt: skip
+        depths=(1, 2, 1, 1),
+        hidden_sizes=(16, 24, 40, 48),
+        num_attention_heads=(1, 2, 5, 4),
+        mlp_ratios=(2, 2, 2, 2),
+        num_labels=5,
+    )
     fields.update(overrides)
     return PvtV2Config(**fields)
 
@@ -270,8 +273,19 @@ def test_config_json_round_trips_with_transformers(tmp_path):
     config.some_future_field = {"kept": True}  # keys pvtkit does not know survive
     config.save_pretrained(tmp_path)
     reference = transformers.PvtV2Config.from_pretrained(tmp_path)
-    for key in ("depths", "hidden_sizes", "num_attention_heads", "sr_ratios", "mlp_ratios", "out_features",
-                "out_indices", "layer_norm_eps", "problem_type", "linear_attention", "id2label"):  # fmt: skip
+    for key in (
+        "depths",
+        "hidden_sizes",
+        "num_attention_heads",
+        "sr_ratios",
+        "mlp_ratios",
+        "out_features",
+        "out_indices",
+        "layer_norm_eps",
+        "problem_type",
+        "linear_attention",
+        "id2label",
+    ):
         assert list_or_value(getattr(reference, key)) == list_or_value(getattr(config, key)), key
     reference.save_pretrained(tmp_path / "hf")
     back = PvtV2Config.from_pretrained(tmp_path / "hf")
@@ -303,12 +317,15 @@ def test_single_weights_file_and_mismatches_are_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pvtkit"):
         ten = PvtV2ForImageClassification.from_pretrained(tmp_path, num_labels=10)
     assert ten.classifier.out_features == 10 and "classifier.weight" in caplog.text
-    assert torch.equal(ten.pvt_v2.encoder.layers[0].blocks[0].attention.query.weight,
-                       model.pvt_v2.encoder.layers[0].blocks[0].attention.query.weight)  # fmt: skip
+    assert torch.equal(
+        ten.pvt_v2.encoder.layers[0].blocks[0].attention.query.weight,
+        model.pvt_v2.encoder.layers[0].blocks[0].attention.query.weight,
+    )
     # a config that disagrees with the weights: every bad key is named
     other = tmp_path / "other"
-    PvtV2ForImageClassification(small_config(hidden_sizes=(16, 24, 40, 64), num_attention_heads=(1, 2, 5, 8)))\
-        .save_pretrained(other)  # fmt: skip
+    PvtV2ForImageClassification(
+        small_config(hidden_sizes=(16, 24, 40, 64), num_attention_heads=(1, 2, 5, 8))
+    ).save_pretrained(other)
     (other / "config.json").write_text((tmp_path / "config.json").read_text())
     with pytest.raises(pvtkit.LoadingError, match=r"encoder\.layers\.3\.blocks\.0\.attention\.query\.weight"):
         PvtV2ForImageClassification.from_pretrained(other)
@@ -335,8 +352,10 @@ def test_missing_and_unexpected_keys_are_reported_and_strict_makes_them_errors(t
     assert info["missing_keys"] == ["encoder.layers.1.blocks.0.mlp.dense1.bias"]
     assert info["unexpected_keys"] == ["encoder.extra.weight"] and info["mismatched_keys"] == []
     assert "encoder.layers.1.blocks.0.mlp.dense1.bias" in caplog.text and "encoder.extra.weight" in caplog.text
-    assert torch.equal(loaded.encoder.layers[0].blocks[0].attention.query.weight,
-                       model.encoder.layers[0].blocks[0].attention.query.weight)  # fmt: skip
+    assert torch.equal(
+        loaded.encoder.layers[0].blocks[0].attention.query.weight,
+        model.encoder.layers[0].blocks[0].attention.query.weight,
+    )
     with pytest.raises(pvtkit.LoadingError) as e:
         PvtV2Model.from_pretrained(tmp_path, strict=True)
     assert "encoder.layers.1.blocks.0.mlp.dense1.bias" in str(e.value) and "encoder.extra.weight" in str(e.value)

@@ -22,12 +22,12 @@ import pytest
 import skimage.data
 import torch
 import transformers
-from conftest import lay_out_hub_cache
+from helpers import lay_out_hub_cache
 from safetensors import safe_open
 
 import pvtkit
-from pvtkit.cli import main
 from pvtkit.analysis import key_grid
+from pvtkit.cli import main
 
 TINY_PVT = dict(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4))
 LABELS = {0: "cat", 1: "dog", 2: "cup", 3: "rocket", 4: "coin", 5: "camera"}
@@ -41,8 +41,9 @@ def png_claiming_size(path: Path, width: int, height: int) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,9 @@ def pvt_dir(tmp_path_factory) -> Path:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pvtkit", *args], capture_output=True, text=True,
-                          env=env or ENV, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "pvtkit", *args], capture_output=True, text=True, env=env or ENV, timeout=timeout
+    )
 
 
 def test_pipeline_equals_transformers_pipeline_on_real_photos(pvt_dir, photos):
@@ -99,8 +101,20 @@ def test_pipeline_equals_transformers_pipeline_on_real_photos(pvt_dir, photos):
 
 
 def test_classify_cli_end_to_end_json_equals_python_api(pvt_dir, photos):
-    result = run_cli("classify", str(photos), "--model", str(pvt_dir), "--format", "json", "--top-k", "3",
-                     "--batch-size", "2", "--num-workers", "2")  # fmt: skip
+    result = run_cli(
+        "classify",
+        str(photos),
+        "--model",
+        str(pvt_dir),
+        "--format",
+        "json",
+        "--top-k",
+        "3",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "2",
+    )
     assert result.returncode == 1, result.stderr  # some inputs failed, the others were classified
     assert "Traceback" not in result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -115,8 +129,9 @@ def test_classify_cli_end_to_end_json_equals_python_api(pvt_dir, photos):
             continue
         expected = api(record["path"], top_k=3)
         assert [p["label"] for p in record["predictions"]] == [p["label"] for p in expected]
-        np.testing.assert_allclose([p["score"] for p in record["predictions"]], [p["score"] for p in expected],
-                                   rtol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            [p["score"] for p in record["predictions"]], [p["score"] for p in expected], rtol=1e-5
+        )
     bomb = next(r for r in records if r["path"].endswith("bomb.png"))
     assert "refusing to decode an image this large" in bomb["error"]
 
@@ -124,8 +139,25 @@ def test_classify_cli_end_to_end_json_equals_python_api(pvt_dir, photos):
 def test_classify_csv_table_output_file_and_all_good_exit_zero(pvt_dir, photos, tmp_path, capsys):
     good = [str(photos / name) for name in GOOD[:3]]
     out = tmp_path / "out" / "predictions.csv"
-    assert main(["classify", *good, "--model", str(pvt_dir), "--format", "csv", "--top-k", "2", "-o", str(out),
-                 "--num-workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "classify",
+                *good,
+                "--model",
+                str(pvt_dir),
+                "--format",
+                "csv",
+                "--top-k",
+                "2",
+                "-o",
+                str(out),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [r["path"] for r in rows] == [p for p in good for _ in range(2)]
     assert [int(r["rank"]) for r in rows] == [1, 2] * 3 and all(r["label"] in LABELS.values() for r in rows)
@@ -143,8 +175,20 @@ def test_classify_usage_errors_missing_inputs_and_empty_folder(pvt_dir, photos, 
         main(["classify", str(photos / "camera.png"), "--format", "xml"])
     assert bad_flag.value.code == 2
     (tmp_path / "empty").mkdir()
-    code = main(["classify", str(tmp_path / "empty"), str(tmp_path / "missing.jpg"), str(photos / "camera.png"),
-                 "--model", str(pvt_dir), "--format", "json", "--num-workers", "0"])  # fmt: skip
+    code = main(
+        [
+            "classify",
+            str(tmp_path / "empty"),
+            str(tmp_path / "missing.jpg"),
+            str(photos / "camera.png"),
+            "--model",
+            str(pvt_dir),
+            "--format",
+            "json",
+            "--num-workers",
+            "0",
+        ]
+    )
     captured = capsys.readouterr()
     records = [json.loads(line) for line in captured.out.splitlines()]
     assert code == 1 and len(records) == 3
@@ -186,11 +230,31 @@ def test_untrained_head_is_refused(tmp_path):
         pvtkit.pipeline("image-classification", model=encoder)
 
 
+@pytest.mark.slow
 def test_classify_under_torchrun_shards_and_writes_one_ordered_output(pvt_dir, photos, tmp_path):
     out = tmp_path / "dist.jsonl"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pvtkit",
-           "classify", str(photos), "--model", str(pvt_dir), "--format", "json", "--batch-size", "2",
-           "--num-workers", "0", "-o", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pvtkit",
+        "classify",
+        str(photos),
+        "--model",
+        str(pvt_dir),
+        "--format",
+        "json",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "-o",
+        str(out),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode != 0  # bad inputs among them: rank 0 exits 1, which torchrun passes on
     distributed = [json.loads(line) for line in out.read_text().splitlines()]
@@ -201,15 +265,32 @@ def test_classify_under_torchrun_shards_and_writes_one_ordered_output(pvt_dir, p
         assert ours.get("error") == expected.get("error")
         if "predictions" in expected:  # other batch compositions round differently
             assert [p["label"] for p in ours["predictions"]] == [p["label"] for p in expected["predictions"]]
-            np.testing.assert_allclose([p["score"] for p in ours["predictions"]],
-                                       [p["score"] for p in expected["predictions"]], rtol=1e-5)  # fmt: skip
+            np.testing.assert_allclose(
+                [p["score"] for p in ours["predictions"]], [p["score"] for p in expected["predictions"]], rtol=1e-5
+            )
 
 
 def test_features_maps_pooled_and_vit(pvt_dir, photos, tmp_path):
     images = [str(photos / name) for name in GOOD[:3]]
     out = tmp_path / "features.safetensors"
-    assert main(["features", *images, str(photos / "notes.png"), "--model", str(pvt_dir), "-o", str(out),
-                 "--stages", "1,4", "--num-workers", "0"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "features",
+                *images,
+                str(photos / "notes.png"),
+                "--model",
+                str(pvt_dir),
+                "-o",
+                str(out),
+                "--stages",
+                "1,4",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 1
+    )
     with safe_open(out, "pt") as f:
         assert json.loads(f.metadata()["paths"]) == images  # the unreadable input is reported and left out
         maps = {k: f.get_tensor(k) for k in f.keys()}
@@ -220,14 +301,25 @@ def test_features_maps_pooled_and_vit(pvt_dir, photos, tmp_path):
         expected = backbone(pixels).feature_maps
     torch.testing.assert_close(maps["stage4"], expected[1], rtol=1e-5, atol=1e-6)
     pooled = tmp_path / "pooled.safetensors"
-    assert main(["features", *images, "--model", str(pvt_dir), "-o", str(pooled), "--pooled", "--num-workers", "0"]) == 0
+    assert (
+        main(["features", *images, "--model", str(pvt_dir), "-o", str(pooled), "--pooled", "--num-workers", "0"]) == 0
+    )
     with safe_open(pooled, "pt") as f:
         torch.testing.assert_close(f.get_tensor("stage4"), expected[1].mean(dim=(2, 3)), rtol=1e-5, atol=1e-6)
         assert sorted(f.keys()) == ["stage1", "stage2", "stage3", "stage4"]
 
     vit_dir = tmp_path / "vit"
-    vit = pvtkit.ViTForImageClassification(pvtkit.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                           intermediate_size=64, image_size=32, patch_size=8, encoder_stride=8))  # fmt: skip
+    vit = pvtkit.ViTForImageClassification(
+        pvtkit.ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+            encoder_stride=8,
+        )
+    )
     vit.save_pretrained(vit_dir)
     pvtkit.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit_dir)
     assert main(["features", images[0], "--model", str(vit_dir), "-o", str(pooled), "--pooled"]) == 0
@@ -264,12 +356,29 @@ def test_attention_picture_and_key_grid(pvt_dir, photos, tmp_path):
         reduced = torch.nn.Conv2d(1, 1, sr, sr)(torch.zeros(1, 1, h, w)).shape[-2:]
         assert key_grid(reduced[0] * reduced[1], h, w) == tuple(reduced)
     out = tmp_path / "attn.png"
-    assert main(["attention", str(photos / "nested" / "chelsea.png"), "--model", str(pvt_dir), "-o", str(out),
-                 "--query", "0.5,0.4", "--height", "120"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "attention",
+                str(photos / "nested" / "chelsea.png"),
+                "--model",
+                str(pvt_dir),
+                "-o",
+                str(out),
+                "--query",
+                "0.5,0.4",
+                "--height",
+                "120",
+            ]
+        )
+        == 0
+    )
     picture = PIL.Image.open(out)
     assert picture.format == "PNG" and picture.height > 120 and picture.width > 5 * 120  # image + 4 stages
     missing = tmp_path / "none.png"
     assert main(["attention", str(photos / "corrupt.jpg"), "--model", str(pvt_dir), "-o", str(missing)]) == 1
     assert not missing.exists()
-    assert main(["attention", str(photos / "camera.png"), "--model", str(pvt_dir), "-o", str(missing),
-                 "--query", "2,3"]) == 2  # fmt: skip
+    assert (
+        main(["attention", str(photos / "camera.png"), "--model", str(pvt_dir), "-o", str(missing), "--query", "2,3"])
+        == 2
+    )

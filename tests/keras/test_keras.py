@@ -1,6 +1,6 @@
 """pvtkit.keras: ViT in Keras 3 on the TensorFlow and JAX back ends, against the PyTorch model on the same weights.
 
-Keras fixes its back end when first imported, so each back end runs in its own process (`tests/keras_worker.py`),
+Keras fixes its back end when first imported, so each back end runs in its own process (`tests/keras/keras_worker.py`),
 which never imports torch: this module makes the checkpoints and the reference outputs with PyTorch, the worker
 computes the Keras ones and writes them back, and the tests compare. The tolerance is the project's fp32 one (1e-5
 relative to the largest magnitude).
@@ -19,16 +19,25 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import FIXTURES, FP32_RTOL
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
 import pvtkit
-from conftest import FP32_RTOL
+
+pytestmark = pytest.mark.integration  # with the real Keras on TensorFlow and JAX
 
 HERE = Path(__file__).parent
 BACKENDS = ("tensorflow", "jax")
-CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=224,
-              patch_size=16, encoder_stride=16)  # fmt: skip
+CONFIG = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    image_size=224,
+    patch_size=16,
+    encoder_stride=16,
+)
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,30 +77,55 @@ def work(tmp_path_factory) -> Path:
     clf.save_pretrained(work / "classifier")
     pvtkit.ViTImageProcessor().save_pretrained(work / "classifier")
     pvtkit.ViTModel(config).eval().save_pretrained(work / "encoder")  # with its pooler
-    timm = load_file(HERE / "fixtures" / "timm_vit_tiny.safetensors")
+    timm = load_file(FIXTURES / "timm_vit_tiny.safetensors")
     (work / "timm").mkdir()
-    save_file({k.removeprefix("model."): v.numpy() for k, v in timm.items() if k.startswith("model.")},
-              str(work / "timm" / "model.safetensors"))  # fmt: skip
-    pvt = pvtkit.PvtV2Config(depths=(1, 2, 1, 1), hidden_sizes=(16, 32, 40, 64), num_attention_heads=(1, 2, 5, 8),
-                             num_labels=6)  # fmt: skip
+    save_file(
+        {k.removeprefix("model."): v.numpy() for k, v in timm.items() if k.startswith("model.")},
+        str(work / "timm" / "model.safetensors"),
+    )
+    pvt = pvtkit.PvtV2Config(
+        depths=(1, 2, 1, 1), hidden_sizes=(16, 32, 40, 64), num_attention_heads=(1, 2, 5, 8), num_labels=6
+    )
     pvtkit.PvtV2ForImageClassification(pvt).eval().save_pretrained(work / "pvt_classifier")
     pvtkit.PvtV2Model(pvt.copy(linear_attention=True)).eval().save_pretrained(work / "pvt_encoder")
-    timm_pvt = load_file(HERE / "fixtures" / "timm_pvt_v2_tiny.safetensors")
+    timm_pvt = load_file(FIXTURES / "timm_pvt_v2_tiny.safetensors")
     (work / "timm_pvt").mkdir()
-    save_file({k.removeprefix("model."): v.numpy() for k, v in timm_pvt.items() if k.startswith("model.")},
-              str(work / "timm_pvt" / "model.safetensors"))  # fmt: skip
+    save_file(
+        {k.removeprefix("model."): v.numpy() for k, v in timm_pvt.items() if k.startswith("model.")},
+        str(work / "timm_pvt" / "model.safetensors"),
+    )
     g = torch.Generator().manual_seed(1)
     images = [photo((224, 224), "PNG"), photo((300, 260), "JPEG")]
-    np.savez(work / "inputs.npz", native=torch.randn(3, 3, 224, 224, generator=g).numpy(),
-             other=torch.randn(2, 3, 160, 192, generator=g).numpy(), timm_x=timm["input.pixel_values"].numpy(),
-             image_bytes=np.array(images, dtype=object), pvt_odd=torch.randn(1, 3, 97, 75, generator=g).numpy(),
-             pvt_small=torch.randn(2, 3, 40, 56, generator=g).numpy(),
-             timm_pvt_x=timm_pvt["input.pixel_values"].numpy(), **digits())  # fmt: skip
+    np.savez(
+        work / "inputs.npz",
+        native=torch.randn(3, 3, 224, 224, generator=g).numpy(),
+        other=torch.randn(2, 3, 160, 192, generator=g).numpy(),
+        timm_x=timm["input.pixel_values"].numpy(),
+        image_bytes=np.array(images, dtype=object),
+        pvt_odd=torch.randn(1, 3, 97, 75, generator=g).numpy(),
+        pvt_small=torch.randn(2, 3, 40, 56, generator=g).numpy(),
+        timm_pvt_x=timm_pvt["input.pixel_values"].numpy(),
+        **digits(),
+    )
     cli = subprocess.run(
-        [sys.executable, "-m", "pvtkit", "export", "saved-model", "--model", str(work / "classifier"), "--output",
-         str(work / "cli_saved_model"), "--image-bytes", "--json"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pvtkit",
+            "export",
+            "saved-model",
+            "--model",
+            str(work / "classifier"),
+            "--output",
+            str(work / "cli_saved_model"),
+            "--image-bytes",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )
     assert cli.returncode == 0, cli.stderr[-3000:]
     (work / "cli_report.json").write_text(cli.stdout)
     return work
@@ -103,15 +137,25 @@ def keras_run(request, work) -> tuple[str, dict, dict[str, np.ndarray]]:
     backend = request.param
     out = work / backend
     out.mkdir()
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, str(HERE / "keras_worker.py"), str(work), str(out)], capture_output=True,
-                         text=True, timeout=900, env=env)  # fmt: skip
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+    run = subprocess.run(
+        [sys.executable, str(HERE / "keras_worker.py"), str(work), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     result = json.loads((out / "result.json").read_text())
     assert result["backend"] == backend
     return backend, result, dict(np.load(out / "outputs.npz"))
 
 
+@pytest.mark.slow
 def test_keras_runs_without_torch(keras_run):
     backend, result, _ = keras_run
     assert result["torch_loaded"] is False, f"the {backend} worker loaded torch"
@@ -127,10 +171,12 @@ def test_parity_with_pytorch_at_224_and_interpolated(work, keras_run):
         with torch.no_grad():
             c = clf(x, interpolate_pos_encoding=interp, output_hidden_states=True)
             e = enc(x, interpolate_pos_encoding=interp, output_hidden_states=True, output_attentions=True)
-        checks = {"logits": (out[f"clf_{name}_logits"], c.logits),
-                  "last_hidden_state": (out[f"enc_{name}_last_hidden_state"], e.last_hidden_state),
-                  "pooler_output": (out[f"enc_{name}_pooler_output"], e.pooler_output),
-                  "attentions[0]": (out[f"enc_{name}_attention_0"], e.attentions[0])}  # fmt: skip
+        checks = {
+            "logits": (out[f"clf_{name}_logits"], c.logits),
+            "last_hidden_state": (out[f"enc_{name}_last_hidden_state"], e.last_hidden_state),
+            "pooler_output": (out[f"enc_{name}_pooler_output"], e.pooler_output),
+            "attentions[0]": (out[f"enc_{name}_attention_0"], e.attentions[0]),
+        }
         for i, (hc, he) in enumerate(zip(c.hidden_states, e.hidden_states)):
             checks[f"hidden_states[{i}]"] = (out[f"clf_{name}_hidden_{i}"], hc)
             checks[f"encoder hidden_states[{i}]"] = (out[f"enc_{name}_hidden_{i}"], he)
@@ -143,7 +189,7 @@ def test_parity_with_pytorch_at_224_and_interpolated(work, keras_run):
 def test_timm_checkpoint_reproduces_timm(work, keras_run):
     """timm's own logits (the committed fixture made by timm) from its weights, converted by the shared rules."""
     backend, _, out = keras_run
-    expected = load_file(HERE / "fixtures" / "timm_vit_tiny.safetensors")["output.logits"].numpy()
+    expected = load_file(FIXTURES / "timm_vit_tiny.safetensors")["output.logits"].numpy()
     assert rel(out["timm_logits"], expected) <= FP32_RTOL, backend
 
 
@@ -210,14 +256,21 @@ def test_saved_model_matches_pytorch(work, keras_run):
 
 def test_import_pvtkit_keras_loads_no_torch():
     """`import pvtkit.keras`, reading a config and preprocessing an image to NumPy leave PyTorch unloaded."""
-    code = ("import sys, numpy, pvtkit, pvtkit.keras\n"
-            "pvtkit.ViTConfig(); pvtkit.keras.ViTConfig.from_variant('base_patch16_224')\n"
-            "assert 'torch' not in sys.modules, 'pvtkit.keras loaded torch'\n"
-            "x = pvtkit.ViTImageProcessor()(numpy.zeros((40, 30, 3), numpy.uint8), return_tensors='np')\n"
-            "assert x['pixel_values'].shape == (1, 3, 224, 224)\n"
-            "assert 'torch' not in sys.modules, 'the image processor loaded torch'\n")  # fmt: skip
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "KERAS_BACKEND": "jax"})  # fmt: skip
+    code = (
+        "import sys, numpy, pvtkit, pvtkit.keras\n"
+        "pvtkit.ViTConfig(); pvtkit.keras.ViTConfig.from_variant('base_patch16_224')\n"
+        "assert 'torch' not in sys.modules, 'pvtkit.keras loaded torch'\n"
+        "x = pvtkit.ViTImageProcessor()(numpy.zeros((40, 30, 3), numpy.uint8), return_tensors='np')\n"
+        "assert x['pixel_values'].shape == (1, 3, 224, 224)\n"
+        "assert 'torch' not in sys.modules, 'the image processor loaded torch'\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
 
 
@@ -229,8 +282,10 @@ def test_keras_activations_cover_the_config_names():
 
     assert set(ACTIVATIONS) == set(ACTIVATION_NAMES)
     source = (Path(pvtkit.__file__).parent / "keras" / "layers.py").read_text()
-    table = source[source.index("ACTIVATIONS: dict"):source.index("\n}\n")]
-    assert {line.split('"')[1] for line in table.splitlines()[1:] if line.strip().startswith('"')} == set(ACTIVATION_NAMES)
+    table = source[source.index("ACTIVATIONS: dict") : source.index("\n}\n")]
+    assert {line.split('"')[1] for line in table.splitlines()[1:] if line.strip().startswith('"')} == set(
+        ACTIVATION_NAMES
+    )
 
 
 # ---- PVTv2 --------------------------------------------------------------------------------------------------------
@@ -248,9 +303,11 @@ def test_pvt_parity_with_pytorch_at_224_odd_and_small_sizes(work, keras_run):
         with torch.no_grad():
             c = clf(x, output_hidden_states=True, output_attentions=True)
             e = enc(x, output_hidden_states=True)
-        checks = {"logits": (out[f"pvt_{name}_logits"], c.logits),
-                  "attentions[0][0]": (out[f"pvt_{name}_attention_0_0"], c.attentions[0][0]),
-                  "encoder last_hidden_state": (out[f"pvt_enc_{name}_last_hidden_state"], e.last_hidden_state)}  # fmt: skip
+        checks = {
+            "logits": (out[f"pvt_{name}_logits"], c.logits),
+            "attentions[0][0]": (out[f"pvt_{name}_attention_0_0"], c.attentions[0][0]),
+            "encoder last_hidden_state": (out[f"pvt_enc_{name}_last_hidden_state"], e.last_hidden_state),
+        }
         for i in range(4):
             checks[f"hidden_states[{i}]"] = (out[f"pvt_{name}_hidden_{i}"], c.hidden_states[i])
             checks[f"linear SRA hidden_states[{i}]"] = (out[f"pvt_enc_{name}_hidden_{i}"], e.hidden_states[i])
@@ -263,7 +320,7 @@ def test_pvt_timm_checkpoint_reproduces_timm(keras_run):
     """timm's logits from its weights (committed fixture); timm's 1e-5 LayerNorm epsilons in the patch embeddings
     and reductions against transformers' 1e-6 everywhere give the drift test_checkpoints states (1e-4)."""
     backend, _, out = keras_run
-    expected = load_file(HERE / "fixtures" / "timm_pvt_v2_tiny.safetensors")["output.logits"].numpy()
+    expected = load_file(FIXTURES / "timm_pvt_v2_tiny.safetensors")["output.logits"].numpy()
     assert rel(out["timm_pvt_logits"], expected) <= 1e-4, backend
 
 

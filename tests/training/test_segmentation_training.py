@@ -19,21 +19,20 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO as ROOT
+from helpers import kill_training_at_step
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 from sklearn.metrics import confusion_matrix
-
-from conftest import kill_training_at_step
 
 import pvtkit
 from pvtkit.cli import main as cli
 from pvtkit.data.folders import IGNORE_INDEX
 from pvtkit.data.segmentation import load_segmentation_data
-from pvtkit.evaluation import SegmentationMetric
 from pvtkit.data.transforms import SegmentationTrainTransform, nearest_resize
+from pvtkit.evaluation import SegmentationMetric
 from pvtkit.training import learning_rate, parameter_groups
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["background", *(str(d) for d in range(10))]
 
 
@@ -72,13 +71,19 @@ def write_pairs(images: Path, masks: Path, pairs, start: int = 0, mask_mode: str
         mask.save(masks / f"{i:04d}.png")
 
 
-def write_dataset(root: Path, train: int, val: int, size: int = 32, labels: bool = True, per_canvas: int = 2,
-                  zoom: int = 2) -> Path:
+def write_dataset(
+    root: Path, train: int, val: int, size: int = 32, labels: bool = True, per_canvas: int = 2, zoom: int = 2
+) -> Path:
     """`root/{train,val}/{images,masks}/` and `labels.json`; validation canvases hold digits training never saw."""
-    write_pairs(root / "train" / "images", root / "train" / "masks",
-                digit_canvases(train, size, per_canvas, seed=1, zoom=zoom))  # fmt: skip
-    write_pairs(root / "val" / "images", root / "val" / "masks",
-                digit_canvases(val, size, per_canvas, seed=2, first=train * per_canvas, zoom=zoom), train)  # fmt: skip
+    write_pairs(
+        root / "train" / "images", root / "train" / "masks", digit_canvases(train, size, per_canvas, seed=1, zoom=zoom)
+    )
+    write_pairs(
+        root / "val" / "images",
+        root / "val" / "masks",
+        digit_canvases(val, size, per_canvas, seed=2, first=train * per_canvas, zoom=zoom),
+        train,
+    )
     if labels:
         (root / "labels.json").write_text(json.dumps(CLASSES))
     return root
@@ -99,9 +104,15 @@ def small(tmp_path_factory) -> Path:
 
 def save_tiny_segformer(path: Path, **options) -> Path:
     torch.manual_seed(0)
-    config = pvtkit.SegformerConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
-                                    decoder_hidden_size=16, num_labels=len(CLASSES), id2label=dict(enumerate(CLASSES)),
-                                    **options)  # fmt: skip
+    config = pvtkit.SegformerConfig(
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 1, 1],
+        decoder_hidden_size=16,
+        num_labels=len(CLASSES),
+        id2label=dict(enumerate(CLASSES)),
+        **options,
+    )
     pvtkit.SegformerForSemanticSegmentation(config).save_pretrained(path)
     pvtkit.SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
@@ -118,8 +129,9 @@ def tiny_seg(tmp_path_factory) -> Path:
 def tiny_seg_no_dropout(tmp_path_factory) -> Path:
     """Without dropout or stochastic depth: N processes draw their own masks, so only such a model trains exactly
     alike on 1 and N processes."""
-    return save_tiny_segformer(tmp_path_factory.mktemp("models") / "tiny-seg-nd", classifier_dropout_prob=0.0,
-                               drop_path_rate=0.0)  # fmt: skip
+    return save_tiny_segformer(
+        tmp_path_factory.mktemp("models") / "tiny-seg-nd", classifier_dropout_prob=0.0, drop_path_rate=0.0
+    )
 
 
 @pytest.fixture
@@ -135,9 +147,27 @@ def read_metrics(out: Path) -> list[dict]:
 
 
 def tiny_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--task", "semantic-segmentation", "--data", str(data), "--model", str(model), "--output",
-            str(out), "--image-size", "32", "--batch-size", "8", "--lr", "2e-3", "--num-workers", "0", "-q",
-            *extra]  # fmt: skip
+    return [
+        "train",
+        "--task",
+        "semantic-segmentation",
+        "--data",
+        str(data),
+        "--model",
+        str(model),
+        "--output",
+        str(out),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--lr",
+        "2e-3",
+        "--num-workers",
+        "0",
+        "-q",
+        *extra,
+    ]
 
 
 def same_state(a: Path, b: Path, atol: float) -> None:
@@ -167,8 +197,9 @@ def test_miou_accumulates_over_the_set_like_an_independent_confusion_matrix():
     maps = []
     for shape in [(7, 9), (12, 5), (3, 3)]:
         labels = rng.choice([0, 1, 2, IGNORE_INDEX], size=shape, p=[0.5, 0.2, 0.2, 0.1])
-        predicted = np.where(rng.random(shape) < 0.7, np.where(labels == IGNORE_INDEX, 0, labels),
-                             rng.choice([0, 1, 2, 3], size=shape))  # fmt: skip
+        predicted = np.where(
+            rng.random(shape) < 0.7, np.where(labels == IGNORE_INDEX, 0, labels), rng.choice([0, 1, 2, 3], size=shape)
+        )
         maps.append((labels, predicted))
     metric = SegmentationMetric(k)
     for labels, predicted in maps:
@@ -219,14 +250,17 @@ def test_the_three_layouts_are_recognised_and_paired_by_name(tmp_path):
     assert not set(a.val) & set(a.train)
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("lone image", "1 image(s) without a mask"),
-    ("lone mask", "1 mask(s) without an image"),
-    ("size", "differ in size from their image"),
-    ("value", "hold values that are no class"),
-    ("one class", "segmentation needs at least two classes"),
-    ("empty val", "the validation split is empty"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("lone image", "1 image(s) without a mask"),
+        ("lone mask", "1 mask(s) without an image"),
+        ("size", "differ in size from their image"),
+        ("value", "hold values that are no class"),
+        ("one class", "segmentation needs at least two classes"),
+        ("empty val", "the validation split is empty"),
+    ],
+)
 def test_bad_datasets_are_refused_with_the_files_named(tmp_path, damage, message, tiny_seg, capsys):
     root = write_dataset(tmp_path / "data", 6, 2)
     named = None
@@ -316,8 +350,11 @@ def test_joint_augmentation_keeps_labels_whole_and_aligned():
 def test_poly_schedule_and_the_heads_ten_times_rate():
     lrs = [learning_rate(s, 1.0, 10, 110, "poly") for s in range(111)]
     assert lrs[9] == 1.0 and lrs[10] == 1.0 and lrs[60] == pytest.approx(0.5) and lrs[110] == 0.0
-    model = pvtkit.SegformerForSemanticSegmentation(pvtkit.SegformerConfig(
-        hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16))
+    model = pvtkit.SegformerForSemanticSegmentation(
+        pvtkit.SegformerConfig(
+            hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16
+        )
+    )
     groups = parameter_groups(model, 0.01, 10.0)
     by_param = {id(p): g for g in groups for p in g["params"]}
     for name, p in model.named_parameters():
@@ -337,8 +374,29 @@ def test_eval_agrees_with_an_independent_iou_of_the_same_predictions(small, tiny
     write_pairs(data / "train" / "images", data / "train" / "masks", digit_canvases(2, size=45, seed=8))
     out = tmp_path / "report.json"
     png = tmp_path / "confusion.png"
-    assert cli(["eval", "-m", str(tiny_seg), "-d", str(data), "--format", "json", "-o", str(out), "--confusion",
-                str(png), "--mode", mode, "-q", "--num-workers", "0"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "eval",
+                "-m",
+                str(tiny_seg),
+                "-d",
+                str(data),
+                "--format",
+                "json",
+                "-o",
+                str(out),
+                "--confusion",
+                str(png),
+                "--mode",
+                mode,
+                "-q",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["task"] == "semantic-segmentation" and report["num_images"] == 5 and report["mode"] == mode
     model = pvtkit.SegformerForSemanticSegmentation.from_pretrained(tiny_seg).eval()
@@ -372,8 +430,11 @@ def test_eval_agrees_with_an_independent_iou_of_the_same_predictions(small, tiny
     table = capsys.readouterr().out
     assert "mIoU" in table and "background" in table and f"{report['mean_iou']:.2%}" in table
     if mode == "whole":  # a reader that has gone (`| head`) gets no error message: the pipe is closed at once
-        process = subprocess.Popen([sys.executable, "-m", "pvtkit", "eval", "-m", str(tiny_seg), "-d", str(data),
-                                    "-q", "--num-workers", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pvtkit", "eval", "-m", str(tiny_seg), "-d", str(data), "-q", "--num-workers", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         process.stdout.close()
         _, err = process.communicate(timeout=120)
         assert process.returncode == 141 and err == b"", err.decode()[-2000:]
@@ -382,6 +443,7 @@ def test_eval_agrees_with_an_independent_iou_of_the_same_predictions(small, tiny
 # ---- learning, resuming, scaling out -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_segformer_from_scratch_learns_digit_canvases_and_the_output_loads_everywhere(canvases, tmp_path, capsys):
     pytest.importorskip("transformers")
     import transformers
@@ -389,10 +451,41 @@ def test_segformer_from_scratch_learns_digit_canvases_and_the_output_loads_every
     out = tmp_path / "run"
     # From scratch, at this size and length, augmentation slows learning more than it helps: the recipe turns it
     # off (README, "Segmentation fine-tuning").
-    code = cli(["train", "--task", "semantic-segmentation", "--data", str(canvases), "--arch", "mit_b0",
-                "--image-size", "48", "--epochs", "12", "--batch-size", "8", "--lr", "3e-3", "--head-lr-scale", "1",
-                "--warmup-epochs", "1", "--scale-range", "1", "1", "--cat-max-ratio", "1", "--no-jitter", "--no-hflip",
-                "--num-workers", "2", "-o", str(out), "-q"])  # fmt: skip
+    code = cli(
+        [
+            "train",
+            "--task",
+            "semantic-segmentation",
+            "--data",
+            str(canvases),
+            "--arch",
+            "mit_b0",
+            "--image-size",
+            "48",
+            "--epochs",
+            "12",
+            "--batch-size",
+            "8",
+            "--lr",
+            "3e-3",
+            "--head-lr-scale",
+            "1",
+            "--warmup-epochs",
+            "1",
+            "--scale-range",
+            "1",
+            "1",
+            "--cat-max-ratio",
+            "1",
+            "--no-jitter",
+            "--no-hflip",
+            "--num-workers",
+            "2",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
     assert code == 0
     summary = capsys.readouterr().out
     history = read_metrics(out)
@@ -405,18 +498,50 @@ def test_segformer_from_scratch_learns_digit_canvases_and_the_output_loads_every
     theirs = transformers.SegformerForSemanticSegmentation.from_pretrained(out).eval()
     ours = pvtkit.AutoModelForSemanticSegmentation.from_pretrained(out).eval()
     pixels = pvtkit.SegformerImageProcessor.from_pretrained(out)(
-        PIL.Image.open(next((canvases / "val" / "images").glob("*.jpg"))), return_tensors="pt").pixel_values
+        PIL.Image.open(next((canvases / "val" / "images").glob("*.jpg"))), return_tensors="pt"
+    ).pixel_values
     with torch.no_grad():
         assert torch.allclose(theirs(pixel_values=pixels).logits, ours(pixel_values=pixels).logits, atol=1e-4)
     # pvtkit eval reproduces the best epoch's validation mIoU; pvtkit segment runs on it.
     report = tmp_path / "eval.json"
-    assert cli(["eval", "-m", str(out), "-d", str(canvases), "--format", "json", "-o", str(report), "-q",
-                "--num-workers", "0"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "eval",
+                "-m",
+                str(out),
+                "-d",
+                str(canvases),
+                "--format",
+                "json",
+                "-o",
+                str(report),
+                "-q",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert json.loads(report.read_text())["mean_iou"] == pytest.approx(best, abs=1e-6)
-    assert cli(["segment", str(canvases / "val" / "images" / "0768.jpg"), "-m", str(out), "-o",
-                str(tmp_path / "seg"), "--format", "json"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "segment",
+                str(canvases / "val" / "images" / "0768.jpg"),
+                "-m",
+                str(out),
+                "-o",
+                str(tmp_path / "seg"),
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
 
 
+@pytest.mark.slow
 def test_a_sigkilled_segmentation_run_resumes_to_the_same_result(small, tiny_seg, tmp_path, one_thread):
     reference = tmp_path / "reference"
     assert cli(tiny_args(small, tiny_seg, reference, "--epochs", "3")) == 0
@@ -424,7 +549,12 @@ def test_a_sigkilled_segmentation_run_resumes_to_the_same_result(small, tiny_seg
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "pvtkit", *tiny_args(small, tiny_seg, killed, "--epochs", "3", "--save-steps", "1")]
+    command = [
+        sys.executable,
+        "-m",
+        "pvtkit",
+        *tiny_args(small, tiny_seg, killed, "--epochs", "3", "--save-steps", "1"),
+    ]
     kill_training_at_step(command, killed, 8, ROOT)
     state_file = killed / "checkpoint" / "trainer_state.json"
     state = json.loads(state_file.read_text())
@@ -440,12 +570,23 @@ def test_a_sigkilled_segmentation_run_resumes_to_the_same_result(small, tiny_seg
     assert processor["size"] == {"height": 32, "width": 32} and processor["do_reduce_labels"] is False
 
 
-def test_torchrun_two_processes_train_the_same_segmentation_model_as_one(small, tiny_seg_no_dropout, tmp_path,
-                                                                         one_thread):  # fmt: skip
+@pytest.mark.slow
+def test_torchrun_two_processes_train_the_same_segmentation_model_as_one(
+    small, tiny_seg_no_dropout, tmp_path, one_thread
+):
     one, two, model = tmp_path / "one", tmp_path / "two", tiny_seg_no_dropout
     assert cli(tiny_args(small, model, one, "--epochs", "2")) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "pvtkit", *tiny_args(small, model, two, "--epochs", "2")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pvtkit",
+        *tiny_args(small, model, two, "--epochs", "2"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -471,16 +612,37 @@ def test_torchrun_two_processes_train_the_same_segmentation_model_as_one(small, 
         assert model.decode_head.linear_c[i].proj.bias.grad.abs().max() < 1e-6  # the exact gradient is 0
 
 
-def test_a_pvtv2_classifier_starts_a_segmentation_fine_tune_in_bf16_with_checkpointing(small, tmp_path, one_thread,
-                                                                                      caplog):  # fmt: skip
+def test_a_pvtv2_classifier_starts_a_segmentation_fine_tune_in_bf16_with_checkpointing(
+    small, tmp_path, one_thread, caplog
+):
     torch.manual_seed(0)
     classifier = tmp_path / "pvt-classifier"
-    config = pvtkit.PvtV2Config(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
-                                mlp_ratios=[2, 2, 2, 2], num_labels=3)  # fmt: skip
+    config = pvtkit.PvtV2Config(
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 1, 1],
+        mlp_ratios=[2, 2, 2, 2],
+        num_labels=3,
+    )
     pvtkit.PvtV2ForImageClassification(config).save_pretrained(classifier)
     out = tmp_path / "out"
-    assert cli(tiny_args(small, classifier, out, "--epochs", "1", "--precision", "bf16", "--gradient-checkpointing",
-                         "--grad-accum", "2")) == 0  # fmt: skip
+    assert (
+        cli(
+            tiny_args(
+                small,
+                classifier,
+                out,
+                "--epochs",
+                "1",
+                "--precision",
+                "bf16",
+                "--gradient-checkpointing",
+                "--grad-accum",
+                "2",
+            )
+        )
+        == 0
+    )
     assert "new 11-class head" in caplog.text
     model = pvtkit.AutoModelForSemanticSegmentation.from_pretrained(out)
     assert type(model).__name__ == "PvtV2ForSemanticSegmentation" and model.config.id2label[1] == "0"
@@ -493,15 +655,39 @@ def test_a_pvtv2_classifier_starts_a_segmentation_fine_tune_in_bf16_with_checkpo
     assert np.isfinite(record["train_loss"]) and 0 <= record["val_mean_iou"] <= 1
 
 
+@pytest.mark.slow
 def test_eval_under_torchrun_sums_the_counts_of_both_processes(small, tiny_seg, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    base = ["-m", "pvtkit", "eval", "-m", str(tiny_seg), "-d", str(small), "--format", "json", "-q",
-            "--num-workers", "0", "--batch-size", "3"]  # fmt: skip
+    base = [
+        "-m",
+        "pvtkit",
+        "eval",
+        "-m",
+        str(tiny_seg),
+        "-d",
+        str(small),
+        "--format",
+        "json",
+        "-q",
+        "--num-workers",
+        "0",
+        "--batch-size",
+        "3",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, *base, "-o", str(one)], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *base,
-               "-o", str(two)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *base,
+        "-o",
+        str(two),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())

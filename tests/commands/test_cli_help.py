@@ -18,7 +18,9 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", 
 
 
 def python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120, check=False
+    )
 
 
 def subparsers(parser: argparse.ArgumentParser, prefix: str = "pvtkit"):
@@ -31,16 +33,19 @@ def subparsers(parser: argparse.ArgumentParser, prefix: str = "pvtkit"):
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS), ["export", "onnx"], ["export", "saved-model"]])
 def test_help_imports_no_torch_and_exits_0(command):
-    code = (f"import sys\nfrom pvtkit import cli\ntry:\n    cli.build_parser().parse_args({command + ['--help']!r})\n"
-            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    code = (
+        f"import sys\nfrom pvtkit import cli\ntry:\n    cli.build_parser().parse_args({command + ['--help']!r})\n"
+        "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)"
+    )
     out = python(code)
     assert out.stdout.strip().splitlines()[-1] == "0 False", out.stderr
     assert "usage: pvtkit" in out.stdout
 
 
 def test_version():
-    out = subprocess.run([sys.executable, "-m", "pvtkit", "--version"], capture_output=True, text=True, env=ENV,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "pvtkit", "--version"], capture_output=True, text=True, env=ENV, check=False
+    )
     assert out.returncode == 0 and re.fullmatch(r"pvtkit \d+\.\d+\S*\n", out.stdout), out
 
 
@@ -71,11 +76,37 @@ def test_train_flags_are_training_arguments_fields():
     real = dataclasses.fields(TrainingArguments)
     assert dests == {f.name for f in real}
     # today's flags and aliases keep working
-    args = train.parse_args(["-o", "out", "-d", "data", "-m", "m", "-b", "8", "--lr", "1e-3", "--no-hflip", "-q",
-                             "--no-jitter", "--reduce-labels", "--scale-range", "0.5", "2", "--precision", "bf16"])
+    args = train.parse_args(
+        [
+            "-o",
+            "out",
+            "-d",
+            "data",
+            "-m",
+            "m",
+            "-b",
+            "8",
+            "--lr",
+            "1e-3",
+            "--no-hflip",
+            "-q",
+            "--no-jitter",
+            "--reduce-labels",
+            "--scale-range",
+            "0.5",
+            "2",
+            "--precision",
+            "bf16",
+        ]
+    )
     assert (args.output_dir, args.data, args.model, args.batch_size, args.lr) == ("out", "data", "m", 8, 1e-3)
-    assert (args.hflip, args.progress, args.jitter, args.reduce_labels, args.scale_range) == (False, False, False,
-                                                                                               True, [0.5, 2.0])
+    assert (args.hflip, args.progress, args.jitter, args.reduce_labels, args.scale_range) == (
+        False,
+        False,
+        False,
+        True,
+        [0.5, 2.0],
+    )
     defaults = train.parse_args(["-o", "out"])
     assert (defaults.precision, defaults.grad_accum, defaults.save_steps, defaults.device) == ("fp32", 1, 0, "auto")
     assert defaults.epochs is None and defaults.hflip is None and defaults.resume is False
@@ -96,17 +127,21 @@ def test_arch_names_say_their_family_and_help_lists_every_family():
 
 
 def test_import_pvtkit_changes_no_environment_variable():
-    code = ("import os, sys, json\nsys.argv[0] = '/usr/local/bin/pvtkit'\nbefore = dict(os.environ)\n"
-            "import pvtkit, pvtkit.cli, pvtkit.commands.train, pvtkit.training.trainer\n"
-            "pvtkit.cli.build_parser()\nprint(json.dumps([dict(os.environ) == before, 'torch' in sys.modules]))")
+    code = (
+        "import os, sys, json\nsys.argv[0] = '/usr/local/bin/pvtkit'\nbefore = dict(os.environ)\n"
+        "import pvtkit, pvtkit.cli, pvtkit.commands.train, pvtkit.training.trainer\n"
+        "pvtkit.cli.build_parser()\nprint(json.dumps([dict(os.environ) == before, 'torch' in sys.modules]))"
+    )
     assert json.loads(python(code).stdout) == [True, True]
 
 
 @pytest.mark.parametrize("argv, thp, omp", [(["--version"], "1", "unset"), (["serve", "--help"], "1", "PASSIVE")])
 def test_the_command_sets_its_process_environment_before_torch(argv, thp, omp):
-    code = (f"import os, sys\nsys.argv = ['pvtkit', *{argv!r}]\nfrom pvtkit import cli\ntry:\n    cli.main()\n"
-            "except SystemExit:\n    pass\nprint(os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset'), "
-            "os.environ.get('OMP_WAIT_POLICY', 'unset'), file=sys.stderr)")
+    code = (
+        f"import os, sys\nsys.argv = ['pvtkit', *{argv!r}]\nfrom pvtkit import cli\ntry:\n    cli.main()\n"
+        "except SystemExit:\n    pass\nprint(os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset'), "
+        "os.environ.get('OMP_WAIT_POLICY', 'unset'), file=sys.stderr)"
+    )
     assert python(code).stderr.split()[-2:] == [thp, omp]
     late = python("import torch\n" + code)  # torch read them already: setting them now would change nothing
     assert late.stderr.split()[-2:] == ["unset", "unset"]

@@ -57,7 +57,9 @@ def photos() -> dict[str, bytes]:
         "astronaut.jpg": encoded(skimage.data.astronaut()[::2, ::2], "JPEG", quality=90),
         "camera.png": encoded(skimage.data.camera()[::4, ::4], "PNG"),
         "logo.png": encoded(skimage.data.logo(), "PNG"),
-        "coffee.gif": encoded(np.asarray(PIL.Image.fromarray(skimage.data.coffee()).convert("P").convert("RGB")), "GIF"),
+        "coffee.gif": encoded(
+            np.asarray(PIL.Image.fromarray(skimage.data.coffee()).convert("P").convert("RGB")), "GIF"
+        ),
     }
 
 
@@ -156,24 +158,26 @@ def test_v2_with_tritonclient_binary_and_json(server, photos, reference):
 
     image = triton.InferInput("image", [len(names)], "BYTES")
     image.set_data_from_numpy(blobs, binary_data=True)
-    outputs = [triton.InferRequestedOutput("logits", binary_data=True),
-               triton.InferRequestedOutput("labels", binary_data=True),
-               triton.InferRequestedOutput("scores", binary_data=False),
-               triton.InferRequestedOutput("probabilities", class_count=3)]  # fmt: skip
+    outputs = [
+        triton.InferRequestedOutput("logits", binary_data=True),
+        triton.InferRequestedOutput("labels", binary_data=True),
+        triton.InferRequestedOutput("scores", binary_data=False),
+        triton.InferRequestedOutput("probabilities", class_count=3),
+    ]
     result = client.infer("tiny-pvt", [image], outputs=outputs, parameters={"top_k": 4})
     np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
     labels = [[b.decode() for b in row] for row in result.as_numpy("labels")]
     assert labels == [[r["label"] for r in rec[:4]] for rec in records]
-    np.testing.assert_allclose(result.as_numpy("scores"), [[r["score"] for r in rec[:4]] for rec in records],
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(result.as_numpy("scores"), [[r["score"] for r in rec[:4]] for rec in records], rtol=1e-5)
     top3 = [[b.decode().split(":", 2) for b in row] for row in result.as_numpy("probabilities")]
     assert [[label for _, _, label in row] for row in top3] == [[r["label"] for r in rec[:3]] for rec in records]
     assert [[LABELS[int(i)] for _, i, _ in row] for row in top3] == [[r["label"] for r in rec[:3]] for rec in records]
 
     # JSON only (no binary extension): the images as base64 text; the default outputs.
     image = triton.InferInput("image", [1, 1], "BYTES")
-    image.set_data_from_numpy(np.array([[base64.b64encode(photos["chelsea.jpg"])]], dtype=np.object_),
-                              binary_data=False)  # fmt: skip
+    image.set_data_from_numpy(
+        np.array([[base64.b64encode(photos["chelsea.jpg"])]], dtype=np.object_), binary_data=False
+    )
     result = client.infer("tiny-pvt", [image], outputs=[triton.InferRequestedOutput("logits", binary_data=False)])
     np.testing.assert_allclose(result.as_numpy("logits")[0], expected[0], rtol=1e-5, atol=1e-6)
 
@@ -190,6 +194,8 @@ import json, sys
 import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.integration  # with the real KServe's model server, Triton's clients
 
 client = triton.InferenceServerClient(sys.argv[1])
 out = {"live": client.is_server_live(), "ready": client.is_server_ready(), "model": client.is_model_ready("tiny-pvt")}
@@ -219,8 +225,13 @@ def test_v2_over_grpc_with_tritonclient(pvt_dir, photos, reference, tmp_path):
     port = free_port()
     with serving(loaded("tiny-pvt", pvt_dir, max_batch_size=4), grpc_address=f"127.0.0.1:{port}") as url:
         wait_ready(url)
-        run = subprocess.run([sys.executable, "-c", GRPC_CLIENT, f"127.0.0.1:{port}", *(str(tmp_path / n) for n in names)],
-                             capture_output=True, text=True, timeout=120, env=ENV)  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", GRPC_CLIENT, f"127.0.0.1:{port}", *(str(tmp_path / n) for n in names)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=ENV,
+        )
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout)
     assert out["live"] and out["ready"] and out["model"]
@@ -255,36 +266,48 @@ def test_v2_errors_through_tritonclient(server, photos):
 
 def test_v1_tf_serving_and_vertex_instances(server, photos, reference):
     b64 = {n: base64.b64encode(d).decode() for n, d in photos.items()}
-    body = {"instances": [{"b64": b64["chelsea.jpg"]}, {"image_bytes": {"b64": b64["logo.png"]}, "key": "x"}],
-            "parameters": {"top_k": 3}}  # fmt: skip
+    body = {
+        "instances": [{"b64": b64["chelsea.jpg"]}, {"image_bytes": {"b64": b64["logo.png"]}, "key": "x"}],
+        "parameters": {"top_k": 3},
+    }
     r = requests.post(f"{server}/v1/models/tiny-pvt:predict", json=body, timeout=30)
     assert r.status_code == 200, r.text
     expected = reference([pvtkit.load_image(photos["chelsea.jpg"]), pvtkit.load_image(photos["logo.png"])], top_k=3)
     got = r.json()["predictions"]
     assert [[p["label"] for p in g] for g in got] == [[p["label"] for p in e] for e in expected]
-    np.testing.assert_allclose([[p["score"] for p in g] for g in got], [[p["score"] for p in e] for e in expected],
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        [[p["score"] for p in g] for g in got], [[p["score"] for p in e] for e in expected], rtol=1e-5
+    )
     assert requests.get(f"{server}/v1/models/tiny-pvt", timeout=10).json() == {"name": "tiny-pvt", "ready": True}
 
 
 def test_predict_upload_answers_like_classify_json(server, photos, tmp_path, capsys, pvt_dir):
     (tmp_path / "chelsea.jpg").write_bytes(photos["chelsea.jpg"])
-    assert main(["classify", str(tmp_path / "chelsea.jpg"), "-m", str(pvt_dir), "--format", "json",
-                 "--num-workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(["classify", str(tmp_path / "chelsea.jpg"), "-m", str(pvt_dir), "--format", "json", "--num-workers", "0"])
+        == 0
+    )
     cli = json.loads(capsys.readouterr().out.splitlines()[0])
-    r = requests.post(f"{server}/predict?model=tiny-pvt", files={"file": ("chelsea.jpg", photos["chelsea.jpg"])},
-                      timeout=30)  # fmt: skip
+    r = requests.post(
+        f"{server}/predict?model=tiny-pvt", files={"file": ("chelsea.jpg", photos["chelsea.jpg"])}, timeout=30
+    )
     assert r.status_code == 200, r.text
     upload = r.json()
     assert upload["path"] == "chelsea.jpg" and [p["label"] for p in upload["predictions"]] == [
-        p["label"] for p in cli["predictions"]]  # fmt: skip
-    np.testing.assert_allclose([p["score"] for p in upload["predictions"]], [p["score"] for p in cli["predictions"]],
-                               rtol=1e-5)  # fmt: skip
-    raw = requests.post(f"{server}/predict", data=photos["chelsea.jpg"], headers={"content-type": "image/jpeg"},
-                        timeout=30).json()  # the first model is the default  # fmt: skip
+        p["label"] for p in cli["predictions"]
+    ]
+    np.testing.assert_allclose(
+        [p["score"] for p in upload["predictions"]], [p["score"] for p in cli["predictions"]], rtol=1e-5
+    )
+    raw = requests.post(
+        f"{server}/predict", data=photos["chelsea.jpg"], headers={"content-type": "image/jpeg"}, timeout=30
+    ).json()  # the first model is the default
     assert raw["predictions"] == upload["predictions"]
-    several = requests.post(f"{server}/predict?top_k=2", files=[("a", ("a.png", photos["camera.png"])),
-                                                                ("b", ("b.gif", photos["coffee.gif"]))], timeout=30)
+    several = requests.post(
+        f"{server}/predict?top_k=2",
+        files=[("a", ("a.png", photos["camera.png"])), ("b", ("b.gif", photos["coffee.gif"]))],
+        timeout=30,
+    )
     assert [r["path"] for r in several.json()] == ["a.png", "b.gif"]
     assert all(len(r["predictions"]) == 2 for r in several.json())
 
@@ -298,8 +321,9 @@ def test_segmentation_model(server, photos, seg_dir):
     tensor.set_data_from_numpy(np.array([photos["chelsea.jpg"]], dtype=np.object_))
     result = client.infer("tiny-seg", [tensor])
     np.testing.assert_array_equal(result.as_numpy("segmentation")[0], classes)
-    r = requests.post(f"{server}/predict?model=tiny-seg&overlay=1", files={"file": ("cat.jpg", photos["chelsea.jpg"])},
-                      timeout=30).json()  # fmt: skip
+    r = requests.post(
+        f"{server}/predict?model=tiny-seg&overlay=1", files={"file": ("cat.jpg", photos["chelsea.jpg"])}, timeout=30
+    ).json()
     ids, counts = np.unique(classes, return_counts=True)
     assert r["size"] == list(classes.shape)
     assert {c["id"]: c["pixels"] for c in r["classes"]} == dict(zip(ids.tolist(), counts.tolist()))
@@ -336,35 +360,83 @@ def test_bad_requests_get_a_clear_answer_and_the_server_stays_up(server, photos)
         ("wrong content type", f"{server}/predict", jpg, {"content-type": "text/plain"}, 400, "content type"),
         ("no file in form", f"{server}/predict", None, None, 400, "no file"),
         ("bomb", f"{server}/predict", bomb_png(), {"content-type": "image/png"}, 400, "refusing to decode"),
-        ("over the body limit", f"{server}/predict", b"\xff" * (2 * 2**20), {"content-type": "image/jpeg"}, 413,
-         "MiB limit"),
+        (
+            "over the body limit",
+            f"{server}/predict",
+            b"\xff" * (2 * 2**20),
+            {"content-type": "image/jpeg"},
+            413,
+            "MiB limit",
+        ),
         ("unknown model", f"{server}/predict?model=nope", jpg, {"content-type": "image/jpeg"}, 404, "nope"),
         ("bad top_k", f"{server}/predict?top_k=zero", jpg, {"content-type": "image/jpeg"}, 400, "top_k"),
         ("malformed JSON v2", v2, b"{not json", json_type, 400, "JSON"),
         ("inputs not a list", v2, b'{"inputs": 3}', json_type, 400, "inputs"),
-        ("data not fitting the shape", v2, json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, 3, 8, 8],
-                                                                    "datatype": "FP32", "data": [1.0, 2.0]}]}).encode(),
-         json_type, 400, "pixel_values"),
-        ("two inputs", v2, json.dumps({"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["x"]}] * 2
-                                       }).encode(), json_type, 400, "one input"),  # fmt: skip
-        ("bad binary header", v2, b'{"inputs": []}xxxx', {"content-type": "application/octet-stream",
-                                                            "inference-header-content-length": "999"}, 400,
-         "Inference-Header-Content-Length"),
-        ("binary size past the end", v2, SHORT_BINARY + b"abc", {"content-type": "application/octet-stream",
-         "inference-header-content-length": str(len(SHORT_BINARY))}, 400, "runs past"),
+        (
+            "data not fitting the shape",
+            v2,
+            json.dumps(
+                {"inputs": [{"name": "pixel_values", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [1.0, 2.0]}]}
+            ).encode(),
+            json_type,
+            400,
+            "pixel_values",
+        ),
+        (
+            "two inputs",
+            v2,
+            json.dumps({"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["x"]}] * 2}).encode(),
+            json_type,
+            400,
+            "one input",
+        ),
+        (
+            "bad binary header",
+            v2,
+            b'{"inputs": []}xxxx',
+            {"content-type": "application/octet-stream", "inference-header-content-length": "999"},
+            400,
+            "Inference-Header-Content-Length",
+        ),
+        (
+            "binary size past the end",
+            v2,
+            SHORT_BINARY + b"abc",
+            {"content-type": "application/octet-stream", "inference-header-content-length": str(len(SHORT_BINARY))},
+            400,
+            "runs past",
+        ),
         ("unknown model v2", f"{server}/v2/models/nope/infer", b'{"inputs": []}', json_type, 404, "nope"),
         ("malformed JSON v1", v1, b"[[[", json_type, 400, "format"),
         ("no instances", v1, b'{"signature": "x"}', json_type, 400, "instances"),
         ("bad base64", v1, b'{"instances": [{"b64": "%%%"}]}', json_type, 400, "base64"),
         ("pixels of the wrong rank", v1, b'{"instances": [[1, 2, 3]]}', json_type, 400, "shape"),
         ("unknown model v1", f"{server}/v1/models/nope:predict", b'{"instances": []}', json_type, 404, "nope"),
-        ("parameters not an object", v2, SHORT_BINARY[:-2] + b'],"parameters":[1]}',
-         {"content-type": "application/octet-stream"}, 400, "parameters"),
-        ("more images than the queue holds", v1, json.dumps({"instances": [{"b64": "AAAA"}] * 300}).encode(),
-         json_type, 400, "per request"),
-        ("repository unload is not served", f"{server}/v2/repository/models/tiny-pvt/unload", b"", json_type, 404,
-         "not found"),
-    ]  # fmt: skip
+        (
+            "parameters not an object",
+            v2,
+            SHORT_BINARY[:-2] + b'],"parameters":[1]}',
+            {"content-type": "application/octet-stream"},
+            400,
+            "parameters",
+        ),
+        (
+            "more images than the queue holds",
+            v1,
+            json.dumps({"instances": [{"b64": "AAAA"}] * 300}).encode(),
+            json_type,
+            400,
+            "per request",
+        ),
+        (
+            "repository unload is not served",
+            f"{server}/v2/repository/models/tiny-pvt/unload",
+            b"",
+            json_type,
+            404,
+            "not found",
+        ),
+    ]
     for name, url, body, headers, status, fragment in cases:
         if body is None:  # a multipart form with a text field only
             r = requests.post(url, files={"note": (None, "just text")}, timeout=30)
@@ -372,20 +444,30 @@ def test_bad_requests_get_a_clear_answer_and_the_server_stays_up(server, photos)
             r = requests.post(url, data=body, headers=headers, timeout=30)
         assert r.status_code == status, (name, r.status_code, r.text)
         assert fragment.lower() in r.json()["error"].lower(), (name, r.text)
-    chunked = requests.post(f"{server}/predict", data=iter([b"\xff" * 2**19] * 4), timeout=30,
-                            headers={"content-type": "image/jpeg"})  # no Content-Length: refused as it arrives
+    chunked = requests.post(
+        f"{server}/predict", data=iter([b"\xff" * 2**19] * 4), timeout=30, headers={"content-type": "image/jpeg"}
+    )  # no Content-Length: refused as it arrives
     assert chunked.status_code == 413 and "MiB limit" in chunked.json()["error"]
-    charset = requests.post(v1, data=json.dumps({"instances": [{"b64": base64.b64encode(jpg).decode()}]}),
-                            headers={"content-type": "application/json; charset=utf-8"}, timeout=30)
+    charset = requests.post(
+        v1,
+        data=json.dumps({"instances": [{"b64": base64.b64encode(jpg).decode()}]}),
+        headers={"content-type": "application/json; charset=utf-8"},
+        timeout=30,
+    )
     assert charset.status_code == 200 and len(charset.json()["predictions"][0]) == 5
     assert requests.get(f"{server}/v2/health/live", timeout=10).status_code == 200
     ok = requests.post(f"{server}/predict", data=jpg, headers={"content-type": "image/jpeg"}, timeout=30)
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 5
     metrics = requests.get(f"{server}/metrics", timeout=10).text
-    for line in ['pvtkit_request_errors_total{kind="bad_input"}', 'pvtkit_request_errors_total{kind="too_large"}',
-                 'pvtkit_request_errors_total{kind="not_found"}', "pvtkit_batch_size_bucket",
-                 'pvtkit_queue_depth{model="tiny-pvt"}', "request_predict_seconds_bucket",
-                 'pvtkit_request_duration_seconds_bucket{le="0.005",route="/predict"}']:  # fmt: skip
+    for line in [
+        'pvtkit_request_errors_total{kind="bad_input"}',
+        'pvtkit_request_errors_total{kind="too_large"}',
+        'pvtkit_request_errors_total{kind="not_found"}',
+        "pvtkit_batch_size_bucket",
+        'pvtkit_queue_depth{model="tiny-pvt"}',
+        "request_predict_seconds_bucket",
+        'pvtkit_request_duration_seconds_bucket{le="0.005",route="/predict"}',
+    ]:
         assert line in metrics, line
 
 
@@ -417,11 +499,16 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(pvt_dir, p
         gate.open.clear()
         gate.entered.clear()
         gate.sizes.clear()
-        first = pool.submit(requests.post, f"{url}/predict", data=photos[names[0]], timeout=60,
-                            headers={"content-type": "image/jpeg"})  # fmt: skip
+        first = pool.submit(
+            requests.post, f"{url}/predict", data=photos[names[0]], timeout=60, headers={"content-type": "image/jpeg"}
+        )
         assert gate.entered.wait(30)  # the first image is in the model; the rest queue behind it
-        rest = [pool.submit(requests.post, f"{url}/predict", data=photos[n], headers={"content-type": "image/jpeg"},
-                            timeout=60) for n in names[1:]]  # fmt: skip
+        rest = [
+            pool.submit(
+                requests.post, f"{url}/predict", data=photos[n], headers={"content-type": "image/jpeg"}, timeout=60
+            )
+            for n in names[1:]
+        ]
         deadline = time.monotonic() + 30
         while model.batcher.depth < len(rest) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -431,16 +518,19 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(pvt_dir, p
     for name, answer in zip(names, answers):
         expected = reference([pvtkit.load_image(photos[name])])[0]
         assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in expected], name
-        np.testing.assert_allclose([p["score"] for p in answer["predictions"]], [p["score"] for p in expected],
-                                   rtol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            [p["score"] for p in answer["predictions"]], [p["score"] for p in expected], rtol=1e-5
+        )
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_a_deadline_504(pvt_dir, photos):
     busy = loaded("busy", pvt_dir, max_batch_size=1, max_queue=2, warmup=False)
     slow = loaded("slow", pvt_dir, max_batch_size=1, timeout_s=1.0, warmup=False)
     gates = [Gate(busy), Gate(slow)]
-    post = lambda url: requests.post(url, data=photos["chelsea.jpg"], headers={"content-type": "image/jpeg"},  # noqa: E731
-                                     timeout=60)  # fmt: skip
+
+    def post(url: str) -> requests.Response:
+        return requests.post(url, data=photos["chelsea.jpg"], headers={"content-type": "image/jpeg"}, timeout=60)
+
     with serving(busy, slow) as url, ThreadPoolExecutor(4) as pool:
         wait_ready(url)
         held = [pool.submit(post, f"{url}/predict?model=busy")]
@@ -471,8 +561,9 @@ def test_ready_only_after_warm_up(pvt_dir, photos):
         assert requests.get(f"{url}/v2/health/live", timeout=10).status_code == 200
         assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 503
         assert requests.get(f"{url}/v2/models/warming/ready", timeout=10).status_code == 503
-        early = requests.post(f"{url}/predict", data=photos["chelsea.jpg"], headers={"content-type": "image/jpeg"},
-                              timeout=30)  # fmt: skip
+        early = requests.post(
+            f"{url}/predict", data=photos["chelsea.jpg"], headers={"content-type": "image/jpeg"}, timeout=30
+        )
         assert early.status_code == 503
         release.set()
         wait_ready(url)
@@ -530,6 +621,7 @@ def test_batcher_bounds_its_queue_and_drops_what_timed_out():
 # ------------------------------------------------------------------------------------------------ the page
 
 
+@pytest.mark.browser
 def test_the_page_in_headless_chromium(server, photos, tmp_path, reference):
     from playwright.sync_api import sync_playwright
 
@@ -538,15 +630,25 @@ def test_the_page_in_headless_chromium(server, photos, tmp_path, reference):
     (tmp_path / "chelsea.jpg").write_bytes(photos["chelsea.jpg"])
     expected = [p["label"] for p in reference([pvtkit.load_image(photos["chelsea.jpg"])])[0]]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",
-                                    "--disable-background-networking", "--disable-component-update",
-                                    "--disable-sync", "--no-first-run"])  # fmt: skip
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page()
             page.goto(server + "/")
             page.wait_for_selector("#model option", state="attached")
-            assert page.locator("#model option").all_inner_texts() == ["tiny-pvt (image-classification)",
-                                                                        "tiny-seg (image-segmentation)"]
+            assert page.locator("#model option").all_inner_texts() == [
+                "tiny-pvt (image-classification)",
+                "tiny-seg (image-segmentation)",
+            ]
             page.set_input_files("#file", str(tmp_path / "chelsea.jpg"))
             page.wait_for_selector("#results:not([hidden]) td.label")
             assert page.locator("td.label").all_inner_texts() == expected
@@ -577,14 +679,31 @@ def rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_serve_under_load_then_sigterm_loses_nothing(pvt_dir, photos, reference, tmp_path):
     port = free_port()
     log = open(tmp_path / "server.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pvtkit", "serve", "--model", f"tiny={pvt_dir}", "--port", str(port), "--threads", "1",
-         "--max-batch-size", "8", "--grace-s", "60"],
-        stderr=log, stdout=subprocess.DEVNULL, env=ENV,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pvtkit",
+            "serve",
+            "--model",
+            f"tiny={pvt_dir}",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "8",
+            "--grace-s",
+            "60",
+        ],
+        stderr=log,
+        stdout=subprocess.DEVNULL,
+        env=ENV,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, timeout=120)
@@ -601,8 +720,12 @@ def test_serve_under_load_then_sigterm_loses_nothing(pvt_dir, photos, reference,
                     kind = "bad" if (c + i) % 10 == 0 else names[(c + i) % len(names)]
                     data = b"not an image" if kind == "bad" else photos[kind]
                     try:
-                        r = session.post(f"{url}/predict", data=data, timeout=120,
-                                         headers={"content-type": "image/jpeg", "x-request-id": rid})  # fmt: skip
+                        r = session.post(
+                            f"{url}/predict",
+                            data=data,
+                            timeout=120,
+                            headers={"content-type": "image/jpeg", "x-request-id": rid},
+                        )
                     except requests.ConnectionError:
                         if not terminating.is_set():
                             raise

@@ -4,11 +4,13 @@ on the path: pyproject's `pythonpath`)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -76,3 +78,14 @@ def kill_training_at_step(command: list[str], out: Path, step: int, cwd: Path, t
     process.send_signal(signal.SIGKILL)
     _, err = process.communicate(timeout=30)
     assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err.decode()[-2000:]}"
+
+
+def gradients_by_disk_name(model, folder):
+    """A model's gradients under the names its save_pretrained writes: a copy holding the gradients as weights,
+    saved by transformers itself (so its renaming of names on disk applies)."""
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, q in zip(copied.parameters(), model.parameters()):
+            p.copy_(q.grad)
+    copied.save_pretrained(folder)
+    return load_file(folder / "model.safetensors")

@@ -21,8 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from helpers import FIXTURES, assert_close, lay_out_hub_cache
-from helpers import HUB_COMMIT as COMMIT
 from safetensors.torch import load_file, save_file
 
 import pvtkit
@@ -38,6 +36,9 @@ from pvtkit.auto import (
 from pvtkit.convert import imagenet_labels
 from pvtkit.models.family import infer_config, to_transformers
 from pvtkit.models.vit.modeling import ViTForImageClassification
+
+from helpers import FIXTURES, assert_close, lay_out_hub_cache
+from helpers import HUB_COMMIT as COMMIT
 
 # timm (like the authors' code) uses LayerNorm eps 1e-5 in the patch-embedding and spatial-reduction norms, while
 # transformers (and so pvtkit) uses layer_norm_eps = 1e-6 everywhere: the same weights then differ slightly.

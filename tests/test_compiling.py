@@ -23,11 +23,12 @@ import PIL.Image
 import pytest
 import skimage.data
 import torch
-from helpers import rel_err
 
 import pvtkit
 from pvtkit import cpu_kernels
 from pvtkit.compiling import CompiledForward
+
+from helpers import rel_err
 
 TINY = dict(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4), num_labels=5)
 

@@ -17,7 +17,6 @@ import pytest
 import skimage.data as skimage_data
 import torch
 import transformers
-from helpers import assert_close
 
 import pvtkit
 from pvtkit import (
@@ -27,6 +26,8 @@ from pvtkit import (
     SegformerImageProcessorFast,
 )
 from pvtkit.processing import ImageLoadError
+
+from helpers import assert_close
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "rocket")
 

@@ -16,7 +16,6 @@ import time
 import pytest
 import torch
 import transformers
-from helpers import rel_err
 
 import pvtkit
 import pvtkit.cli
@@ -30,6 +29,8 @@ from pvtkit import (
     ViTForMaskedImageModeling,
     ViTModel,
 )
+
+from helpers import rel_err
 
 pytestmark = pytest.mark.integration  # with the real transformers' Trainer, PEFT, Accelerate
 

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, rel_err
 
 import pvtkit
 from pvtkit import export as exporting
 from pvtkit.cli import main
 from pvtkit.export import ExportError, MissingDependencyError, export_onnx, export_torch, read_onnx_metadata
 from pvtkit.models.family import family_of
+
+from helpers import REPO, rel_err
 
 pytestmark = pytest.mark.integration  # with the real ONNX Runtime
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.utils.prune as prune
-from helpers import rel_err
 
 import pvtkit
 from pvtkit import cpu_kernels
+
+from helpers import rel_err
 
 TINY = dict(depths=(2, 1, 1, 1), hidden_sizes=(16, 32, 48, 64), num_attention_heads=(1, 2, 3, 4), num_labels=7)
 

@@ -15,11 +15,12 @@ import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
 
 import pvtkit
 from pvtkit.cli import main
 from pvtkit.pipelines import slide_windows
+
+from helpers import assert_close
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 LABELS = {0: "sky", 1: "cat", 2: "cup", 3: "road", 4: "tree"}

@@ -22,12 +22,13 @@ import pytest
 import skimage.data
 import torch
 import transformers
-from helpers import lay_out_hub_cache
 from safetensors import safe_open
 
 import pvtkit
 from pvtkit.analysis import key_grid
 from pvtkit.cli import main
+
+from helpers import lay_out_hub_cache
 
 TINY_PVT = dict(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4))
 LABELS = {0: "cat", 1: "dog", 2: "cup", 3: "rocket", 4: "coin", 5: "camera"}

@@ -19,11 +19,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import FIXTURES, FP32_RTOL
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
 import pvtkit
+
+from helpers import FIXTURES, FP32_RTOL
 
 pytestmark = pytest.mark.integration  # with the real Keras on TensorFlow and JAX
 

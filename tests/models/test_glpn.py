@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from helpers import assert_close
-from test_segformer import gradients_by_disk_name
 
 import pvtkit
 from pvtkit import AutoModelForDepthEstimation, GLPNConfig, GLPNForDepthEstimation, GLPNModel
 from pvtkit.models.glpn import VARIANTS
+
+from helpers import assert_close, gradients_by_disk_name
 
 HF = {GLPNModel: transformers.GLPNModel, GLPNForDepthEstimation: transformers.GLPNForDepthEstimation}
 TINY = dict(

@@ -11,11 +11,12 @@ import textwrap
 import pytest
 import torch
 import transformers
-from helpers import assert_close, rel_err
 
 import pvtkit
 from pvtkit import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model
 from pvtkit.models.pvt_v2 import VARIANTS
+
+from helpers import assert_close, rel_err
 
 # Parameter counts (millions, 1000-class head) published in the PVTv2 paper's Table 1 / the seed's model table.
 PUBLISHED_PARAMS_M = {"b0": 3.7, "b1": 14.0, "b2": 25.4, "b2_linear": 22.6, "b3": 45.2, "b4": 62.6, "b5": 82.0}

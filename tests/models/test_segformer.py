@@ -4,14 +4,11 @@ layouts, bad input."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from helpers import assert_close
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import pvtkit
 from pvtkit import (
@@ -23,6 +20,8 @@ from pvtkit import (
     SegformerModel,
 )
 from pvtkit.models.segformer import VARIANTS
+
+from helpers import assert_close, gradients_by_disk_name
 
 HF = {
     SegformerModel: transformers.SegformerModel,
@@ -51,17 +50,6 @@ def transformers_twin(cls, tmp_path, **fields):
     ours, info = cls.from_pretrained(folder, output_loading_info=True)
     assert not any(info.values()), info
     return ours.eval(), theirs, folder
-
-
-def gradients_by_disk_name(model, folder):
-    """A model's gradients under the names its save_pretrained writes: a copy holding the gradients as weights,
-    saved by transformers itself (so its renaming of names on disk applies)."""
-    copied = copy.deepcopy(model)
-    with torch.no_grad():
-        for p, q in zip(copied.parameters(), model.parameters()):
-            p.copy_(q.grad)
-    copied.save_pretrained(folder)
-    return load_file(folder / "model.safetensors")
 
 
 def compare(a, b, names):

@@ -37,6 +37,8 @@ import pvtkit
 from pvtkit.cli import main
 from pvtkit.serving import DynamicBatcher, ImageModel, Overloaded, build_app, make_server
 
+pytestmark = pytest.mark.integration  # with the real KServe's model server, Triton's clients
+
 TINY_PVT = dict(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4))
 LABELS = {0: "cat", 1: "dog", 2: "cup", 3: "rocket", 4: "coin", 5: "camera", 6: "astronaut"}
 SEG_LABELS = {0: "sky", 1: "cat", 2: "cup", 3: "road", 4: "tree"}
@@ -194,8 +196,6 @@ import json, sys
 import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
-
-pytestmark = pytest.mark.integration  # with the real KServe's model server, Triton's clients
 
 client = triton.InferenceServerClient(sys.argv[1])
 out = {"live": client.is_server_live(), "ready": client.is_server_ready(), "model": client.is_model_ready("tiny-pvt")}

@@ -19,8 +19,6 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO as ROOT
-from helpers import kill_training_at_step
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 from sklearn.metrics import confusion_matrix
@@ -32,6 +30,9 @@ from pvtkit.data.segmentation import load_segmentation_data
 from pvtkit.data.transforms import SegmentationTrainTransform, nearest_resize
 from pvtkit.evaluation import SegmentationMetric
 from pvtkit.training import learning_rate, parameter_groups
+
+from helpers import REPO as ROOT
+from helpers import kill_training_at_step
 
 CLASSES = ["background", *(str(d) for d in range(10))]
 

@@ -19,8 +19,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import REPO as ROOT
-from helpers import kill_training_at_step
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
@@ -31,6 +29,9 @@ from pvtkit.data.sampling import TrainBatchSampler
 from pvtkit.data.transforms import random_resized_crop_box
 from pvtkit.evaluation import draw_confusion_matrix, evaluate
 from pvtkit.training import learning_rate
+
+from helpers import REPO as ROOT
+from helpers import kill_training_at_step
 
 
 def write_digits(root: Path, classes=range(10), per_class: int | None = None) -> Path:

@@ -20,6 +20,7 @@ def segmentation_loss(
     ignore_index: int,
     reduction: str = "mean",
     upsampled: bool = False,
+    check: bool = True,
 ) -> Any:
     """transformers' SegFormer loss: logits upsampled (bilinear) to the labels' size, then cross-entropy with
     `ignore_index`, or for one label BCE-with-logits over the valid pixels.
@@ -28,14 +29,15 @@ def segmentation_loss(
     a value outside that is refused by name (cross-entropy would fail with a device-side assert on a GPU).
 
     `reduction="sum"` sums over the labelled pixels (the trainer normalises by the global batch's); `upsampled=True`
-    returns `(loss, upsampled logits)`, for metrics on the same upsampling. This is the one copy of the loss: the
+    returns `(loss, upsampled logits)`, for metrics on the same upsampling; `check=False` skips the label check
+    (one pass and a host sync) for labels the caller built valid. This is the one copy of the loss: the
     models, the trainer and the evaluator all call it."""
     if labels.ndim != 3 or labels.shape[0] != logits.shape[0] or labels.is_floating_point() and num_labels > 1:
         raise ValueError(
             f"labels must be (batch={logits.shape[0]}, height, width) integer class indices, got shape "
             f"{tuple(labels.shape)} and dtype {labels.dtype}"
         )
-    if not torch.jit.is_tracing() and not torch.compiler.is_compiling():  # one host sync, none when traced
+    if check and not torch.jit.is_tracing() and not torch.compiler.is_compiling():  # one host sync, none when traced
         classes = max(num_labels, 2)
         bad = ((labels < 0) | (labels >= classes)) & (labels != ignore_index)
         if bad.any():

@@ -90,6 +90,7 @@ BELOW_MODELS = (
     "losses",
     "cpu_kernels",
     "_files",
+    "_lazy",
     "processing",
     "dtypes",
 )

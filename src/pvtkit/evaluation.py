@@ -100,6 +100,13 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> context
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def progress_bar(total: int, desc: str, show: bool) -> Any:
+    """An evaluation's progress bar on stderr (images), shown on the main process only."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr, disable=not show, dynamic_ncols=True)
+
+
 class Evaluator:
     """Evaluates a model on fixed samples, again and again (the training loop validates every epoch).
 
@@ -147,8 +154,6 @@ class Evaluator:
 
     @torch.no_grad()
     def run(self, desc: str = "eval") -> EvalResult:
-        from tqdm import tqdm
-
         model, device, n = self.model, self.device, self.num_labels
         was_training = model.training
         model.eval()
@@ -157,15 +162,7 @@ class Evaluator:
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-k hits, images
         skipped: dict[str, str] = {}
         start = time.perf_counter()
-        bar = tqdm(
-            total=len(self.samples),
-            desc=desc,
-            unit="img",
-            leave=False,
-            file=sys.stderr,
-            disable=not (self.progress and self.ctx.is_main),
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(len(self.samples), desc, self.progress and self.ctx.is_main)
         for pixels, labels, weights, indices, reasons in self.loader:
             pixels = pixels.to(device, non_blocking=True)
             labels, ok = labels.to(device), weights.to(device) > 0
@@ -539,8 +536,6 @@ class SegmentationEvaluator:
 
     @torch.no_grad()
     def run(self, desc: str = "eval") -> SegmentationEvalResult:
-        from tqdm import tqdm
-
         model, device = self.model, self.device
         was_training = model.training
         model.eval()
@@ -548,15 +543,7 @@ class SegmentationEvaluator:
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, labelled pixels, images
         skipped: dict[str, str] = {}
         start = time.perf_counter()
-        bar = tqdm(
-            total=len(self.samples),
-            desc=desc,
-            unit="img",
-            leave=False,
-            file=sys.stderr,
-            disable=not (self.progress and self.ctx.is_main),
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(len(self.samples), desc, self.progress and self.ctx.is_main)
         for pixels, masks, _, indices, reasons in self.loader:
             for i, reason in zip(indices, reasons):
                 if reason:
@@ -809,8 +796,6 @@ class DepthEvaluator:
 
     @torch.no_grad()
     def run(self, desc: str = "eval") -> DepthEvalResult:
-        from tqdm import tqdm
-
         from .losses import silog_loss
 
         model, device = self.model, self.device
@@ -819,15 +804,7 @@ class DepthEvaluator:
         sums = torch.zeros(len(DEPTH_METRICS) + 2, dtype=torch.float64, device=device)  # metrics, loss, images
         skipped: dict[str, str] = {}
         start = time.perf_counter()
-        bar = tqdm(
-            total=len(self.samples),
-            desc=desc,
-            unit="img",
-            leave=False,
-            file=sys.stderr,
-            disable=not (self.progress and self.ctx.is_main),
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(len(self.samples), desc, self.progress and self.ctx.is_main)
         for pixels, depths, _, indices, reasons in self.loader:
             for k, (index, reason) in enumerate(zip(indices, reasons)):
                 if reason:

@@ -8,9 +8,12 @@ before anything is timed. Runs are interleaved with the order alternating every 
   * SegFormer-B0 (ADE20k head, 150 classes) at 512x512, batch 1 and 8;
   * SegFormer-B2 (Cityscapes head, 19 classes) at 1024x1024, batch 1 and 8;
   * GLPN (MiT-B4, NYU) at 480x640, batch 1 and 8;
-  * peak memory of each forward, each model and implementation in a fresh subprocess (Linux VmHWM).
+  * peak memory of each forward, each model and implementation in a fresh subprocess (Linux VmHWM);
+  * a GLPN training step (forward with depth labels, the scale-invariant log loss, backward, AdamW step) on the same
+    weights, batch 2 at 480x640 (`--train-batch`, `--train-size`; the first step's losses are checked).
 
-    python benchmarks/bench_dense.py [--quick] [--only b0,b2,glpn] [--markdown out.md] [--json out.json]
+    python benchmarks/bench_dense.py [--quick] [--only b0,b2,glpn] [--train-batch 2] [--train-size 480x640]
+                                     [--markdown out.md] [--json out.json]
 """
 
 from __future__ import annotations
@@ -103,6 +106,47 @@ def measure(models: dict[str, torch.nn.Module], shape: tuple[int, ...], args: An
     return cell
 
 
+def measure_training(spec: Spec, shape: tuple[int, ...], args: Any):
+    """One training step each (train mode, forward with labels, backward, AdamW step) on the same starting weights;
+    the first step's losses (identical weights, identical inputs) are the check."""
+    models = build(spec, IMPLS)
+    b, _, h, w = shape
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    labels = torch.rand(b, h, w, generator=torch.Generator().manual_seed(2)) * 9.0 + 0.5
+    labels[:, : h // 8] = 0  # rows without ground truth, as real depth maps have
+    fns, losses, first = {}, {}, {}
+    for name, model in models.items():
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(model=model, opt=opt):
+            loss = model(x, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        fns[name] = step
+    for name, fn in fns.items():  # the first step (before any update: identical weights) is the check
+        losses[name], first[name] = timed(fn)
+    cell = interleaved(fns, args.repeats, args.budget, first)
+    cell.error = {name: rel_err(loss, losses["transformers"]) for name, loss in losses.items()}
+    bad = {name: e for name, e in cell.error.items() if e > 1e-4}
+    if bad:
+        raise SystemExit(f"training losses disagree with transformers (relative error > 1e-4): {bad}")
+    return cell
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH (e.g. 480x640), got {text!r}") from None
+    if h % 32 or w % 32 or h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"{text}: transformers' GLPN takes sides that are multiples of 32 only")
+    return h, w
+
+
 def memory_child(key: str, impl: str, batch: int, height: int, width: int) -> None:
     """In a fresh process: build one model, reset the RSS high-water mark, run one forward, print the peaks (MiB)."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -139,6 +183,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per measurement (median)")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds one measurement may spend repeating")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument(
+        "--train-batch", type=int, default=2, help="batch of the GLPN training-step row (default 2; 0: no such row)"
+    )
+    parser.add_argument(
+        "--train-size", type=parse_size, default=(480, 640), help="HxW of the GLPN training step (default 480x640)"
+    )
     parser.add_argument("--markdown", help="also write the table to this Markdown file")
     parser.add_argument("--json", help="also write every number to this JSON file")
     parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
@@ -155,7 +205,7 @@ def main() -> int:
         args.repeats, args.budget = QUICK["repeats"], QUICK["budget"]
     torch.set_num_threads(args.threads)
     load_before, started = os.getloadavg(), time.time()
-    info, results, rows = machine(), {}, []
+    info, results, rows, train_rows = machine(), {}, [], []
     for key in keys:
         spec = SPECS[key]
         models = build(spec, IMPLS)
@@ -181,6 +231,24 @@ def main() -> int:
             print(rows[-1], flush=True)
         del models
         gc.collect()
+        if spec.family == "glpn" and args.train_batch > 0:
+            th, tw = (
+                (max(v // QUICK["scale"] // 32 * 32, 32) for v in args.train_size) if args.quick else args.train_size
+            )
+            shape = (args.train_batch, 3, th, tw)
+            cell = measure_training(spec, shape, args)
+            ours, theirs = cell.median("pvtkit"), cell.median("transformers")
+            results[f"{key}_train_b{args.train_batch}"] = {
+                "shape": list(shape),
+                "seconds": cell.seconds,
+                "error": cell.error,
+            }
+            train_rows.append(
+                f"| {spec.title} | {th}x{tw} | {args.train_batch} | {fmt(args.train_batch / ours, 2)} | "
+                f"{fmt(args.train_batch / theirs, 2)} | {ratio(theirs, ours)} | {cell.error.get('pvtkit', float('nan')):.1e} |"
+            )
+            print(train_rows[-1], flush=True)
+            gc.collect()
     header = [
         "| model | input | batch | pvtkit img/s | transformers img/s | speed-up | pvtkit forward MiB | "
         "transformers forward MiB | rel. error |",
@@ -195,6 +263,15 @@ def main() -> int:
         *header,
         *rows,
     ]
+    if train_rows:
+        lines += [
+            "",
+            "Training step (train mode, forward with depth labels, scale-invariant log loss, backward, AdamW step):",
+            "",
+            "| model | input | batch | pvtkit img/s | transformers img/s | speed-up | first-step loss rel. error |",
+            "|---|---|---|---|---|---|---|",
+            *train_rows,
+        ]
     print("\n".join(lines))
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -1,6 +1,6 @@
 """What many tests share: the relative-error measure every parity test uses, the repository's paths, a Hub cache
-laid out by hand, and killing a training run part-way. Imported as `from helpers import ...` (pytest puts `tests/`
-on the path: pyproject's `pythonpath`)."""
+laid out by hand, killing a training run part-way, and a small depth dataset of real photos. Imported as
+`from helpers import ...` (pytest puts `tests/` on the path: pyproject's `pythonpath`)."""
 
 from __future__ import annotations
 
@@ -89,3 +89,29 @@ def gradients_by_disk_name(model, folder):
             p.copy_(q.grad)
     copied.save_pretrained(folder)
     return load_file(folder / "model.safetensors")
+
+
+def stereo_depth_dataset(root: Path, train: int = 8, val: int = 4, size: int = 96) -> Path:
+    """Crops of scikit-image's motorcycle stereo pair (left image) with depth from its ground-truth disparity
+    (depth = f B / d, scaled to metres of a 0-10 m scene; no disparity = no measurement), as NYU-style 16-bit PNGs
+    in millimetres."""
+    import numpy as np
+    import PIL.Image
+    import skimage.data
+
+    left, _, disparity = skimage.data.stereo_motorcycle()
+    depth = np.where(disparity > 0, 1000.0 / np.maximum(disparity, 1e-6), 0.0)  # arbitrary f B: a 3.5-40 m scene
+    depth = depth / np.max(depth) * 9.5
+    rng = np.random.default_rng(0)
+    h, w = disparity.shape
+    for split, count in (("train", train), ("val", val)):
+        for folder in ("images", "depths"):
+            (root / split / folder).mkdir(parents=True)
+        for i in range(count):
+            top, left_edge = int(rng.integers(0, h - 3 * size)), int(rng.integers(0, w - 3 * size))
+            window = (slice(top, top + 3 * size), slice(left_edge, left_edge + 3 * size))
+            image = PIL.Image.fromarray(left[window]).resize((size, size), PIL.Image.BILINEAR)
+            image.save(root / split / "images" / f"{i:03d}.jpg", quality=95)
+            crop = depth[window][1::3, 1::3]  # nearest: never a mix of valid and invalid pixels
+            PIL.Image.fromarray(np.round(crop * 1000).astype(np.uint16)).save(root / split / "depths" / f"{i:03d}.png")
+    return root

@@ -225,7 +225,7 @@ def default_image_processor(model_or_config: Any, use_fast: bool = False) -> Any
     kind = family.processor_for(task)
     types = registry.IMAGE_PROCESSOR_TYPES
     cls = types[kind.removesuffix("Pil") + "Fast"] if use_fast else types[kind]
-    if getattr(config, "image_size", None) is None:
+    if getattr(config, "image_size", None) is None or cls().size is None:  # GLPN's: sides to multiples of 32
         return cls()
     height, width = pair(config.image_size)
     return cls(size={"height": height, "width": width})
@@ -241,8 +241,11 @@ def _sizing(processor: Any) -> str:
 
 def image_processor_for(source: str | os.PathLike, model: Any, use_fast: bool = False, **hub_options: Any) -> Any:
     """`AutoImageProcessor.from_pretrained(source)`, or, when the checkpoint has no usable processor config (a bare
-    weights file, a directory without one), the family's defaults for `model`, with a warning that says so."""
+    weights file, a directory without one), the defaults of `model`'s family and task (a PVTv2 classifier's weights
+    loaded into a depth model: the depth model's processor), with a warning that says so."""
     try:
+        if resolve_file(source, PREPROCESSOR_CONFIG_NAME, _hub_options(hub_options)) is None:
+            raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG_NAME}")
         return AutoImageProcessor.from_pretrained(source, use_fast=use_fast, **hub_options)
     except (OSError, ValueError) as e:
         processor = default_image_processor(model, use_fast)

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-import skimage.data
 import torch
 
 import pvtkit
@@ -19,6 +18,8 @@ from pvtkit.cli import main
 from pvtkit.data.depth import load_depth_data, read_depth
 from pvtkit.data.folders import DatasetError, LayoutError
 from pvtkit.evaluation import depth_metrics
+
+from helpers import stereo_depth_dataset
 
 ENCODER = dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4])
 
@@ -75,28 +76,6 @@ def test_depth_maps_are_read_in_metres_with_their_invalid_pixels(tmp_path):
     for name, mode in (("colour.png", "RGB"), ("eight_bits.png", "L")):
         with pytest.raises(ValueError, match=rf"{name}: PIL mode {mode}; expected a one-band 16-bit PNG"):
             read_depth(tmp_path / name)
-
-
-def stereo_depth_dataset(root: Path, train: int = 8, val: int = 4, size: int = 96) -> Path:
-    """Crops of scikit-image's motorcycle stereo pair (left image) with depth from its ground-truth disparity
-    (depth = f B / d, scaled to metres of a 0-10 m scene; no disparity = no measurement), as NYU-style 16-bit PNGs
-    in millimetres."""
-    left, _, disparity = skimage.data.stereo_motorcycle()
-    depth = np.where(disparity > 0, 1000.0 / np.maximum(disparity, 1e-6), 0.0)  # arbitrary f B: a 3.5-40 m scene
-    depth = depth / np.max(depth) * 9.5
-    rng = np.random.default_rng(0)
-    h, w = disparity.shape
-    for split, count in (("train", train), ("val", val)):
-        for folder in ("images", "depths"):
-            (root / split / folder).mkdir(parents=True)
-        for i in range(count):
-            top, left_edge = int(rng.integers(0, h - 3 * size)), int(rng.integers(0, w - 3 * size))
-            window = (slice(top, top + 3 * size), slice(left_edge, left_edge + 3 * size))
-            image = PIL.Image.fromarray(left[window]).resize((size, size), PIL.Image.BILINEAR)
-            image.save(root / split / "images" / f"{i:03d}.jpg", quality=95)
-            crop = depth[window][1::3, 1::3]  # nearest: never a mix of valid and invalid pixels
-            PIL.Image.fromarray(np.round(crop * 1000).astype(np.uint16)).save(root / split / "depths" / f"{i:03d}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

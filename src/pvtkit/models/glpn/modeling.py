@@ -96,7 +96,7 @@ class DepthHead(nn.Module):
         super().__init__()
         c = config.decoder_hidden_size
         self.head = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.ReLU(), nn.Conv2d(c, 1, 3, 1, 1))
-        self.max_depth, self.index = config.max_depth, config.head_in_index
+        self.max_depth, self.index = config.max_depth, getattr(config, "head_in_index", -1)
 
     def forward(self, decoded: list[torch.Tensor]) -> torch.Tensor:
         x = kernels.conv_act(decoded[self.index], self.head[0], F.relu)
@@ -126,22 +126,16 @@ class GLPNModel(GLPNPreTrainedModel, pyramid.PyramidModel):
         self.encoder = pyramid.MixEncoder(config)
 
 
-class GLPNForDepthEstimation(GLPNPreTrainedModel):
-    """GLPN: the MiT encoder, the decoder and the depth head: `predicted_depth` `(B, H, W)`; with `labels`
-    `(B, H, W)` (0: no ground truth), the scale-invariant log loss.
-
-    Args:
-        config: The architecture; `max_depth` scales the prediction.
-    """
+class DepthEstimation(pyramid.PyramidPreTrainedModel):
+    """The forward of every pyramid model with GLPN's decoder and depth head (GLPN's, PVTv2's): `predicted_depth`
+    `(B, H, W)`; with `labels` `(B, H, W)` (0: no ground truth), the scale-invariant log loss. A family's class
+    builds its encoder model under its prefix, `decoder = GLPNDecoder(config)` and `head = DepthHead(config)`; the
+    config carries `decoder_hidden_size` and `max_depth`."""
 
     head_prefixes = ("decoder.", "head.")
     output_names = ("predicted_depth",)
-
-    def __init__(self, config: GLPNConfig) -> None:
-        super().__init__(config)
-        self.glpn = GLPNModel(config)
-        self.decoder = GLPNDecoder(config)
-        self.head = DepthHead(config)
+    decoder: GLPNDecoder
+    head: DepthHead
 
     def forward(
         self,
@@ -165,6 +159,21 @@ class GLPNForDepthEstimation(GLPNPreTrainedModel):
             )
         loss = silog_loss(depth, labels) if labels is not None else None
         return DepthEstimatorOutput(loss=loss, predicted_depth=depth, hidden_states=hidden, attentions=attentions)
+
+
+class GLPNForDepthEstimation(GLPNPreTrainedModel, DepthEstimation):
+    """GLPN: the MiT encoder, the decoder and the depth head: `predicted_depth` `(B, H, W)`; with `labels`
+    `(B, H, W)` (0: no ground truth), the scale-invariant log loss.
+
+    Args:
+        config: The architecture; `max_depth` scales the prediction.
+    """
+
+    def __init__(self, config: GLPNConfig) -> None:
+        super().__init__(config)
+        self.glpn = GLPNModel(config)
+        self.decoder = GLPNDecoder(config)
+        self.head = DepthHead(config)
 
 
 FAMILY = Family(

@@ -5,7 +5,8 @@ Wang et al., "PVT v2: Improved Baselines with Pyramid Vision Transformer", https
 The pyramid encoder (`models/pyramid/`, shared with SegFormer and GLPN) under PVTv2's module names, which are
 transformers' (`pvt_v2.encoder.layers.0.blocks.0.attention.query.weight`, ...), so checkpoints move between the two
 libraries with no conversion; timm's and the authors' layouts convert by the rules in `conversion.py`. Heads:
-mean-pooled classifier, multi-scale backbone, and SegFormer's all-MLP decode head for semantic segmentation.
+mean-pooled classifier, multi-scale backbone, SegFormer's all-MLP decode head for semantic segmentation, and GLPN's
+decoder and depth head for monocular depth estimation.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from ...modeling import BackboneMixin
 from ...outputs import BackboneOutput, BaseModelOutput
 from ..family import Family
+from ..glpn import modeling as glpn
 from ..pyramid import modeling as pyramid
 from .configuration import VARIANTS, PvtV2Config
 from .conversion import LAYOUTS, infer_config
@@ -26,6 +28,7 @@ __all__ = [
     "VARIANTS",
     "PvtV2Backbone",
     "PvtV2Config",
+    "PvtV2ForDepthEstimation",
     "PvtV2ForImageClassification",
     "PvtV2ForSemanticSegmentation",
     "PvtV2Model",
@@ -150,16 +153,46 @@ class PvtV2ForSemanticSegmentation(PvtV2PreTrainedModel, pyramid.PyramidForSeman
         )
 
 
+class PvtV2ForDepthEstimation(PvtV2PreTrainedModel, glpn.DepthEstimation):
+    """PVTv2 with GLPN's decoder and depth head: `predicted_depth` `(B, H, W)` in `[0, max_depth]`; with `labels`
+    `(B, H, W)` (0: no ground truth), GLPN's scale-invariant log loss over the valid pixels. An ImageNet PVTv2
+    checkpoint starts a depth fine-tune: its encoder loads (`pvt_v2.`), the decoder and head (`decoder.`, `head.`,
+    GLPN's names) are new.
+
+    Args:
+        config: The architecture; the decoder and head read `decoder_hidden_size` (GLPN's 64) and `max_depth`
+            (GLPN's 10), which are set on the config when missing (as the segmentation model's head fields).
+    """
+
+    def __init__(self, config: PvtV2Config) -> None:
+        super().__init__(config)
+        for name, default in (("decoder_hidden_size", 64), ("max_depth", 10)):
+            setattr(config, name, getattr(config, name, default))
+        width, max_depth = config.decoder_hidden_size, config.max_depth
+        if isinstance(width, bool) or not isinstance(width, int) or width < 2 or width % 2:
+            raise ValueError(f"PvtV2ForDepthEstimation: decoder_hidden_size must be an even int >= 2, got {width!r}")
+        if isinstance(max_depth, bool) or not isinstance(max_depth, (int, float)) or not max_depth > 0:
+            raise ValueError(f"PvtV2ForDepthEstimation: max_depth must be a positive number, got {max_depth!r}")
+        # as GLPNConfig: whole depths are written as ints
+        config.max_depth = int(max_depth) if float(max_depth).is_integer() else float(max_depth)
+        self.pvt_v2 = PvtV2Model(config)
+        self.decoder = glpn.GLPNDecoder(config)
+        self.head = glpn.DepthHead(config)
+
+
 FAMILY = Family(
     model_type="pvt_v2",
     config_class=PvtV2Config,
     processor="PvtImageProcessor",
-    task_processors={"semantic-segmentation": "SegformerImageProcessor"},
+    # Dense heads take their own family's processor: SegFormer's (512x512), and GLPN's for depth (the image's own
+    # aspect, sides rounded down to multiples of 32, as the depth data, metrics and pipeline expect).
+    task_processors={"semantic-segmentation": "SegformerImageProcessor", "depth-estimation": "GLPNImageProcessor"},
     classes={
         "model": PvtV2Model,
         "image-classification": PvtV2ForImageClassification,
         "backbone": PvtV2Backbone,
         "semantic-segmentation": PvtV2ForSemanticSegmentation,
+        "depth-estimation": PvtV2ForDepthEstimation,
     },
     layouts=LAYOUTS,
     infer_config=infer_config,

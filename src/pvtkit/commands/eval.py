@@ -30,14 +30,17 @@ def register(sub: Any) -> None:
 
     parser = sub.add_parser(
         "eval",
-        help="accuracy of a classifier on class folders, or mIoU of a segmentation model on images and masks",
+        help="accuracy of a classifier on class folders, mIoU of a segmentation model on images and masks, or the "
+        "depth metrics of a depth model on images and depth maps",
         description="Evaluate an image classifier on a folder of class folders (or on DIR/val/ or DIR/validation/ "
         "when DIR has one). Folders are matched to the model's labels (id2label) by name; images go through the "
         "model's own image processor. Unreadable images are skipped and listed. Runs sharded under torchrun.\n\n"
         "A segmentation model (or --task semantic-segmentation) is evaluated on images and masks in the layouts of "
         "`pvtkit train --help`: intersection and union per class summed over the whole set (as mmsegmentation and "
         "evaluate's mean_iou count them), then mIoU, per-class IoU, pixel accuracy and mean class accuracy; logits "
-        "are upsampled to each image's own size.",
+        "are upsampled to each image's own size.\n\n"
+        "A depth model (or --task depth) is evaluated on images and depth maps (`pvtkit train --help`): AbsRel, SqRel, "
+        "RMSE, RMSE-log, log10, delta < 1.25^i and SILog per image over its valid pixels, then the mean over images.",
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser, default=None)

@@ -764,6 +764,8 @@ class DepthEvalResult:
     seconds: float = 0.0
     # per image, in the samples' order: {"path", each metric, "valid_pixels"} (`pvtkit eval --per-image`)
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    # how it was measured: `flip`, `crop`, `median_scaling`
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> float:
         metrics = self.__dict__.get("metrics", {})
@@ -779,6 +781,7 @@ class DepthEvalResult:
         return {
             "task": "depth-estimation",
             **self.metrics,
+            **self.options,
             "loss": self.loss,
             "num_images": self.num_images,
             "num_skipped": len(self.skipped),
@@ -901,6 +904,7 @@ class DepthEvaluator:
             skipped,
             time.perf_counter() - start,
             [rows[i] for i in sorted(rows)],
+            {"flip": self.flip, "crop": self.crop, "median_scaling": self.median_scaling},
         )
 
 

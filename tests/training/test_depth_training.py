@@ -262,6 +262,7 @@ def test_eval_with_a_crop_median_scaling_and_flip_equals_numpy_per_image_and_in_
     report = json.loads(capsys.readouterr().out)
     rows = list(csv.DictReader(csv_path.open()))
     assert report["num_images"] == len(rows) == 4
+    assert (report["crop"], report["median_scaling"], report["flip"]) == ("garg", True, True)
     assert list(rows[0]) == ["path", *DEPTH_METRICS, "valid_pixels"]
 
     model = pvtkit.AutoModelForDepthEstimation.from_pretrained(tiny_glpn).eval()
@@ -290,6 +291,8 @@ def test_eval_with_a_crop_median_scaling_and_flip_equals_numpy_per_image_and_in_
     # Without median scaling the numbers differ; the crop is the Eigen one by name; other tasks refuse the options.
     assert main([*common, "--crop", "eigen", "--format", "json", "--device", "cpu", "--num-workers", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["abs_rel"] != pytest.approx(report["abs_rel"])
+    assert main([*common, "--crop", "eigen", "--median-scaling", "--device", "cpu", "--num-workers", "0"]) == 0
+    assert "measured  crop eigen, median scaling\n" in capsys.readouterr().out
     assert main([*common, "--task", "classification", "--median-scaling", "--crop", "garg"]) == 2
     assert "--crop and --median-scaling: only for depth-estimation models" in capsys.readouterr().err
 

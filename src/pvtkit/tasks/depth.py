@@ -132,6 +132,10 @@ class DepthTask(Task):
         from ..evaluation import DEPTH_METRICS
 
         lines = [f"model     {report['model']}", f"data      {report['data']} ({report['num_images']} images)"]
+        measured = [f"crop {report['crop']}"] if report.get("crop") else []
+        measured += [name.replace("_", " ") for name in ("flip", "median_scaling") if report.get(name)]
+        if measured:
+            lines.append(f"measured  {', '.join(measured)}")
         lines += [f"{name:<9} {report[name]:.4f}" for name in DEPTH_METRICS]
         lines.append(f"loss      {report['loss']:.4f}")
         if report["skipped"]:

@@ -681,22 +681,61 @@ def evaluate_segmentation(
 
 DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3", "silog")
 
+# The standard KITTI evaluation crops, as (top, bottom, left, right) fractions of the map's height and width: Garg et
+# al. 2016's and Eigen et al. 2014's (the BTS / AdaBins / GLPN evaluation code's numbers).
+DEPTH_CROPS = {
+    "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+    "eigen": (0.3324324, 0.91351351, 0.0359477, 0.96405229),
+}
+
+
+def depth_crop_mask(height: int, width: int, crop: str | None) -> torch.Tensor | None:
+    """The `(height, width)` boolean mask of the pixels inside `crop` ("garg" or "eigen"; rows and columns from
+    `int(fraction * size)`, end exclusive, as the evaluation code slices); None for no crop."""
+    if crop is None:
+        return None
+    if crop not in DEPTH_CROPS:
+        raise ValueError(f"unknown depth evaluation crop {crop!r}; expected one of {', '.join(DEPTH_CROPS)}")
+    top, bottom, left, right = DEPTH_CROPS[crop]
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[int(top * height) : int(bottom * height), int(left * width) : int(right * width)] = True
+    return mask
+
+
+def _median(values: torch.Tensor) -> torch.Tensor:
+    """The median of a 1-D tensor, the two middle values averaged for an even count (NumPy's)."""
+    ordered = values.sort().values
+    n = ordered.numel()
+    return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+
 
 def depth_metrics(
-    predicted: torch.Tensor, target: torch.Tensor, min_depth: float = 1e-3, max_depth: float | None = None
+    predicted: torch.Tensor,
+    target: torch.Tensor,
+    min_depth: float = 1e-3,
+    max_depth: float | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    median_scaling: bool = False,
 ) -> dict[str, float] | None:
     """The standard monocular-depth metrics of one image (Eigen et al. 2014, as the GLPN, BTS and AdaBins
-    evaluations compute them) over the pixels with a valid ground truth (> 0); the prediction clipped to
-    `[min_depth, max_depth]` first. None when no pixel is valid.
+    evaluations compute them) over the pixels with a valid ground truth (> 0) inside `mask` (an evaluation crop,
+    `depth_crop_mask`); with `median_scaling`, the prediction scaled by median(t) / median(p) over those pixels
+    (monocular self-supervised evaluation); then clipped to `[min_depth, max_depth]`. None when no pixel is valid.
 
     abs_rel = mean |p - t| / t, sq_rel = mean (p - t)^2 / t, rmse, rmse_log (natural log), log10 = mean |log10 p -
     log10 t|, delta_i = share of pixels with max(p / t, t / p) < 1.25^i, silog = 100 sqrt(var(log p - log t)) as
     the KITTI benchmark reports it."""
     valid = target > 0
+    if mask is not None:
+        valid &= mask.to(valid.device)
     if not valid.any():
         return None
-    p = predicted[valid].double().clamp(min=min_depth, max=max_depth)
+    p = predicted[valid].double()
     t = target[valid].double()
+    if median_scaling:
+        p = p * (_median(t) / _median(p))
+    p = p.clamp(min=min_depth, max=max_depth)
     ratio = torch.maximum(p / t, t / p)
     d = torch.log(p) - torch.log(t)
     return {
@@ -723,6 +762,10 @@ class DepthEvalResult:
     num_images: int
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    # per image, in the samples' order: {"path", each metric, "valid_pixels"} (`pvtkit eval --per-image`)
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    # how it was measured: `flip`, `crop`, `median_scaling`
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> float:
         metrics = self.__dict__.get("metrics", {})
@@ -738,6 +781,7 @@ class DepthEvalResult:
         return {
             "task": "depth-estimation",
             **self.metrics,
+            **self.options,
             "loss": self.loss,
             "num_images": self.num_images,
             "num_skipped": len(self.skipped),
@@ -758,6 +802,9 @@ class DepthEvaluator:
         processor: The model's image processor.
         read: Reads a depth map file into metres (0 = invalid): `data.depth.read_depth` with the run's settings.
         min_depth, max_depth: The prediction's clipping range for the metrics (max: the model's `max_depth`).
+        flip: Average each prediction with the flipped image's, flipped back (`tasks.depth.predict_depth`).
+        crop: Count only the pixels inside a KITTI evaluation crop, "garg" or "eigen" (`DEPTH_CROPS`).
+        median_scaling: Scale each prediction by median(ground truth) / median(prediction) over its valid pixels.
     """
 
     def __init__(
@@ -769,6 +816,9 @@ class DepthEvaluator:
         *,
         min_depth: float = 1e-3,
         max_depth: float | None = None,
+        flip: bool = False,
+        crop: str | None = None,
+        median_scaling: bool = False,
         batch_size: int = 1,
         num_workers: int = 0,
         device: torch.device | str = "cpu",
@@ -780,8 +830,11 @@ class DepthEvaluator:
 
         self.model, self.device, self.amp_dtype = model, torch.device(device), amp_dtype
         self.ctx, self.progress, self.samples = ctx or DistContext(), progress, list(samples)
+        if crop is not None and crop not in DEPTH_CROPS:
+            raise ValueError(f"unknown depth evaluation crop {crop!r}; expected one of {', '.join(DEPTH_CROPS)}")
         self.min_depth = min_depth
         self.max_depth = max_depth if max_depth is not None else getattr(model.config, "max_depth", None)
+        self.flip, self.crop, self.median_scaling = flip, crop, median_scaling
         mine = self.samples[self.ctx.rank :: self.ctx.world_size]
         self.dataset = DepthEvalDataset(mine, processor, read)
         self.loader = DataLoader(
@@ -797,24 +850,30 @@ class DepthEvaluator:
     @torch.no_grad()
     def run(self, desc: str = "eval") -> DepthEvalResult:
         from .losses import silog_loss
+        from .tasks.depth import predict_depth
 
         model, device = self.model, self.device
         was_training = model.training
         model.eval()
         sums = torch.zeros(len(DEPTH_METRICS) + 2, dtype=torch.float64, device=device)  # metrics, loss, images
         skipped: dict[str, str] = {}
+        rows: dict[int, dict[str, Any]] = {}  # by the sample's index over every process
         start = time.perf_counter()
         bar = progress_bar(len(self.samples), desc, self.progress and self.ctx.is_main)
         for pixels, depths, _, indices, reasons in self.loader:
             for k, (index, reason) in enumerate(zip(indices, reasons)):
+                image_path = self.dataset.samples[index][0]
                 if reason:
                     skipped[" / ".join(self.dataset.samples[index])] = reason
                     continue
                 with autocast_context(device, self.amp_dtype):
-                    predicted = model(pixel_values=pixels[k][None].to(device)).predicted_depth.float()
+                    predicted = predict_depth(model, pixels[k][None].to(device), self.flip)
                 target = depths[k].to(device)
                 up = F.interpolate(predicted[:, None], size=target.shape, mode="bilinear", align_corners=False)[0, 0]
-                found = depth_metrics(up, target, self.min_depth, self.max_depth)
+                mask = depth_crop_mask(*target.shape, self.crop)
+                found = depth_metrics(
+                    up, target, self.min_depth, self.max_depth, mask=mask, median_scaling=self.median_scaling
+                )
                 if found is None:
                     skipped[" / ".join(self.dataset.samples[index])] = "no valid depth"
                     continue
@@ -822,17 +881,46 @@ class DepthEvaluator:
                 sums += torch.tensor(
                     [*(found[m] for m in DEPTH_METRICS), loss.item(), 1.0], dtype=torch.float64, device=device
                 )
+                counted = (target > 0) if mask is None else (target > 0) & mask.to(device)
+                rows[index * self.ctx.world_size + self.ctx.rank] = {
+                    "path": str(image_path),
+                    **found,
+                    "valid_pixels": int(counted.sum()),
+                }
             bar.update(len(indices) * self.ctx.world_size)
         bar.close()
         self.ctx.all_reduce_sum(sums)
         for part in self.ctx.gather_objects(skipped):
             skipped.update(part)
+        for part in self.ctx.gather_objects(rows):
+            rows.update(part)
         model.train(was_training)
         *totals, loss, count = sums.cpu().tolist()
         metrics = {m: (v / count if count else math.nan) for m, v in zip(DEPTH_METRICS, totals)}
         return DepthEvalResult(
-            metrics, loss / count if count else math.nan, int(count), skipped, time.perf_counter() - start
+            metrics,
+            loss / count if count else math.nan,
+            int(count),
+            skipped,
+            time.perf_counter() - start,
+            [rows[i] for i in sorted(rows)],
+            {"flip": self.flip, "crop": self.crop, "median_scaling": self.median_scaling},
         )
+
+
+def write_depth_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """`pvtkit eval --per-image`: one CSV row per evaluated image (path, each metric, valid pixels), atomically."""
+    import csv
+
+    columns = ["path", *DEPTH_METRICS, "valid_pixels"]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def evaluate_depth(
@@ -844,6 +932,10 @@ def evaluate_depth(
     depth_scale: float = 1000.0,
     min_depth: float = 1e-3,
     max_depth: float | None = None,
+    flip: bool = False,
+    crop: str | None = None,
+    median_scaling: bool = False,
+    per_image: str | Path | None = None,
     batch_size: int = 1,
     num_workers: int = 0,
     device: str | torch.device = "auto",
@@ -862,6 +954,11 @@ def evaluate_depth(
         depth_scale: What a 16-bit PNG's integers are divided by to give metres (NYU 1000, KITTI 256).
         min_depth, max_depth: Ground truth outside is invalid; predictions are clipped to it (max default: the
             model's `max_depth`).
+        flip: Average each prediction with the horizontally flipped image's, flipped back (GLPN's evaluation).
+        crop: "garg" or "eigen": only the pixels inside that KITTI evaluation crop count (`DEPTH_CROPS`).
+        median_scaling: Scale each prediction by median(ground truth) / median(prediction) over its valid pixels
+            before the metrics.
+        per_image: Write one CSV row per image here (path, each metric, valid pixels; `result.per_image`).
         confusion: Not for depth (a ValueError if given).
 
     Returns:
@@ -889,6 +986,9 @@ def evaluate_depth(
         read,
         min_depth=min_depth,
         max_depth=max_depth,
+        flip=flip,
+        crop=crop,
+        median_scaling=median_scaling,
         num_workers=num_workers,
         device=device,
         amp_dtype=parse_dtype(dtype),
@@ -897,5 +997,7 @@ def evaluate_depth(
     )
     result = evaluator.run()
     result.skipped = {**dict(found.unreadable), **result.skipped}
+    if per_image is not None and ctx.is_main:
+        write_depth_csv(per_image, result.per_image)
     logger.info("evaluated %s on %s: AbsRel %.4f, delta1 %.4f", name, data, result.abs_rel, result.delta1)
     return result

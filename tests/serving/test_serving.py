@@ -85,6 +85,18 @@ def seg_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def depth_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("serve-depth") / "tiny-glpn"
+    torch.manual_seed(7)
+    config = pvtkit.GLPNConfig(
+        depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4], decoder_hidden_size=16
+    )
+    pvtkit.GLPNForDepthEstimation(config).save_pretrained(path)
+    pvtkit.GLPNImageProcessor().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def reference(pvt_dir):
     """The pipeline the server's answers must equal."""
     return pvtkit.pipeline("image-classification", model=str(pvt_dir), top_k=5)
@@ -329,6 +341,106 @@ def test_segmentation_model(server, photos, seg_dir):
     assert {c["id"]: c["pixels"] for c in r["classes"]} == dict(zip(ids.tolist(), counts.tolist()))
     overlay = PIL.Image.open(io.BytesIO(base64.b64decode(r["overlay"].split(",", 1)[1])))
     assert overlay.size == (image.width, image.height)
+
+
+DEPTH_GRPC_CLIENT = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+client = triton.InferenceServerClient(sys.argv[1])
+meta = client.get_model_metadata("tiny-glpn", as_json=True)
+out = {"outputs": [[o["name"], o["datatype"]] for o in meta["outputs"]]}
+blobs = [open(path, "rb").read() for path in sys.argv[2:]]
+same = triton.InferInput("image", [2], "BYTES")
+same.set_data_from_numpy(np.array(blobs[:2], dtype=np.object_))
+result = client.infer("tiny-glpn", [same], outputs=[triton.InferRequestedOutput("predicted_depth")])
+out["depth"] = result.as_numpy("predicted_depth").tolist()
+out["dtype"] = str(result.as_numpy("predicted_depth").dtype)
+mixed = triton.InferInput("image", [2], "BYTES")
+mixed.set_data_from_numpy(np.array([blobs[0], blobs[2]], dtype=np.object_))
+try:
+    client.infer("tiny-glpn", [mixed])
+except InferenceServerException as e:
+    out["mixed"] = [e.status(), e.message()]
+print(json.dumps(out))
+"""
+
+
+def test_depth_model_over_v2_rest_and_grpc_v1_and_predict(depth_dir, photos, tmp_path):
+    """A GLPN answers V2's `predicted_depth` (FP32 [N, H, W] at the images' size) equal to `pvtkit.pipeline("depth")`
+    over REST and gRPC, V1 and `/predict` the depth's statistics (and `/predict` a 16-bit PNG in millimetres); images
+    of different sizes in one V2 request are a clear 400."""
+    pipe = pvtkit.pipeline("depth", model=str(depth_dir))
+    cat = photos["chelsea.jpg"]
+    mirrored = encoded(skimage.data.chelsea()[:, ::-1].copy(), "PNG")  # the same size as chelsea, another image
+    expected = np.stack([pipe(pvtkit.load_image(d))["predicted_depth"].numpy() for d in (cat, mirrored)])
+    assert expected.shape == (2, 300, 451)
+    names = {"cat.jpg": cat, "mirrored.png": mirrored, "logo.png": photos["logo.png"]}
+    for name, data in names.items():
+        (tmp_path / name).write_bytes(data)
+    port = free_port()
+    with serving(loaded("tiny-glpn", depth_dir, max_batch_size=4), grpc_address=f"127.0.0.1:{port}") as url:
+        wait_ready(url)
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        meta = client.get_model_metadata("tiny-glpn")
+        assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [("predicted_depth", "FP32")]
+        image = triton.InferInput("image", [2], "BYTES")
+        image.set_data_from_numpy(np.array([cat, mirrored], dtype=np.object_), binary_data=True)
+        result = client.infer("tiny-glpn", [image])  # the default output
+        depth = result.as_numpy("predicted_depth")
+        assert depth.dtype == np.float32 and depth.shape == (2, 300, 451)
+        np.testing.assert_allclose(depth, expected, rtol=1e-4, atol=1e-6)
+        as_json = client.infer(
+            "tiny-glpn", [image], outputs=[triton.InferRequestedOutput("predicted_depth", binary_data=False)]
+        )
+        np.testing.assert_allclose(as_json.as_numpy("predicted_depth"), expected, rtol=1e-4, atol=1e-6)
+
+        mixed = triton.InferInput("image", [2], "BYTES")
+        mixed.set_data_from_numpy(np.array([cat, photos["logo.png"]], dtype=np.object_), binary_data=True)
+        with pytest.raises(InferenceServerException, match=r"\[400\].*different sizes \(300x451, 500x500\)"):
+            client.infer("tiny-glpn", [mixed])
+
+        run = subprocess.run(
+            [sys.executable, "-c", DEPTH_GRPC_CLIENT, f"127.0.0.1:{port}", *(str(tmp_path / n) for n in names)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=ENV,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        out = json.loads(run.stdout)
+        assert out["outputs"] == [["predicted_depth", "FP32"]] and out["dtype"] == "float32"
+        np.testing.assert_allclose(out["depth"], expected, rtol=1e-4, atol=1e-6)
+        assert out["mixed"][0] == "StatusCode.INVALID_ARGUMENT" and "different sizes" in out["mixed"][1]
+
+        def stats(d: np.ndarray) -> dict:
+            return {"size": list(d.shape), "min": d.min(), "max": d.max(), "mean": d.mean(), "median": np.median(d)}
+
+        body = {"instances": [{"b64": base64.b64encode(d).decode()} for d in (cat, photos["logo.png"])]}
+        r = requests.post(f"{url}/v1/models/tiny-glpn:predict", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        logo = pipe(pvtkit.load_image(photos["logo.png"]))["predicted_depth"].numpy()
+        for got, want in zip(r.json()["predictions"], (stats(expected[0]), stats(logo))):
+            assert got["size"] == want.pop("size") and set(got) == {"size", *want}
+            for key, value in want.items():
+                assert got[key] == pytest.approx(float(value), rel=1e-4), key
+
+        r = requests.post(f"{url}/predict?overlay=1", files={"file": ("cat.jpg", cat)}, timeout=60)
+        assert r.status_code == 200, r.text
+        record = r.json()
+        assert record["path"] == "cat.jpg" and record["size"] == [300, 451] and record["depth_scale"] == 1000.0
+        assert record["median"] == pytest.approx(float(np.median(expected[0])), rel=1e-4)
+        png = PIL.Image.open(io.BytesIO(base64.b64decode(record["depth_png"])))
+        assert png.mode.startswith("I") and png.text["depth_scale"] == "1000.0"
+        np.testing.assert_allclose(np.asarray(png).astype(np.float64) / 1000, expected[0], atol=0.6e-3)
+        view = PIL.Image.open(io.BytesIO(base64.b64decode(record["overlay"].split(",", 1)[1])))
+        assert view.size == (451, 300)
+        models = requests.get(f"{url}/models", timeout=10).json()
+        assert models == [
+            {"name": "tiny-glpn", "task": "depth-estimation", "ready": True, "labels": 0, "overlay": True}
+        ]
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -659,6 +771,32 @@ def test_the_page_in_headless_chromium(server, photos, tmp_path, reference):
             page.set_input_files("#file", {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"not a jpeg"})
             page.wait_for_function("document.getElementById('error').textContent.length > 0")
             assert "cannot decode" in page.locator("#error").inner_text()
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_the_page_shows_a_depth_model_s_coloured_depth(depth_dir, photos, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed (apt-get install chromium; .ci/run installs it)"
+    (tmp_path / "chelsea.jpg").write_bytes(photos["chelsea.jpg"])
+    depth = pvtkit.pipeline("depth", model=str(depth_dir))(pvtkit.load_image(photos["chelsea.jpg"]))["predicted_depth"]
+    with serving(loaded("tiny-glpn", depth_dir)) as url, sync_playwright() as p:
+        wait_ready(url)
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#model option", state="attached")
+            assert page.locator("#model option").all_inner_texts() == ["tiny-glpn (depth-estimation)"]
+            page.set_input_files("#file", str(tmp_path / "chelsea.jpg"))
+            page.wait_for_selector("#overlay:not([hidden])")
+            labels = page.locator("td.label").all_inner_texts()
+            assert labels == ["min depth", "median depth", "mean depth", "max depth"]
+            assert float(page.locator("td.score").all_inner_texts()[0]) == pytest.approx(float(depth.min()), abs=2e-3)
+            assert page.evaluate("document.getElementById('overlay').naturalWidth") == 451
         finally:
             browser.close()
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,8 @@ from pvtkit.data.depth import load_depth_data, read_depth
 from pvtkit.data.folders import DatasetError, LayoutError
 from pvtkit.evaluation import depth_metrics
 
-from helpers import stereo_depth_dataset
+from helpers import REPO as ROOT
+from helpers import kill_training_at_step, stereo_depth_dataset
 
 ENCODER = dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4])
 
@@ -181,3 +185,214 @@ def test_depth_settings_belong_to_the_depth_task(stereo, tmp_path, capsys):
         == 2
     )
     assert "depth-scale: only for task depth-estimation" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_glpn(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("glpn") / "tiny-glpn"
+    torch.manual_seed(3)
+    pvtkit.GLPNForDepthEstimation(pvtkit.GLPNConfig(**ENCODER, decoder_hidden_size=16)).save_pretrained(path)
+    pvtkit.GLPNImageProcessor().save_pretrained(path)
+    return path
+
+
+def test_flip_averages_the_prediction_with_the_mirrored_images(stereo, tiny_glpn, tmp_path, capsys):
+    """`pipeline(..., flip=True)` and `pvtkit depth --flip`: the mean of the image's depth and the mirrored image's
+    depth mirrored back, at the image's size."""
+    from pvtkit.processing import depth_maps
+
+    path = stereo / "val" / "images" / "001.jpg"
+    image = pvtkit.load_image(path)
+    pipe = pvtkit.pipeline("depth", model=str(tiny_glpn), flip=True)
+    pixels = pipe.image_processor(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        plain = pipe.model(pixel_values=pixels).predicted_depth
+        mirrored = pipe.model(pixel_values=pixels.flip(-1)).predicted_depth
+    manual = depth_maps((plain + mirrored.flip(-1)) / 2, [(image.height, image.width)])[0]["predicted_depth"]
+    flipped = pipe(image)["predicted_depth"]
+    torch.testing.assert_close(flipped, manual, rtol=1e-5, atol=1e-6)
+    unflipped = pvtkit.pipeline("depth", model=str(tiny_glpn))(image)["predicted_depth"]
+    assert (unflipped - flipped).abs().max() > 1e-4  # a random model is not mirror-symmetric: flip did something
+    args = ["depth", str(path), "-m", str(tiny_glpn), "-o", str(tmp_path / "d"), "--scale", "1000", "--format", "json"]
+    assert main([*args, "--flip", "--num-workers", "0"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[0])
+    written = np.asarray(PIL.Image.open(record["depth_png"])).astype(np.float64) / 1000
+    np.testing.assert_allclose(written, manual.numpy(), atol=0.51e-3)
+
+
+def test_eval_with_a_crop_median_scaling_and_flip_equals_numpy_per_image_and_in_the_means(
+    stereo, tiny_glpn, tmp_path, capsys
+):
+    """`pvtkit eval --crop garg --median-scaling --flip --per-image CSV`: each image's metrics equal a NumPy
+    computation on the model's own (flip-averaged) predictions over the valid pixels inside the Garg crop, after
+    median scaling; the JSON means are the CSV rows' means."""
+    import csv
+
+    import torch.nn.functional as F
+
+    from pvtkit.evaluation import DEPTH_METRICS
+
+    csv_path = tmp_path / "per_image.csv"
+    common = ["eval", "--model", str(tiny_glpn), "--data", str(stereo), "--max-depth", "10", "--quiet"]
+    extra = ["--crop", "garg", "--median-scaling", "--flip", "--per-image", str(csv_path), "--format", "json"]
+    assert main([*common, *extra, "--device", "cpu", "--num-workers", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert report["num_images"] == len(rows) == 4
+    assert (report["crop"], report["median_scaling"], report["flip"]) == ("garg", True, True)
+    assert list(rows[0]) == ["path", *DEPTH_METRICS, "valid_pixels"]
+
+    model = pvtkit.AutoModelForDepthEstimation.from_pretrained(tiny_glpn).eval()
+    processor = pvtkit.GLPNImageProcessor.from_pretrained(tiny_glpn)
+    for row, image_path in zip(rows, sorted((stereo / "val" / "images").iterdir())):
+        assert row["path"] == str(image_path)
+        pixels = processor(pvtkit.load_image(image_path), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            mirrored = model(pixel_values=pixels.flip(-1)).predicted_depth.flip(-1)
+            both = model(pixel_values=pixels).predicted_depth + mirrored
+        target = read_depth(stereo / "val" / "depths" / f"{image_path.stem}.png", depth_scale=1000, max_depth=10)
+        h, w = target.shape
+        predicted = F.interpolate((both / 2)[:, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        inside = np.zeros((h, w), bool)
+        inside[int(0.40810811 * h) : int(0.99189189 * h), int(0.03594771 * w) : int(0.96405229 * w)] = True
+        valid = (target > 0) & inside
+        p, t = predicted[valid].astype(np.float64), target[valid].astype(np.float64)
+        p = np.clip(p * np.median(t) / np.median(p), 1e-3, 10.0)
+        expected = reference_metrics(p, t)
+        assert int(row["valid_pixels"]) == valid.sum() < (target > 0).sum()
+        for name in DEPTH_METRICS:
+            assert float(row[name]) == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
+    for name in DEPTH_METRICS:
+        assert report[name] == pytest.approx(np.mean([float(r[name]) for r in rows]), rel=1e-9, abs=1e-12), name
+
+    # Without median scaling the numbers differ; the crop is the Eigen one by name; other tasks refuse the options.
+    assert main([*common, "--crop", "eigen", "--format", "json", "--device", "cpu", "--num-workers", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["abs_rel"] != pytest.approx(report["abs_rel"])
+    assert main([*common, "--crop", "eigen", "--median-scaling", "--device", "cpu", "--num-workers", "0"]) == 0
+    assert "measured  crop eigen, median scaling\n" in capsys.readouterr().out
+    assert main([*common, "--task", "classification", "--median-scaling", "--crop", "garg"]) == 2
+    assert "--crop and --median-scaling: only for depth-estimation models" in capsys.readouterr().err
+
+
+# ---- resuming and torchrun --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stereo_small(tmp_path_factory) -> Path:
+    return stereo_depth_dataset(tmp_path_factory.mktemp("stereo-small"), train=16, val=4, size=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_glpn_no_drop(tmp_path_factory) -> Path:
+    """Without stochastic depth: N processes draw their own masks, so only such a model trains exactly alike on 1
+    and N processes."""
+    path = tmp_path_factory.mktemp("glpn-nd") / "tiny-glpn-nd"
+    torch.manual_seed(4)
+    config = pvtkit.GLPNConfig(**ENCODER, decoder_hidden_size=16, drop_path_rate=0.0)
+    pvtkit.GLPNForDepthEstimation(config).save_pretrained(path)
+    pvtkit.GLPNImageProcessor().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def depth_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--task",
+        "depth",
+        "--data",
+        str(data),
+        "--model",
+        str(model),
+        "--output",
+        str(out),
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--lr",
+        "2e-3",
+        "--max-depth",
+        "10",
+        "--num-workers",
+        "0",
+        "--quiet",
+        *extra,
+    ]
+
+
+def max_weight_difference(a: Path, b: Path, skip: set[str] = frozenset()) -> float:
+    from safetensors.torch import load_file
+
+    sa, sb = load_file(a), load_file(b)
+    assert sa.keys() == sb.keys()
+    return max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa if k not in skip)
+
+
+VAL_KEYS = ("val_loss", "val_abs_rel", "val_rmse", "val_delta1", "val_silog")
+
+
+@pytest.mark.slow
+def test_a_sigkilled_depth_run_resumes_to_the_same_result(stereo_small, tiny_glpn, tmp_path, one_thread):
+    reference = tmp_path / "reference"
+    assert main(depth_args(stereo_small, tiny_glpn, reference, "--epochs", "3")) == 0
+    history = read_metrics(reference)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+    killed = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "pvtkit",
+        *depth_args(stereo_small, tiny_glpn, killed, "--epochs", "3", "--save-steps", "1"),
+    ]
+    kill_training_at_step(command, killed, 5, ROOT)
+    state = json.loads((killed / "checkpoint" / "trainer_state.json").read_text())
+    assert 5 <= state["global_step"] < state["total_steps"] == 12
+
+    assert main(["train", "--output", str(killed), "--resume", "--num-workers", "0", "-q"]) == 0
+    resumed = read_metrics(killed)
+    assert [h["lr"] for h in resumed] == pytest.approx([h["lr"] for h in history], rel=1e-12)
+    for key in ("train_loss", "train_delta1", *VAL_KEYS):
+        assert [h[key] for h in resumed] == pytest.approx([h[key] for h in history], rel=1e-5, abs=1e-6), key
+    assert max_weight_difference(killed / "model.safetensors", reference / "model.safetensors") <= 1e-5
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_the_same_depth_model_as_one(
+    stereo_small, tiny_glpn_no_drop, tmp_path, one_thread
+):
+    """The loss is a mean over the global batch's images with a valid depth, whichever process holds them: two
+    processes train the model one does."""
+    one, two, model = tmp_path / "one", tmp_path / "two", tiny_glpn_no_drop
+    assert main(depth_args(stereo_small, model, one, "--epochs", "2")) == 0
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pvtkit",
+        *depth_args(stereo_small, model, two, "--epochs", "2"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained GLPNForDepthEstimation") == 1 and "2 process(es)" in done.stdout
+    h1, h2 = read_metrics(one), read_metrics(two)
+    for key in ("train_loss", "train_delta1", "lr", *VAL_KEYS):
+        assert [h[key] for h in h2] == pytest.approx([h[key] for h in h1], rel=1e-4, abs=1e-5), key
+    assert max_weight_difference(one / "model.safetensors", two / "model.safetensors") < 1e-3

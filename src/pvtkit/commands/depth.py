@@ -22,18 +22,11 @@ from ._common import (
 def write_depth_png(path: Path, depth: Any, scale: float) -> int:
     """`round(depth * scale)` as a 16-bit grayscale PNG (0 = no value), the scale in its `depth_scale` text chunk;
     returns how many pixels were clipped at 65535. Written atomically."""
-    import numpy as np
-    import PIL.Image
-    import PIL.PngImagePlugin
-
     from .._files import atomic_write
+    from ..tasks.depth import depth_png
 
-    values = np.round(depth.astype(np.float64) * scale)
-    clipped = int((values > 65535).sum())
-    image = PIL.Image.fromarray(values.clip(0, 65535).astype(np.uint16))
-    info = PIL.PngImagePlugin.PngInfo()
-    info.add_text("depth_scale", repr(scale))
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    data, clipped = depth_png(depth, scale)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return clipped
 
 
@@ -91,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.scale > 0:
         raise UsageError(f"--scale must be positive, got {args.scale}")
     folder = output_folder(args)
-    with image_job(args, "depth-estimation") as (ctx, items, estimator):
+    with image_job(args, "depth-estimation", flip=args.flip) as (ctx, items, estimator):
         folder.mkdir(parents=True, exist_ok=True)
         return write_all(ctx, args, "depth", items, estimator, DepthFiles(args, items), write_record, "estimated")
 
@@ -117,5 +110,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--output", "-o", required=True, metavar="OUT", help="folder for the depth PNGs")
     parser.add_argument("--scale", type=float, default=256.0, help="16-bit PNG value per unit of depth")
     parser.add_argument("--no-color", dest="color", action="store_false", help="write the 16-bit PNGs only")
+    parser.add_argument(
+        "--flip",
+        action="store_true",
+        help="average each depth with the depth of the mirrored image, mirrored back (GLPN's test-time "
+        "augmentation; two forward passes)",
+    )
     add_dense_arguments(parser)
     parser.set_defaults(run=run)

@@ -1,5 +1,6 @@
 """`pvtkit eval`: accuracy, top-5 accuracy, per-class accuracy and a confusion matrix on class folders; mIoU,
-per-class IoU and pixel accuracies of a segmentation model on images and masks."""
+per-class IoU and pixel accuracies of a segmentation model on images and masks; AbsRel, RMSE, delta and the other
+depth metrics of a depth model on images and depth maps."""
 
 from __future__ import annotations
 
@@ -29,14 +30,17 @@ def register(sub: Any) -> None:
 
     parser = sub.add_parser(
         "eval",
-        help="accuracy of a classifier on class folders, or mIoU of a segmentation model on images and masks",
+        help="accuracy of a classifier on class folders, mIoU of a segmentation model on images and masks, or the "
+        "depth metrics of a depth model on images and depth maps",
         description="Evaluate an image classifier on a folder of class folders (or on DIR/val/ or DIR/validation/ "
         "when DIR has one). Folders are matched to the model's labels (id2label) by name; images go through the "
         "model's own image processor. Unreadable images are skipped and listed. Runs sharded under torchrun.\n\n"
         "A segmentation model (or --task semantic-segmentation) is evaluated on images and masks in the layouts of "
         "`pvtkit train --help`: intersection and union per class summed over the whole set (as mmsegmentation and "
         "evaluate's mean_iou count them), then mIoU, per-class IoU, pixel accuracy and mean class accuracy; logits "
-        "are upsampled to each image's own size.",
+        "are upsampled to each image's own size.\n\n"
+        "A depth model (or --task depth) is evaluated on images and depth maps (`pvtkit train --help`): AbsRel, SqRel, "
+        "RMSE, RMSE-log, log10, delta < 1.25^i and SILog per image over its valid pixels, then the mean over images.",
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser, default=None)
@@ -90,6 +94,27 @@ def register(sub: Any) -> None:
         type=float,
         help="depth: ground truth above is invalid, predictions clipped to it (default: the model's max_depth)",
     )
+    parser.add_argument(
+        "--flip",
+        action="store_true",
+        help="depth: average each prediction with the mirrored image's, mirrored back (GLPN's evaluation)",
+    )
+    parser.add_argument(
+        "--crop",
+        choices=["eigen", "garg"],
+        help="depth: count only the pixels inside the standard KITTI evaluation crop (Garg: rows 0.408-0.992, "
+        "columns 0.036-0.964 of the map; Eigen: rows 0.332-0.914, the same columns)",
+    )
+    parser.add_argument(
+        "--median-scaling",
+        action="store_true",
+        help="depth: scale each prediction by median(ground truth) / median(prediction) over its valid pixels first",
+    )
+    parser.add_argument(
+        "--per-image",
+        metavar="CSV",
+        help="depth: also write one CSV row per image (path, each metric, valid pixels) to this file",
+    )
     parser.add_argument("--batch-size", "-b", type=int, help="images per batch (default 64; 8 for segmentation)")
     add_workers_argument(parser, "data-loading processes")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -99,7 +124,17 @@ def register(sub: Any) -> None:
 
 
 # The task-specific options and their defaults (a task's `eval_options` says which it takes).
-EVAL_OPTIONS = {"reduce_labels": None, "mode": "whole", "depth_scale": None, "min_depth": None, "max_depth": None}
+EVAL_OPTIONS = {
+    "reduce_labels": None,
+    "mode": "whole",
+    "depth_scale": None,
+    "min_depth": None,
+    "max_depth": None,
+    "flip": False,
+    "crop": None,
+    "median_scaling": False,
+    "per_image": None,
+}
 
 
 def _task(args: argparse.Namespace) -> Any:

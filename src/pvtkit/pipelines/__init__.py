@@ -64,7 +64,8 @@ def pipeline(
             no compiler works); a dict passes options to it. On the CPU a batch size above the model's
             `compiled_batch_limit` (1 for PVTv2, SegFormer, GLPN) compiles nothing, with a warning.
         **task_options: `top_k` for classification; `pooled`, `stages` (e.g. [1, 4]) for feature extraction;
-            `mode` ("whole" / "slide"), `crop`, `stride` for segmentation.
+            `mode` ("whole" / "slide"), `crop`, `stride` for segmentation; `flip` (average with the mirrored image's
+            depth, mirrored back) for depth.
     """
     from ..auto import default_image_processor, image_processor_for
 

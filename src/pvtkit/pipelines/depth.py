@@ -9,19 +9,32 @@ import PIL.Image
 import torch
 
 from ..processing import depth_maps
+from ..tasks.depth import predict_depth
 from .base import Pipeline
 
 
 class DepthEstimationPipeline(Pipeline):
     """Monocular depth, in transformers' format: per image `{"predicted_depth": (H, W) tensor, "depth": PIL image}`
-    at the input's size (bicubic), the image being the depth scaled from its minimum (0) to its maximum (255)."""
+    at the input's size (bicubic), the image being the depth scaled from its minimum (0) to its maximum (255).
+
+    Args:
+        model, image_processor: A depth model (GLPN) and its processor.
+        flip: Average each prediction with the prediction of the horizontally flipped image, flipped back (GLPN's
+            evaluation; two forward passes per image).
+        **kwargs: `Pipeline`'s options.
+    """
 
     task = "depth-estimation"
+
+    def __init__(self, model: Any, image_processor: Any, flip: bool = False, **kwargs: Any) -> None:
+        super().__init__(model, image_processor, **kwargs)
+        self.flip = bool(flip)
+        self.labels: list[str] = []  # depth has no classes
 
     def forward(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         """Per image, its `(H, W)` float32 depth at its own size."""
         with torch.inference_mode():
-            predicted = self.model(pixel_values=pixels).predicted_depth.float()
+            predicted = predict_depth(self.model, pixels, self.flip)
         return [d["predicted_depth"].cpu() for d in depth_maps(predicted, sizes)]
 
     def postprocess(self, depth: torch.Tensor) -> dict[str, Any]:

@@ -424,32 +424,42 @@ def build_app(
     async def model_list() -> Any:
         """What the page shows: each model's name, task and readiness."""
         return [
-            {"name": m.name, "task": m.task.pipeline_task if m.task else "", "ready": m.ready, "labels": len(m.labels)}
+            {
+                "name": m.name,
+                "task": m.task.pipeline_task if m.task else "",
+                "ready": m.ready,
+                "labels": len(m.labels),
+                "overlay": bool(m.task and m.task.draws_overlay),
+            }
             for m in models
         ]
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
         """An image upload (multipart form, or the raw bytes with an image content type) -> the same JSON record as
-        `pvtkit classify --format json` (or `pvtkit segment`): one object per image, a list for several files."""
+        `pvtkit classify --format json` (or `pvtkit segment`; a depth model: statistics and a 16-bit PNG): one object
+        per image, a list for several files."""
         query = request.query_params
         model = model_named(query.get("model"))
         if not model.ready:
             raise errors.ModelNotReady(model.name)
         images = await _uploaded_images(request)
         job = await model.run_images(images, top_k=query.get("top_k"))
-        overlay = query.get("overlay", "").lower() in ("1", "true", "yes")
-        out = []
-        overlays: list[str] = []
-        if overlay and model.task.draws_overlay:  # drawing is real work: off the event loop
-            overlays = await asyncio.get_running_loop().run_in_executor(
-                model.decoder, lambda: [_overlay_data_url(model, job, i, d) for i, (_, d) in enumerate(images)]
-            )
-        for i, (name, _) in enumerate(images):
-            record = model.task.upload_record(name, model.record(job, i))
-            if overlays:
-                record["overlay"] = overlays[i]
-            out.append(record)
+        overlay = query.get("overlay", "").lower() in ("1", "true", "yes") and model.task.draws_overlay
+
+        def records() -> list[dict[str, Any]]:
+            out = []
+            for i, (name, data) in enumerate(images):
+                record = model.task.upload_record(name, model.record(job, i), job.answers[i])
+                if overlay:
+                    record["overlay"] = _overlay_data_url(model, job, i, data)
+                out.append(record)
+            return out
+
+        if overlay or model.task.answer_off_loop:  # drawing and encoding maps are real work: off the event loop
+            out = await asyncio.get_running_loop().run_in_executor(model.decoder, records)
+        else:
+            out = records()
         return out[0] if len(out) == 1 else out
 
     register_v1_endpoints(app, dataplane, ModelRepositoryExtension(model_registry=repository))
@@ -481,12 +491,10 @@ async def _uploaded_images(request: Request) -> list[tuple[str, bytes]]:
 
 def _overlay_data_url(model: ImageModel, job: Any, index: int, data: bytes) -> str:
     from ..processing import load_image
-    from ..visualize import label_overlay, palette
 
-    image = load_image(data)
-    blended = label_overlay(image, job.answers[index], palette(max(len(model.labels), 1)), 0.5)
+    view = model.task.served_view(model.pipe, load_image(data), job.answers[index])
     buffer = io.BytesIO()
-    blended.save(buffer, format="JPEG", quality=85)
+    view.convert("RGB").save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 

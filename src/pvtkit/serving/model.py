@@ -13,7 +13,8 @@ Inputs, by protocol:
 - V2 (Open Inference Protocol): one input, either `BYTES` of shape `[N]` / `[N, 1]` (encoded images) or `FP32`
   `[N, 3, H, W]` (preprocessed pixels). Outputs `logits`, `probabilities` (`[N, classes]`), `labels` (`BYTES`) and
   `scores` (`[N, top_k]`); Triton's classification extension (an output's `classification: k` parameter) gives
-  `"score:index:label"` strings. A segmentation model answers `segmentation` (`INT64 [N, H, W]` class maps).
+  `"score:index:label"` strings. A segmentation model answers `segmentation` (`INT64 [N, H, W]` class maps), a
+  depth model `predicted_depth` (`FP32 [N, H, W]` depth at the images' size).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Job:
 
 
 class ImageModel(kserve.Model):
-    """A pvtkit classification or segmentation checkpoint served through KServe's data plane.
+    """A pvtkit classification, segmentation or depth checkpoint served through KServe's data plane.
 
     Args:
         name: The name in the URL (`/v2/models/{name}/infer`).
@@ -372,8 +373,10 @@ class ImageModel(kserve.Model):
             )
         if self.task.answers_at_input_size and len(set(job.sizes)) > 1:
             raise InvalidInput(
-                "the images have different sizes, so their class maps do not stack into one tensor; "
-                "send them in separate requests"
+                f"model {self.name!r} answers at each image's size and the images have different sizes "
+                f"({', '.join(f'{h}x{w}' for h, w in dict.fromkeys(job.sizes))}), so their "
+                f"{' and '.join(self.task.served_outputs)} maps do not stack into one tensor; send them in separate "
+                "requests"
             )
         for output in request.request_outputs or []:
             if output.name not in self.output_names:

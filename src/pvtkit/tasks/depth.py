@@ -1,6 +1,7 @@
 """Monocular depth estimation: an image in, metres per pixel out (GLPN); trained with GLPN's recipe (AdamW, poly
 decay, random scale + crop + flip of image and depth map together, the scale-invariant log loss on valid pixels),
-measured in AbsRel, RMSE, delta < 1.25 and the other standard metrics (`evaluation.depth_metrics`)."""
+measured in AbsRel, RMSE, delta < 1.25 and the other standard metrics (`evaluation.depth_metrics`); served as an
+FP32 depth map (V2) or summary statistics and a 16-bit PNG (V1, `/predict`)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class DepthTask(Task):
     metric_title = "delta < 1.25"
     train_metric = "train_delta1"
     eval_batch_size = 1
-    eval_options = ("depth_scale", "min_depth", "max_depth")
+    eval_options = ("depth_scale", "min_depth", "max_depth", "flip", "crop", "median_scaling", "per_image")
 
     def _read(self, settings: Mapping[str, Any], model_max_depth: float | None = None) -> Any:
         from ..data.depth import read_depth
@@ -131,12 +132,100 @@ class DepthTask(Task):
         from ..evaluation import DEPTH_METRICS
 
         lines = [f"model     {report['model']}", f"data      {report['data']} ({report['num_images']} images)"]
+        measured = [f"crop {report['crop']}"] if report.get("crop") else []
+        measured += [name.replace("_", " ") for name in ("flip", "median_scaling") if report.get(name)]
+        if measured:
+            lines.append(f"measured  {', '.join(measured)}")
         lines += [f"{name:<9} {report[name]:.4f}" for name in DEPTH_METRICS]
         lines.append(f"loss      {report['loss']:.4f}")
         if report["skipped"]:
             lines.append(f"skipped   {len(report['skipped'])} pair(s):")
             lines += [f"  {path}: {reason}" for path, reason in report["skipped"].items()]
         return "\n".join(lines) + "\n"
+
+    # -- what the server answers --
+
+    served_outputs = ("predicted_depth",)
+    served_default_outputs = ("predicted_depth",)
+    answer_off_loop = answers_at_input_size = draws_overlay = True
+    png_scale = 1000.0  # `/predict`'s 16-bit PNG: millimetres, as NYU's maps
+
+    def served_answer(self, pipe: Any, output: Any, size: tuple[int, int]) -> Any:
+        """The `(H, W)` float32 depth at the image's own size (bicubic, as `post_process_depth_estimation`)."""
+        import torch
+
+        from ..processing import depth_maps
+
+        return depth_maps(torch.from_numpy(output)[None], [size])[0]["predicted_depth"].numpy()
+
+    def served_record(self, pipe: Any, answer: Any, top_k: int) -> Any:
+        """The size and the depth's minimum, maximum, mean and median (in the model's unit: metres)."""
+        import numpy as np
+
+        stats = {"min": answer.min(), "max": answer.max(), "mean": answer.mean(), "median": np.median(answer)}
+        return {"size": list(answer.shape), **{k: round(float(v), 6) for k, v in stats.items()}}
+
+    def upload_record(self, name: str, record: Any, answer: Any = None) -> dict[str, Any]:
+        """`/predict`'s record: the statistics plus the depth as a base64 16-bit PNG of millimetres (`depth_scale`
+        1000; depths past 65.535 m clip, counted in `clipped_pixels`)."""
+        import base64
+
+        out = {"path": name, **record}
+        if answer is not None:
+            data, clipped = depth_png(answer, self.png_scale)
+            out.update(depth_png=base64.b64encode(data).decode(), depth_scale=self.png_scale)
+            if clipped:
+                out["clipped_pixels"] = clipped
+        return out
+
+    def served_view(self, pipe: Any, image: Any, answer: Any) -> Any:
+        """The coloured depth (dark near, bright far) at the image's size."""
+        import PIL.Image
+
+        from ..visualize import colormap, normalize
+
+        return PIL.Image.fromarray(colormap(normalize(answer)))
+
+    def served_v2_outputs(
+        self, pipe: Any, answers: list[Any], asked: Mapping[str, Any], top_k: int, check_top_k: Any
+    ) -> list[tuple[str, str, Any]]:
+        """`predicted_depth`: FP32 `[N, H, W]` depth maps at the images' size."""
+        import numpy as np
+
+        return [("predicted_depth", "FP32", np.stack(answers).astype(np.float32))]
+
+    def served_output_types(self, num_labels: int) -> list[dict[str, Any]]:
+        return [{"name": "predicted_depth", "datatype": "FP32", "shape": [-1, -1, -1]}]
+
+
+def predict_depth(model: Any, pixel_values: Any, flip: bool = False) -> Any:
+    """The model's float32 depth `(B, h, w)` of a batch; with `flip`, averaged with the depth of the horizontally
+    flipped images flipped back (GLPN's test-time augmentation). The one place the pipeline, `pvtkit depth` and the
+    evaluator run a depth model."""
+    depth = model(pixel_values=pixel_values).predicted_depth.float()
+    if flip:
+        flipped = model(pixel_values=pixel_values.flip(-1)).predicted_depth.float()
+        depth = (depth + flipped.flip(-1)) / 2
+    return depth
+
+
+def depth_png(depth: Any, scale: float) -> tuple[bytes, int]:
+    """`round(depth * scale)` as the bytes of a 16-bit grayscale PNG (0 = no value), the scale in its `depth_scale`
+    text chunk, and how many pixels were clipped at 65535."""
+    import io
+
+    import numpy as np
+    import PIL.Image
+    import PIL.PngImagePlugin
+
+    values = np.round(np.asarray(depth, dtype=np.float64) * scale)
+    clipped = int((values > 65535).sum())
+    image = PIL.Image.fromarray(values.clip(0, 65535).astype(np.uint16))
+    info = PIL.PngImagePlugin.PngInfo()
+    info.add_text("depth_scale", repr(scale))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue(), clipped
 
 
 TASK = DepthTask()

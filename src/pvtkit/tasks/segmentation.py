@@ -188,8 +188,14 @@ class SegmentationTask(Task):
 
         return {"size": list(answer.shape), "classes": class_areas(answer, pipe.labels)}
 
-    def upload_record(self, name: str, record: Any) -> dict[str, Any]:
+    def upload_record(self, name: str, record: Any, answer: Any = None) -> dict[str, Any]:
         return {"path": name, **record}
+
+    def served_view(self, pipe: Any, image: Any, answer: Any) -> Any:
+        """The class map's colours blended over the image."""
+        from ..visualize import label_overlay, palette
+
+        return label_overlay(image, answer, palette(max(len(pipe.labels), 1)), 0.5)
 
     def served_v2_outputs(
         self, pipe: Any, answers: list[Any], asked: Mapping[str, Any], top_k: int, check_top_k: Any

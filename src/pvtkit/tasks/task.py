@@ -41,7 +41,7 @@ class Task:
         best_metric: The validation record key that picks the best epoch (higher is better).
         train_metric: The training record's accuracy-like key, and `metric_title` the best metric in words.
         output_names: What the model returns that the task reads (`logits`, `predicted_depth`).
-        served_outputs: The V2 outputs the server answers with.
+        served_outputs: The V2 outputs the server answers with (empty: not served).
     """
 
     name: ClassVar[str] = ""
@@ -191,9 +191,14 @@ class Task:
         """One image's answer as the CLI writes it (V1's prediction, `/predict`'s record)."""
         raise NotImplementedError(f"pvtkit serve does not serve {self.title}")
 
-    def upload_record(self, name: str, record: Any) -> dict[str, Any]:
-        """`/predict`'s record of the uploaded file `name`."""
+    def upload_record(self, name: str, record: Any, answer: Any = None) -> dict[str, Any]:
+        """`/predict`'s record of the uploaded file `name` (`record`: `served_record`'s; `answer`: `served_answer`'s)."""
         return {"path": name, "predictions": record}
+
+    def served_view(self, pipe: Any, image: Any, answer: Any) -> Any:
+        """The PIL image `/predict?overlay=1` draws of an answer over (or beside) the uploaded `image`, for a task
+        that `draws_overlay`."""
+        raise NotImplementedError(f"pvtkit serve draws no view of {self.title}")
 
     def served_v2_outputs(
         self, pipe: Any, answers: list[Any], asked: Mapping[str, Any], top_k: int, check_top_k: Any

@@ -384,7 +384,9 @@ def test_bad_labels_and_inputs_are_named():
 
 def test_segformer_checkpoint_into_a_depth_model_is_refused(tmp_path):
     SegformerForSemanticSegmentation(SegformerConfig(**TINY)).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"AutoModelForDepthEstimation has no 'segformer' model; it supports GLPN"):
+    with pytest.raises(
+        ValueError, match=r"AutoModelForDepthEstimation has no 'segformer' model; it supports PVTv2, GLPN"
+    ):
         pvtkit.AutoModelForDepthEstimation.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"is a SegFormer checkpoint \(transformers layout\), not a GLPN one"):
         pvtkit.GLPNForDepthEstimation.from_pretrained(tmp_path)

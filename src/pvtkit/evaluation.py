@@ -13,6 +13,7 @@ starts; one whose pixel data turns out to be truncated is found when it is decod
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import math
 import sys
@@ -766,6 +767,9 @@ class DepthEvalResult:
     per_image: list[dict[str, Any]] = field(default_factory=list)
     # how it was measured: `flip`, `crop`, `median_scaling`
     options: dict[str, Any] = field(default_factory=dict)
+    # the `worst` images by AbsRel, worst first (`DepthEvaluator(worst=N)`): {"path", "abs_rel", "delta1", "index",
+    # "target", "prediction" (as the metrics saw it: scaled, clipped), "counted" (the pixels the metrics counted)}
+    worst: list[dict[str, Any]] = field(default_factory=list)
 
     def __getattr__(self, name: str) -> float:
         metrics = self.__dict__.get("metrics", {})
@@ -805,6 +809,8 @@ class DepthEvaluator:
         flip: Average each prediction with the flipped image's, flipped back (`tasks.depth.predict_depth`).
         crop: Count only the pixels inside a KITTI evaluation crop, "garg" or "eigen" (`DEPTH_CROPS`).
         median_scaling: Scale each prediction by median(ground truth) / median(prediction) over its valid pixels.
+        worst: Keep the maps of this many images with the highest AbsRel (`DepthEvalResult.worst`, for
+            `draw_depth_worst`); each process keeps only its own worst that many while it runs.
     """
 
     def __init__(
@@ -819,6 +825,7 @@ class DepthEvaluator:
         flip: bool = False,
         crop: str | None = None,
         median_scaling: bool = False,
+        worst: int = 0,
         batch_size: int = 1,
         num_workers: int = 0,
         device: torch.device | str = "cpu",
@@ -827,6 +834,10 @@ class DepthEvaluator:
         progress: bool = True,
     ) -> None:
         from .data.depth import DepthEvalDataset
+
+        if isinstance(worst, bool) or not isinstance(worst, int) or worst < 0:
+            raise ValueError(f"worst must be a count of images (0 or more), got {worst!r}")
+        self.worst = worst
 
         self.model, self.device, self.amp_dtype = model, torch.device(device), amp_dtype
         self.ctx, self.progress, self.samples = ctx or DistContext(), progress, list(samples)
@@ -858,6 +869,7 @@ class DepthEvaluator:
         sums = torch.zeros(len(DEPTH_METRICS) + 2, dtype=torch.float64, device=device)  # metrics, loss, images
         skipped: dict[str, str] = {}
         rows: dict[int, dict[str, Any]] = {}  # by the sample's index over every process
+        kept: list[tuple[float, int, dict[str, Any]]] = []  # a min-heap of this process's `worst` worst so far
         start = time.perf_counter()
         bar = progress_bar(len(self.samples), desc, self.progress and self.ctx.is_main)
         for pixels, depths, _, indices, reasons in self.loader:
@@ -882,11 +894,13 @@ class DepthEvaluator:
                     [*(found[m] for m in DEPTH_METRICS), loss.item(), 1.0], dtype=torch.float64, device=device
                 )
                 counted = (target > 0) if mask is None else (target > 0) & mask.to(device)
-                rows[index * self.ctx.world_size + self.ctx.rank] = {
-                    "path": str(image_path),
-                    **found,
-                    "valid_pixels": int(counted.sum()),
-                }
+                position = index * self.ctx.world_size + self.ctx.rank
+                rows[position] = {"path": str(image_path), **found, "valid_pixels": int(counted.sum())}
+                # Worse = higher AbsRel, then the earlier sample (the order of a stable sort of the rows).
+                key = (found["abs_rel"], -position)
+                if self.worst and (len(kept) < self.worst or key > kept[0][:2]):
+                    entry = (*key, self._worst_entry(str(image_path), position, found, up, target, counted))
+                    (heapq.heappush if len(kept) < self.worst else heapq.heapreplace)(kept, entry)
             bar.update(len(indices) * self.ctx.world_size)
         bar.close()
         self.ctx.all_reduce_sum(sums)
@@ -894,6 +908,10 @@ class DepthEvaluator:
             skipped.update(part)
         for part in self.ctx.gather_objects(rows):
             rows.update(part)
+        worst = []
+        if self.worst:
+            every = [entry for part in self.ctx.gather_objects(kept) for entry in part]
+            worst = [entry[2] for entry in sorted(every, key=lambda e: e[:2], reverse=True)[: self.worst]]
         model.train(was_training)
         *totals, loss, count = sums.cpu().tolist()
         metrics = {m: (v / count if count else math.nan) for m, v in zip(DEPTH_METRICS, totals)}
@@ -905,7 +923,33 @@ class DepthEvaluator:
             time.perf_counter() - start,
             [rows[i] for i in sorted(rows)],
             {"flip": self.flip, "crop": self.crop, "median_scaling": self.median_scaling},
+            worst,
         )
+
+    def _worst_entry(
+        self,
+        path: str,
+        position: int,
+        found: dict[str, float],
+        predicted: torch.Tensor,
+        target: torch.Tensor,
+        counted: torch.Tensor,
+    ) -> dict[str, Any]:
+        """What `draw_depth_worst` needs of one image, on the CPU: its maps, the prediction as the metrics saw it
+        (median-scaled if asked, clipped), and which pixels they counted."""
+        shown = predicted.double()
+        if self.median_scaling:
+            shown = shown * (_median(target[counted].double()) / _median(shown[counted]))
+        shown = shown.clamp(min=self.min_depth, max=self.max_depth)
+        return {
+            "path": path,
+            "index": position,
+            "abs_rel": found["abs_rel"],
+            "delta1": found["delta1"],
+            "target": target.float().cpu().numpy(),
+            "prediction": shown.float().cpu().numpy(),
+            "counted": counted.cpu().numpy(),
+        }
 
 
 def write_depth_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -923,6 +967,88 @@ def write_depth_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
+WORST_PANEL_HEIGHT = 160  # pixels: each panel of `draw_depth_worst`, its width by the map's aspect
+WORST_PAD, WORST_HEADER, WORST_CAPTION = 6, 22, 18  # the gaps, the column titles' line, each row's caption line
+WORST_COLUMNS = ("image", "ground truth", "prediction", "|error|")
+
+
+def _depth_colours(values: np.ndarray, low: float, high: float, shown: np.ndarray) -> np.ndarray:
+    """uint8 RGB of `values` on the dark-to-bright scale from `low` to `high` (`visualize.colormap`, starting
+    above its black so that black means nothing to show), black where `shown` is False."""
+    from .visualize import colormap
+
+    span = high - low if high > low else 1.0
+    colours = colormap(0.12 + 0.88 * np.clip((values - low) / span, 0.0, 1.0))
+    colours[~shown] = 0
+    return colours
+
+
+def worst_caption(entry: dict[str, Any]) -> str:
+    """A row's caption in `draw_depth_worst`'s picture (and its PNG text): the image path, AbsRel and delta1."""
+    return f"{entry['path']}  AbsRel {entry['abs_rel']:.4f}  delta1 {entry['delta1']:.4f}"
+
+
+def draw_depth_worst(
+    entries: Sequence[dict[str, Any]], path: str | Path, panel_height: int = WORST_PANEL_HEIGHT
+) -> None:
+    """`pvtkit eval --worst`: one row per image (`DepthEvalResult.worst`, worst first) of its photo, ground truth,
+    prediction and absolute error, each `panel_height` pixels high, under a caption naming the image and its AbsRel
+    and delta1. Ground truth and prediction share one colour scale per row (dark near, bright far; the range of the
+    counted pixels' depths), error has its own (0 to its maximum); black is no ground truth (in the error map: a
+    pixel the metrics did not count). The captions, in full, are also the PNG's text entries "row 1", "row 2", ...
+    Written atomically."""
+    from PIL import ImageDraw, ImageFont
+    from PIL.PngImagePlugin import PngInfo
+
+    from .processing import load_image
+
+    font = ImageFont.load_default(size=12)
+    sizes = [e["target"].shape for e in entries]
+    column = max([round(panel_height * w / h) for h, w in sizes] or [panel_height])
+    width = WORST_PAD + len(WORST_COLUMNS) * (column + WORST_PAD)
+    block = WORST_CAPTION + panel_height + WORST_PAD
+    canvas = PIL.Image.new("RGB", (width, WORST_HEADER + block * len(entries)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(WORST_COLUMNS):
+        draw.text((WORST_PAD + c * (column + WORST_PAD), WORST_PAD), title, fill="black", font=font)
+    info = PngInfo()
+    for r, entry in enumerate(entries):
+        target, predicted, counted = entry["target"], entry["prediction"], entry["counted"]
+        h, w = target.shape
+        valid = target > 0
+        seen = np.concatenate([target[counted], predicted[counted]])
+        low, high = (float(seen.min()), float(seen.max())) if seen.size else (0.0, 1.0)
+        error = np.abs(predicted - target)
+        top_error = float(error[counted].max()) if counted.any() else 1.0
+        photo = load_image(entry["path"])
+        if photo.size != (w, h):
+            photo = photo.resize((w, h), PIL.Image.Resampling.BILINEAR)
+        panel_size = (round(panel_height * w / h), panel_height)
+        panels = [
+            photo.resize(panel_size, PIL.Image.Resampling.BILINEAR),
+            *(
+                PIL.Image.fromarray(colours).resize(panel_size, PIL.Image.Resampling.NEAREST)
+                for colours in (
+                    _depth_colours(target, low, high, valid),
+                    _depth_colours(predicted, low, high, np.ones_like(valid)),
+                    _depth_colours(error, 0.0, top_error, counted),
+                )
+            ),
+        ]
+        y = WORST_HEADER + r * block
+        caption = f"{r + 1}. {worst_caption(entry)}"
+        scale = f"  [depth {low:.2f}-{high:.2f} m, error 0-{top_error:.2f} m]"
+        text = caption + scale
+        while draw.textlength(text, font=font) > width - 2 * WORST_PAD and len(caption) > 8:
+            caption = caption[:3] + "…" + caption[5:]  # shorten the path from its start, keep the numbers
+            text = caption + scale
+        draw.text((WORST_PAD, y + 2), text, fill="black", font=font)
+        for c, panel in enumerate(panels):
+            canvas.paste(panel, (WORST_PAD + c * (column + WORST_PAD), y + WORST_CAPTION))
+        info.add_text(f"row {r + 1}", worst_caption(entry))
+    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG", pnginfo=info))
+
+
 def evaluate_depth(
     model: Any,
     data: str | Path,
@@ -936,6 +1062,8 @@ def evaluate_depth(
     crop: str | None = None,
     median_scaling: bool = False,
     per_image: str | Path | None = None,
+    worst: str | Path | None = None,
+    worst_count: int = 6,
     batch_size: int = 1,
     num_workers: int = 0,
     device: str | torch.device = "auto",
@@ -959,6 +1087,9 @@ def evaluate_depth(
         median_scaling: Scale each prediction by median(ground truth) / median(prediction) over its valid pixels
             before the metrics.
         per_image: Write one CSV row per image here (path, each metric, valid pixels; `result.per_image`).
+        worst: Draw the `worst_count` images with the highest AbsRel into this PNG (`draw_depth_worst`: photo,
+            ground truth, prediction, absolute error, and a caption with the path, AbsRel and delta1).
+        worst_count: How many rows that picture has (fewer when fewer images were evaluated).
         confusion: Not for depth (a ValueError if given).
 
     Returns:
@@ -972,6 +1103,8 @@ def evaluate_depth(
 
     if confusion is not None:
         raise ValueError("a confusion matrix is for classes; depth models have none (drop --confusion)")
+    if isinstance(worst_count, bool) or not isinstance(worst_count, int) or worst_count < 1:
+        raise ValueError(f"worst_count must be a positive number of images, got {worst_count!r}")
     model, processor, name, device, ctx = _prepare(
         model, AutoModelForDepthEstimation, processor, device, revision, local_files_only
     )
@@ -989,6 +1122,7 @@ def evaluate_depth(
         flip=flip,
         crop=crop,
         median_scaling=median_scaling,
+        worst=worst_count if worst is not None else 0,
         num_workers=num_workers,
         device=device,
         amp_dtype=parse_dtype(dtype),
@@ -999,5 +1133,7 @@ def evaluate_depth(
     result.skipped = {**dict(found.unreadable), **result.skipped}
     if per_image is not None and ctx.is_main:
         write_depth_csv(per_image, result.per_image)
+    if worst is not None and ctx.is_main:
+        draw_depth_worst(result.worst, worst)
     logger.info("evaluated %s on %s: AbsRel %.4f, delta1 %.4f", name, data, result.abs_rel, result.delta1)
     return result

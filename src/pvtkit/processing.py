@@ -5,7 +5,7 @@ post-processing of segmentation and depth outputs. The processors themselves liv
 complete table.
 
 Two back ends compute the same pipeline (convert to RGB, resize, rescale, normalize; label maps: check, reduce,
-nearest-neighbour resize):
+nearest-neighbour resize; depth maps: check, resize by nearest neighbour or a masked area mean, `resize_depth`):
 
 * `ViTImageProcessor`, `PvtImageProcessor`, `SegformerImageProcessor`, `GLPNImageProcessor` work image by image
   with PIL and NumPy and reproduce transformers' PIL back end (`...ImageProcessorPil`) bit for bit.
@@ -435,6 +435,111 @@ def reduce_labels(label: np.ndarray) -> np.ndarray:
     return out
 
 
+# ------------------------------------------------------------------------------------------- depth maps
+
+_DEPTH_MODES = ("F", "I", "I;16", "I;16L", "I;16B", "I;16N")
+DEPTH_RESAMPLES = ("nearest", "area")
+
+
+def _flatten_depth_maps(maps: Any) -> list[Any]:
+    """One list of single depth maps from a map, a list of maps or a 3-d `(batch, H, W)` array/tensor."""
+    if (isinstance(maps, np.ndarray) or _is_tensor(maps)) and maps.ndim == 3:
+        return list(maps)
+    if isinstance(maps, (list, tuple)):
+        return list(maps)
+    return [maps]
+
+
+def depth_array(depth: Any, depth_scale: float = 1.0, name: str = "depth map") -> np.ndarray:
+    """A depth map as an `(H, W)` float64 array of metres, 0 where there is no measurement.
+
+    Takes a 2-d array or tensor (metres as given) or a PIL image of mode F, I or I;16 (its values divided by
+    `depth_scale`: 1000 for NYU's millimetre PNGs, 256 for KITTI's). Non-finite values become 0 (no measurement);
+    a map that is not 2-d, empty, not numeric or holds a negative depth raises `ImageLoadError` (a `ValueError`).
+    """
+    if isinstance(depth, PIL.Image.Image):
+        if depth.mode not in _DEPTH_MODES:
+            raise ImageLoadError(
+                f"{name} is a {depth.mode} image; expected one depth per pixel (a PIL image of mode F, I or I;16, "
+                "or a float array of metres)"
+            )
+        array = np.array(depth).astype(np.float64) / depth_scale
+    elif _is_tensor(depth):
+        tensor = depth.detach().cpu()
+        array = (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy()
+    elif isinstance(depth, np.ndarray):
+        array = depth
+    else:
+        raise TypeError(f"{name}: expected a PIL image, numpy array, torch tensor or path, got {type(depth).__name__}")
+    if array.ndim != 2:
+        raise ImageLoadError(f"{name} has shape {tuple(array.shape)}; expected a 2-d (height, width) map of depths")
+    if array.size == 0:
+        raise ImageLoadError(f"{name} is empty; expected at least one pixel")
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ImageLoadError(f"{name}: expected integer or float depths, got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    array[~np.isfinite(array)] = 0.0
+    negative = np.argwhere(array < 0)
+    if len(negative):
+        row, col = (int(v) for v in negative[0])
+        raise ImageLoadError(
+            f"{name} holds a negative depth {array[row, col]} at row {row}, column {col}; expected depths >= 0 "
+            "(0 = no measurement)"
+        )
+    return array
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """The source index of each of `n_out` output pixels under a nearest-neighbour resize from `n_in`:
+    floor((i + 0.5) * n_in / n_out), in exact integer arithmetic (PIL's NEAREST and torch's "nearest-exact")."""
+    return (2 * np.arange(n_out, dtype=np.int64) + 1) * n_in // (2 * n_out)
+
+
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """`(n_out, n_in)` float64: how much of source pixel j output pixel i covers (in units of 1 / (n_in n_out) of a
+    pixel, exact integers), for an area resize from `n_in` pixels to `n_out`."""
+    i = np.arange(n_out, dtype=np.int64)[:, None]
+    j = np.arange(n_in, dtype=np.int64)[None, :]
+    overlap = np.minimum((i + 1) * n_in, (j + 1) * n_out) - np.maximum(i * n_in, j * n_out)
+    return np.clip(overlap, 0, None).astype(np.float64)
+
+
+def resize_depth(depth: np.ndarray, size: tuple[int, int], resample: str = "nearest") -> np.ndarray:
+    """Resize an `(H, W)` depth map (0 = no measurement) to `size` without mixing invalid pixels into valid ones:
+    "nearest" takes each output pixel from one source pixel (`nearest_indices`); "area" averages the valid source
+    pixels under each output pixel, weighted by how much of them it covers (an output pixel over no valid pixel
+    stays 0). float32 out."""
+    height, width = size
+    if resample == "nearest":
+        rows, cols = nearest_indices(depth.shape[0], height), nearest_indices(depth.shape[1], width)
+        return depth[np.ix_(rows, cols)].astype(np.float32)
+    if resample != "area":
+        raise ValueError(f"depth_resample must be one of {', '.join(DEPTH_RESAMPLES)}, got {resample!r}")
+    wh, ww = area_weights(depth.shape[0], height), area_weights(depth.shape[1], width)
+    valid = (depth > 0).astype(np.float64)
+    total = wh @ (depth * valid) @ ww.T
+    weight = wh @ valid @ ww.T
+    return np.divide(total, weight, out=np.zeros_like(total), where=weight > 0).astype(np.float32)
+
+
+def resize_depth_torch(depth: np.ndarray, size: tuple[int, int], resample: str = "nearest", device: Any = None) -> Any:
+    """`resize_depth` computed with torch on `device` (the same numbers: float64 sums, float32 out)."""
+    height, width = size
+    t = torch.from_numpy(depth).to(device)
+    if resample == "nearest":
+        rows = torch.from_numpy(nearest_indices(depth.shape[0], height)).to(t.device)
+        cols = torch.from_numpy(nearest_indices(depth.shape[1], width)).to(t.device)
+        return t[rows][:, cols].float()
+    if resample != "area":
+        raise ValueError(f"depth_resample must be one of {', '.join(DEPTH_RESAMPLES)}, got {resample!r}")
+    wh = torch.from_numpy(area_weights(depth.shape[0], height)).to(t.device)
+    ww = torch.from_numpy(area_weights(depth.shape[1], width)).to(t.device)
+    valid = (t > 0).double()
+    total = wh @ (t * valid) @ ww.T
+    weight = wh @ valid @ ww.T
+    return torch.where(weight > 0, total / weight.clamp(min=1e-300), torch.zeros_like(total)).float()
+
+
 # ------------------------------------------------------------------------------------------- processors
 
 
@@ -570,8 +675,10 @@ class _BaseImageProcessor:
         exif_transpose: bool | None,
         device: Any,
         overrides: dict[str, Any],
+        map_options: Mapping[str, Any] | None = None,
     ) -> BatchFeature:
-        """`preprocess`, with the label maps of the processors that take them (`labels` in the output)."""
+        """`preprocess`, with the label (or depth) maps of the processors that take them (`labels` in the output;
+        `map_options` go to `_label_maps`)."""
         unknown = set(overrides) - set(self._defaults)
         if unknown:
             raise TypeError(f"unknown preprocess option(s): {sorted(unknown)}")
@@ -582,7 +689,8 @@ class _BaseImageProcessor:
         pixel_values, sizes = self._process(_flatten_images(images), opts, fmt, exif, device)
         out = BatchFeature(pixel_values=self._collate(pixel_values, return_tensors))
         if label_maps is not None:
-            out["labels"] = self._collate(self._label_maps(label_maps, sizes, opts, exif, device), return_tensors)
+            labels = self._label_maps(label_maps, sizes, opts, exif, device, **(map_options or {}))
+            out["labels"] = self._collate(labels, return_tensors)
         return out
 
     def _label_maps(
@@ -901,10 +1009,12 @@ __all__ = [
     "IMAGE_PROCESSOR_TYPES",
     "ImageLoadError",
     "convert_to_rgb",
+    "depth_array",
     "depth_maps",
     "image_size",
     "label_array",
     "load_image",
     "register_image_processors",
+    "resize_depth",
     "semantic_segmentation",
 ]

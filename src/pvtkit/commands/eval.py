@@ -115,6 +115,12 @@ def register(sub: Any) -> None:
         metavar="CSV",
         help="depth: also write one CSV row per image (path, each metric, valid pixels) to this file",
     )
+    parser.add_argument(
+        "--worst",
+        metavar="PNG",
+        help="depth: also draw the 6 images with the highest AbsRel into this PNG, one row each (image, ground "
+        "truth, prediction, absolute error; captioned with the path, AbsRel and delta1)",
+    )
     parser.add_argument("--batch-size", "-b", type=int, help="images per batch (default 64; 8 for segmentation)")
     add_workers_argument(parser, "data-loading processes")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -134,6 +140,7 @@ EVAL_OPTIONS = {
     "crop": None,
     "median_scaling": False,
     "per_image": None,
+    "worst": None,
 }
 
 

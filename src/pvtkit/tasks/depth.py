@@ -34,7 +34,7 @@ class DepthTask(Task):
     metric_title = "delta < 1.25"
     train_metric = "train_delta1"
     eval_batch_size = 1
-    eval_options = ("depth_scale", "min_depth", "max_depth", "flip", "crop", "median_scaling", "per_image")
+    eval_options = ("depth_scale", "min_depth", "max_depth", "flip", "crop", "median_scaling", "per_image", "worst")
 
     def _read(self, settings: Mapping[str, Any], model_max_depth: float | None = None) -> Any:
         from ..data.depth import read_depth

@@ -109,10 +109,48 @@ def test_the_layout_is_found_paired_and_bad_data_named(stereo, tmp_path):
         load_depth_data(broken)
 
 
+@pytest.mark.parametrize("processor_class", ["GLPNImageProcessor", "SegformerImageProcessor"])
+def test_cutdepth_replaces_a_full_height_strip_with_the_scaled_depth(stereo, processor_class):
+    """GLPN's vertical CutDepth: with p = 1 a full-height strip (left edge a W, width up to 0.75 of the rest) of the
+    cropped, flipped image is the depth map scaled to 0-255 by its maximum, normalised as the image is; elsewhere,
+    and in the depth map, the output is the plain transform's; with p = 0 it is the plain transform's."""
+    from pvtkit.data.depth import DepthTrainTransform
+    from pvtkit.data.transforms import Normalize
+
+    data = load_depth_data(stereo, max_depth=10)
+    processor = getattr(pvtkit, processor_class)()
+    plain, off, cut = (
+        DepthTrainTransform(processor, 64, True, 3, **extra) for extra in ({}, {"cutdepth": 0.0}, {"cutdepth": 1.0})
+    )
+    normalize, strips = Normalize(processor), set()
+    for epoch in range(2):
+        for index, (image_path, depth_path) in enumerate(data.train):
+            image, depth = pvtkit.load_image(image_path), read_depth(depth_path, max_depth=10)
+            x0, d0 = plain(image, depth, index, epoch)
+            x_off, d_off = off(image, depth, index, epoch)
+            x1, d1 = cut(image, depth, index, epoch)
+            np.testing.assert_array_equal(x_off, x0)
+            np.testing.assert_array_equal(d_off, d0)
+            np.testing.assert_array_equal(d1, d0)
+            columns = np.flatnonzero((x1 != x0).any(axis=(0, 1)))
+            left, right = int(columns.min()), int(columns.max()) + 1
+            assert list(columns) == list(range(left, right)) and right - left <= max(int((64 - left) * 0.75), 1)
+            expected = normalize(np.repeat((d0 * np.float32(255 / d0.max()))[..., None], 3, axis=-1))
+            np.testing.assert_allclose(x1[:, :, left:right], expected[:, :, left:right], rtol=1e-6, atol=1e-6)
+            np.testing.assert_array_equal(np.delete(x1, columns, axis=2), np.delete(x0, columns, axis=2))
+            strips.add((left, right))
+    assert len(strips) > 10  # the strip moves and changes width with the epoch and the image
+
+
 @pytest.mark.slow
 def test_glpn_fine_tunes_on_stereo_depth_and_eval_reproduces_the_validation(stereo, tmp_path, capsys):
-    """`pvtkit train --task depth` learns (the loss falls), keeps the best epoch by delta1, writes a model that loads
-    as a depth model; `pvtkit eval` on it gives the validation numbers the trainer recorded for that epoch."""
+    """`pvtkit train --task depth` learns (the loss falls; validation delta1 reaches 0.35: 0.468 measured, the same
+    on 1, 2 and 4 threads, from 0.041 after the first epoch), keeps the best epoch by delta1, writes a model that
+    loads as a depth model; `pvtkit eval` on it gives the validation numbers the trainer recorded for that epoch.
+
+    The model is tiny (0.2M parameters, random encoder) and the data 8 crops of one scene: predicting the training
+    maps' median depth everywhere scores delta1 0.55 on these 4 validation crops, so 0.35 says the run learns, not
+    that it has learnt depth."""
     torch.manual_seed(0)
     start = tmp_path / "start"
     pvtkit.GLPNForDepthEstimation(pvtkit.GLPNConfig(**ENCODER, decoder_hidden_size=16)).save_pretrained(start)
@@ -130,13 +168,13 @@ def test_glpn_fine_tunes_on_stereo_depth_and_eval_reproduces_the_validation(ster
             "--output",
             str(out),
             "--epochs",
-            "4",
+            "20",
             "--batch-size",
-            "4",
+            "2",
             "--image-size",
             "64",
             "--lr",
-            "2e-3",
+            "1e-3",
             "--max-depth",
             "10",
             "--num-workers",
@@ -146,9 +184,11 @@ def test_glpn_fine_tunes_on_stereo_depth_and_eval_reproduces_the_validation(ster
     )
     assert code == 0, capsys.readouterr().err
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(history) == 4 and history[-1]["train_loss"] < history[0]["train_loss"]
+    assert len(history) == 20 and history[-1]["train_loss"] < history[0]["train_loss"]
     assert all(math.isfinite(h["val_abs_rel"]) and 0 <= h["val_delta1"] <= 1 for h in history)
     best = max(history, key=lambda h: h["val_delta1"])
+    assert history[0]["val_delta1"] < 0.1 and best["val_delta1"] >= 0.35, [h["val_delta1"] for h in history]
+    assert best["val_abs_rel"] < 0.45 < history[0]["val_abs_rel"]  # 0.315 measured, from 1.66
     model = pvtkit.AutoModelForDepthEstimation.from_pretrained(out)
     assert isinstance(model, pvtkit.GLPNForDepthEstimation)
     capsys.readouterr()
@@ -180,11 +220,13 @@ def test_glpn_fine_tunes_on_stereo_depth_and_eval_reproduces_the_validation(ster
 
 
 def test_depth_settings_belong_to_the_depth_task(stereo, tmp_path, capsys):
-    assert (
-        main(["train", "--data", str(stereo), "--arch", "b0", "--output", str(tmp_path / "x"), "--depth-scale", "256"])
-        == 2
-    )
+    common = ["train", "--data", str(stereo), "--arch", "b0", "--output", str(tmp_path / "x")]
+    assert main([*common, "--depth-scale", "256"]) == 2
     assert "depth-scale: only for task depth-estimation" in capsys.readouterr().err
+    assert main([*common, "--cutdepth", "1"]) == 2
+    assert "cutdepth: only for task depth-estimation" in capsys.readouterr().err
+    assert main([*common, "--task", "depth", "--cutdepth", "1.5"]) == 2
+    assert "cutdepth must be a probability in [0, 1], got 1.5" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

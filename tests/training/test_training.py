@@ -491,6 +491,38 @@ def test_learning_rate_warms_up_linearly_then_decays_as_a_cosine():
     assert learning_rate(0, 1.0, 0, 10) == 1.0
 
 
+def test_learning_rate_onecycle_is_pytorchs_one_cycle_schedule_step_by_step():
+    """`--schedule onecycle`: `OneCycleLR`'s rates (cosine annealing, two phases, div factors 25 and 1e4), its
+    warmup the run's (pct_start = warmup_steps / total_steps), or 30% of the steps without one."""
+    for base_lr, warmup, total in ((1e-4, 4, 20), (2e-3, 2, 7), (1.0, 0, 50), (3e-4, 30, 100), (1e-4, 0, 13)):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+        pct_start = warmup / total if warmup else 0.3
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=base_lr,
+            total_steps=total,
+            pct_start=pct_start,
+            anneal_strategy="cos",
+            three_phase=False,
+            div_factor=25.0,
+            final_div_factor=1e4,
+        )
+        expected = []
+        for _ in range(total):
+            expected.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step() if len(expected) < total else None
+        ours = [learning_rate(s, base_lr, warmup, total, "onecycle") for s in range(total)]
+        assert ours == pytest.approx(expected, rel=1e-9, abs=0), (base_lr, warmup, total)
+        assert ours[0] == pytest.approx(base_lr / 25) and max(ours) <= base_lr * (1 + 1e-12)
+        assert not warmup or ours[warmup - 1] == pytest.approx(base_lr, rel=1e-9)
+        assert ours[-1] == pytest.approx(base_lr / 25 / 1e4, rel=1e-9)
+        assert learning_rate(total + 5, base_lr, warmup, total, "onecycle") == ours[-1]
+    # one warmup step (OneCycleLR divides by zero there): the peak at once, then the same annealing
+    ones = [learning_rate(s, 1.0, 1, 5, "onecycle") for s in range(5)]
+    assert ones[0] == 1.0 and all(a > b for a, b in zip(ones, ones[1:])) and ones[-1] == pytest.approx(1 / 25 / 1e4)
+
+
 def test_random_resized_crop_stays_inside_with_the_asked_area_and_ratio():
     rng = np.random.default_rng(0)
     for width, height in ((8, 8), (300, 200), (50, 400)):

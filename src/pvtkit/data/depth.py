@@ -200,13 +200,23 @@ def load_depth_data(
 class DepthTrainTransform:
     """GLPN's training augmentation on an image and its depth map together: the short side resized to `size` x a
     ratio in `scale_range` (the map by nearest neighbour, so invalid pixels stay invalid), a random `size` x `size`
-    crop, a horizontal flip, then the processor's rescaling and normalisation. Randomness is a function of (seed,
-    epoch, index) only."""
+    crop, a horizontal flip, with probability `cutdepth` GLPN's vertical CutDepth (`cut_depth_strip`), then the
+    processor's rescaling and normalisation. Randomness is a function of (seed, epoch, index) only; with `cutdepth`
+    0 no draw is added, so the output is the one without it."""
 
-    def __init__(self, processor: Any, size: int, hflip: bool, seed: int, scale_range: Sequence[float] = (1.0, 1.25)):
+    def __init__(
+        self,
+        processor: Any,
+        size: int,
+        hflip: bool,
+        seed: int,
+        scale_range: Sequence[float] = (1.0, 1.25),
+        cutdepth: float = 0.0,
+    ):
         from .transforms import Normalize
 
         self.size, self.hflip, self.seed, self.scale_range = size, hflip, seed, tuple(scale_range)
+        self.cutdepth = float(cutdepth)
         self.resample, self.normalize = int(processor.resample), Normalize(processor)
 
     def __call__(
@@ -225,7 +235,30 @@ class DepthTrainTransform:
         depth = depth[top : top + S, left : left + S]
         if self.hflip and rng.random() < 0.5:
             x, depth = x[:, ::-1], depth[:, ::-1]
+        if self.cutdepth > 0 and rng.random() < self.cutdepth:
+            left, width = cut_depth_strip(S, rng)
+            x = x.copy()
+            x[:, left : left + width] = scaled_depth(depth[:, left : left + width], depth)[..., None]
         return self.normalize(x), np.ascontiguousarray(depth)
+
+
+CUTDEPTH_WIDTH = 0.75  # GLPN's p: the strip is at most this share of the width right of its left edge
+
+
+def cut_depth_strip(width: int, rng: np.random.Generator) -> tuple[int, int]:
+    """GLPN's vertical CutDepth strip (Kim et al. 2022, after Ishii & Yamashita 2021) in an image `width` wide:
+    left edge `l = int(a W)`, width `max(int((W - a W) b p), 1)` with `a, b ~ U(0, 1)` and `p = 0.75`; full
+    height. Returns `(left, strip width)`."""
+    a, b = rng.random(), rng.random()
+    left = min(int(a * width), width - 1)
+    return left, max(int((width - a * width) * b * CUTDEPTH_WIDTH), 1)
+
+
+def scaled_depth(values: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Depths as image intensities: `values * 255 / depth.max()` (the map's nearest depth dark, its farthest
+    white, no measurement 0), what CutDepth pastes into the image before its normalisation."""
+    top = float(depth.max())
+    return values * np.float32(255.0 / top) if top > 0 else np.zeros_like(values)
 
 
 class DepthPairDataset(Dataset):

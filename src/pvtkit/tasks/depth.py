@@ -1,7 +1,8 @@
 """Monocular depth estimation: an image in, metres per pixel out (GLPN); trained with GLPN's recipe (AdamW, poly
-decay, random scale + crop + flip of image and depth map together, the scale-invariant log loss on valid pixels),
-measured in AbsRel, RMSE, delta < 1.25 and the other standard metrics (`evaluation.depth_metrics`); served as an
-FP32 depth map (V2) or summary statistics and a 16-bit PNG (V1, `/predict`)."""
+decay, random scale + crop + flip of image and depth map together, CutDepth on request, the scale-invariant log
+loss on valid pixels), measured in AbsRel, RMSE, delta < 1.25 and the other standard metrics
+(`evaluation.depth_metrics`); served as an FP32 depth map (V2) or summary statistics and a 16-bit PNG (V1,
+`/predict`)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ class DepthTask(Task):
     title = "depth estimation"
     output_name = "predicted_depth"
     trainable = True
-    # GLPN's paper: AdamW, lr 1e-4 with a poly (power 0.9 there; linear here) decay, weight decay 1e-4 (fine-tuning
-    # from an ImageNet encoder; the new decoder learns at the same rate).
+    # GLPN's paper: AdamW, lr 1e-4, weight decay 1e-4 (fine-tuning from an ImageNet encoder; the new decoder learns
+    # at the same rate). Its one-cycle (3e-5 -> 1e-4 -> 3e-5, poly 0.9 each half) is neither `poly` nor `onecycle`
+    # (PyTorch's OneCycleLR); poly stays the default (README "Depth fine-tuning").
     recipe = {"weight_decay": 1e-4, "schedule": "poly", "batch_size": 8, "lr_from_scratch": 1e-3, "lr_fine_tune": 1e-4}
-    settings = {"depth_scale": 1000.0, "min_depth": 1e-3, "max_depth": None}
+    # `cutdepth`: the probability of GLPN's vertical CutDepth (0: off; `data.depth.cut_depth_strip`)
+    settings = {"depth_scale": 1000.0, "min_depth": 1e-3, "max_depth": None, "cutdepth": 0.0}
     default_image_size = 448
     best_metric = "val_delta1"
     metric_title = "delta < 1.25"
@@ -67,7 +70,9 @@ class DepthTask(Task):
     def train_dataset(self, samples: list[Any], processor: Any, settings: Mapping[str, Any]) -> Any:
         from ..data.depth import DepthPairDataset, DepthTrainTransform
 
-        transform = DepthTrainTransform(processor, settings["image_size"], settings["hflip"], settings["seed"])
+        transform = DepthTrainTransform(
+            processor, settings["image_size"], settings["hflip"], settings["seed"], cutdepth=settings["cutdepth"]
+        )
         return DepthPairDataset(samples, transform, self._read(settings))
 
     def train_loss(self, output: Any, labels: Any, weights: Any, settings: Mapping[str, Any]) -> tuple[Any, Any, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 from .. import tasks
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 weights always; bf16 / fp16: autocast computes in that dtype
-SCHEDULES = ("cosine", "poly")
+SCHEDULES = ("cosine", "poly", "onecycle")
 
 # The settings that define a run's schedule and result: stored with the checkpoint, and a resumed run must keep
 # them. None in `TrainingArguments` means "the default below, or the resumed run's own value".
@@ -95,7 +95,9 @@ class TrainingArguments:
         hflip: Random horizontal flips (default True).
         max_grad_norm: Clip the gradient norm to this (0: no clipping; default 1.0).
         schedule: After the warmup, `cosine` decay (classification's default) or `poly` (linear decay to 0,
-            SegFormer's polynomial schedule of power 1; segmentation's default).
+            SegFormer's polynomial schedule of power 1; segmentation's and depth's default), or `onecycle`
+            (PyTorch's `OneCycleLR`: from lr/25 up to lr over the warmup, or 30% of the steps without one, then a
+            cosine down to lr/25/1e4).
         head_lr_scale: The head's learning rate is this many times `lr` (default 1; 10 for segmentation, as
             SegFormer's decode head).
         reduce_labels: Segmentation: mask value 0 is "other" (ignored) and k means class k - 1 (ADE20K).
@@ -109,6 +111,8 @@ class TrainingArguments:
             256; .npy and float TIFF maps are metres already).
         min_depth, max_depth: Depth: ground truth outside is "no measurement"; predictions are clipped to it in the
             metrics (max default: the model's `max_depth`, GLPN's 10 m NYU / 80 m KITTI).
+        cutdepth: Depth: the probability of GLPN's vertical CutDepth on a training pair (a random full-height strip
+            of the image replaced by the depth map scaled to the image's 0-255 range; 0 = off, the default).
         precision: `fp32`, `bf16` (autocast) or `fp16` (autocast with loss scaling; CUDA only).
         grad_accum: Split each process's share of a step into this many micro-batches (saves memory; the
             result does not change).
@@ -249,7 +253,9 @@ class TrainingArguments:
         metadata={
             "group": RECIPE,
             "choices": SCHEDULES,
-            "help": f"decay after the warmup; poly is linear to 0 (default: {_defaults('schedule')})",
+            "help": "decay after the warmup; poly is linear to 0; onecycle is PyTorch's OneCycleLR (lr/25 up to lr "
+            f"over the warmup, or 30% of the steps without one, then a cosine to lr/25/1e4) (default: "
+            f"{_defaults('schedule')})",
         },
     )
     head_lr_scale: float | None = field(
@@ -325,6 +331,16 @@ class TrainingArguments:
             "group": DEPTH,
             "help": "ground truth above this is no measurement, and predictions are clipped to it in the "
             "metrics (default: the model's max_depth: GLPN's 10 m NYU, 80 m KITTI)",
+        },
+    )
+    cutdepth: float | None = field(
+        default=None,
+        metadata={
+            "group": DEPTH,
+            "metavar": "P",
+            "help": "with probability P, GLPN's vertical CutDepth: a random full-height strip of the training image "
+            "is replaced by its depth map (x 255 / the crop's largest depth) before normalisation; 0 = off "
+            f"(default: {RUN_DEFAULTS['cutdepth']:g})",
         },
     )
     precision: str = field(
@@ -418,6 +434,7 @@ class TrainingArguments:
             ("depth_scale", lambda v: v > 0, "positive"),
             ("min_depth", lambda v: v > 0, "positive"),
             ("max_depth", lambda v: v > (self.min_depth or 0), "greater than min-depth"),
+            ("cutdepth", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
         ]
         for name, ok, expected in checks:
             value = getattr(self, name)

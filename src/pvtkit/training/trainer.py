@@ -146,15 +146,39 @@ class TrainResult:
 # ---- augmentation, sampling, schedule ----------------------------------------------------------------------------
 
 
+ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV, ONE_CYCLE_PCT = 25.0, 1e4, 0.3  # PyTorch's OneCycleLR defaults
+
+
 def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
     """Linear warmup to `base_lr` over `warmup_steps`, then decay towards 0 at `total_steps`: a cosine, or
-    `poly` (power 1: a straight line, SegFormer's schedule)."""
+    `poly` (power 1: a straight line, SegFormer's schedule). `onecycle` is PyTorch's `OneCycleLR` (cosine
+    annealing, two phases): from `base_lr / 25` up to `base_lr` over `warmup_steps` (0: 30% of the steps), then
+    down to `base_lr / 25 / 1e4` at the last step, both by a half cosine."""
+    if schedule == "onecycle":
+        return one_cycle(step, base_lr, warmup_steps, total_steps)
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if schedule == "poly":
         return base_lr * (1.0 - progress)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def one_cycle(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """`torch.optim.lr_scheduler.OneCycleLR(max_lr=base_lr, total_steps=total_steps, pct_start=warmup_steps /
+    total_steps, anneal_strategy="cos", three_phase=False)`'s rate at `step` (0: the first optimizer step), computed
+    as it computes it; steps past the end keep the last rate."""
+    start, low = base_lr / ONE_CYCLE_DIV, base_lr / ONE_CYCLE_DIV / ONE_CYCLE_FINAL_DIV
+    pct_start = warmup_steps / total_steps if warmup_steps else ONE_CYCLE_PCT
+    peak, last = float(pct_start * total_steps) - 1, float(total_steps - 1)
+    step = min(step, total_steps - 1)
+
+    def anneal(a: float, b: float, pct: float) -> float:
+        return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+    if step <= peak:
+        return anneal(start, base_lr, step / peak) if peak > 0 else base_lr
+    return anneal(base_lr, low, (step - peak) / (last - peak)) if last > peak else low
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict[str, Any]]:

@@ -438,3 +438,29 @@ def test_torchrun_two_processes_train_the_same_depth_model_as_one(
     for key in ("train_loss", "train_delta1", "lr", *VAL_KEYS):
         assert [h[key] for h in h2] == pytest.approx([h[key] for h in h1], rel=1e-4, abs=1e-5), key
     assert max_weight_difference(one / "model.safetensors", two / "model.safetensors") < 1e-3
+
+
+def test_the_depth_training_loss_and_metric_are_means_over_images():
+    """What the trainer divides by is images: the summed per-image SILog over the images with a valid pixel (an
+    unreadable one, weight 0, and one without ground truth leave it), and each image's delta1 share."""
+    from types import SimpleNamespace
+
+    from pvtkit import tasks
+    from pvtkit.losses import silog_loss
+
+    torch.manual_seed(0)
+    predicted = torch.rand(4, 6, 5) * 5 + 0.5
+    labels = torch.rand(4, 6, 5) * 5 + 0.5
+    labels[0, :3] = 0  # part of image 0 has no measurement
+    labels[2] = 0  # image 2 has none
+    weights = torch.tensor([1.0, 1.0, 1.0, 0.0])  # image 3 could not be read
+    loss, hits, count = tasks.get("depth").train_loss(SimpleNamespace(predicted_depth=predicted), labels, weights, {})
+    assert count.item() == 2
+    expected = [silog_loss(predicted[i][None], labels[i][None]) for i in (0, 1)]
+    assert loss.item() == pytest.approx(sum(e.item() for e in expected), rel=1e-6)
+    shares = []
+    for i in (0, 1):
+        valid = labels[i] > 0
+        ratio = torch.maximum(predicted[i] / labels[i], labels[i] / predicted[i])[valid]
+        shares.append((ratio < 1.25).double().mean().item())
+    assert hits.item() == pytest.approx(sum(shares), rel=1e-6)

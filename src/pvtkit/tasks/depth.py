@@ -77,7 +77,9 @@ class DepthTask(Task):
 
     def train_loss(self, output: Any, labels: Any, weights: Any, settings: Mapping[str, Any]) -> tuple[Any, Any, Any]:
         """Per image: the model's own scale-invariant log loss over its valid pixels (images without one, or
-        unreadable, weigh 0); the train metric is delta < 1.25 over the valid pixels."""
+        unreadable, weigh 0); the train metric is each image's share of valid pixels with delta < 1.25. Both are
+        summed over the images that count, and what they count is images (the record's `train_loss` and
+        `train_delta1` are means over images, as the validation's)."""
         import torch
 
         from ..losses import silog_loss
@@ -89,8 +91,9 @@ class DepthTask(Task):
         loss = torch.stack(losses).sum() if losses else predicted.sum() * 0.0
         with torch.no_grad():
             ratio = torch.maximum(predicted / labels.clamp(min=1e-6), labels / predicted.clamp(min=1e-6))
-            hits = ((ratio < 1.25) & valid).sum()
-        return loss, hits, valid.sum()
+            shares = ((ratio < 1.25) & valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
+            hits = (shares * has).sum()
+        return loss, hits, has.sum()
 
     def loss_units(self, micro_batches: list[Any]) -> Any:
         """Per image with a valid depth: the loss is a mean of per-image losses over the global batch."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -14,6 +16,24 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# `pvtkit` under torchrun, two processes on this machine: the command's start, its arguments follow.
+TORCHRUN_PVTKIT = (
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node",
+    "2",
+    "-m",
+    "pvtkit",
+)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    """A training run's `metrics.jsonl`, one record per epoch."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 FP32_RTOL = 1e-5
 
 

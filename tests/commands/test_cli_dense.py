@@ -20,7 +20,7 @@ import pvtkit
 from pvtkit.cli import main
 from pvtkit.pipelines import slide_windows
 
-from helpers import assert_close
+from helpers import TORCHRUN_PVTKIT, assert_close
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 LABELS = {0: "sky", 1: "cat", 2: "cup", 3: "road", 4: "tree"}
@@ -224,14 +224,7 @@ def test_segment_usage_errors(seg_dir, photos, tmp_path, capsys):
 @pytest.mark.slow
 def test_segment_under_torchrun_shards_and_matches_one_process(seg_dir, photos, tmp_path):
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pvtkit",
+        *TORCHRUN_PVTKIT,
         "segment",
         str(photos),
         "-m",

@@ -28,7 +28,7 @@ import pvtkit
 from pvtkit.analysis import key_grid
 from pvtkit.cli import main
 
-from helpers import lay_out_hub_cache
+from helpers import TORCHRUN_PVTKIT, lay_out_hub_cache
 
 TINY_PVT = dict(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4))
 LABELS = {0: "cat", 1: "dog", 2: "cup", 3: "rocket", 4: "coin", 5: "camera"}
@@ -235,14 +235,7 @@ def test_untrained_head_is_refused(tmp_path):
 def test_classify_under_torchrun_shards_and_writes_one_ordered_output(pvt_dir, photos, tmp_path):
     out = tmp_path / "dist.jsonl"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pvtkit",
+        *TORCHRUN_PVTKIT,
         "classify",
         str(photos),
         "--model",

@@ -23,7 +23,7 @@ from pvtkit.data.folders import DatasetError, LayoutError
 from pvtkit.evaluation import depth_metrics
 
 from helpers import REPO as ROOT
-from helpers import kill_training_at_step, stereo_depth_dataset
+from helpers import TORCHRUN_PVTKIT, kill_training_at_step, read_metrics, stereo_depth_dataset
 
 ENCODER = dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4])
 
@@ -336,18 +336,6 @@ def tiny_glpn_no_drop(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def depth_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
     return [
         "train",
@@ -420,14 +408,7 @@ def test_torchrun_two_processes_train_the_same_depth_model_as_one(
     one, two, model = tmp_path / "one", tmp_path / "two", tiny_glpn_no_drop
     assert main(depth_args(stereo_small, model, one, "--epochs", "2")) == 0
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pvtkit",
+        *TORCHRUN_PVTKIT,
         *depth_args(stereo_small, model, two, "--epochs", "2"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

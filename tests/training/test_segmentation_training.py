@@ -32,7 +32,7 @@ from pvtkit.evaluation import SegmentationMetric
 from pvtkit.training import learning_rate, parameter_groups
 
 from helpers import REPO as ROOT
-from helpers import kill_training_at_step
+from helpers import TORCHRUN_PVTKIT, kill_training_at_step, read_metrics
 
 CLASSES = ["background", *(str(d) for d in range(10))]
 
@@ -133,18 +133,6 @@ def tiny_seg_no_dropout(tmp_path_factory) -> Path:
     return save_tiny_segformer(
         tmp_path_factory.mktemp("models") / "tiny-seg-nd", classifier_dropout_prob=0.0, drop_path_rate=0.0
     )
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def tiny_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
@@ -578,14 +566,7 @@ def test_torchrun_two_processes_train_the_same_segmentation_model_as_one(
     one, two, model = tmp_path / "one", tmp_path / "two", tiny_seg_no_dropout
     assert cli(tiny_args(small, model, one, "--epochs", "2")) == 0
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pvtkit",
+        *TORCHRUN_PVTKIT,
         *tiny_args(small, model, two, "--epochs", "2"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -31,7 +31,7 @@ from pvtkit.evaluation import draw_confusion_matrix, evaluate
 from pvtkit.training import learning_rate
 
 from helpers import REPO as ROOT
-from helpers import kill_training_at_step
+from helpers import TORCHRUN_PVTKIT, kill_training_at_step, read_metrics
 
 
 def write_digits(root: Path, classes=range(10), per_class: int | None = None) -> Path:
@@ -92,19 +92,6 @@ def tiny_vit(tmp_path_factory) -> Path:
     pvtkit.ViTForImageClassification(config).save_pretrained(path)
     pvtkit.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models train fastest on one thread, and a second one only fights other work for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def tiny_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
@@ -277,14 +264,7 @@ def test_torchrun_two_processes_match_one_process(small, tiny_pvt, tmp_path, one
     one, two = tmp_path / "one", tmp_path / "two"
     assert cli(tiny_args(small, tiny_pvt, one, "--epochs", "2")) == 0
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pvtkit",
+        *TORCHRUN_PVTKIT,
         *tiny_args(small, tiny_pvt, two, "--epochs", "2"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -734,22 +734,38 @@ def depth_metrics(
         return None
     p = predicted[valid].double()
     t = target[valid].double()
-    if median_scaling:
-        p = p * (_median(t) / _median(p))
-    p = p.clamp(min=min_depth, max=max_depth)
+    p = as_measured(p, t, p, min_depth, max_depth, median_scaling)
     ratio = torch.maximum(p / t, t / p)
     d = torch.log(p) - torch.log(t)
-    return {
-        "abs_rel": ((p - t).abs() / t).mean().item(),
-        "sq_rel": ((p - t) ** 2 / t).mean().item(),
-        "rmse": ((p - t) ** 2).mean().sqrt().item(),
-        "rmse_log": (d**2).mean().sqrt().item(),
-        "log10": (torch.log10(p) - torch.log10(t)).abs().mean().item(),
-        "delta1": (ratio < 1.25).double().mean().item(),
-        "delta2": (ratio < 1.25**2).double().mean().item(),
-        "delta3": (ratio < 1.25**3).double().mean().item(),
-        "silog": (100 * ((d**2).mean() - d.mean() ** 2).clamp(min=0).sqrt()).item(),
-    }
+    values = torch.stack(
+        (
+            ((p - t).abs() / t).mean(),
+            ((p - t) ** 2 / t).mean(),
+            ((p - t) ** 2).mean().sqrt(),
+            (d**2).mean().sqrt(),
+            (torch.log10(p) - torch.log10(t)).abs().mean(),
+            (ratio < 1.25).double().mean(),
+            (ratio < 1.25**2).double().mean(),
+            (ratio < 1.25**3).double().mean(),
+            100 * ((d**2).mean() - d.mean() ** 2).clamp(min=0).sqrt(),
+        )
+    )
+    return dict(zip(DEPTH_METRICS, values.tolist()))  # one transfer from the device, not one per metric
+
+
+def as_measured(
+    predicted: torch.Tensor,
+    counted_target: torch.Tensor,
+    counted_predicted: torch.Tensor,
+    min_depth: float,
+    max_depth: float | None,
+    median_scaling: bool,
+) -> torch.Tensor:
+    """A prediction as the metrics see it: with `median_scaling`, scaled by median(target) / median(prediction) over
+    the counted pixels, then clipped to `[min_depth, max_depth]`."""
+    if median_scaling:
+        predicted = predicted * (_median(counted_target) / _median(counted_predicted))
+    return predicted.clamp(min=min_depth, max=max_depth)
 
 
 @dataclass
@@ -938,9 +954,9 @@ class DepthEvaluator:
         """What `draw_depth_worst` needs of one image, on the CPU: its maps, the prediction as the metrics saw it
         (median-scaled if asked, clipped), and which pixels they counted."""
         shown = predicted.double()
-        if self.median_scaling:
-            shown = shown * (_median(target[counted].double()) / _median(shown[counted]))
-        shown = shown.clamp(min=self.min_depth, max=self.max_depth)
+        shown = as_measured(
+            shown, target[counted].double(), shown[counted], self.min_depth, self.max_depth, self.median_scaling
+        )
         return {
             "path": path,
             "index": position,

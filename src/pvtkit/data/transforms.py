@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from ..processing import fixed_size
+from ..processing import fixed_size, nearest_indices
 from .folders import IGNORE_INDEX
 
 
@@ -72,11 +72,10 @@ class TrainTransform:
 
 
 def nearest_resize(labels: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize a label map by nearest neighbour (pixel centres, as PIL's NEAREST): never a value between classes."""
+    """Resize a label (or depth) map by nearest neighbour (pixel centres, as PIL's NEAREST): never a value between
+    classes, never an invalid depth mixed into valid ones."""
     h, w = labels.shape
-    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-    return labels[rows[:, None], cols[None, :]]
+    return labels[np.ix_(nearest_indices(h, height), nearest_indices(w, width))]
 
 
 def photometric_distortion(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -34,6 +34,17 @@ def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def same_state(a: Path, b: Path, atol: float) -> float:
+    """Largest absolute difference between two safetensors files with the same keys (asserted at most `atol`)."""
+    from safetensors.torch import load_file
+
+    sa, sb = load_file(a), load_file(b)
+    assert sa.keys() == sb.keys()
+    worst = max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
+    assert worst <= atol, f"weights differ by {worst:.3g} > {atol:g}"
+    return worst
+
+
 FP32_RTOL = 1e-5
 
 
@@ -135,3 +146,129 @@ def stereo_depth_dataset(root: Path, train: int = 8, val: int = 4, size: int = 9
             crop = depth[window][1::3, 1::3]  # nearest: never a mix of valid and invalid pixels
             PIL.Image.fromarray(np.round(crop * 1000).astype(np.uint16)).save(root / split / "depths" / f"{i:03d}.png")
     return root
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def detection_dataset(
+    root: Path,
+    n_train: int = 8,
+    n_val: int = 4,
+    size: tuple[int, int] = (96, 128),
+    seed: int = 0,
+    digits: tuple[int, ...] = (0, 1, 2),
+    first_category_id: int = 1,
+    image_format: str = "png",
+    noise: bool = True,
+) -> Path:
+    """A COCO-format detection dataset of real handwritten digits (scikit-learn's 8x8 ones, upscaled to 10-50% of
+    the shorter side, a little taller or wider) in dark ink on light canvases, 1-3 digits per image at places that
+    keep 3 pixels apart, every fourth image empty: `root/{train,val}/NNN.png` and
+    `root/annotations/instances_{train,val}.json`. A box is the tight box of the ink (the upscaled digit's intensity
+    above 35% of its maximum), the ink is blended over the canvas by that intensity. Digit d is category
+    `first_category_id + its position in digits`, named in words ("zero"), and the categories are listed in reverse
+    order (a reader must sort them by id)."""
+    import numpy as np
+    import PIL.Image
+    from sklearn.datasets import load_digits
+
+    bank = load_digits()
+    rng = np.random.default_rng(seed)
+    height, width = size
+    categories = [
+        {"id": first_category_id + i, "name": DIGIT_NAMES[d], "supercategory": "digit"} for i, d in enumerate(digits)
+    ]
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    annotation_id = 1
+    for split, count in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            canvas = np.full((height, width, 3), rng.uniform(170, 250, size=3), dtype=np.float64)
+            if noise:
+                canvas += rng.normal(0, 8, size=canvas.shape)
+            placed: list[tuple[int, int, int, int]] = []
+            wanted = 0 if i % 4 == 3 else int(rng.integers(1, 4))
+            for _ in range(50 * wanted):
+                if len(placed) == wanted:
+                    break
+                k = int(rng.integers(len(digits)))
+                side = int(rng.integers(max(10, min(size) // 10), max(11, min(size) // 2) + 1))
+                w, h = (side, round(side * rng.uniform(0.8, 1.25)))[:: 1 if rng.random() < 0.5 else -1]
+                h, w = min(h, height - 2), min(w, width - 2)
+                top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+                if any(
+                    left < x1 + 3 and x0 < left + w + 3 and top < y1 + 3 and y0 < top + h + 3
+                    for x0, y0, x1, y1 in placed
+                ):
+                    continue
+                choices = np.flatnonzero(bank.target == digits[k])
+                digit = bank.images[int(rng.choice(choices))] / 16.0
+                alpha = np.asarray(
+                    PIL.Image.fromarray(digit.astype(np.float32)).resize((w, h), PIL.Image.BILINEAR)
+                ).clip(0, 1)
+                alpha = alpha / alpha.max()
+                ys, xs = np.nonzero(alpha > 0.35)
+                ink = rng.uniform(0, 60, size=3)
+                window = canvas[top : top + h, left : left + w]
+                window[:] = window * (1 - alpha[..., None]) + ink * alpha[..., None]
+                x0, y0, x1, y1 = left + xs.min(), top + ys.min(), left + xs.max() + 1, top + ys.max() + 1
+                placed.append((left, top, left + w, top + h))
+                annotations.append(
+                    {
+                        "id": annotation_id,
+                        "image_id": 100 + i,
+                        "category_id": categories[k]["id"],
+                        "bbox": [int(x0), int(y0), int(x1 - x0), int(y1 - y0)],
+                        "area": float((x1 - x0) * (y1 - y0)),
+                        "iscrowd": 0,
+                    }
+                )
+                annotation_id += 1
+            name = f"{i:03d}.{image_format}"
+            PIL.Image.fromarray(canvas.clip(0, 255).round().astype(np.uint8)).save(root / split / name, quality=95)
+            images.append({"id": 100 + i, "file_name": name, "width": width, "height": height})
+        document = {"images": images, "annotations": annotations, "categories": categories[::-1]}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(document, indent=1))
+    return root
+
+
+TINY_PVT_BACKBONE = {
+    "model_type": "pvt_v2",
+    "depths": [1, 1, 1, 1],
+    "hidden_sizes": [16, 32, 48, 64],
+    "num_attention_heads": [1, 2, 3, 4],
+    "mlp_ratios": [2, 2, 2, 2],
+    "out_indices": [1, 2, 3],
+}
+DETECTION_LABELS = {0: "zero", 1: "one", 2: "two"}
+
+
+def tiny_detector(seed: int = 0, **overrides):
+    """A small random Deformable DETR on a small PVTv2, its class heads biased so that some scores pass 0.5."""
+    import pvtkit
+
+    config = pvtkit.DeformableDetrConfig(
+        backbone_config=TINY_PVT_BACKBONE,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=12,
+        num_labels=3,
+        id2label=DETECTION_LABELS,
+        **overrides,
+    )
+    torch.manual_seed(seed)
+    model = pvtkit.DeformableDetrForObjectDetection(config).eval()
+    with torch.no_grad():  # spread the scores around 0.5: the records above the threshold are not empty
+        for name, p in model.named_parameters():
+            if "class_embed" in name and name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 0.5)
+            elif "class_embed" in name:
+                p.normal_(0, 0.5)
+    return model

@@ -164,9 +164,8 @@ def test_hostile_truncated_and_foreign_files_get_clear_errors(tmp_path):
         PvtV2Model.from_pretrained(tmp_path / "cut.safetensors")
 
     save_file({"fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}, tmp_path / "resnet.safetensors")
-    with pytest.raises(
-        ValueError, match=r"resnet\.safetensors is not a PVTv2, ViT, SegFormer or GLPN checkpoint.*fc\.weight"
-    ):
+    # the message names every registered family ("a PVTv2, ViT, ... or GLPN checkpoint")
+    with pytest.raises(ValueError, match=r"resnet\.safetensors is not a PVTv2, ViT, .*GLPN.* checkpoint.*fc\.weight"):
         PvtV2Model.from_pretrained(tmp_path / "resnet.safetensors")
 
     state, _, _ = fixture("timm_vit_tiny")

@@ -88,6 +88,7 @@ BELOW_MODELS = (
     "convert",
     "layers",
     "losses",
+    "boxes",
     "cpu_kernels",
     "_files",
     "_lazy",

@@ -123,6 +123,12 @@ class AutoModelForDepthEstimation(_AutoModel):
     task = "depth-estimation"
 
 
+class AutoModelForObjectDetection(_AutoModel):
+    """`DeformableDetrForObjectDetection`."""
+
+    task = "object-detection"
+
+
 class AutoBackbone(_AutoModel):
     """Multi-scale backbones: `PvtV2Backbone`."""
 
@@ -138,6 +144,7 @@ AUTO_CLASSES: dict[str, type[_AutoModel]] = {
         AutoModelForMaskedImageModeling,
         AutoModelForSemanticSegmentation,
         AutoModelForDepthEstimation,
+        AutoModelForObjectDetection,
         AutoBackbone,
     )
 }
@@ -236,7 +243,12 @@ def _sizing(processor: Any) -> str:
     size = processor.size
     if size is None:
         return f"sides to multiples of {processor.size_divisor}"
-    return f"shortest edge {size['shortest_edge']}" if "shortest_edge" in size else f"{size['height']}x{size['width']}"
+    if "shortest_edge" in size:
+        longest = f", longest {size['longest_edge']}" if size.get("longest_edge") else ""
+        return f"shortest edge {size['shortest_edge']}{longest}"
+    if "max_height" in size:
+        return f"within {size['max_height']}x{size['max_width']}"
+    return f"{size['height']}x{size['width']}"
 
 
 def image_processor_for(source: str | os.PathLike, model: Any, use_fast: bool = False, **hub_options: Any) -> Any:

@@ -54,8 +54,8 @@ def configure_process(argv: Sequence[str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pvtkit",
-        description="PVTv2, SegFormer, GLPN and ViT from the command line: classify and segment images, estimate "
-        "depth, extract features, inspect, fine-tune, evaluate, convert and export checkpoints (Hugging Face, "
+        description="PVTv2, SegFormer, GLPN, Deformable DETR and ViT from the command line: classify and segment "
+        "images, estimate depth, detect objects, extract features, inspect, fine-tune, evaluate, convert and export checkpoints (Hugging Face, "
         "timm, the original PVT and SegFormer releases, mmsegmentation). "
         "Run `pvtkit COMMAND --help` for each command.",
         formatter_class=HelpFormatter,

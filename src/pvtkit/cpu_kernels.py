@@ -15,7 +15,8 @@ PyTorch op or a faster formulation of the same maths:
 * **fused** (fp32 CPU inference only): the depth-wise conv and the exact GELU in one oneDNN call (the fused kernel
   Inductor uses: the largest tensor is written once instead of twice), and the spatial-reduction conv (kernel =
   stride) as one matmul over gathered windows on inputs up to `small_bytes` (no oneDNN per-call layout work:
-  0.43 -> 0.11 ms per stage-1 call of B0 at batch 1).
+  0.43 -> 0.11 ms per stage-1 call of B0 at batch 1); and Deformable DETR's bilinear sampling as one embedding
+  bag (`deformable_sampling`: 7x faster than `grid_sample` at 800x1333).
 * **recompute** (fp32 CPU training): PVTv2's MLP runs in pieces and recomputes its hidden activations in its
   backward instead of storing them (`conv_mlp`): they are the model's largest tensors, and tensors that big are
   page-faulted in afresh on every step (PVTv2-B0 at batch 32 on the AVX-512 EPYC: 26.4 img/s and 246 MiB of
@@ -102,7 +103,9 @@ _INFER_BF16 = Paths(
     pieces=True,
 )
 _INFER_FP32 = Paths(
-    "fp32 CPU inference: the MLP in pieces, fused conv + GELU, SR conv as a matmul", pieces=True, fused=True
+    "fp32 CPU inference: the MLP in pieces, fused conv + GELU, SR conv as a matmul, deformable sampling gathered",
+    pieces=True,
+    fused=True,
 )
 
 
@@ -560,3 +563,62 @@ def _hidden_map(
 def _rows(grid: torch.Tensor) -> torch.Tensor:
     """A channels-last `(b, C, h, w)` map as `(b*h*w, C)` rows (a view)."""
     return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1])
+
+
+# ---- multi-scale deformable attention: bilinear samples gathered by one embedding bag ---------------------------
+
+
+def deformable_sampling(
+    value: torch.Tensor, shapes: Sequence[tuple[int, int]], locations: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor | None:
+    """`layers.multi_scale_deformable_attention` in fp32 CPU inference (`choose(value).fused`); None where this path
+    does not apply (the caller runs `grid_sample`).
+
+    Each bilinear sample is four corner reads, so a query-head's output is a weighted sum of `levels x points x 4`
+    rows of the value table: one `F.embedding_bag` (mode "sum", per-sample weights = bilinear x attention weight)
+    over `value` as it lies, `(B*S*heads, head_dim)`, writes the `(B, Q, heads*head_dim)` result directly. Nothing
+    of `grid_sample`'s `(B*heads, head_dim, Q, points)` samples per level, nor the copies of `value` per level, is
+    built. The corners' indices and weights are computed level by level with scalar sizes, the pixel coordinate
+    rounded once from the exact product, as `grid_sample`'s CPU kernel rounds it, so the two agree to ~1e-7.
+    Deformable DETR at 800x1333 on the 2-core AVX-512 EPYC: an encoder layer's sampling ~0.1 s against 0.74 s for
+    transformers' `grid_sample` path (0.63 s for pvtkit's); a decoder layer's, 2 images: 2.4 ms against 37.
+    """
+    if not choose(value).fused or value.dtype != torch.float32 or locations.dtype != torch.float32:
+        return None
+    B, S, heads, dim = value.shape
+    _, Q, _, levels, points, _ = locations.shape
+    if B * S * heads >= 2**31:  # int32 row indices
+        return None
+    _ran("deformable_gather")
+    grid = 2 * locations - 1  # the plain path's grid_sample coordinates, rounded as there
+    index = torch.empty(B, Q, heads, levels, points, 4, dtype=torch.int32)
+    weight = torch.empty(B, Q, heads, levels, points, 4, dtype=value.dtype)
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        g = grid[:, :, :, level].double()  # (B, Q, heads, points, 2)
+        # grid_sample's pixel coordinate ((g + 1) * size - 1) / 2, rounded once; clamped, so the ints below hold it
+        x = (g[..., 0] * (w / 2) + (w - 1) / 2).float().clamp_(-2, w + 1)
+        y = (g[..., 1] * (h / 2) + (h - 1) / 2).float().clamp_(-2, h + 1)
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0
+        a = weights[:, :, :, level]
+        top = (1 - fy) * a * ((y0 >= 0) & (y0 < h))  # attention x row weight x "row inside the map"
+        bottom = fy * a * ((y0 >= -1) & (y0 < h - 1))
+        left = (1 - fx) * ((x0 >= 0) & (x0 < w))
+        right = fx * ((x0 >= -1) & (x0 < w - 1))
+        xi, yi = x0.int(), y0.int()
+        xl, xr = xi.clamp(0, w - 1), (xi + 1).clamp_(0, w - 1)
+        rt = yi.clamp(0, h - 1).mul_(w).add_(start)
+        rb = (yi + 1).clamp_(0, h - 1).mul_(w).add_(start)
+        # the four corners, top-left to bottom-right, written 16 values at a time (points x corners)
+        index[:, :, :, level] = torch.stack((rt + xl, rt + xr, rb + xl, rb + xr), -1)
+        weight[:, :, :, level] = torch.stack((top * left, top * right, bottom * left, bottom * right), -1)
+        start += h * w
+    # row of `value` (B, S, heads, head_dim) seen as (B*S*heads, head_dim): (b * S + s) * heads + head
+    offset = torch.arange(B, dtype=torch.int32).view(B, 1, 1) * (S * heads) + torch.arange(heads, dtype=torch.int32)
+    index.mul_(heads).add_(offset.view(B, 1, heads, 1, 1, 1))
+    bags = B * Q * heads
+    out = F.embedding_bag(
+        index.view(bags, -1), value.reshape(-1, dim), per_sample_weights=weight.view(bags, -1), mode="sum"
+    )
+    return out.view(B, Q, heads * dim)

@@ -153,7 +153,16 @@ class ExportReport:
 def _named(model: nn.Module, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
     """The model's own forward at the input's size (position embeddings interpolated where a family has them), its
     exported outputs by name."""
-    return model.named_outputs(model(pixel_values, return_dict=True, interpolate_pos_encoding=True))
+    options = {"interpolate_pos_encoding": True} if _takes(model, "interpolate_pos_encoding") else {}
+    return model.named_outputs(model(pixel_values, return_dict=True, **options))
+
+
+def _takes(model: nn.Module, option: str) -> bool:
+    """Whether the model's forward has the keyword `option` (a detector's has no position-embedding table to
+    interpolate: its sine embedding is computed at any size)."""
+    import inspect
+
+    return option in inspect.signature(type(model).forward).parameters
 
 
 def _reference(model: nn.Module, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:

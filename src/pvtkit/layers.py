@@ -1,12 +1,12 @@
 """Building blocks every model family shares: activations, stochastic depth, attention, the position-embedding
-resize, the token layout, and adaptive pooling written so that an export keeps it dynamic. The heavy ops themselves
-go through `cpu_kernels`, which decides their fast paths.
+resize, the token layout, adaptive pooling written so that an export keeps it dynamic, and multi-scale deformable
+attention. The heavy ops themselves go through `cpu_kernels`, which decides their fast paths.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -145,3 +145,106 @@ def adaptive_avg_pool2d(x: torch.Tensor, out: int) -> torch.Tensor:
     rows = _pool_matrix(x.shape[-2], out, x)  # (out, H)
     cols = _pool_matrix(x.shape[-1], out, x)  # (out, W)
     return rows @ x @ cols.transpose(0, 1)
+
+
+def multi_scale_deformable_attention(
+    value: torch.Tensor, shapes: Sequence[tuple[int, int]], locations: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """The sampling of multi-scale deformable attention (Zhu et al., "Deformable DETR",
+    https://arxiv.org/abs/2010.04159): each query's heads take `points` bilinear samples of every level's value map
+    and sum them, weighted by their attention weights.
+
+    Args:
+        value: `(B, S, heads, head_dim)`: the levels' maps, each flattened row-major, concatenated (S = sum h*w).
+        shapes: `(h, w)` of each level, in order.
+        locations: `(B, Q, heads, levels, points, 2)`: the samples' `(x, y)`, 0..1 across each level's map; samples
+            reaching outside the map read zeros.
+        weights: `(B, Q, heads, levels, points)`: their attention weights.
+
+    Returns:
+        `(B, Q, heads * head_dim)`.
+
+    Sampling is `F.grid_sample` (bilinear, align_corners=False, zero padding), as transformers' PyTorch path, level
+    by level; each level's weighted sum over its points is added into the result, so no tensor of every level's
+    samples is built (transformers stacks them: 4x the memory of one level). Traced or exported, this is the graph
+    (ONNX: GridSample). CPU inference takes `cpu_kernels.deformable_sampling`, equal up to rounding.
+    """
+    fast = cpu_kernels.deformable_sampling(value, shapes, locations, weights)
+    if fast is not None:
+        return fast
+    B, _, heads, dim = value.shape
+    Q, points = locations.shape[1], locations.shape[4]
+    grids = 2 * locations - 1  # grid_sample's coordinates, -1..1
+    out = None
+    for level, (v, (h, w)) in enumerate(zip(value.split([h * w for h, w in shapes], dim=1), shapes)):
+        v = v.permute(0, 2, 3, 1).reshape(B * heads, dim, h, w)  # (B*heads, head_dim, h, w)
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (B*heads, Q, points, 2)
+        sampled = F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        weight = weights[:, :, :, level].transpose(1, 2).reshape(B * heads, 1, Q, points)
+        term = (sampled * weight).sum(-1)  # (B*heads, head_dim, Q)
+        out = term if out is None else out + term
+    return out.view(B, heads * dim, Q).transpose(1, 2)  # type: ignore[union-attr]  # (B, Q, heads*head_dim)
+
+
+class MultiscaleDeformableAttention(nn.Module):
+    """Multi-scale deformable attention (Deformable DETR's): each query's heads sample `points` locations per level,
+    offset from its reference point by a linear map of the query, and average them with softmax weights (another
+    linear map of the query). Parameter names are the ones transformers' deformable-attention models use.
+
+    Args:
+        dim: Width of queries and values.
+        heads: Heads; must divide `dim`.
+        levels: Feature levels sampled.
+        points: Samples per head and level.
+    """
+
+    def __init__(self, dim: int, heads: int, levels: int, points: int) -> None:
+        super().__init__()
+        self.heads, self.levels, self.points = heads, levels, points
+        self.sampling_offsets = nn.Linear(dim, heads * levels * points * 2)
+        self.attention_weights = nn.Linear(dim, heads * levels * points)
+        self.value_proj, self.output_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The original's init: uniform attention, head h's points 1..points steps along a ray at 2 pi h / heads."""
+        angle = torch.arange(self.heads, dtype=torch.float32) * (2.0 * math.pi / self.heads)
+        ray = torch.stack([angle.cos(), angle.sin()], -1)
+        ray = ray / ray.abs().max(-1, keepdim=True).values  # (heads, 2), on the unit square
+        steps = torch.arange(1, self.points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        self.sampling_offsets.bias.copy_((ray[:, None, None] * steps).expand(-1, self.levels, -1, -1).flatten())
+        nn.init.zeros_(self.sampling_offsets.weight)
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for layer in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        reference: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        shapes: Sequence[tuple[int, int]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`query` `(B, Q, dim)` with `reference` `(B, Q, levels, 2)` points or `(B, Q, levels, 4)` boxes, 0..1 across
+        each level; `value` `(B, S, dim)`: the levels of `shapes`, flattened and concatenated; `mask` `(B, S)`, False
+        on padding (None: none) -> `(B, Q, dim)` and the attention weights `(B, Q, heads, levels, points)`."""
+        B, Q, dim = query.shape
+        heads, levels, points = self.heads, self.levels, self.points
+        v = self.value_proj(value)
+        if mask is not None:
+            v = v.masked_fill_(~mask[..., None], 0.0)  # padding has no value
+        v = v.view(B, -1, heads, dim // heads)  # (B, S, heads, head_dim)
+        offsets = self.sampling_offsets(query).view(B, Q, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(B, Q, heads, levels * points).softmax(-1)
+        weights = weights.view(B, Q, heads, levels, points)
+        ref = reference[:, :, None, :, None]  # (B, Q, 1, levels, 1, 2 or 4)
+        if reference.shape[-1] == 2:  # offsets are in pixels of each level
+            size = torch.tensor([[w, h] for h, w in shapes], dtype=offsets.dtype, device=offsets.device)
+            locations = ref + offsets / size[None, None, None, :, None, :]
+        else:  # offsets are in eighths (points = 4) of the reference box's half size
+            locations = ref[..., :2] + offsets / points * ref[..., 2:] * 0.5
+        out = multi_scale_deformable_attention(v, shapes, locations, weights)
+        return self.output_proj(out), weights

@@ -161,3 +161,54 @@ class DepthEstimatorOutput(ModelOutput):
     predicted_depth: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[Any, ...] | None = None
+
+
+@dataclass
+class DeformableDetrModelOutput(ModelOutput):
+    """Deformable DETR's encoder-decoder output. `last_hidden_state` `(B, Q, d_model)` is the last decoder layer's;
+    `intermediate_hidden_states` `(B, decoder_layers, Q, d_model)` and `intermediate_reference_points`
+    `(B, decoder_layers, Q, 2 or 4)` stack every layer's, `init_reference_points` `(B, Q, 2 or 4)` are the first
+    layer's input. `encoder_last_hidden_state` is `(B, S, d_model)` over the flattened levels. The hidden states
+    are each layer's input and then every layer's output; `encoder_attentions` and `cross_attentions` are the
+    deformable attention weights `(B, queries, heads, levels, points)`, `decoder_attentions` the self-attention's
+    `(B, heads, Q, Q)`. With two-stage, `enc_outputs_class` `(B, S, num_labels)` and `enc_outputs_coord_logits`
+    `(B, S, 4)` score and place the encoder's proposals."""
+
+    init_reference_points: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    intermediate_hidden_states: torch.Tensor | None = None
+    intermediate_reference_points: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    enc_outputs_class: torch.Tensor | None = None
+    enc_outputs_coord_logits: torch.Tensor | None = None
+
+
+@dataclass
+class DeformableDetrObjectDetectionOutput(ModelOutput):
+    """Deformable DETR's detections: `logits` `(B, Q, num_labels)` (sigmoid scores, no "no object" class) and
+    `pred_boxes` `(B, Q, 4)` `(cx, cy, w, h)` normalised to the image (its unpadded part); with labels, the `loss`,
+    its terms (`loss_dict`) and, with `auxiliary_loss`, the other decoder layers' predictions
+    (`auxiliary_outputs`). The other fields are `DeformableDetrModelOutput`'s."""
+
+    loss: torch.Tensor | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
+    last_hidden_state: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    init_reference_points: torch.Tensor | None = None
+    intermediate_hidden_states: torch.Tensor | None = None
+    intermediate_reference_points: torch.Tensor | None = None
+    enc_outputs_class: torch.Tensor | None = None
+    enc_outputs_coord_logits: torch.Tensor | None = None

@@ -993,6 +993,35 @@ def depth_maps(
     return results
 
 
+# ------------------------------------------------------------------------- detection: batches of mixed sizes
+
+
+def pad_batch(
+    images: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(pixel_values (N, C, H, W), pixel_mask (N, H, W) int64)` of channel-first images of different sizes: each at
+    the top left, zeros to the right and below up to the largest height and width (or `size`), the mask 1 on the
+    image and 0 on the padding, as DETR's processors pad."""
+    tensors = [torch.as_tensor(image) for image in images]
+    if not tensors:
+        raise ValueError("pad_batch got no images")
+    for i, t in enumerate(tensors):
+        if t.ndim != 3:
+            raise ValueError(f"image {i} has shape {tuple(t.shape)}; expected (channels, height, width)")
+    height = max(t.shape[1] for t in tensors) if size is None else size[0]
+    width = max(t.shape[2] for t in tensors) if size is None else size[1]
+    first = tensors[0]
+    pixels = first.new_zeros((len(tensors), first.shape[0], height, width))
+    mask = torch.zeros((len(tensors), height, width), dtype=torch.int64, device=first.device)
+    for i, t in enumerate(tensors):
+        h, w = t.shape[1:]
+        if h > height or w > width:
+            raise ValueError(f"image {i} is {h}x{w}, larger than the padded size {height}x{width}")
+        pixels[i, :, :h, :w] = t
+        mask[i, :h, :w] = 1
+    return pixels, mask
+
+
 # `image_processor_type` values (ours and transformers') -> the class that loads them, for Auto dispatch. Each
 # family's processing module registers its own when it is imported; `pvtkit.models.family.IMAGE_PROCESSOR_TYPES`
 # imports them all (this module imports no family).
@@ -1014,6 +1043,7 @@ __all__ = [
     "image_size",
     "label_array",
     "load_image",
+    "pad_batch",
     "register_image_processors",
     "resize_depth",
     "semantic_segmentation",

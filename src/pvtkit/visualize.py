@@ -83,3 +83,34 @@ def titled_strip(panels: Sequence[tuple[str, PIL.Image.Image]], pad: int = 6) ->
         canvas.paste(panel.convert("RGB"), (x, pad + title_h))
         x += panel.width + pad
     return canvas
+
+
+def draw_boxes(
+    image: PIL.Image.Image,
+    boxes: Sequence[Sequence[float]] | np.ndarray,
+    labels: Sequence[str],
+    scores: Sequence[float] | np.ndarray | None = None,
+    class_ids: Sequence[int] | None = None,
+) -> PIL.Image.Image:
+    """A copy of `image` with each box (`xmin, ymin, xmax, ymax` pixels) outlined in its class's colour and captioned
+    "label 0.93" on a filled tag above its top-left corner (inside the box when there is no room above). Colours
+    follow `class_ids` (default: the order of first appearance of each label)."""
+    canvas = image.convert("RGB")
+    draw = PIL.ImageDraw.Draw(canvas)
+    font = PIL.ImageFont.load_default()
+    names = list(dict.fromkeys(labels))
+    ids = list(class_ids) if class_ids is not None else [names.index(label) for label in labels]
+    colours = palette(max(ids, default=0) + 2)[1:]  # palette 0 is black
+    width = max(2, round(min(canvas.size) / 250))
+    for k, (box, label) in enumerate(zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), labels)):
+        colour = tuple(int(c) for c in colours[ids[k]])
+        x0, y0, x1, y1 = (float(v) for v in box)
+        draw.rectangle((x0, y0, max(x1, x0), max(y1, y0)), outline=colour, width=width)
+        caption = label if scores is None else f"{label} {float(scores[k]):.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+        tag_w, tag_h = right - left + 4, bottom - top + 4
+        tag_y = y0 - tag_h if y0 - tag_h >= 0 else y0
+        draw.rectangle((x0, tag_y, x0 + tag_w, tag_y + tag_h), fill=colour)
+        text = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
+        draw.text((x0 + 2 - left, tag_y + 2 - top), caption, fill=text, font=font)
+    return canvas

@@ -37,6 +37,8 @@ import pvtkit
 from pvtkit.cli import main
 from pvtkit.serving import DynamicBatcher, ImageModel, Overloaded, build_app, make_server
 
+from helpers import tiny_detector
+
 pytestmark = pytest.mark.integration  # with the real KServe's model server, Triton's clients
 
 TINY_PVT = dict(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4))
@@ -341,6 +343,64 @@ def test_segmentation_model(server, photos, seg_dir):
     assert {c["id"]: c["pixels"] for c in r["classes"]} == dict(zip(ids.tolist(), counts.tolist()))
     overlay = PIL.Image.open(io.BytesIO(base64.b64decode(r["overlay"].split(",", 1)[1])))
     assert overlay.size == (image.width, image.height)
+
+
+@pytest.fixture(scope="module")
+def detector_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("serve-detr") / "tiny-detr"
+    tiny_detector(seed=2).save_pretrained(path)
+    pvtkit.DeformableDetrImageProcessor(size={"shortest_edge": 96, "longest_edge": 160}).save_pretrained(path)
+    return path
+
+
+def test_detection_model_over_v2_v1_and_predict(detector_dir, photos):
+    """A Deformable DETR answers V2's `boxes` (FP32 [N, K, 4]), `scores` and `labels` (the class ids), padded to the
+    request's most detections with score 0 and label -1, equal to `pvtkit.pipeline("object-detection")`; V1 and
+    `/predict` answer the pipeline's own records, and `/predict?overlay=1` the photo with the boxes drawn."""
+    pipe = pvtkit.pipeline("object-detection", model=str(detector_dir))
+    images = [photos["chelsea.jpg"], photos["astronaut.jpg"]]
+    expected = [pipe(pvtkit.load_image(d)) for d in images]
+    assert expected[0] and len(expected[0]) != len(expected[1])  # something to compare, and padding to do
+    ids = {name: i for i, name in pipe.model.config.id2label.items()}
+    with serving(loaded("tiny-detr", detector_dir, max_batch_size=2)) as url:
+        wait_ready(url)
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        meta = client.get_model_metadata("tiny-detr")
+        assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [
+            ("boxes", "FP32"),
+            ("scores", "FP32"),
+            ("labels", "INT64"),
+        ]
+        tensor = triton.InferInput("image", [2], "BYTES")
+        tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=True)
+        result = client.infer("tiny-detr", [tensor])
+        boxes, scores, labels = (result.as_numpy(n) for n in ("boxes", "scores", "labels"))
+        most = max(len(e) for e in expected)
+        assert boxes.shape == (2, most, 4) and scores.shape == labels.shape == (2, most)
+        for i, records in enumerate(expected):
+            n = len(records)
+            np.testing.assert_allclose(scores[i, :n], [r["score"] for r in records], rtol=1e-4, atol=1e-6)
+            assert labels[i, :n].tolist() == [ids[r["label"]] for r in records]
+            corners = [[r["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] for r in records]
+            np.testing.assert_allclose(boxes[i, :n], corners, atol=1.01)  # the records truncate to pixels
+            assert (scores[i, n:] == 0).all() and (labels[i, n:] == -1).all()
+        only = client.infer("tiny-detr", [tensor], outputs=[triton.InferRequestedOutput("scores", binary_data=False)])
+        assert only.as_numpy("boxes") is None and only.as_numpy("scores").shape == (2, most)
+
+        body = {"instances": [{"b64": base64.b64encode(d).decode()} for d in images]}
+        r = requests.post(f"{url}/v1/models/tiny-detr:predict", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        for got, want in zip(r.json()["predictions"], expected):
+            assert [(d["label"], d["box"]) for d in got] == [(d["label"], d["box"]) for d in want]
+        r = requests.post(f"{url}/predict?overlay=1", files={"file": ("cat.jpg", images[0])}, timeout=60)
+        assert r.status_code == 200, r.text
+        record = r.json()
+        assert record["path"] == "cat.jpg" and [d["box"] for d in record["detections"]] == [
+            d["box"] for d in expected[0]
+        ]
+        drawn = PIL.Image.open(io.BytesIO(base64.b64decode(record["overlay"].split(",", 1)[1])))
+        photo = pvtkit.load_image(images[0])
+        assert drawn.size == photo.size and np.abs(np.asarray(drawn, float) - np.asarray(photo, float)).max() > 100
 
 
 DEPTH_GRPC_CLIENT = """

@@ -19,7 +19,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
 import pvtkit
@@ -31,7 +30,7 @@ from pvtkit.evaluation import draw_confusion_matrix, evaluate
 from pvtkit.training import learning_rate
 
 from helpers import REPO as ROOT
-from helpers import TORCHRUN_PVTKIT, kill_training_at_step, read_metrics
+from helpers import TORCHRUN_PVTKIT, kill_training_at_step, read_metrics, same_state
 
 
 def write_digits(root: Path, classes=range(10), per_class: int | None = None) -> Path:
@@ -114,15 +113,6 @@ def tiny_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
         "-q",
         *extra,
     ]
-
-
-def same_state(a: Path, b: Path, atol: float) -> float:
-    """Largest absolute difference between two safetensors files with the same keys (asserted)."""
-    sa, sb = load_file(a), load_file(b)
-    assert sa.keys() == sb.keys()
-    worst = max((sa[k] - sb[k]).abs().max().item() for k in sa)
-    assert worst <= atol, f"weights differ by {worst:.3g} > {atol:g}"
-    return worst
 
 
 # ---- the bar: PVTv2-B0 from scratch on the digits ----------------------------------------------------------------

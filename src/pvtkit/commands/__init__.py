@@ -7,6 +7,7 @@ COMMANDS = (
     "classify",
     "segment",
     "depth",
+    "detect",
     "features",
     "info",
     "attention",

@@ -279,7 +279,7 @@ def summarize_failures(command: str, failed: int, total: int, done: str) -> int:
 
 
 class ResultFiles:
-    """What `segment` and `depth` share: on the rank that computed an image's raw answer, write its files under
+    """What `segment`, `depth` and `detect` share: on the rank that computed an image's raw answer, write its files under
     `root` and turn the answer into its (small) record, which is all that travels to rank 0; a failure to write is
     that input's error. Subclasses define `write(index, output) -> record`."""
 
@@ -289,7 +289,9 @@ class ResultFiles:
     def __call__(self, result: Any, index: int) -> Any:
         if result.ok:
             try:
-                result.output = self.write(index, result.output.numpy())
+                output = result.output
+                raw = {k: v.numpy() for k, v in output.items()} if isinstance(output, dict) else output.numpy()
+                result.output = self.write(index, raw)
             except (OSError, ValueError) as e:
                 result.output, result.error = None, f"cannot write the outputs: {e}"
         return result

@@ -1,6 +1,6 @@
 """`pvtkit eval`: accuracy, top-5 accuracy, per-class accuracy and a confusion matrix on class folders; mIoU,
 per-class IoU and pixel accuracies of a segmentation model on images and masks; AbsRel, RMSE, delta and the other
-depth metrics of a depth model on images and depth maps."""
+depth metrics of a depth model on images and depth maps; COCO mAP (pycocotools) of a detector on COCO-format data."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def register(sub: Any) -> None:
 
     parser = sub.add_parser(
         "eval",
-        help="accuracy of a classifier on class folders, mIoU of a segmentation model on images and masks, or the "
-        "depth metrics of a depth model on images and depth maps",
+        help="accuracy of a classifier on class folders, mIoU of a segmentation model on images and masks, the "
+        "depth metrics of a depth model on images and depth maps, or COCO mAP of a detector on COCO-format data",
         description="Evaluate an image classifier on a folder of class folders (or on DIR/val/ or DIR/validation/ "
         "when DIR has one). Folders are matched to the model's labels (id2label) by name; images go through the "
         "model's own image processor. Unreadable images are skipped and listed. Runs sharded under torchrun.\n\n"
@@ -40,7 +40,10 @@ def register(sub: Any) -> None:
         "evaluate's mean_iou count them), then mIoU, per-class IoU, pixel accuracy and mean class accuracy; logits "
         "are upsampled to each image's own size.\n\n"
         "A depth model (or --task depth) is evaluated on images and depth maps (`pvtkit train --help`): AbsRel, SqRel, "
-        "RMSE, RMSE-log, log10, delta < 1.25^i and SILog per image over its valid pixels, then the mean over images.",
+        "RMSE, RMSE-log, log10, delta < 1.25^i and SILog per image over its valid pixels, then the mean over images."
+        "\n\nA detection model (or --task detection) is evaluated on COCO-format data (`pvtkit train --help`): COCO's "
+        "AP @[.50:.95], AP50, AP75, AP and AR by object size and per-class AP by pycocotools, over each image's 100 "
+        "best (query, class) detections; --detections also writes them in COCO's results format.",
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser, default=None)
@@ -121,7 +124,15 @@ def register(sub: Any) -> None:
         help="depth: also draw the 6 images with the highest AbsRel into this PNG, one row each (image, ground "
         "truth, prediction, absolute error; captioned with the path, AbsRel and delta1)",
     )
-    parser.add_argument("--batch-size", "-b", type=int, help="images per batch (default 64; 8 for segmentation)")
+    parser.add_argument(
+        "--detections",
+        metavar="JSON",
+        help="detection: also write the scored detections (COCO's results format: image_id, category_id, bbox, "
+        "score; what pycocotools' COCO.loadRes reads) to this file",
+    )
+    parser.add_argument(
+        "--batch-size", "-b", type=int, help="images per batch (default 64; 8 for segmentation, 4 for detection)"
+    )
     add_workers_argument(parser, "data-loading processes")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     add_device_arguments(parser)
@@ -141,6 +152,7 @@ EVAL_OPTIONS = {
     "median_scaling": False,
     "per_image": None,
     "worst": None,
+    "detections": None,
 }
 
 

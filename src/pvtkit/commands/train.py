@@ -37,6 +37,18 @@ depth recipe (GLPN's): AdamW lr 1e-4, weight decay 1e-4, poly decay, random scal
 together (maps by nearest neighbour), the scale-invariant log loss on valid pixels; the best epoch by validation
 delta < 1.25 is kept; AbsRel, SqRel, RMSE, RMSE-log, log10, delta1..3 and SILog are recorded.
 
+data layouts (--task object-detection), COCO's format:
+{detection_layouts}
+  Boxes partly outside their image are clipped; boxes of no size, of unknown categories or images, and listed
+  images missing on disk are skipped and reported by file, annotation id and value; images without objects train
+  the no-object class; crowd regions are not trained on (COCO's evaluation ignores detections on them).
+
+detection recipe (Deformable DETR's): AdamW lr 2e-4 with the backbone and the sampling-offset / reference-point
+layers at x0.1 (--backbone-lr-scale), weight decay 1e-4, gradient clipping at 0.1, the rate dropped tenfold for the
+last 20% of the steps (--schedule step), random flip, resize of the shortest side to one of 480..800 (x --image-size
+/ 800; the longest within --max-size) or, for half the images, a resize + random crop first (--no-random-crop), the
+model's Hungarian-matched focal + L1 + GIoU loss; the best epoch by validation COCO mAP (pycocotools) is kept.
+
 output: OUT/config.json, model.safetensors, preprocessor_config.json (the best epoch by validation accuracy, or
 mIoU, in transformers format: pvtkit, transformers, `pvtkit classify` / `segment` / `eval` load it),
 OUT/metrics.jsonl (one line per epoch: loss, accuracy, lr, images/s, validation results) and OUT/checkpoint/ (the last state; --resume continues from it).
@@ -72,20 +84,24 @@ def arch_help() -> str:
 def register(sub: Any) -> None:
     import dataclasses
 
-    from ..data.folders import DEPTH_LAYOUTS, SEGMENTATION_LAYOUTS
+    from ..data.folders import DEPTH_LAYOUTS, DETECTION_LAYOUTS, SEGMENTATION_LAYOUTS
     from ..training.arguments import TrainingArguments
 
     fields = dataclasses.fields(TrainingArguments)
     parser = sub.add_parser(
         "train",
-        help="fine-tune a classifier on labelled images, or a segmentation model on images and masks (torchrun "
-        "for several processes)",
+        help="fine-tune a classifier on labelled images, a segmentation model on images and masks, a depth model "
+        "on images and depth maps, or a detector on COCO-format boxes (torchrun for several processes)",
         description="Fine-tune a pretrained PVTv2 or ViT (--model), or train one from scratch (--arch), on a folder\n"
         "of class folders: AdamW, linear warmup + cosine decay per step, label smoothing, random resized crop +\n"
         "flip; the best model by validation accuracy is kept. Options left out take the default shown, or with\n"
         "--resume, the resumed run's own value. --task semantic-segmentation trains SegFormer, PVTv2 + SegFormer\n"
-        "head (or any pvtkit segmentation model) on images and masks with SegFormer's recipe; mIoU picks the best.",
-        epilog=EPILOG.format(layouts=SEGMENTATION_LAYOUTS, depth_layouts=DEPTH_LAYOUTS),
+        "head (or any pvtkit segmentation model) on images and masks with SegFormer's recipe; mIoU picks the best.\n"
+        "--task depth trains GLPN or PVTv2 + GLPN head on images and depth maps; --task detection trains Deformable\n"
+        "DETR (a PVTv2 or ResNet-50 backbone) on COCO-format data with Deformable DETR's recipe; COCO mAP picks the best.",
+        epilog=EPILOG.format(
+            layouts=SEGMENTATION_LAYOUTS, depth_layouts=DEPTH_LAYOUTS, detection_layouts=DETECTION_LAYOUTS
+        ),
         formatter_class=RawHelpFormatter,
     )
     groups: dict[str, Any] = {}

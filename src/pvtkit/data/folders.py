@@ -342,3 +342,15 @@ def read_class_names(root: Path) -> list[str] | None:
             raise DatasetError(f"{path}: holds no class names (expected one per line)")
         return names
     return None
+
+
+# `pvtkit train --help`'s description of the object-detection layouts (`data.detection` reads them)
+DETECTION_LAYOUTS = """\
+  DIR/annotations/instances_train*.json + instances_val*.json (COCO's: instances_train2017.json), the images in
+  DIR/train2017/ + DIR/val2017/ (the name after "instances_"), DIR/train/ + DIR/val/, or DIR/images/ (a file_name
+  may hold a subpath, relative to that folder);
+  DIR/train/ + DIR/valid/ (or val/), each with one COCO .json (Roboflow's _annotations.coco.json) beside its images;
+  one DIR/annotations/instances*.json, DIR/annotations.json or DIR/instances*.json (images in DIR/images/ or DIR/),
+  of which a reproducible --val-fraction is held out.
+  A file holds "images" (id, file_name, width, height), "annotations" (id, image_id, category_id, bbox [x, y,
+  width, height] in pixels, iscrowd) and "categories" (id, name); classes are the categories ordered by id."""

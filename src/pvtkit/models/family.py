@@ -21,7 +21,7 @@ from .. import convert
 from ..convert import Layout, StateDict
 
 # The registry: one package of `pvtkit.models` per family, in the order layouts are tried.
-FAMILY_MODULES = ("pvt_v2", "vit", "segformer", "glpn")
+FAMILY_MODULES = ("pvt_v2", "vit", "segformer", "glpn", "deformable_detr")
 
 # The heads a family's model classes fill (`Family.classes` keys, the Auto classes' `task`); which head a task runs
 # is the task's spec (`pvtkit.tasks`: `Task.heads`).
@@ -32,6 +32,7 @@ HEADS = (
     "masked-image-modeling",
     "semantic-segmentation",
     "depth-estimation",
+    "object-detection",
 )
 
 

@@ -26,6 +26,7 @@ from ..tasks.features import load_encoder
 from .base import Pipeline, PipelineResult, describe_error
 from .classification import ImageClassificationPipeline
 from .depth import DepthEstimationPipeline, depth_to_uint8
+from .detection import ObjectDetectionPipeline, detection_records
 from .features import ImageFeatureExtractionPipeline
 from .segmentation import ImageSegmentationPipeline, class_areas, slide_windows, sliding_window_logits
 
@@ -50,11 +51,12 @@ def pipeline(
 
     Args:
         task: "image-classification" (top-k labels), "image-feature-extraction" (backbone features),
-            "image-segmentation" (a mask per class) or "depth-estimation" (a depth map); the short names
-            (`classification`, `features`, `segmentation`, `depth`) and pvtkit's task names work too.
+            "image-segmentation" (a mask per class), "depth-estimation" (a depth map) or "object-detection" (scored,
+            labelled boxes); the short names (`classification`, `features`, `segmentation`, `depth`, `detection`)
+            and pvtkit's task names work too.
         model: A Hub repo id, directory or weights file (any layout pvtkit reads), or a loaded model.
             Default per task: `OpenGVLab/pvt_v2_b0`, `nvidia/segformer-b0-finetuned-ade-512-512`,
-            `vinvino02/glpn-nyu`.
+            `vinvino02/glpn-nyu`, `SenseTime/deformable-detr`.
         image_processor: A processor instance, or where to load one from; default: the model's own
             `preprocessor_config.json`, else the model family's defaults (with a warning).
         device, dtype: Where and in which precision to run ("auto"/None picks the GPU when there is one).
@@ -65,7 +67,7 @@ def pipeline(
             `compiled_batch_limit` (1 for PVTv2, SegFormer, GLPN) compiles nothing, with a warning.
         **task_options: `top_k` for classification; `pooled`, `stages` (e.g. [1, 4]) for feature extraction;
             `mode` ("whole" / "slide"), `crop`, `stride` for segmentation; `flip` (average with the mirrored image's
-            depth, mirrored back) for depth.
+            depth, mirrored back) for depth; `threshold` (0.5), `top_k` (100) for detection.
     """
     from ..auto import default_image_processor, image_processor_for
 
@@ -102,10 +104,12 @@ __all__ = [
     "ImageClassificationPipeline",
     "ImageFeatureExtractionPipeline",
     "ImageSegmentationPipeline",
+    "ObjectDetectionPipeline",
     "Pipeline",
     "PipelineResult",
     "class_areas",
     "depth_to_uint8",
+    "detection_records",
     "describe_error",
     "load_encoder",
     "pipeline",

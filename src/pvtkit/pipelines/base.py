@@ -129,8 +129,8 @@ class Pipeline:
 
     def batches(
         self, items: Sequence[Any], batch_size: int | None = None, num_workers: int | None = None
-    ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]], list[tuple[int, int]]]]:
-        """Yield (indices of good items, their pixel batch, [(index, error), ...], the good images' sizes), in input
+    ) -> Iterator[tuple[list[int], Any, list[tuple[int, str]], list[tuple[int, int]]]]:
+        """Yield (indices of good items, their pixel batch (`stack`'s), [(index, error), ...], the good images' sizes), in input
         order; images the processor leaves at different sizes (GLPN's, slide mode's) come in groups of one shape."""
         workers = self.num_workers if num_workers is None else num_workers
         loader = torch.utils.data.DataLoader(
@@ -142,16 +142,24 @@ class Pipeline:
         )
         for batch in loader:
             errors = [(i, error) for i, _, error, _ in batch if error is not None]
-            groups: dict[tuple[int, ...], list[tuple[int, np.ndarray, tuple[int, int]]]] = {}
+            groups: dict[Any, list[tuple[int, np.ndarray, tuple[int, int]]]] = {}
             for i, pixels, error, size in batch:
                 if error is None:
-                    groups.setdefault(pixels.shape, []).append((i, pixels, size))
+                    groups.setdefault(None if self.pads_batches else pixels.shape, []).append((i, pixels, size))
             if not groups:
                 yield [], None, errors, []
             for n, group in enumerate(groups.values()):
-                pixels = torch.from_numpy(np.stack([p for _, p, _ in group]))
-                pixels = pixels.to(self.device, self.dtype, non_blocking=True)
+                pixels = self.stack([p for _, p, _ in group])
                 yield [i for i, _, _ in group], pixels, errors if n == 0 else [], [s for _, _, s in group]
+
+    # Whether images of different sizes share a batch, padded (`stack` gives the model their mask), or are grouped
+    # by size.
+    pads_batches = False
+
+    def stack(self, arrays: list[np.ndarray]) -> Any:
+        """One batch of the model's input from the preprocessed images (of one shape unless `pads_batches`), on the
+        pipeline's device and dtype."""
+        return torch.from_numpy(np.stack(arrays)).to(self.device, self.dtype, non_blocking=True)
 
     def run(
         self,

@@ -158,12 +158,12 @@ class ImageModel(kserve.Model):
     # ------------------------------------------------------------------------------------------- running
 
     def _forward(self, pixels: np.ndarray) -> list[np.ndarray]:
-        """A batch `(N, 3, H, W)` -> per image its float32 logits, in the worker thread."""
+        """A batch `(N, 3, H, W)` -> per image its row of the model's output (`Task.served_rows`: float32 logits,
+        depth, ...), in the worker thread."""
         pipe = self.pipe
         batch = torch.from_numpy(pixels).to(pipe.device, pipe.dtype)
         with torch.inference_mode():
-            output = getattr(pipe.model(pixel_values=batch), self.task.output_name).float().cpu()
-        return list(output.numpy())
+            return self.task.served_rows(pipe.model(pixel_values=batch))
 
     async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
         """KServe's preprocess -> predict -> postprocess, under the request's deadline."""

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 # The registry: one module of this package per task, in the order `--help` lists them.
-TASK_MODULES = ("classification", "segmentation", "depth", "features")
+TASK_MODULES = ("classification", "segmentation", "depth", "detection", "features")
 
 
 class Task:
@@ -128,12 +128,40 @@ class Task:
         """Fit a model's head and config to the data before its first run."""
         model.set_labels(classes, keep_order=self.labels_in_data_order)
 
+    def processor_image_size(self, processor: Any) -> int | None:
+        """The training size a processor implies when the run gives none (its square size), or None."""
+        from ..processing import fixed_size
+
+        size = fixed_size(processor)
+        return size[0] if size and size[0] == size[1] else None
+
+    def processor_size(self, processor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The processor fields that make it prepare images at the run's `image_size` (a square)."""
+        return {"size": {"height": settings["image_size"], "width": settings["image_size"]}}
+
     def processor_options(self, processor: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Processor fields the run's settings decide (segmentation's `do_reduce_labels`)."""
         return {}
 
     def train_dataset(self, samples: list[Any], processor: Any, settings: Mapping[str, Any]) -> Any:
         raise NotImplementedError
+
+    def collate(self) -> Any:
+        """The training loader's `collate_fn` (None: PyTorch's default, which stacks)."""
+        return None
+
+    def to_device(self, pixels: Any, labels: Any, device: Any) -> tuple[Any, Any]:
+        """A training micro-batch's inputs and labels (as the task's dataset collates them) on `device`."""
+        return pixels.to(device, non_blocking=True), labels.to(device)
+
+    def model_inputs(self, pixels: Any, labels: Any) -> dict[str, Any]:
+        """The training forward's keyword arguments (a task whose model computes its own loss passes `labels`)."""
+        return {"pixel_values": pixels}
+
+    def lr_scale_of(self, model: Any, settings: Mapping[str, Any]) -> Any:
+        """`name -> factor` of each parameter's learning rate, or None for the trainer's rule (the head at
+        `head_lr_scale`)."""
+        return None
 
     def loss_units(self, micro_batches: list[Any]) -> Any:
         """What the step's loss is a mean over, counted in this process's micro-batches (a tensor), or None for
@@ -182,6 +210,11 @@ class Task:
     def serve_options(self, top_k: int) -> dict[str, Any]:
         """The pipeline options the server's own options set."""
         return {}
+
+    def served_rows(self, output: Any) -> list[Any]:
+        """Per image of a batch, its row of the model's output (`output_name`, float32 numpy), which
+        `served_answer` takes."""
+        return list(getattr(output, self.output_name).float().cpu().numpy())
 
     def served_answer(self, pipe: Any, output: Any, size: tuple[int, int]) -> Any:
         """One image's answer from its row of the batched model output (`output_name`) and its (height, width)."""

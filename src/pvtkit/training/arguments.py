@@ -12,7 +12,7 @@ from typing import Any
 from .. import tasks
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 weights always; bf16 / fp16: autocast computes in that dtype
-SCHEDULES = ("cosine", "poly", "onecycle")
+SCHEDULES = ("cosine", "poly", "onecycle", "step")
 
 # The settings that define a run's schedule and result: stored with the checkpoint, and a resumed run must keep
 # them. None in `TrainingArguments` means "the default below, or the resumed run's own value".
@@ -39,9 +39,14 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 # `pvtkit train --help`'s groups of flags (`TrainingArguments`' field metadata)
 WHAT, RECIPE, RUNNING = "what to train", "recipe", "running"
-CLASSIFICATION, SEGMENTATION, DEPTH = (
+CLASSIFICATION, SEGMENTATION, DEPTH, DETECTION = (
     f"{t.title} (--task {t.aliases[0]})"
-    for t in (tasks.get("image-classification"), tasks.get("semantic-segmentation"), tasks.get("depth-estimation"))
+    for t in (
+        tasks.get("image-classification"),
+        tasks.get("semantic-segmentation"),
+        tasks.get("depth-estimation"),
+        tasks.get("object-detection"),
+    )
 )
 
 
@@ -97,7 +102,7 @@ class TrainingArguments:
         schedule: After the warmup, `cosine` decay (classification's default) or `poly` (linear decay to 0,
             SegFormer's polynomial schedule of power 1; segmentation's and depth's default), or `onecycle`
             (PyTorch's `OneCycleLR`: from lr/25 up to lr over the warmup, or 30% of the steps without one, then a
-            cosine down to lr/25/1e4).
+            cosine down to lr/25/1e4), or `step` (lr, then lr/10 for the last 20% of the steps: detection's).
         head_lr_scale: The head's learning rate is this many times `lr` (default 1; 10 for segmentation, as
             SegFormer's decode head).
         reduce_labels: Segmentation: mask value 0 is "other" (ignored) and k means class k - 1 (ADE20K).
@@ -111,6 +116,13 @@ class TrainingArguments:
             256; .npy and float TIFF maps are metres already).
         min_depth, max_depth: Depth: ground truth outside is "no measurement"; predictions are clipped to it in the
             metrics (max default: the model's `max_depth`, GLPN's 10 m NYU / 80 m KITTI).
+        backbone_lr_scale: Detection: the backbone's (and the sampling-offset and reference-point layers') share of
+            `lr` (default 0.1, Deformable DETR's).
+        max_size: Detection: the longest side's limit when resizing (`image_size` is the shortest side's).
+        random_crop: Detection: half the training images get DETR's resize + random crop before the multi-scale
+            resize (default True).
+        multi_scale: Detection: the shortest side is resized to one of the recipe's scales (default True; False:
+            always to `image_size`).
         cutdepth: Depth: the probability of GLPN's vertical CutDepth on a training pair (a random full-height strip
             of the image replaced by the depth map scaled to the image's 0-255 range; 0 = off, the default).
         precision: `fp32`, `bf16` (autocast) or `fp16` (autocast with loss scaling; CUDA only).
@@ -254,7 +266,8 @@ class TrainingArguments:
             "group": RECIPE,
             "choices": SCHEDULES,
             "help": "decay after the warmup; poly is linear to 0; onecycle is PyTorch's OneCycleLR (lr/25 up to lr "
-            f"over the warmup, or 30% of the steps without one, then a cosine to lr/25/1e4) (default: "
+            "over the warmup, or 30% of the steps without one, then a cosine to lr/25/1e4); step keeps lr and "
+            f"drops it tenfold for the last 20% of the steps (Deformable DETR's) (default: "
             f"{_defaults('schedule')})",
         },
     )
@@ -341,6 +354,41 @@ class TrainingArguments:
             "help": "with probability P, GLPN's vertical CutDepth: a random full-height strip of the training image "
             "is replaced by its depth map (x 255 / the crop's largest depth) before normalisation; 0 = off "
             f"(default: {RUN_DEFAULTS['cutdepth']:g})",
+        },
+    )
+    backbone_lr_scale: float | None = field(
+        default=None,
+        metadata={
+            "group": DETECTION,
+            "help": "the backbone and the layers that predict sampling offsets and reference points learn at this "
+            f"share of --lr (Deformable DETR's lr_backbone; default: {RUN_DEFAULTS['backbone_lr_scale']:g})",
+        },
+    )
+    max_size: int | None = field(
+        default=None,
+        metadata={
+            "group": DETECTION,
+            "help": "the longest side's limit when resizing; --image-size is the shortest side's (the paper: 800 and "
+            "1333; default: the processor's longest_edge scaled with --image-size)",
+        },
+    )
+    random_crop: bool | None = field(
+        default=None,
+        metadata={
+            "group": DETECTION,
+            "flags": ("--no-random-crop",),
+            "const": False,
+            "help": "no resize + random crop branch in the augmentation (by default half the images get it, as DETR)",
+        },
+    )
+    multi_scale: bool | None = field(
+        default=None,
+        metadata={
+            "group": DETECTION,
+            "flags": ("--no-multi-scale",),
+            "const": False,
+            "help": "resize every training image's shortest side to --image-size (by default to one of the recipe's "
+            "scales, 480..800 x --image-size / 800)",
         },
     )
     precision: str = field(
@@ -435,6 +483,8 @@ class TrainingArguments:
             ("min_depth", lambda v: v > 0, "positive"),
             ("max_depth", lambda v: v > (self.min_depth or 0), "greater than min-depth"),
             ("cutdepth", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+            ("backbone_lr_scale", lambda v: v > 0, "positive"),
+            ("max_size", lambda v: v >= (self.image_size or 8), "at least the image size"),
         ]
         for name, ok, expected in checks:
             value = getattr(self, name)

@@ -74,7 +74,6 @@ from ..dtypes import parse_dtype
 from ..modeling import PreTrainedModel
 from ..models import family as registry
 from ..models.family import config_for_variant
-from ..processing import fixed_size
 from .arguments import TrainingArguments, TrainingConfigError, resolve_run
 
 logger = logging.getLogger("pvtkit")
@@ -147,17 +146,21 @@ class TrainResult:
 
 
 ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV, ONE_CYCLE_PCT = 25.0, 1e4, 0.3  # PyTorch's OneCycleLR defaults
+STEP_AT, STEP_DROP = 0.8, 0.1  # the `step` schedule: x0.1 from 80% of the steps on (Deformable DETR: epoch 40 of 50)
 
 
 def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
     """Linear warmup to `base_lr` over `warmup_steps`, then decay towards 0 at `total_steps`: a cosine, or
     `poly` (power 1: a straight line, SegFormer's schedule). `onecycle` is PyTorch's `OneCycleLR` (cosine
     annealing, two phases): from `base_lr / 25` up to `base_lr` over `warmup_steps` (0: 30% of the steps), then
-    down to `base_lr / 25 / 1e4` at the last step, both by a half cosine."""
+    down to `base_lr / 25 / 1e4` at the last step, both by a half cosine. `step` keeps `base_lr` after the warmup
+    and drops it tenfold for the last 20% of the steps (Deformable DETR's 50 epochs, dropped at 40)."""
     if schedule == "onecycle":
         return one_cycle(step, base_lr, warmup_steps, total_steps)
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
+    if schedule == "step":  # Deformable DETR's: the rate, then a tenth of it for the last fifth (epochs 41-50 of 50)
+        return base_lr * (STEP_DROP if step >= round(total_steps * STEP_AT) else 1.0)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if schedule == "poly":
         return base_lr * (1.0 - progress)
@@ -181,20 +184,31 @@ def one_cycle(step: int, base_lr: float, warmup_steps: int, total_steps: int) ->
     return anneal(base_lr, low, (step - peak) / (last - peak)) if last > peak else low
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module,
+    weight_decay: float,
+    head_lr_scale: float = 1.0,
+    scale_of: Callable[[str], float] | None = None,
+) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on weight matrices and kernels; none on biases, norms, tokens, position tables.
-    The head's parameters (`model.head_prefixes`) learn `head_lr_scale` times faster: each group's `lr_scale`
-    multiplies the schedule's rate."""
+    The head's parameters (`model.head_prefixes`) learn `head_lr_scale` times faster; or `scale_of(name)` gives
+    each parameter's factor (a task's recipe: detection's backbone at a tenth). Each group's `lr_scale` multiplies
+    the schedule's rate."""
     heads = tuple(getattr(model, "head_prefixes", ())) if head_lr_scale != 1.0 else ()
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    if scale_of is None:
+
+        def scale_of(name: str) -> float:
+            return head_lr_scale if heads and name.startswith(heads) else 1.0
+
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         skip = p.ndim <= 1 or name.endswith(("position_embeddings", "cls_token", "mask_token"))
-        groups.setdefault((not skip, bool(heads) and name.startswith(heads)), []).append(p)
+        groups.setdefault((not skip, float(scale_of(name))), []).append(p)
     return [
-        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": head_lr_scale if head else 1.0}
-        for (decay, head), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
     ]
 
 
@@ -207,15 +221,6 @@ def config_for_arch(arch: str, task: tasks.Task, classes: list[str], image_size:
         return config_for_variant(arch, image_size=image_size, **task.config_overrides(classes))
     except ValueError as e:
         raise TrainingConfigError(f"--arch {arch!r}: {e}") from None
-
-
-def _sized_processor(processor: Any, size: int, **options: Any) -> Any:
-    return type(processor).from_dict({**processor.to_dict(), "size": {"height": size, "width": size}, **options})
-
-
-def _square_size(processor: Any) -> int | None:
-    size = fixed_size(processor)
-    return size[0] if size and size[0] == size[1] else None
 
 
 def _write_model(model: PreTrainedModel, processor: Any, directory: Path) -> None:
@@ -540,13 +545,18 @@ class Trainer:
                 )
             self.task.prepare_model(model, list(data.classes))
             default_size = self.task.default_image_size
-            settings = {**settings, "image_size": settings["image_size"] or _square_size(processor) or default_size}
+            own = self.task.processor_image_size(processor)
+            settings = {**settings, "image_size": settings["image_size"] or own or default_size}
             try:
                 model.set_input_size(settings["image_size"])
             except ValueError as e:
                 raise TrainingConfigError(f"image size {settings['image_size']}: {e}") from None
-            processor = _sized_processor(
-                processor, settings["image_size"], **self.task.processor_options(processor, settings)
+            processor = type(processor).from_dict(
+                {
+                    **processor.to_dict(),
+                    **self.task.processor_size(processor, settings),
+                    **self.task.processor_options(processor, settings),
+                }
             )
         if self.args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -600,7 +610,12 @@ class Trainer:
     def _optimizer(self, resumed: dict[str, Any] | None):
         """AdamW (and, for fp16, a loss scaler), with the optimizer and RNG state of a resumed run."""
         settings = self.plan.settings
-        groups = parameter_groups(self.model, settings["weight_decay"], settings.get("head_lr_scale", 1.0))
+        groups = parameter_groups(
+            self.model,
+            settings["weight_decay"],
+            settings.get("head_lr_scale", 1.0),
+            self.task.lr_scale_of(self.model, settings),
+        )
         optimizer = torch.optim.AdamW(groups, lr=settings["lr"])
         scaler = torch.amp.GradScaler("cuda") if self.args.precision == "fp16" else None
         if resumed is not None:
@@ -637,6 +652,7 @@ class Trainer:
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
+            collate_fn=self.task.collate(),
             num_workers=a.num_workers,
             persistent_workers=a.num_workers > 0,
             pin_memory=self.device.type == "cuda",
@@ -742,12 +758,12 @@ class Trainer:
             else:
                 norm = float(plan.micro * accum)
             for m, (pixels, labels, weights, indices, reasons) in enumerate(micro_batches):
-                pixels = pixels.to(device, non_blocking=True)
-                labels, weights = labels.to(device), weights.to(device, torch.float32)
+                pixels, labels = self.task.to_device(pixels, labels, device)
+                weights = weights.to(device, torch.float32)
                 sync = net.no_sync() if ctx.is_distributed and m < accum - 1 else contextlib.nullcontext()
                 with sync:
                     with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                        output = net(pixel_values=pixels)
+                        output = net(**self.task.model_inputs(pixels, labels))
                     loss_sum, correct, counted = self.task.train_loss(output, labels, weights, run)
                     loss = loss_sum / max(norm, 1.0)
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -837,7 +853,8 @@ class Trainer:
             from tqdm import tqdm
 
             trained, shown = self.task.short_metrics(record, self.evaluator is not None)
-            val = f", val loss {record['val_loss']:.4f}, {shown}{' (best)' if improved else ''}" if shown else ""
+            loss = f"val loss {record['val_loss']:.4f}, " if "val_loss" in record else ""
+            val = f", {loss}{shown}{' (best)' if improved else ''}" if shown else ""
             tqdm.write(
                 f"epoch {epoch + 1}/{self.plan.settings['epochs']}: loss {record['train_loss']:.4f}, {trained}"
                 f"{val}, lr {record['lr']:.2e}, "

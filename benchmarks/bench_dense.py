@@ -22,7 +22,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ import torch
 import pvtkit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_models import _status_kb, fmt, interleaved, machine, ratio, rel_err, timed  # noqa: E402
+from bench_models import fmt, interleaved, machine, print_peak, ratio, rel_err, run_memory_child, timed  # noqa: E402
 
 IMPLS = ("pvtkit", "transformers")
 
@@ -152,27 +151,17 @@ def memory_child(key: str, impl: str, batch: int, height: int, width: int) -> No
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     model = build(SPECS[key], (impl,))[impl]
     x = torch.randn(batch, 3, height, width)
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    base = _status_kb("VmRSS")
-    with torch.inference_mode():
-        output(model, x)
-    peak = _status_kb("VmHWM")
-    print(json.dumps({"peak_mib": peak / 1024, "forward_mib": (peak - base) / 1024}))
+
+    def run() -> None:
+        with torch.inference_mode():
+            output(model, x)
+
+    print_peak(run)
 
 
 def measure_memory(key: str, impl: str, shape: tuple[int, ...], threads: int) -> dict[str, float] | None:
-    if not os.path.exists("/proc/self/clear_refs"):
-        return None
-    env = {**os.environ, "BENCH_THREADS": str(threads)}
     b, _, h, w = shape
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", key, impl, str(b), str(h), str(w)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode:
-        print(f"memory run {key}/{impl} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_memory_child(__file__, [key, impl, str(b), str(h), str(w)], threads)
 
 
 def main() -> int:

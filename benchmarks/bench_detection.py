@@ -7,7 +7,8 @@ harness). Measured, fp32:
 
   * inference with a PVTv2-B0 and a PVTv2-B2 backbone (transformers runs pvtkit's configs through its own PVTv2), at
     800x1333 (COCO's test size) and 512x512, batch 1 and 4;
-  * peak memory of each forward, each implementation in a fresh subprocess (Linux VmHWM);
+  * peak memory of each forward and training step, each implementation in a fresh subprocess (Linux VmHWM above
+    the model (and, for the step, its optimizer state) before it);
   * a training step (train mode, forward with 3-object labels per image, Hungarian matching, focal + L1 + GIoU
     loss, backward, AdamW step), batch 2 at 512x512 by default (`--train-batch`, `--train-size`); the first step's
     losses are the check.
@@ -22,7 +23,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +33,7 @@ import torch
 import pvtkit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_models import _status_kb, fmt, interleaved, machine, ratio, rel_err, timed  # noqa: E402
+from bench_models import fmt, interleaved, machine, print_peak, ratio, rel_err, run_memory_child, timed  # noqa: E402
 
 IMPLS = ("pvtkit", "transformers")
 BACKBONES = {"b0": "deformable_detr_pvt_v2_b0", "b2": "deformable_detr_pvt_v2_b2"}
@@ -133,32 +133,38 @@ def measure_training(key: str, shape: tuple[int, ...], args: Any):
     return cell
 
 
-def memory_child(key: str, impl: str, batch: int, height: int, width: int) -> None:
-    """In a fresh process: build one model, reset the RSS high-water mark, run one forward, print the peaks (MiB)."""
+def memory_child(key: str, impl: str, batch: int, height: int, width: int, train: bool = False) -> None:
+    """In a fresh process: build one model, reset the RSS high-water mark, run one forward (with `train`: one
+    training step after a first one, so the optimizer state exists), print the peaks (MiB)."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    model = build(key, (impl,))[impl]
-    feed = inputs((batch, 3, height, width))
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    base = _status_kb("VmRSS")
-    with torch.inference_mode():
-        model(**feed)
-    peak = _status_kb("VmHWM")
-    print(json.dumps({"peak_mib": peak / 1024, "forward_mib": (peak - base) / 1024}))
+    if train:
+        model = build(key, (impl,), dropout=0.0, auxiliary_loss=True)[impl].train()
+        feed = inputs((batch, 3, height, width), seed=1)
+        labels = labels_for(batch, model.config.num_labels)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def run() -> None:
+            model(**feed, labels=[dict(t) for t in labels]).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        run()
+    else:
+        model = build(key, (impl,))[impl]
+        feed = inputs((batch, 3, height, width))
+
+        def run() -> None:
+            with torch.inference_mode():
+                model(**feed)
+
+    print_peak(run)
 
 
-def measure_memory(key: str, impl: str, shape: tuple[int, ...], threads: int) -> dict[str, float] | None:
-    if not os.path.exists("/proc/self/clear_refs"):
-        return None
-    env = {**os.environ, "BENCH_THREADS": str(threads)}
+def measure_memory(
+    key: str, impl: str, shape: tuple[int, ...], threads: int, train: bool = False
+) -> dict[str, float] | None:
     b, _, h, w = shape
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", key, impl, str(b), str(h), str(w)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode:
-        print(f"memory run {key}/{impl} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_memory_child(__file__, [key, impl, str(b), str(h), str(w), *(["train"] if train else [])], threads)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -185,11 +191,11 @@ def main() -> int:
     parser.add_argument("--train-size", type=parse_size, default=(512, 512), help="HxW of the training step")
     parser.add_argument("--markdown", help="also write the table to this Markdown file")
     parser.add_argument("--json", help="also write every number to this JSON file")
-    parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         key, impl, *dims = args.memory_child
-        memory_child(key, impl, *map(int, dims))
+        memory_child(key, impl, *map(int, dims[:3]), train=dims[3:] == ["train"])
         return 0
     keys = list(BACKBONES) if not args.only else [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in BACKBONES]
@@ -232,10 +238,22 @@ def main() -> int:
             shape = (args.train_batch, 3, th, tw)
             cell = measure_training(key, shape, args)
             ours, theirs = cell.median("pvtkit"), cell.median("transformers")
-            results[f"{key}_train_b{args.train_batch}"] = {"shape": list(shape), "seconds": cell.seconds, **cell.error}
+            memory = (
+                {}
+                if args.no_memory
+                else {impl: measure_memory(key, impl, shape, args.threads, train=True) for impl in IMPLS}
+            )
+            mem = {impl: (m or {}).get("forward_mib") for impl, m in memory.items()}
+            results[f"{key}_train_b{args.train_batch}"] = {
+                "shape": list(shape),
+                "seconds": cell.seconds,
+                "error": cell.error,
+                "memory": memory,
+            }
             train_rows.append(
                 f"| PVTv2-{key.upper()} | {th}x{tw} | {args.train_batch} | {fmt(ours * 1000, 0)} | "
-                f"{fmt(theirs * 1000, 0)} | {ratio(theirs, ours)} | {cell.error.get('pvtkit', float('nan')):.1e} |"
+                f"{fmt(theirs * 1000, 0)} | {ratio(theirs, ours)} | {fmt(mem.get('pvtkit'), 0)} | "
+                f"{fmt(mem.get('transformers'), 0)} | {cell.error.get('pvtkit', float('nan')):.1e} |"
             )
             print(train_rows[-1], flush=True)
             gc.collect()
@@ -256,8 +274,9 @@ def main() -> int:
             "",
             "Training step (forward with labels, Hungarian matching, focal + L1 + GIoU loss, backward, AdamW):",
             "",
-            "| backbone | input | batch | pvtkit ms | transformers ms | speed-up | first-step loss rel. error |",
-            "|---|---|---|---|---|---|---|",
+            "| backbone | input | batch | pvtkit ms | transformers ms | speed-up | pvtkit step MiB | "
+            "transformers step MiB | first-step loss rel. error |",
+            "|---|---|---|---|---|---|---|---|---|",
             *train_rows,
         ]
     print("\n".join(lines))

@@ -335,6 +335,11 @@ def memory_child(key: str, impl: str, batch: int, train: bool = False) -> None:
             with torch.inference_mode():
                 logits(model, x)
 
+    print_peak(run)
+
+
+def print_peak(run: Callable[[], Any]) -> None:
+    """In a memory child: reset the RSS high-water mark, `run()`, print the peaks (MiB) as one JSON line."""
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
@@ -344,17 +349,21 @@ def memory_child(key: str, impl: str, batch: int, train: bool = False) -> None:
     print(json.dumps({"peak_mib": peak / 1024, "forward_mib": (peak - base) / 1024}))
 
 
-def measure_memory(spec: Spec, impl: str, batch: int, threads: int, train: bool = False) -> dict[str, float] | None:
+def run_memory_child(script: str, child_args: list[str], threads: int) -> dict[str, float] | None:
+    """`script --memory-child ARGS...` in a fresh process (Linux only): the peaks it prints, or None."""
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     env = {**os.environ, "BENCH_THREADS": str(threads)}
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", spec.key, impl, str(batch)]
-    cmd += ["train"] if train else []
+    cmd = [sys.executable, os.path.abspath(script), "--memory-child", *child_args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
-        print(f"memory run {spec.key}/{impl} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        print(f"memory run {child_args} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(spec: Spec, impl: str, batch: int, threads: int, train: bool = False) -> dict[str, float] | None:
+    return run_memory_child(__file__, [spec.key, impl, str(batch), *(["train"] if train else [])], threads)
 
 
 # ---- linear SRA vs SRA ------------------------------------------------------------------------------------------

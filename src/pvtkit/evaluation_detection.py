@@ -87,8 +87,10 @@ class DetectionEvaluator:
         model: A detection model returning `.logits` (queries x classes) and `.pred_boxes` (normalised cx, cy, w, h).
         samples: `data.detection.DetectionSample`s, all of them: this process takes its share under torchrun.
         processor: The model's processor (`post_process_object_detection`).
-        categories: The COCO categories; category `categories[k]["id"]` is the model's class k (default: the model's
-            classes as categories 0..K-1).
+        categories: The data's COCO categories, in the data's class order (sample label k is `categories[k]`;
+            default: the model's classes as categories 0..K-1, for data whose classes are the model's).
+        category_of: The model's class -> the category id its detections count as (default: class k is
+            `categories[k]`); a class missing from it (a class the data does not have) is not scored.
         batch_size, num_workers: Per process.
         device, amp_dtype: Where and in which autocast precision the model runs.
         ctx: The distributed context.
@@ -102,6 +104,7 @@ class DetectionEvaluator:
         processor: Any,
         *,
         categories: Sequence[Mapping[str, Any]] | None = None,
+        category_of: Mapping[int, int] | None = None,
         batch_size: int = 4,
         num_workers: int = 0,
         device: torch.device | str = "cpu",
@@ -113,6 +116,9 @@ class DetectionEvaluator:
         self.device, self.amp_dtype = torch.device(device), amp_dtype
         self.ctx, self.progress, self.samples = ctx or DistContext(), progress, list(samples)
         self.categories = [dict(c) for c in categories] if categories is not None else model_categories(model)
+        if category_of is None:
+            category_of = {k: int(c["id"]) for k, c in enumerate(self.categories)}
+        self.category_of = dict(category_of)
         self.ground_truth = coco_ground_truth(self.samples, self.categories)
         self.dataset = DetectionEvalDataset(self.samples[self.ctx.rank :: self.ctx.world_size], processor)
         self.loader = DataLoader(
@@ -171,11 +177,13 @@ class DetectionEvaluator:
     def _records(self, image_id: int, found: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
         records = []
         for score, label, box in zip(found["scores"].tolist(), found["labels"].tolist(), found["boxes"].tolist()):
+            if label not in self.category_of:  # a class of the model's that the data does not have
+                continue
             x0, y0, x1, y1 = box
             records.append(
                 {
                     "image_id": image_id,
-                    "category_id": int(self.categories[label]["id"]),
+                    "category_id": self.category_of[label],
                     "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
                     "score": round(float(score), 6),
                 }
@@ -183,22 +191,23 @@ class DetectionEvaluator:
         return records
 
 
-def match_categories(model: Any, categories: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The data's categories in the model's class order (class k -> its category), matched by name; a model with
-    other class names, or more classes than the data has, is a ValueError naming them. A model trained by `pvtkit
-    train` on this data has the data's classes in the data's order."""
-    names = [c["name"] for c in categories]
+def match_categories(model: Any, categories: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+    """The model's class -> the data's category id, matched by name (a COCO checkpoint's "N/A" classes and others
+    the data does not have are left out: their detections are not scored). A model whose classes are unnamed
+    (`LABEL_k`) and as many as the data's categories is taken to have the data's classes in order (class k is
+    `categories[k]`). A ValueError names both sides when no class matches."""
     model_names = [c["name"] for c in model_categories(model)]
-    by_name = {str(c["name"]): c for c in categories}
-    missing = [n for n in model_names if n not in by_name]
-    if missing:
-        if len(model_names) == len(names) and all(n.startswith("LABEL_") for n in model_names):
-            return [dict(c) for c in categories]  # an unnamed head of the right size: class k is category k
+    by_name = {str(c["name"]): int(c["id"]) for c in categories}
+    matched = {k: by_name[name] for k, name in enumerate(model_names) if name in by_name}
+    if not matched and len(model_names) == len(categories) and all(n.startswith("LABEL_") for n in model_names):
+        return {k: int(c["id"]) for k, c in enumerate(categories)}
+    if not matched:
+        names = [c["name"] for c in categories]
         raise ValueError(
-            f"the model's classes {missing[:5]} are not categories of the data (its categories: "
-            f"{', '.join(map(str, names[:10]))}{', ...' if len(names) > 10 else ''})"
+            f"none of the model's classes ({', '.join(model_names[:10])}{', ...' if len(model_names) > 10 else ''}) "
+            f"is a category of the data ({', '.join(map(str, names[:10]))}{', ...' if len(names) > 10 else ''})"
         )
-    return [dict(by_name[n]) for n in model_names]
+    return matched
 
 
 def evaluate_detection(
@@ -245,7 +254,8 @@ def evaluate_detection(
         model,
         samples,
         processor,
-        categories=match_categories(model, found.categories),
+        categories=found.categories,
+        category_of=match_categories(model, found.categories),
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,

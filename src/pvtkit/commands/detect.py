@@ -34,10 +34,9 @@ class DetectFiles(ResultFiles):
         from ..visualize import draw_boxes
 
         detections = detection_records({k: torch.from_numpy(v) for k, v in found.items()}, self.labels)
-        record: dict[str, Any] = {"path": str(self.items[index])}
+        image = load_image(self.items[index])
+        record: dict[str, Any] = {"path": str(self.items[index]), "size": [image.height, image.width]}
         if self.args.draw:
-            image = load_image(self.items[index])
-            record["size"] = [image.height, image.width]
             names = [d["label"] for d in detections]
             drawn = draw_boxes(image, found["boxes"], names, found["scores"], [int(k) for k in found["labels"]])
             path = self.stem(index)
@@ -97,7 +96,7 @@ def register(sub: Any) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     add_model_arguments(parser, default="SenseTime/deformable-detr")
     parser.add_argument("--output", "-o", required=True, metavar="OUT", help="folder for the pictures")
-    parser.add_argument("--threshold", type=float, default=0.5, help="keep the detections scoring at least this")
+    parser.add_argument("--threshold", type=float, default=0.5, help="keep the detections scoring above this")
     parser.add_argument(
         "--top-k", type=int, default=100, help="consider at most this many (query, class) pairs per image"
     )

@@ -778,7 +778,9 @@ class DetectionTrainDataset(Dataset):
 
 
 def detection_collate(
-    batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor], float, int, str]], boxes_relative_to: str = "image"
+    batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor], float, int, str]],
+    boxes_relative_to: str = "image",
+    drop_failed: bool = False,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], list[dict[str, torch.Tensor]], torch.Tensor, torch.Tensor, list[str]]:
     """A batch of detection items as `((pixel_values (N, 3, H, W), pixel_mask (N, H, W) int64), targets, weights (N,)
     float32, indices (N,) int64, reasons)`: images at the top left, zeros to the right and below up to the batch's
@@ -791,12 +793,18 @@ def detection_collate(
     DETR processors (since v4.37, its PR #28363; 5.25's `pad` with `do_convert_annotations`) instead re-normalise the
     boxes to the padded size; `boxes_relative_to="padded"` reproduces that, for comparisons with transformers'
     training only, since those targets then move with the batch's other images while the model's frame does not.
+
+    `drop_failed` (training): images that could not be decoded (weight 0) are left out of the pixels and targets, so
+    that no placeholder trains the no-object class; `weights`, `indices` and `reasons` keep every item (the trainer
+    counts and reports them). A batch of nothing but failures keeps them (their loss counts 0 images).
     """
     if boxes_relative_to not in ("image", "padded"):
         raise ValueError(f"boxes_relative_to is 'image' or 'padded', got {boxes_relative_to!r}")
-    values, mask = pad_batch([item[0] for item in batch])
+    images = [item for item in batch if item[2] > 0] if drop_failed else list(batch)
+    images = images or list(batch)
+    values, mask = pad_batch([item[0] for item in images])
     targets = []
-    for item in batch:
+    for item in images:
         target = dict(item[1])
         if boxes_relative_to == "padded" and len(target.get("boxes", ())):
             h, w = item[0].shape[1:]

@@ -21,7 +21,7 @@ class ObjectDetectionPipeline(Pipeline):
     Args:
         model: A detection model (`DeformableDetrForObjectDetection`).
         image_processor: Its processor (`DeformableDetrImageProcessor`).
-        threshold: Keep the detections scoring at least this (transformers' default 0.5).
+        threshold: Keep the detections scoring above this (transformers' default 0.5).
         top_k: Consider at most this many (query, class) pairs per image before the threshold (100, as
             `post_process_object_detection`).
         **kwargs: `Pipeline`'s options.

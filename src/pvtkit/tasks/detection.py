@@ -89,9 +89,12 @@ class DetectionTask(Task):
         return DetectionTrainDataset(samples, processor, {**settings, "max_size": longest_edge(processor, settings)})
 
     def collate(self) -> Any:
+        """Padded batches without the images that could not be decoded (`detection_collate(drop_failed=True)`)."""
+        from functools import partial
+
         from ..data.detection import detection_collate
 
-        return detection_collate
+        return partial(detection_collate, drop_failed=True)
 
     def to_device(self, pixels: Any, labels: Any, device: Any) -> tuple[Any, Any]:
         """`pixels` is `(pixel_values, pixel_mask)`; `labels` one `{"class_labels", "boxes"}` dict per image."""
@@ -121,7 +124,7 @@ class DetectionTask(Task):
         matched boxes (1 - `loss_giou`)."""
         import torch
 
-        count = (weights > 0).sum()
+        count = (weights > 0).sum()  # the images in the forward (the collate left the failed ones out)
         loss = output.loss * count
         with torch.no_grad():
             giou = (1.0 - output.loss_dict["loss_giou"].detach().float()) * count

@@ -44,7 +44,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from pvtkit.boxes import center_to_corners, generalized_box_iou, paired_generalized_box_iou
+from ...boxes import center_to_corners, generalized_box_iou, paired_generalized_box_iou
 
 __all__ = ["detection_loss", "hungarian_match", "sigmoid_focal_loss", "validate_labels"]
 

@@ -360,7 +360,9 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         enc_class = self.decoder.class_embed[-1](query)  # type: ignore[index]  # (B, S, num_labels)
         proposals = torch.log(box / (1 - box)).masked_fill(~valid, float("inf"))  # box logits, inf: none
         enc_coords = self.decoder.bbox_embed[-1](query) + proposals  # type: ignore[index]
-        top = torch.topk(enc_class[..., 0], self.config.two_stage_num_proposals, dim=1).indices  # (B, K)
+        # at most as many proposals as tokens (a small image has fewer than two_stage_num_proposals)
+        k = min(self.config.two_stage_num_proposals, enc_class.shape[1])
+        top = torch.topk(enc_class[..., 0], k, dim=1).indices  # (B, K)
         coords = torch.gather(enc_coords, 1, top[..., None].expand(-1, -1, 4)).detach()
         embedded = sine(coords.sigmoid().float() * (2 * math.pi), d // 2).flatten(2).to(coords.dtype)  # (B, K, 2d)
         query_pos, target = self.pos_trans_norm(self.pos_trans(embedded)).split(d, 2)

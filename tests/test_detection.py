@@ -9,6 +9,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from pvtkit.cli import main as cli
 from pvtkit.processing import pad_batch
 from pvtkit.visualize import draw_boxes
 
-from helpers import detection_dataset, tiny_detector
+from helpers import REPO, TORCHRUN_PVTKIT, detection_dataset, tiny_detector
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +242,29 @@ def test_eval_logs_its_result(detector_dir, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pvtkit"):
         result = pvtkit.evaluate_detection(str(detector_dir), str(data), progress=False)
     assert result.num_images == 2 and "mAP" in caplog.text
+
+
+@pytest.mark.slow
+def test_detect_under_torchrun_shards_and_matches_one_process(detector_dir, photos, tmp_path):
+    """Two processes split the inputs, each writes its pictures, rank 0 the records in input order: the same
+    records as one process (batch 1: no padding between images)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, image in photos.items():
+        image.save(folder / f"{name}.png")
+    common = ["detect", str(folder), "-m", str(detector_dir), "--threshold", "0.3", "--format", "json"]
+    common += ["--batch-size", "1", "--num-workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    records = tmp_path / "dist.jsonl"
+    command = [*TORCHRUN_PVTKIT, *common, "-o", str(tmp_path / "dist"), "--records", str(records)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    code, stdout, _ = run_cli(*common, "-o", str(tmp_path / "one"))
+    assert code == 0
+    distributed = [json.loads(line) for line in records.read_text().splitlines()]
+    single = [json.loads(line) for line in stdout.splitlines()]
+    assert [Path(r["path"]).name for r in distributed] == [Path(r["path"]).name for r in single]
+    for a, b in zip(distributed, single):
+        assert [(d["label"], d["box"]) for d in a["detections"]] == [(d["label"], d["box"]) for d in b["detections"]]
+        assert [d["score"] for d in a["detections"]] == pytest.approx([d["score"] for d in b["detections"]], rel=1e-5)
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

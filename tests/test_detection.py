@@ -61,7 +61,8 @@ def test_pipeline_records_equal_transformers_pipeline(detector_dir, photos):
     for image in images:
         got, want = ours(image), theirs(image, threshold=0.3)
         assert [r["label"] for r in got] == [r["label"] for r in want]
-        assert [r["box"] for r in got] == [r["box"] for r in want]
+        for a, b in zip(got, want):  # integer pixels: a coordinate within rounding of an integer may truncate apart
+            assert all(abs(a["box"][k] - b["box"][k]) <= 1 for k in b["box"]), (a, b)
         np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=1e-5, atol=1e-6)
         assert all(r["score"] >= 0.3 for r in got) and set(got[0]) == {"score", "label", "box"}
         total += len(got)
@@ -76,7 +77,7 @@ def test_pipeline_records_equal_transformers_pipeline(detector_dir, photos):
     direct = processor.post_process_object_detection(output, threshold=0.3, target_sizes=sizes)
     for got, want in zip(batched, direct):
         assert [r["score"] for r in got] == pytest.approx(want["scores"].tolist(), rel=1e-5, abs=1e-6)
-        assert [r["box"]["xmin"] for r in got] == want["boxes"][:, 0].int().tolist()
+        assert [r["box"]["xmin"] for r in got] == pytest.approx(want["boxes"][:, 0].tolist(), abs=1.0)
 
 
 def test_pipeline_options_are_checked(detector_dir):
@@ -265,6 +266,20 @@ def test_detect_under_torchrun_shards_and_matches_one_process(detector_dir, phot
     single = [json.loads(line) for line in stdout.splitlines()]
     assert [Path(r["path"]).name for r in distributed] == [Path(r["path"]).name for r in single]
     for a, b in zip(distributed, single):
-        assert [(d["label"], d["box"]) for d in a["detections"]] == [(d["label"], d["box"]) for d in b["detections"]]
+        assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
+        for x, y in zip(a["detections"], b["detections"]):  # other thread counts: integer pixels may truncate apart
+            assert all(abs(x["box"][k] - y["box"][k]) <= 1 for k in y["box"]), (x, y)
         assert [d["score"] for d in a["detections"]] == pytest.approx([d["score"] for d in b["detections"]], rel=1e-5)
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_info_describes_a_detector(detector_dir):
+    """`pvtkit info` counts a detector's parameters and compute (meta device) at its task's size or a given one."""
+    code, stdout, _ = run_cli("info", "--model", str(detector_dir), "--format", "json", "--image-size", "96x160")
+    assert code == 0
+    info = json.loads(stdout)
+    model = pvtkit.AutoModelForObjectDetection.from_pretrained(detector_dir)
+    assert info["class"] == "DeformableDetrForObjectDetection" and info["input"] == [3, 96, 160]
+    assert info["parameters"] == sum(p.numel() for p in model.parameters()) and info["macs"] > 0
+    code, stdout, _ = run_cli("info", "--variant", "deformable_detr_pvt_v2_b0", "--format", "json")
+    assert code == 0 and json.loads(stdout)["input"] == [3, 800, 800] and json.loads(stdout)["num_labels"] == 91

@@ -37,6 +37,7 @@ def describe(model_class: type, config: Any, height: int, width: int) -> dict[st
     head = sum(p.numel() for n, p in model.named_parameters() if n.startswith(tuple(model.head_prefixes)))
     with torch.device("meta"):  # native at this size: position embeddings of this size cost what interpolating does
         model.set_input_size((height, width))
+    model.requires_grad_(False)  # counting, not training: no tensor of the pass needs a gradient hook
     pixels = torch.empty(1, config.num_channels, height, width, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         out = model(pixels, output_hidden_states=True)

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
             config = registry.config_for_variant(args.variant)
         except ValueError as e:
             raise UsageError(f"--variant {args.variant!r}: {e}") from e
-        model_class = registry.family_of(config).classes[tasks.default().heads[0]]
+        classes = registry.family_of(config).classes  # the default task's head, else the family's own head
+        model_class = classes.get(tasks.default().heads[0]) or list(classes.values())[-1]
     else:
         try:
             config = AutoConfig.from_pretrained(args.model, **hub_kwargs(args))
@@ -80,8 +81,13 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot load model {args.model!r}: {e}") from e
         model_class = registry.class_named((config.architectures or [""])[0] or "")
-        model_class = model_class or registry.family_of(config).classes[tasks.default().heads[0]]
-    size = args.image_size or "x".join(map(str, pair(config.image_size)))
+        classes = registry.family_of(config).classes
+        model_class = model_class or classes.get(tasks.default().heads[0]) or list(classes.values())[-1]
+    native = getattr(config, "image_size", None)  # a detector has none: its task's training size, square
+    if native is None:
+        head = next(h for h, c in registry.family_of(config).classes.items() if c is model_class)
+        native = tasks.task_for_head(head).default_image_size
+    size = args.image_size or "x".join(map(str, pair(native)))
     height, width = parse_size(size)  # type: ignore[misc]
     try:
         info = describe(model_class, config, height, width)

@@ -234,6 +234,7 @@ def detection_dataset(
     return root
 
 
+# a small PVTv2 backbone for detectors: heads 1, 2, 3, 4 (the published head width 16), stages 2-4 out
 TINY_PVT_BACKBONE = {
     "model_type": "pvt_v2",
     "depths": [1, 1, 1, 1],

@@ -26,17 +26,10 @@ from pvtkit import (
 from pvtkit.layers import multi_scale_deformable_attention
 from pvtkit.models.resnet import TimmBackboneConfig, TimmResNet
 
-from helpers import FIXTURES, assert_close, gradients_by_disk_name
+from helpers import FIXTURES, TINY_PVT_BACKBONE, assert_close, gradients_by_disk_name
 
 # heads 1, 2, 3, 4: the published rule (head width 16), so that a config can be read off the tensors
-PVT = {
-    "model_type": "pvt_v2",
-    "depths": [1, 1, 1, 1],
-    "hidden_sizes": [16, 32, 48, 64],
-    "num_attention_heads": [1, 2, 3, 4],
-    "mlp_ratios": [2, 2, 2, 2],
-    "out_indices": [1, 2, 3],
-}
+PVT = TINY_PVT_BACKBONE
 TINY = dict(
     d_model=32,
     encoder_layers=1,

@@ -127,7 +127,7 @@ class TrainingArguments:
             of the image replaced by the depth map scaled to the image's 0-255 range; 0 = off, the default).
         precision: `fp32`, `bf16` (autocast) or `fp16` (autocast with loss scaling; CUDA only).
         grad_accum: Split each process's share of a step into this many micro-batches (saves memory; the
-            result does not change).
+            result does not change, but for detection, whose loss each micro-batch normalises by its own objects).
         num_workers: DataLoader worker processes per training process.
         device: `auto` (the local GPU, else the CPU), `cpu`, `cuda`, `cuda:1`, `mps`.
         gradient_checkpointing: Recompute activations in backward (less memory, slower).
@@ -403,7 +403,8 @@ class TrainingArguments:
         default=1,
         metadata={
             "group": RUNNING,
-            "help": "split each step into this many micro-batches to save memory; the result does not change",
+            "help": "split each step into this many micro-batches to save memory; the result does not change "
+            "(detection: each micro-batch's loss is normalised by its own objects, as transformers' Trainer does)",
         },
     )
     num_workers: int = field(

@@ -33,7 +33,7 @@ import torch
 import pvtkit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_models import fmt, interleaved, machine, print_peak, ratio, rel_err, run_memory_child, timed  # noqa: E402
+from bench_models import compared, fmt, machine, print_peak, ratio, run_memory_child  # noqa: E402
 
 IMPLS = ("pvtkit", "transformers")
 
@@ -93,16 +93,7 @@ def measure(models: dict[str, torch.nn.Module], shape: tuple[int, ...], args: An
         return run
 
     fns = {name: forward(m) for name, m in models.items()}
-    outs, first = {}, {}
-    for name, fn in fns.items():  # the first call checks the outputs and warms up
-        outs[name], first[name] = timed(fn)
-    cell = interleaved(fns, args.repeats, args.budget, first)
-    if "transformers" in outs:
-        cell.error = {name: rel_err(out, outs["transformers"]) for name, out in outs.items()}
-        bad = {name: e for name, e in cell.error.items() if e > 1e-4}
-        if bad:
-            raise SystemExit(f"outputs disagree with transformers (relative error > 1e-4): {bad}")
-    return cell
+    return compared(fns, args, 1e-4, "outputs")  # the first call checks the outputs and warms up
 
 
 def measure_training(spec: Spec, shape: tuple[int, ...], args: Any):
@@ -113,7 +104,7 @@ def measure_training(spec: Spec, shape: tuple[int, ...], args: Any):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     labels = torch.rand(b, h, w, generator=torch.Generator().manual_seed(2)) * 9.0 + 0.5
     labels[:, : h // 8] = 0  # rows without ground truth, as real depth maps have
-    fns, losses, first = {}, {}, {}
+    fns = {}
     for name, model in models.items():
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -126,14 +117,7 @@ def measure_training(spec: Spec, shape: tuple[int, ...], args: Any):
             return loss.detach()
 
         fns[name] = step
-    for name, fn in fns.items():  # the first step (before any update: identical weights) is the check
-        losses[name], first[name] = timed(fn)
-    cell = interleaved(fns, args.repeats, args.budget, first)
-    cell.error = {name: rel_err(loss, losses["transformers"]) for name, loss in losses.items()}
-    bad = {name: e for name, e in cell.error.items() if e > 1e-4}
-    if bad:
-        raise SystemExit(f"training losses disagree with transformers (relative error > 1e-4): {bad}")
-    return cell
+    return compared(fns, args, 1e-4, "training losses")  # the first step (identical weights) is the check
 
 
 def parse_size(text: str) -> tuple[int, int]:

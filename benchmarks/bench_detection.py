@@ -33,7 +33,7 @@ import torch
 import pvtkit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_models import fmt, interleaved, machine, print_peak, ratio, rel_err, run_memory_child, timed  # noqa: E402
+from bench_models import compared, fmt, machine, print_peak, ratio, run_memory_child  # noqa: E402
 
 IMPLS = ("pvtkit", "transformers")
 BACKBONES = {"b0": "deformable_detr_pvt_v2_b0", "b2": "deformable_detr_pvt_v2_b2"}
@@ -77,16 +77,7 @@ def measure(models: dict[str, torch.nn.Module], shape: tuple[int, ...], args: An
 
         return run
 
-    fns = {name: forward(m) for name, m in models.items()}
-    outs, first = {}, {}
-    for name, fn in fns.items():
-        outs[name], first[name] = timed(fn)
-    cell = interleaved(fns, args.repeats, args.budget, first)
-    cell.error = {name: rel_err(out, outs["transformers"]) for name, out in outs.items()}
-    bad = {name: e for name, e in cell.error.items() if e > 1e-4}
-    if bad:
-        raise SystemExit(f"outputs disagree with transformers (relative error > 1e-4): {bad}")
-    return cell
+    return compared({name: forward(m) for name, m in models.items()}, args, 1e-4, "outputs")
 
 
 def labels_for(batch: int, num_labels: int) -> list[dict[str, torch.Tensor]]:
@@ -104,33 +95,29 @@ def labels_for(batch: int, num_labels: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
+def training_step(model: torch.nn.Module, feed: dict[str, torch.Tensor], labels: list[dict]) -> Any:
+    """One training step of `model` (train mode, AdamW) as a function returning the step's loss."""
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> torch.Tensor:
+        loss = model(**feed, labels=[dict(t) for t in labels]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
 def measure_training(key: str, shape: tuple[int, ...], args: Any):
     """One training step each on the same starting weights (dropout off, so the first losses must agree; the
     auxiliary losses on, as training has them)."""
     models = build(key, IMPLS, dropout=0.0, auxiliary_loss=True)
     feed = inputs(shape, seed=1)
     labels = labels_for(shape[0], models["pvtkit"].config.num_labels)
-    fns, losses, first = {}, {}, {}
-    for name, model in models.items():
-        model.train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-        def step(model=model, opt=opt):
-            loss = model(**feed, labels=[dict(t) for t in labels]).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.detach()
-
-        fns[name] = step
-    for name, fn in fns.items():
-        losses[name], first[name] = timed(fn)
-    cell = interleaved(fns, args.repeats, args.budget, first)
-    cell.error = {name: rel_err(loss, losses["transformers"]) for name, loss in losses.items()}
-    bad = {name: e for name, e in cell.error.items() if e > 1e-4}
-    if bad:
-        raise SystemExit(f"training losses disagree with transformers (relative error > 1e-4): {bad}")
-    return cell
+    fns = {name: training_step(model, feed, labels) for name, model in models.items()}
+    return compared(fns, args, 1e-4, "training losses")  # the first step (identical weights) is the check
 
 
 def memory_child(key: str, impl: str, batch: int, height: int, width: int, train: bool = False) -> None:
@@ -138,16 +125,10 @@ def memory_child(key: str, impl: str, batch: int, height: int, width: int, train
     training step after a first one, so the optimizer state exists), print the peaks (MiB)."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     if train:
-        model = build(key, (impl,), dropout=0.0, auxiliary_loss=True)[impl].train()
-        feed = inputs((batch, 3, height, width), seed=1)
-        labels = labels_for(batch, model.config.num_labels)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-        def run() -> None:
-            model(**feed, labels=[dict(t) for t in labels]).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
+        model = build(key, (impl,), dropout=0.0, auxiliary_loss=True)[impl]
+        run = training_step(
+            model, inputs((batch, 3, height, width), seed=1), labels_for(batch, model.config.num_labels)
+        )
         run()
     else:
         model = build(key, (impl,))[impl]

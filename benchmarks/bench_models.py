@@ -238,23 +238,29 @@ def check_errors(cell: Cell, outs: dict[str, torch.Tensor], tol: float, what: st
         raise SystemExit(f"{what} disagree with transformers (relative error > {tol:g}): {bad}")
 
 
-def measure_inference(models, batch: int, dtype: str, args) -> Cell:
-    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch), device="cpu").to(args.device)
-    fns = {name: inference(m, x, dtype, args.device) for name, m in models.items()}
-    outs, first = {}, {}  # the first call checks the outputs and warms up (kernel selection, allocator)
+def compared(fns: dict[str, Callable[[], torch.Tensor]], args: Any, tol: float, what: str) -> Cell:
+    """Each fn's first call (which warms up: kernel selection, the allocator) checked against transformers' with
+    `check_errors`, then all of them timed interleaved (`args.repeats`, `args.budget`)."""
+    outs, first = {}, {}
     for name, fn in fns.items():
         outs[name], first[name] = timed(fn)
     cell = interleaved(fns, args.repeats, args.budget, first)
-    # timm's 1e-5 epsilons in two LayerNorms shift its outputs ~1e-5; bf16 rounding ~1e-2
-    check_errors(cell, outs, 1e-3 if dtype == "fp32" else 5e-2, "outputs")
+    check_errors(cell, outs, tol, what)
     return cell
+
+
+def measure_inference(models, batch: int, dtype: str, args) -> Cell:
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch), device="cpu").to(args.device)
+    fns = {name: inference(m, x, dtype, args.device) for name, m in models.items()}
+    # timm's 1e-5 epsilons in two LayerNorms shift its outputs ~1e-5; bf16 rounding ~1e-2
+    return compared(fns, args, 1e-3 if dtype == "fp32" else 5e-2, "outputs")
 
 
 def measure_training(spec: Spec, impls, batch: int, args) -> Cell:
     models = build(spec, impls)
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(args.device)
     y = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(2)).to(args.device)
-    fns, losses, first = {}, {}, {}
+    fns = {}
     for name, model in models.items():
         model.to(args.device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -269,11 +275,8 @@ def measure_training(spec: Spec, impls, batch: int, args) -> Cell:
             return loss.detach()
 
         fns[name] = step
-    for name, fn in fns.items():  # the first step (before any update: identical weights) is the check
-        losses[name], first[name] = timed(fn)
-    cell = interleaved(fns, args.repeats, args.budget, first)
-    check_errors(cell, losses, 1e-3, f"{spec.title} training losses")
-    return cell
+    # the first step (before any update: identical weights) is the check
+    return compared(fns, args, 1e-3, f"{spec.title} training losses")
 
 
 def measure_compiled(spec: Spec, impls, batch: int, args) -> tuple[Cell, dict[str, float]]:

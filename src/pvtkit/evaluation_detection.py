@@ -142,8 +142,8 @@ class DetectionEvaluator:
         bar = progress_bar(len(self.samples), desc, self.progress and self.ctx.is_main)
         for (pixels, mask), targets, weights, indices, reasons in self.loader:
             keep = [k for k, w in enumerate(weights.tolist()) if w > 0]
-            for k in range(len(indices)):
-                if k not in keep:
+            for k, w in enumerate(weights.tolist()):
+                if w <= 0:
                     skipped[str(self.dataset.samples[int(indices[k])].path)] = reasons[k]
             if keep:
                 with autocast_context(device, self.amp_dtype):
@@ -160,7 +160,6 @@ class DetectionEvaluator:
             skipped.update(part)
         detections = [d for part in self.ctx.gather_objects(detections) for d in part]
         model.train(was_training)
-        done = {d["image_id"] for d in detections}
         kept = [s for s in self.samples if str(s.path) not in skipped]
         truth = coco_ground_truth(kept, self.categories) if skipped else self.ground_truth
         scored = coco_evaluate(truth, detections)
@@ -169,7 +168,7 @@ class DetectionEvaluator:
             scored["per_class"],
             len(kept),
             len(detections),
-            sorted(detections, key=lambda d: (d["image_id"] not in done, d["image_id"], -d["score"])),
+            sorted(detections, key=lambda d: (d["image_id"], -d["score"])),
             skipped,
             time.perf_counter() - start,
         )

@@ -34,9 +34,9 @@ class DetectFiles(ResultFiles):
         from ..visualize import draw_boxes
 
         detections = detection_records({k: torch.from_numpy(v) for k, v in found.items()}, self.labels)
-        image = load_image(self.items[index])
-        record: dict[str, Any] = {"path": str(self.items[index]), "size": [image.height, image.width]}
+        record: dict[str, Any] = {"path": str(self.items[index]), "size": found["size"].tolist()}
         if self.args.draw:
+            image = load_image(self.items[index])
             names = [d["label"] for d in detections]
             drawn = draw_boxes(image, found["boxes"], names, found["scores"], [int(k) for k in found["labels"]])
             path = self.stem(index)

@@ -51,15 +51,19 @@ class ObjectDetectionPipeline(Pipeline):
     def forward(
         self, pixels: dict[str, torch.Tensor], sizes: list[tuple[int, int]], threshold: float | None = None
     ) -> list[dict[str, torch.Tensor]]:
-        """Per image `{"scores", "labels", "boxes"}` (corners in the input image's pixels), the processor's
-        `post_process_object_detection` of the model's output."""
+        """Per image `{"scores", "labels", "boxes", "size"}`: the processor's `post_process_object_detection` of the
+        model's output (corners in the input image's pixels) and the image's `(height, width)`."""
         threshold = self.threshold if threshold is None else check_threshold(threshold)
         with torch.inference_mode():
             output = self.model(**pixels)
             found = self.image_processor.post_process_object_detection(
                 output, threshold=threshold, target_sizes=sizes, top_k=self.top_k
             )
-        return [{k: v.float().cpu() if k != "labels" else v.cpu() for k, v in d.items()} for d in found]
+        return [
+            {"scores": d["scores"].float().cpu(), "labels": d["labels"].cpu(), "boxes": d["boxes"].float().cpu(),
+             "size": torch.tensor(size)}
+            for d, size in zip(found, sizes)
+        ]  # fmt: skip
 
     def postprocess(self, found: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
         return detection_records(found, self.labels)

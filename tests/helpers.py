@@ -1,6 +1,7 @@
 """What many tests share: the relative-error measure every parity test uses, the repository's paths, a Hub cache
 laid out by hand, killing a training run part-way, and a small depth dataset of real photos. Imported as
-`from helpers import ...` (pytest puts `tests/` on the path: pyproject's `pythonpath`)."""
+`from helpers import ...`; digit canvases (images + masks of real handwritten digits) and a tiny SegFormer for
+the segmentation tests (pytest puts `tests/` on the path: pyproject's `pythonpath`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import torch
 from safetensors.torch import load_file
+
+import pvtkit
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -273,3 +278,79 @@ def tiny_detector(seed: int = 0, **overrides):
             elif "class_embed" in name:
                 p.normal_(0, 0.5)
     return model
+
+
+# ---- segmentation: canvases of scikit-learn's handwritten digits, a tiny SegFormer ---------------------------------
+
+CLASSES = ["background", *(str(d) for d in range(10))]
+
+
+def digit_canvases(count: int, size: int = 32, per_canvas: int = 2, seed: int = 0, first: int = 0, zoom: int = 2):
+    """`count` (image, mask) pairs: `per_canvas` digits (8x8 scans, upscaled `zoom` x) at random places on a dark,
+    slightly noisy canvas; a pixel of a digit's stroke (scan value >= 6 of 16) is labelled 1 + the digit, the rest
+    0 (background). Digits are taken in order from index `first` of scikit-learn's set."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    out, k = [], first
+    for _ in range(count):
+        image = rng.integers(0, 30, size=(size, size)).astype(np.float64)
+        mask = np.zeros((size, size), dtype=np.uint8)
+        for _ in range(per_canvas):
+            scan = np.kron(digits.images[k % len(digits.images)], np.ones((zoom, zoom)))  # values 0..16
+            label = int(digits.target[k % len(digits.images)])
+            k += 1
+            side = 8 * zoom
+            top, left = rng.integers(0, size - side, size=2)
+            region = (slice(top, top + side), slice(left, left + side))
+            image[region] = np.maximum(image[region], scan * 255 / 16)
+            mask[region] = np.where(scan >= 6, 1 + label, mask[region])
+        out.append((PIL.Image.fromarray(image.astype(np.uint8), mode="L"), PIL.Image.fromarray(mask, mode="L")))
+    return out
+
+
+def write_pairs(images: Path, masks: Path, pairs, start: int = 0, mask_mode: str = "L") -> None:
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    for i, (image, mask) in enumerate(pairs, start):
+        image.convert("RGB").save(images / f"{i:04d}.jpg", quality=95)
+        if mask_mode == "P":
+            mask = mask.convert("P")
+        elif mask_mode == "I;16":
+            mask = PIL.Image.fromarray(np.asarray(mask).astype(np.uint16))
+        mask.save(masks / f"{i:04d}.png")
+
+
+def write_dataset(
+    root: Path, train: int, val: int, size: int = 32, labels: bool = True, per_canvas: int = 2, zoom: int = 2
+) -> Path:
+    """`root/{train,val}/{images,masks}/` and `labels.json`; validation canvases hold digits training never saw."""
+    write_pairs(
+        root / "train" / "images", root / "train" / "masks", digit_canvases(train, size, per_canvas, seed=1, zoom=zoom)
+    )
+    write_pairs(
+        root / "val" / "images",
+        root / "val" / "masks",
+        digit_canvases(val, size, per_canvas, seed=2, first=train * per_canvas, zoom=zoom),
+        train,
+    )
+    if labels:
+        (root / "labels.json").write_text(json.dumps(CLASSES))
+    return root
+
+
+def save_tiny_segformer(path: Path, **options) -> Path:
+    torch.manual_seed(0)
+    config = pvtkit.SegformerConfig(
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 1, 1],
+        decoder_hidden_size=16,
+        num_labels=len(CLASSES),
+        id2label=dict(enumerate(CLASSES)),
+        **options,
+    )
+    pvtkit.SegformerForSemanticSegmentation(config).save_pretrained(path)
+    pvtkit.SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path

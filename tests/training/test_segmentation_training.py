@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from sklearn.datasets import load_digits
 from sklearn.metrics import confusion_matrix
 
 import pvtkit
@@ -31,63 +30,17 @@ from pvtkit.data.transforms import SegmentationTrainTransform, nearest_resize
 from pvtkit.evaluation import SegmentationMetric
 from pvtkit.training import learning_rate, parameter_groups
 
+from helpers import (
+    CLASSES,
+    TORCHRUN_PVTKIT,
+    digit_canvases,
+    kill_training_at_step,
+    read_metrics,
+    save_tiny_segformer,
+    write_dataset,
+    write_pairs,
+)
 from helpers import REPO as ROOT
-from helpers import TORCHRUN_PVTKIT, kill_training_at_step, read_metrics
-
-CLASSES = ["background", *(str(d) for d in range(10))]
-
-
-def digit_canvases(count: int, size: int = 32, per_canvas: int = 2, seed: int = 0, first: int = 0, zoom: int = 2):
-    """`count` (image, mask) pairs: `per_canvas` digits (8x8 scans, upscaled `zoom` x) at random places on a dark,
-    slightly noisy canvas; a pixel of a digit's stroke (scan value >= 6 of 16) is labelled 1 + the digit, the rest
-    0 (background). Digits are taken in order from index `first` of scikit-learn's set."""
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    out, k = [], first
-    for _ in range(count):
-        image = rng.integers(0, 30, size=(size, size)).astype(np.float64)
-        mask = np.zeros((size, size), dtype=np.uint8)
-        for _ in range(per_canvas):
-            scan = np.kron(digits.images[k % len(digits.images)], np.ones((zoom, zoom)))  # values 0..16
-            label = int(digits.target[k % len(digits.images)])
-            k += 1
-            side = 8 * zoom
-            top, left = rng.integers(0, size - side, size=2)
-            region = (slice(top, top + side), slice(left, left + side))
-            image[region] = np.maximum(image[region], scan * 255 / 16)
-            mask[region] = np.where(scan >= 6, 1 + label, mask[region])
-        out.append((PIL.Image.fromarray(image.astype(np.uint8), mode="L"), PIL.Image.fromarray(mask, mode="L")))
-    return out
-
-
-def write_pairs(images: Path, masks: Path, pairs, start: int = 0, mask_mode: str = "L") -> None:
-    images.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(parents=True, exist_ok=True)
-    for i, (image, mask) in enumerate(pairs, start):
-        image.convert("RGB").save(images / f"{i:04d}.jpg", quality=95)
-        if mask_mode == "P":
-            mask = mask.convert("P")
-        elif mask_mode == "I;16":
-            mask = PIL.Image.fromarray(np.asarray(mask).astype(np.uint16))
-        mask.save(masks / f"{i:04d}.png")
-
-
-def write_dataset(
-    root: Path, train: int, val: int, size: int = 32, labels: bool = True, per_canvas: int = 2, zoom: int = 2
-) -> Path:
-    """`root/{train,val}/{images,masks}/` and `labels.json`; validation canvases hold digits training never saw."""
-    write_pairs(
-        root / "train" / "images", root / "train" / "masks", digit_canvases(train, size, per_canvas, seed=1, zoom=zoom)
-    )
-    write_pairs(
-        root / "val" / "images",
-        root / "val" / "masks",
-        digit_canvases(val, size, per_canvas, seed=2, first=train * per_canvas, zoom=zoom),
-        train,
-    )
-    if labels:
-        (root / "labels.json").write_text(json.dumps(CLASSES))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -101,22 +54,6 @@ def canvases(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("small") / "small", 48, 16)
-
-
-def save_tiny_segformer(path: Path, **options) -> Path:
-    torch.manual_seed(0)
-    config = pvtkit.SegformerConfig(
-        hidden_sizes=[8, 16, 24, 32],
-        depths=[1, 1, 1, 1],
-        num_attention_heads=[1, 1, 1, 1],
-        decoder_hidden_size=16,
-        num_labels=len(CLASSES),
-        id2label=dict(enumerate(CLASSES)),
-        **options,
-    )
-    pvtkit.SegformerForSemanticSegmentation(config).save_pretrained(path)
-    pvtkit.SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

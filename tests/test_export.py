@@ -293,7 +293,9 @@ def test_vit_size_off_the_patch_grid_is_refused(tmp_path):
     [
         ({"opset": 12}, "opset 12 is not supported"),
         ({"dtype": "int4"}, "dtype 'int4'"),
-        ({"quantize": "static"}, "quantize 'static'"),
+        ({"quantize": "int4"}, "quantize 'int4'"),
+        ({"quantize": "static"}, "calibration images"),
+        ({"postprocess": "logits"}, "postprocess 'logits'"),
         ({"dtype": "fp16", "quantize": "dynamic"}, "fp32"),
     ],
 )

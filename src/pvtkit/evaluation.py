@@ -1,5 +1,6 @@
 """Evaluating an image classifier on class folders (accuracy, top-5, per-class accuracy, a confusion matrix) and a
-semantic segmentation model on image/mask folders (mIoU, per-class IoU, pixel and mean class accuracy).
+semantic segmentation model on image/mask folders (mIoU, per-class IoU, pixel and mean class accuracy, Dice,
+precision, recall and Boundary IoU).
 
 The data is torchvision's `ImageFolder` layout, one folder of images per class. Folders are matched to the model's
 classes by name (`config.id2label`), so a model fine-tuned by `pvtkit train` evaluates on any folder of the same
@@ -37,6 +38,7 @@ from .data.segmentation import EvalPairDataset, SegSample, as_lists, load_eval_s
 from .data.transforms import ProcessorTransform, SlideTransform, processor_image_size
 from .distributed import DistContext, init_distributed
 from .losses import segmentation_loss
+from .processing import class_map, segmentation_labels
 
 logger = logging.getLogger("pvtkit")
 
@@ -58,6 +60,7 @@ class EvalResult:
         confusion_labels: Column names: `class_names`, plus `"(other)"` for the model's remaining classes.
         skipped: Unreadable files -> reason.
         seconds: Wall time of the loop.
+        held_out: What was evaluated: "folder" (a validation split), "fraction" (a hold-out), None (all images).
     """
 
     accuracy: float
@@ -70,6 +73,7 @@ class EvalResult:
     confusion_labels: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    held_out: str | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -306,11 +310,84 @@ def evaluate(
     )
     result = evaluator.run()
     result.skipped = {**dict(unreadable), **result.skipped}
+    in_val_split = Path(directory).name in ("val", "validation") and Path(directory).parent == Path(data)
+    result.held_out = "folder" if in_val_split else "fraction" if val_fraction else None
     if confusion is not None and ctx.is_main:
         title = f"{name}: accuracy {result.accuracy:.1%} on {result.num_images} images"
         draw_confusion_matrix(result.confusion, result.class_names, result.confusion_labels, confusion, title)
     logger.info("evaluated %s on %s: accuracy %.4f", name, directory, result.accuracy)
     return result
+
+
+def training_run_args(model: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The `training_args.json` that `pvtkit train` wrote beside the model (its output directory is the model) or
+    in the folder above (a model saved inside its run's folder), and what it holds; None for a model that is not
+    a local training run's (a Hub id, a downloaded model) or whose file cannot be read."""
+    import json
+
+    from .training.trainer import ARGS_NAME
+
+    path = Path(model)
+    if not path.exists():
+        return None
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder / ARGS_NAME, folder.parent / ARGS_NAME):
+        if candidate.is_file():
+            try:
+                found = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            return (candidate, found) if isinstance(found, dict) else None
+    return None
+
+
+def seen_in_training_warning(
+    model: str | Path, data: str | Path, val_fraction: float | None, held_out: str | None
+) -> str | None:
+    """One paragraph when an evaluation's images are (mostly) ones the model was trained on, else None.
+
+    That is when `data` is the folder the model's training run used (its `training_args.json`, found by
+    `training_run_args`) and the evaluation was not on a split training held out: not the data's validation folder
+    (`held_out` "folder"), nor the run's own `--val-fraction` hold-out (`held_out` "fraction" with the run's
+    fraction).
+
+    Args:
+        model: Where the model was loaded from.
+        data: The evaluated folder.
+        val_fraction: The evaluation's `--val-fraction`.
+        held_out: What was evaluated: "folder" (a val/ or validation/ split), "fraction" (a hold-out), None (all).
+    """
+    found = training_run_args(model)
+    if found is None or held_out == "folder":
+        return None
+    path, run = found
+    trained = run.get("data")
+    if not trained:
+        return None
+    with contextlib.suppress(OSError):
+        if Path(trained).resolve() != Path(data).resolve():
+            return None
+    run_fraction = float(run.get("val_fraction") or 0.0)
+    if held_out == "fraction" and val_fraction is not None and math.isclose(val_fraction, run_fraction):
+        return None
+    honest = (
+        f"evaluate its hold-out with --val-fraction {run_fraction:g} (the images that run validated on), or "
+        "evaluate on a folder of images it never saw"
+        if run_fraction > 0
+        else "that run held nothing out (val_fraction 0), so evaluate on a folder of images it never saw"
+    )
+    if held_out == "fraction":
+        seen = (
+            f"this evaluation's hold-out (--val-fraction {val_fraction:g}) is not the one that run kept out of "
+            f"training ({run_fraction:g}), so some of its images were trained on"
+        )
+    else:
+        share = f"{1 - run_fraction:.0%} of them" if run_fraction > 0 else "all of them"
+        seen = f"this evaluation covers all of that folder's images, and the model was trained on {share}"
+    return (
+        f"warning: {model} was trained on {trained} ({path} says so); {seen}. The numbers overstate how well it "
+        f"does on new images: for the honest number, {honest}."
+    )
 
 
 # ---- the confusion matrix picture ------------------------------------------------------------------------------
@@ -380,46 +457,157 @@ def draw_confusion_matrix(
 # ---- semantic segmentation: the metric, the evaluation loop ------------------------------------------
 
 
+BOUNDARY_RATIO = 0.02  # boundary IoU's band: pixels within 2% of the image diagonal of a contour (Cheng et al.)
+
+
+def _window_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """The maximum of every run of `k` values along `dim` (that dimension shrinks by k - 1): log2(k) elementwise
+    maxima of shifted views, each doubling the window, then one of two overlapping windows (a sparse table's
+    doubling); a max-pool costs k per value instead."""
+    n, width = x.shape[dim], 1
+    while 2 * width <= k:
+        x = torch.maximum(x.narrow(dim, 0, x.shape[dim] - width), x.narrow(dim, width, x.shape[dim] - width))
+        width *= 2
+    if width < k:
+        x = torch.maximum(x.narrow(dim, 0, n - k + 1), x.narrow(dim, k - width, n - k + 1))
+    return x
+
+
+def boundary_band(labels: torch.Tensor, ratio: float = BOUNDARY_RATIO) -> torch.Tensor:
+    """The pixels of a class map `(..., H, W)` within distance d of their own class's contour: those whose
+    (2d+1)² square window (chessboard distance d) holds another value or reaches past the image's edge (the edge
+    counts as a contour, as Boundary IoU's reference code pads the mask with zeros), d = max(1, round(ratio *
+    diagonal)). This is each class mask minus its erosion by d, for every class at once: the window's maximum and
+    minimum of the map, one separable sliding maximum, instead of one erosion per class."""
+    height, width = labels.shape[-2:]
+    d = max(1, round(ratio * math.hypot(height, width)))
+    # int16 when the values allow (class maps): the sliding maxima run three times faster than in int32
+    top = int(labels.abs().max()) if labels.numel() else 0
+    dtype, beyond = (torch.int16, 2**14) if top < 2**14 else (torch.int32, 2**30)
+    flat = labels.reshape(-1, height, width).to(dtype)
+    both = torch.stack((flat, -flat), 1)  # (N, 2, H, W): the second channel's maximum is minus the minimum
+    # beyond the edge: a value above every class in both channels, so a window reaching it is never uniform
+    padded = F.pad(both, (d, d, d, d), value=beyond)
+    k = 2 * d + 1
+    extreme = _window_max(_window_max(padded, k, -1), k, -2)  # (N, 2, H, W)
+    return (extreme[:, 0] != -extreme[:, 1]).reshape(labels.shape)  # the window's max differs from its min
+
+
 class SegmentationMetric:
     """Intersection and union per class, accumulated over a whole data set the way mmsegmentation and the
     `evaluate` library's `mean_iou` count them (never averaged per batch): a `num_classes`² confusion matrix of
-    pixels (rows true, columns predicted) over the pixels whose label is not `ignore_index`."""
+    pixels (rows true, columns predicted) over the pixels whose label is not `ignore_index`; and, for Boundary IoU
+    (Cheng et al. 2021, https://arxiv.org/abs/2103.16562), the same counts over each class's boundary band
+    (`boundary_band`), summed over the set.
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: Any = "cpu") -> None:
-        self.num_classes, self.ignore_index = num_classes, ignore_index
+    Args:
+        num_classes: The model's classes.
+        ignore_index: The label of unlabelled pixels: left out of every count (an ignored region's edge is still a
+            contour of the classes beside it).
+        boundary_ratio: The band's width as a share of each image's diagonal; None skips Boundary IoU.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = IGNORE_INDEX,
+        device: Any = "cpu",
+        boundary_ratio: float | None = BOUNDARY_RATIO,
+    ) -> None:
+        self.num_classes, self.ignore_index, self.boundary_ratio = num_classes, ignore_index, boundary_ratio
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        # rows: the band pixels both maps agree on (intersection), the label's band, the prediction's band
+        self.boundary = torch.zeros(3, num_classes, dtype=torch.int64, device=device)
 
     def update(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add `predicted` class indices against `labels` (same shape)."""
+        """Add `predicted` class indices against `labels` (same shape: one map `(H, W)` or a batch `(B, H, W)`;
+        the boundary band's width is measured on each map's own size)."""
         if predicted.shape != labels.shape:
             raise ValueError(f"predictions {tuple(predicted.shape)} and labels {tuple(labels.shape)} differ in shape")
         k = self.num_classes
+        predicted = predicted.long()
         valid = (labels != self.ignore_index) & (labels >= 0) & (labels < k)
-        index = labels[valid].long() * k + predicted[valid].long()
-        self.confusion += torch.bincount(index, minlength=k * k).reshape(k, k)
+        target = torch.where(valid, labels.long(), -1)  # every unlabelled pixel one value: a region of its own
+        # Pixels left out are counted in one extra bin, then dropped: cheaper than selecting the others.
+        index = torch.where(valid, target * k + predicted, k * k)
+        self.confusion += torch.bincount(index.flatten(), minlength=k * k + 1)[: k * k].reshape(k, k)
+        if self.boundary_ratio is None or predicted.dim() < 2 or predicted.numel() == 0:
+            return
+        label_band, predicted_band = boundary_band(torch.stack((target, predicted)), self.boundary_ratio) & valid
+        both = label_band & predicted_band & (predicted == target)
+        rows = [
+            torch.where(both, target, k),
+            torch.where(label_band, target, k),
+            torch.where(predicted_band, predicted, k),
+        ]
+        index = torch.stack(rows) + (k + 1) * torch.arange(3, device=predicted.device).view(3, *[1] * predicted.dim())
+        self.boundary += torch.bincount(index.flatten(), minlength=3 * (k + 1)).view(3, k + 1)[:, :k]
 
     def compute(self) -> dict[str, Any]:
-        """`mean_iou`, `mean_accuracy`, `overall_accuracy` and per class `iou`, `accuracy` (NaN for a class that
-        neither the labels nor the predictions hold; left out of the means)."""
-        return iou_from_confusion(self.confusion.cpu().numpy())
+        """`iou_from_confusion`'s metrics, with Boundary IoU's (`per_category_boundary_iou`,
+        `mean_boundary_iou`) when it was counted."""
+        out = iou_from_confusion(self.confusion.cpu().numpy())
+        if self.boundary_ratio is not None:
+            out.update(boundary_iou(self.boundary.cpu().numpy()))
+        return out
+
+
+def boundary_iou(counts: np.ndarray) -> dict[str, Any]:
+    """Boundary IoU per class from `SegmentationMetric.boundary`'s counts (intersection, label band, predicted band),
+    NaN for a class whose band is empty in both (in neither map), and its mean over the others."""
+    intersection, label_band, predicted_band = np.asarray(counts, dtype=np.float64)
+    union = label_band + predicted_band - intersection
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, intersection / union, np.nan)
+    return {
+        "per_category_boundary_iou": iou,
+        "mean_boundary_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else math.nan,
+    }
 
 
 def iou_from_confusion(confusion: np.ndarray) -> dict[str, Any]:
-    """The segmentation metrics of a pixel confusion matrix (rows true, columns predicted)."""
+    """The segmentation metrics of a pixel confusion matrix (rows true, columns predicted).
+
+    Per class: IoU TP/(TP+FP+FN), accuracy TP/label pixels, Dice 2TP/(2TP+FP+FN), precision TP/(TP+FP), recall
+    TP/(TP+FN) and F-score 2PR/(P+R) (mmsegmentation's mFscore with beta 1). A class in neither the labels nor the
+    predictions is NaN in all of them and left out of every mean (`mean_*`, over the other classes), as for mIoU;
+    accuracy is also NaN for a class only predicted. Otherwise a 0/0 counts as 0 (scikit-learn's
+    `zero_division=0`): precision of a class never predicted, recall of one only predicted, F-score when both are
+    0. So the F-score equals Dice for every class and mFscore equals mDice (mmsegmentation leaves a class with
+    precision and recall 0 out of mFscore instead).
+    """
     confusion = np.asarray(confusion, dtype=np.float64)
     intersection = np.diag(confusion)
     label_area, predicted_area = confusion.sum(1), confusion.sum(0)
     union = label_area + predicted_area - intersection
+    present = union > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, intersection / union, np.nan)
+        iou = np.where(present, intersection / union, np.nan)
         accuracy = np.where(label_area > 0, intersection / label_area, np.nan)
+        dice = np.where(present, 2 * intersection / (label_area + predicted_area), np.nan)
+        precision = np.where(predicted_area > 0, intersection / predicted_area, np.where(present, 0.0, np.nan))
+        recall = np.where(label_area > 0, intersection / label_area, np.where(present, 0.0, np.nan))
+        fscore = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        fscore = np.where(present, fscore, np.nan)
     total = label_area.sum()
+
+    def mean(values: np.ndarray) -> float:
+        return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
     return {
-        "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else math.nan,
-        "mean_accuracy": float(np.nanmean(accuracy)) if np.isfinite(accuracy).any() else math.nan,
+        "mean_iou": mean(iou),
+        "mean_accuracy": mean(accuracy),
         "overall_accuracy": float(intersection.sum() / total) if total else math.nan,
+        "mean_dice": mean(dice),
+        "mean_precision": mean(precision),
+        "mean_recall": mean(recall),
+        "mean_fscore": mean(fscore),
         "per_category_iou": iou,
         "per_category_accuracy": accuracy,
+        "per_category_dice": dice,
+        "per_category_precision": precision,
+        "per_category_recall": recall,
+        "per_category_fscore": fscore,
         "label_area": label_area.astype(np.int64),
         "predicted_area": predicted_area.astype(np.int64),
     }
@@ -427,12 +615,15 @@ def iou_from_confusion(confusion: np.ndarray) -> dict[str, Any]:
 
 @dataclass
 class SegmentationEvalResult:
-    """What `evaluate_segmentation` measured (`mean_iou` etc. as `iou_from_confusion`, over `num_images`).
+    """What `evaluate_segmentation` measured (`mean_iou` etc. as `iou_from_confusion`, `mean_boundary_iou` as
+    `boundary_iou`, over `num_images`).
 
     Attributes:
-        per_class: Class name -> `{"iou", "accuracy", "pixels", "predicted_pixels"}` (IoU/accuracy None where the
-            class is in neither the labels nor the predictions / not in the labels).
+        per_class: Class name -> `{"iou", "accuracy", "dice", "precision", "recall", "fscore", "boundary_iou",
+            "pixels", "predicted_pixels"}` (a metric is None where the class is in neither the labels nor the
+            predictions; accuracy also where it is not in the labels).
         confusion: Pixel counts, rows true class, columns predicted, in `class_names` order.
+        boundary_ratio: Boundary IoU's band width, as a share of each image's diagonal.
     """
 
     mean_iou: float
@@ -446,6 +637,14 @@ class SegmentationEvalResult:
     mode: str = "whole"
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    mean_dice: float = math.nan
+    mean_precision: float = math.nan
+    mean_recall: float = math.nan
+    mean_fscore: float = math.nan
+    mean_boundary_iou: float = math.nan
+    boundary_ratio: float = BOUNDARY_RATIO
+    held_out: str | None = None  # what was evaluated: "folder" (a validation split), "fraction" (a hold-out), None
+    tta: dict[str, Any] | None = None  # the test-time augmentation that ran (`Augmentation.to_dict()`), or None
 
     @property
     def images_per_second(self) -> float:
@@ -461,6 +660,13 @@ class SegmentationEvalResult:
             "mean_iou": clean(self.mean_iou),
             "mean_accuracy": clean(self.mean_accuracy),
             "overall_accuracy": clean(self.overall_accuracy),
+            "mean_dice": clean(self.mean_dice),
+            "mean_precision": clean(self.mean_precision),
+            "mean_recall": clean(self.mean_recall),
+            "mean_fscore": clean(self.mean_fscore),
+            "mean_boundary_iou": clean(self.mean_boundary_iou),
+            "boundary_ratio": self.boundary_ratio,
+            "tta": self.tta,
             "loss": clean(self.loss),
             "num_images": self.num_images,
             "num_skipped": len(self.skipped),
@@ -483,6 +689,9 @@ class SegmentationEvaluator:
         mode: `"whole"` (the processor's resize, one forward per image) or `"slide"` (aspect kept, short side to the
             processor's size, overlapping windows with a 2/3 stride).
         reduce_labels: Read masks with ADE20K's convention.
+        aug: Test-time augmentation (`tta.as_augmentation`: None, a preset such as "ms-flip", a dict, an
+            `Augmentation`): the probabilities averaged over its views (`tta.tta_probabilities`, scales relative to
+            the image as `mode` sizes it) at each mask's size; the loss is then their cross-entropy.
     """
 
     def __init__(
@@ -493,6 +702,7 @@ class SegmentationEvaluator:
         *,
         mode: str = "whole",
         reduce_labels: bool = False,
+        aug: Any = None,
         batch_size: int = 8,
         num_workers: int = 0,
         device: torch.device | str = "cpu",
@@ -502,11 +712,16 @@ class SegmentationEvaluator:
     ) -> None:
         if mode not in ("whole", "slide"):
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        from .tta import as_augmentation
+
         self.model, self.mode, self.device = model, mode, torch.device(device)
         self.amp_dtype, self.ctx, self.progress, self.batch_size = amp_dtype, ctx or DistContext(), progress, batch_size
         self.num_labels = int(model.config.num_labels)
+        self.num_classes = max(self.num_labels, 2)  # a one-label (BCE) model: background, or its label
         self.samples = list(samples)
         self.window = processor_image_size(processor)
+        self.stride = (max(self.window[0] * 2 // 3, 1), max(self.window[1] * 2 // 3, 1))
+        self.aug = as_augmentation(aug)
         transform = ProcessorTransform(processor) if mode == "whole" else SlideTransform(processor, self.window)
         mine = self.samples[self.ctx.rank :: self.ctx.world_size]
         self.dataset = EvalPairDataset(
@@ -522,16 +737,25 @@ class SegmentationEvaluator:
             generator=torch.Generator(),  # not the global RNG, which training's dropout draws from
         )
 
-    def _logits(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _logits(self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Per image, its logits `(1, K, h, w)` (upsampled by the caller to `sizes[i]`, its mask's); with test-time
+        augmentation, `tta.probability_scores` of the averaged probabilities, already at `sizes[i]`."""
         with autocast_context(self.device, self.amp_dtype):
+            if self.aug.active:
+                from .tta import probability_scores, tta_probabilities
+
+                batch = torch.stack(pixels).to(self.device)  # one size: the processor's, or slide mode's one image
+                found = tta_probabilities(
+                    self.model, batch, sizes, self.aug, self.mode, self.window, self.stride, self.batch_size
+                )
+                return [probability_scores(p) for p in found]
             if self.mode == "whole":
                 logits = self.model(pixel_values=torch.stack(pixels).to(self.device)).logits.float()
                 return [logits[i : i + 1] for i in range(len(pixels))]
-            from .pipelines import sliding_window_logits
+            from .tta import sliding_window_logits
 
-            stride = (max(self.window[0] * 2 // 3, 1), max(self.window[1] * 2 // 3, 1))
             return [
-                sliding_window_logits(self.model, p[None].to(self.device), self.window, stride, self.batch_size)
+                sliding_window_logits(self.model, p[None].to(self.device), self.window, self.stride, self.batch_size)
                 for p in pixels
             ]
 
@@ -540,7 +764,7 @@ class SegmentationEvaluator:
         model, device = self.model, self.device
         was_training = model.training
         model.eval()
-        metric = SegmentationMetric(self.num_labels, device=device)
+        metric = SegmentationMetric(self.num_classes, device=device)
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, labelled pixels, images
         skipped: dict[str, str] = {}
         start = time.perf_counter()
@@ -551,10 +775,10 @@ class SegmentationEvaluator:
                     skipped[" / ".join(self.dataset.samples[i])] = reason
             good = [k for k, reason in enumerate(reasons) if not reason]
             if good:
-                logits = self._logits([pixels[k] for k in good])
+                logits = self._logits([pixels[k] for k in good], [tuple(masks[k].shape[-2:]) for k in good])
                 for k, scores in zip(good, logits):
                     mask = masks[k].to(device)
-                    target = torch.where(mask < self.num_labels, mask, IGNORE_INDEX)
+                    target = torch.where(mask < self.num_classes, mask, IGNORE_INDEX)
                     loss, up = segmentation_loss(
                         scores,
                         target[None],
@@ -564,7 +788,7 @@ class SegmentationEvaluator:
                         upsampled=True,
                         check=False,
                     )
-                    metric.update(up.argmax(1)[0], mask)
+                    metric.update(class_map(up, dim=1)[0], mask)
                     valid = (target != IGNORE_INDEX).sum()
                     sums += torch.stack(
                         (loss.double(), valid.double(), torch.ones((), dtype=torch.float64, device=device))
@@ -572,27 +796,28 @@ class SegmentationEvaluator:
             bar.update(len(indices) * self.ctx.world_size)
         bar.close()
         self.ctx.all_reduce_sum(metric.confusion)
+        self.ctx.all_reduce_sum(metric.boundary)
         self.ctx.all_reduce_sum(sums)
         for part in self.ctx.gather_objects(skipped):
             skipped.update(part)
         model.train(was_training)
-        return self._result(metric, sums.cpu().tolist(), skipped, time.perf_counter() - start)
+        result = self._result(metric, sums.cpu().tolist(), skipped, time.perf_counter() - start)
+        result.tta = self.aug.to_dict() if self.aug.active else None
+        return result
 
     def _result(
         self, metric: SegmentationMetric, sums: list[float], skipped: dict[str, str], seconds: float
     ) -> SegmentationEvalResult:
-        id2label = self.model.config.id2label
-        names = [str(id2label.get(i, i)) for i in range(self.num_labels)]
+        names = segmentation_labels(self.model.config)
         m = metric.compute()
         per_class = {}
         for i, name in enumerate(names):
-            iou, accuracy = m["per_category_iou"][i], m["per_category_accuracy"][i]
             per_class[name] = {
-                "iou": None if np.isnan(iou) else float(iou),
-                "accuracy": None if np.isnan(accuracy) else float(accuracy),
-                "pixels": int(m["label_area"][i]),
-                "predicted_pixels": int(m["predicted_area"][i]),
+                key: None if np.isnan(m[f"per_category_{key}"][i]) else float(m[f"per_category_{key}"][i])
+                for key in ("iou", "accuracy", "dice", "precision", "recall", "fscore", "boundary_iou")
             }
+            per_class[name]["pixels"] = int(m["label_area"][i])
+            per_class[name]["predicted_pixels"] = int(m["predicted_area"][i])
         loss_sum, pixels, count = sums
         return SegmentationEvalResult(
             mean_iou=m["mean_iou"],
@@ -606,6 +831,12 @@ class SegmentationEvaluator:
             mode=self.mode,
             skipped=skipped,
             seconds=seconds,
+            mean_dice=m["mean_dice"],
+            mean_precision=m["mean_precision"],
+            mean_recall=m["mean_recall"],
+            mean_fscore=m["mean_fscore"],
+            mean_boundary_iou=m["mean_boundary_iou"],
+            boundary_ratio=metric.boundary_ratio,
         )
 
 
@@ -617,6 +848,9 @@ def evaluate_segmentation(
     val_fraction: float | None = None,
     reduce_labels: bool | None = None,
     mode: str = "whole",
+    scales: Sequence[float] | str | None = None,
+    flip: bool = False,
+    aligned_resize: bool = False,
     batch_size: int = 8,
     num_workers: int = 0,
     device: str | torch.device = "auto",
@@ -627,7 +861,7 @@ def evaluate_segmentation(
     local_files_only: bool = False,
 ) -> SegmentationEvalResult:
     """Evaluate a semantic segmentation model on a folder of images and masks: mIoU, per-class IoU, pixel
-    accuracy, mean class accuracy, the pixel confusion matrix.
+    accuracy, mean class accuracy, Dice, precision, recall, F-score, Boundary IoU, the pixel confusion matrix.
 
     Args:
         model: A segmentation model, or where to load one (Hub id, directory, weights file).
@@ -636,6 +870,9 @@ def evaluate_segmentation(
         val_fraction: Evaluate the hold-out `pvtkit train --val-fraction` validated on.
         reduce_labels: Read the masks with ADE20K's convention (default: the processor's `do_reduce_labels`).
         mode: `"whole"` or `"slide"` (see `SegmentationEvaluator`).
+        scales, flip, aligned_resize: Test-time augmentation (`tta.Augmentation`): resize ratios (e.g. `(0.5, 0.75,
+            1, 1.25, 1.5, 1.75)`, mmsegmentation's, or the text "0.5,1,1.5"; default 1 alone), also the mirrored
+            views, each view's sides rounded up to a multiple of 32; the softmax probabilities averaged over views.
         confusion: Also draw the confusion matrix (shares of each true class's pixels) into this PNG.
 
     Returns:
@@ -643,17 +880,22 @@ def evaluate_segmentation(
     """
     from .auto import AutoModelForSemanticSegmentation
     from .dtypes import parse_dtype
+    from .tta import Augmentation
 
+    aug = Augmentation(
+        (1.0,) if scales is None else scales, bool(flip), bool(aligned_resize)
+    )  # bad values fail before loading
     model, processor, name, device, ctx = _prepare(
         model, AutoModelForSemanticSegmentation, processor, device, revision, local_files_only
     )
     if reduce_labels is None:
         reduce_labels = bool(getattr(processor, "do_reduce_labels", False))
     found, samples = load_eval_segmentation(data, val_fraction, reduce_labels, progress and ctx.is_main)
-    if len(found.classes) > model.config.num_labels:
+    predicts = max(model.config.num_labels, 2)  # a one-label (BCE) model: background or its label
+    if len(found.classes) > predicts:
         raise DatasetError(
             f"{data}: the masks hold {len(found.classes)} classes, the model predicts "
-            f"{model.config.num_labels}; expected masks with values below {model.config.num_labels} "
+            f"{predicts}; expected masks with values below {predicts} "
             f"(or {IGNORE_INDEX})" + ("" if reduce_labels else "; ADE20K-style masks need reduce_labels")
         )
     evaluator = SegmentationEvaluator(
@@ -662,6 +904,7 @@ def evaluate_segmentation(
         processor,
         mode=mode,
         reduce_labels=reduce_labels,
+        aug=aug,
         batch_size=batch_size,
         num_workers=num_workers,
         device=device,
@@ -671,6 +914,7 @@ def evaluate_segmentation(
     )
     result = evaluator.run()
     result.skipped = {**dict(found.unreadable), **result.skipped}
+    result.held_out = "folder" if found.val_source == "folder" else "fraction" if val_fraction else None
     if confusion is not None and ctx.is_main:
         title = f"{name}: mIoU {result.mean_iou:.1%} on {result.num_images} images (share of each true class's pixels)"
         draw_confusion_matrix(result.confusion, result.class_names, result.class_names, confusion, title, show="share")

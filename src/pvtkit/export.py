@@ -47,7 +47,10 @@ DEFAULT_OPSET = 20  # the first opset with a native Gelu; ORT does not fuse the 
 SUPPORTED_OPSETS = (18, 19, 20, 21, 22, 23)
 FP32_TOLERANCE = 1e-4  # max |exported - torch| / max |torch|, per output
 FP16_TOLERANCE = 1e-2  # fp16 file against the fp32 model
-QUANTIZE_MODES = ("dynamic",)
+QUANTIZE_MODES = ("dynamic", "static")
+POSTPROCESS_MODES = ("labels", "probabilities")
+# the largest share of pixels whose label may differ from PyTorch's in a check of a post-processed graph (near-ties)
+LABEL_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
 MAX_BATCH = 1 << 16  # upper bound of a torch.export program's batch dimension
 DEFAULT_SIDE = 512  # the example size of a model whose config and processor fix none (GLPN)
 ONNX_DTYPES = (torch.float32, torch.float16)
@@ -74,12 +77,16 @@ def require(module: str, purpose: str) -> Any:
 
 @dataclass
 class Check:
-    """One verification run: input shape and, per output, the largest absolute and relative difference."""
+    """One verification run: input shape and, per output, the largest absolute and relative difference; for a
+    post-processed graph also the `target_size` it was run at, and for label maps the share of pixels whose label
+    equals PyTorch's (`label_agreement`; the differences are then the share that differs)."""
 
     shape: list[int]
     max_abs_diff: float
     max_rel_diff: float
     outputs: dict[str, float] = field(default_factory=dict)
+    target_size: list[int] | None = None
+    label_agreement: float | None = None
 
 
 @dataclass
@@ -87,7 +94,9 @@ class ExportReport:
     """What `export_onnx` / `export_torch` wrote and how well it matched PyTorch.
 
     `max_rel_diff` is max |exported - torch| / max |torch| over every output and check; `verified` is False when
-    the check was skipped (no onnxruntime, or `verify=False`), and `skipped` says why.
+    the check was skipped (no onnxruntime, or `verify=False`), and `skipped` says why. `postprocess` is the
+    segmentation post-processing in the graph (None, "labels", "probabilities"); `accuracy` what `verify_data`
+    measured (`pytorch_miou`, `exported_miou`, `drop_points`, `max_drop_points`, `label_agreement`, `images`).
     """
 
     path: str
@@ -111,6 +120,8 @@ class ExportReport:
     max_rel_diff: float | None = None
     dynamic_ranges: dict[str, list[int | None]] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
+    postprocess: str | None = None
+    accuracy: dict[str, Any] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,24 +135,54 @@ class ExportReport:
             + (f", opset {self.opset}" if self.opset else "")
             + (f", {self.quantize} int8" if self.quantize else "")
             + f") in {self.export_seconds:.1f}s",
-            f"  {self.input_name} [{shape}] -> {', '.join(self.output_names)}",
+            f"  {self.input_name} [{shape}]"
+            + (" + target_size [2] (int64 height, width)" if self.postprocess else "")
+            + f" -> {', '.join(self.output_names)}",
         ]
         for name, (lo, hi) in self.dynamic_ranges.items():
             lines.append(f"  {name}: {lo} .. {'any' if hi is None else hi}")
         if self.verified:
             for c in self.checks:
-                lines.append(
-                    f"  check {'x'.join(map(str, c.shape))}: max abs diff {c.max_abs_diff:.3g}, "
-                    f"relative {c.max_rel_diff:.3g}"
+                at = f"  check {'x'.join(map(str, c.shape))}" + (
+                    f" -> {'x'.join(map(str, c.target_size))}" if c.target_size else ""
                 )
-            lines.append(f"  largest relative difference {self.max_rel_diff:.3g} (tolerance {self.tolerance:g})")
+                if c.label_agreement is not None:
+                    lines.append(f"{at}: labels equal PyTorch's on {c.label_agreement:.4%} of the pixels")
+                else:
+                    lines.append(f"{at}: max abs diff {c.max_abs_diff:.3g}, relative {c.max_rel_diff:.3g}")
+            if self.quantize:
+                lines.append("  (the checks above ran on the fp32 graph, before int8 quantization)")
+            if self.postprocess == "labels":
+                worst = min(c.label_agreement for c in self.checks)  # type: ignore[type-var]
+                lines.append(f"  lowest label agreement {worst:.4%} (at most {self.tolerance:.2%} may differ)")
+            else:
+                lines.append(f"  largest relative difference {self.max_rel_diff:.3g} (tolerance {self.tolerance:g})")
         else:
             lines.append(f"  not verified: {self.skipped}")
-        if self.quantization:
+        if self.quantization and "max_logit_drift" in self.quantization:
             q = self.quantization
             lines.append(
                 f"  int8 vs fp32 on {q['images']} {q['source']}: top-1 agreement {q['top1_agreement']:.0%}, "
                 f"max logit drift {q['max_logit_drift']:.3g} (relative {q['max_rel_drift']:.3g})"
+            )
+        if self.quantization and "label_agreement" in self.quantization:
+            q = self.quantization
+            lines.append(
+                f"  int8 vs fp32 on {q['images']} {q['source']}: labels equal on {q['label_agreement']:.2%} "
+                "of the pixels"
+            )
+        if self.quantization and "calibration_images" in self.quantization:
+            q = self.quantization
+            lines.append(
+                f"  static int8 calibrated on {q['calibration_images']} images ({q['method']}); kept in fp32: "
+                f"{', '.join(q['kept_fp32'])}"
+            )
+        if self.accuracy:
+            a = self.accuracy
+            lines.append(
+                f"  mIoU on {a['images']} images of {a['data']}: PyTorch {100 * a['pytorch_miou']:.2f}, this file "
+                f"{100 * a['exported_miou']:.2f} (drop {a['drop_points']:+.2f} points, at most "
+                f"{a['max_drop_points']:g}); labels equal on {a['label_agreement']:.2%} of the pixels"
             )
         return "\n".join(lines)
 
@@ -174,13 +215,19 @@ def _reference(model: nn.Module, pixel_values: torch.Tensor) -> dict[str, torch.
 class Exported(nn.Module):
     """The module both formats trace: the model's forward with named outputs; with preprocessing, the processor's
     rescale + normalize in front, on uint8 RGB images `(B, H, W, 3)` already resized, folded into one multiply-add
-    per channel."""
+    per channel; with `postprocess`, segmentation logits upsampled to a size given at run time and turned into
+    label maps or probabilities (`finish`)."""
 
     def __init__(
-        self, model: nn.Module, preprocess: tuple[Sequence[float], Sequence[float]] | None, dtype: torch.dtype
+        self,
+        model: nn.Module,
+        preprocess: tuple[Sequence[float], Sequence[float]] | None,
+        dtype: torch.dtype,
+        postprocess: str | None = None,
     ) -> None:
         super().__init__()
         self.model, self.preprocess, self.compute_dtype = model, preprocess is not None, dtype
+        self.postprocess = postprocess
         for name, value in zip(("scale", "shift"), preprocess or ((1.0,) * 3, (0.0,) * 3)):
             self.register_buffer(name, torch.tensor(value, dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
 
@@ -188,8 +235,23 @@ class Exported(nn.Module):
         """The (B, 3, H, W) pixel values the model takes for the file's input `x`."""
         return x.permute(0, 3, 1, 2).float() * self.scale + self.shift if self.preprocess else x
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return _named(self.model, self.pixels(x).to(self.compute_dtype))
+    def forward(self, x: torch.Tensor, target_size: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        named = _named(self.model, self.pixels(x).to(self.compute_dtype))
+        return named if self.postprocess is None else self.finish(named, target_size)  # type: ignore[arg-type]
+
+    def finish(self, named: dict[str, torch.Tensor], target_size: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`pvtkit segment`'s post-processing (`processing.semantic_segmentation`) on the logits `(B, K, h, w)`:
+        bilinear (align_corners=False, in fp32) to `target_size` (int64 `[height, width]`, read at run time), then
+        int64 label maps `(B, H, W)` (argmax) or softmax probabilities `(B, K, H, W)`."""
+        height, width = target_size.tolist()  # symbolic in the trace: one file serves every output size
+        torch._check(height > 0)
+        torch._check(width > 0)
+        logits = torch.nn.functional.interpolate(
+            named["logits"].float(), size=(height, width), mode="bilinear", align_corners=False
+        )
+        if self.postprocess == "labels":
+            return {"labels": logits.argmax(1)}
+        return {"probabilities": logits.softmax(1)}
 
     def example(self, b: int, h: int, w: int, seed: int) -> torch.Tensor:
         """A seeded fp32 input of that shape (normalized-looking floats), or uint8 RGB images `(B, H, W, 3)`."""
@@ -234,6 +296,12 @@ class _Job:
     report: ExportReport
     dynamic: dict[int, str]
     processor: Any
+    target: torch.Tensor | None = None  # the example `target_size` of a post-processed graph
+
+    @property
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        """The example inputs the module is traced with."""
+        return (self.example,) if self.target is None else (self.example, self.target)
 
 
 def _export(
@@ -254,6 +322,7 @@ def _export(
     quantize: str | None = None,
     min_side: int = 1,
     after: Callable[[_Job], None] | None = None,
+    postprocess: str | None = None,
 ) -> ExportReport:
     """What both formats share: check the options, stage the output, prepare the model and the traced module;
     `trace(job)` writes `job.staged` and returns a function running the file (None: not checked); check it at
@@ -263,7 +332,13 @@ def _export(
         supported = [c.__name__ for f in registry.families().values() for c in f.classes.values() if c.output_names]
         raise ValueError(f"cannot export {type(model).__name__}: export supports {', '.join(supported)}")
     torch_dtype = parse_dtype(dtype, dtypes)
-    if tolerance is None:
+    if postprocess is not None and postprocess not in POSTPROCESS_MODES:
+        raise ValueError(
+            f"postprocess {postprocess!r} is not supported: expected one of {', '.join(POSTPROCESS_MODES)}"
+        )
+    if tolerance is None and postprocess == "labels":
+        tolerance = LABEL_TOLERANCE[short_name(torch_dtype)]
+    elif tolerance is None:
         tolerance = FP32_TOLERANCE if torch_dtype == torch.float32 else FP16_TOLERANCE * (1 if fmt == "onnx" else 5)
     if not dynamic_batch and int(batch_size) < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -274,10 +349,14 @@ def _export(
         with atomic_files(path) as staging:
             exported, reference = _prepare(model.eval(), torch_dtype)  # type: ignore[arg-type]
             preprocess = _preprocess_constants(processor) if with_preprocessing else None
-            module = Exported(exported, preprocess, torch_dtype).eval()  # type: ignore[arg-type]
+            module = Exported(exported, preprocess, torch_dtype, postprocess).eval()  # type: ignore[arg-type]
             b0 = 2 if dynamic_batch else int(batch_size)
-            example = module.example(b0, *size, seed=0)
+            example = module.example(b0, *(_trace_size(model, size) if dynamic_size else size), seed=0)
             output_names = list(_reference(reference, module.pixels(example)))
+            target = None
+            if postprocess is not None:
+                _check_segmentation(model, _reference(reference, module.pixels(example)))
+                output_names, target = [postprocess], torch.tensor([size[0] + 5, size[1] + 3])
             name, (h, w) = ("images", (1, 2)) if with_preprocessing else ("pixel_values", (2, 3))
             dynamic = {**({0: "batch"} if dynamic_batch else {}), **({h: "height", w: "width"} if dynamic_size else {})}
             shape = [dynamic.get(i, n) for i, n in enumerate((b0, *size, 3) if with_preprocessing else (b0, 3, *size))]
@@ -304,7 +383,9 @@ def _export(
                     short_name(torch_dtype),
                     with_preprocessing,
                     quantize,
+                    postprocess,
                 ),  # type: ignore[arg-type]
+                postprocess=postprocess,
             )
             job = _Job(
                 model,
@@ -316,6 +397,7 @@ def _export(
                 report,
                 dynamic,
                 processor,
+                target,
             )  # type: ignore[arg-type]
             run = trace(job)
             if run is not None:
@@ -344,6 +426,16 @@ def _resolve_size(model: nn.Module, image_size: int | Sequence[int] | None, proc
             f"multiples of the patch size {mh}x{mw} (e.g. {near})"
         )
     return size
+
+
+def _trace_size(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
+    """The example size a file of any size is traced at: `size`, or where some feature map would be one pixel wide
+    (a SegFormer processor's 32x32 makes stage 4's map 1x1, which the tracer fixes as a constant) the smallest
+    size without, a multiple of what the family needs."""
+    family = registry.family_of(model)
+    low = family.min_export_side(model.config)
+    multiple = family.size_multiple(model.config)
+    return tuple(max(s, -(-low // m) * m) for s, m in zip(size, multiple))  # type: ignore[return-value]
 
 
 def _prepare(model: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
@@ -382,6 +474,7 @@ def _metadata(
     dtype: str,
     with_preprocessing: bool,
     quantize: str | None,
+    postprocess: str | None = None,
 ) -> dict[str, str]:
     """The `metadata_props` (all strings; JSON where structured) a server needs to use the file on its own."""
     from . import __version__
@@ -392,7 +485,7 @@ def _metadata(
     meta = {
         "model_type": config.model_type,
         "architecture": type(model).__name__,
-        "input_names": [input_name],
+        "input_names": [input_name] + (["target_size"] if postprocess else []),
         "output_names": output_names,
         "size": {"height": size[0], "width": size[1]},
         "dynamic_batch": dynamic_batch,
@@ -416,7 +509,13 @@ def _metadata(
         "normalized with `image_mean` / `image_std`",
         **registry.family_of(model).export_metadata(config),
     }
-    if output_names == ["logits"] and getattr(config, "num_labels", 0) > 0:
+    if postprocess:
+        meta["postprocess"] = (
+            f"{postprocess}: the logits resized (bilinear, align_corners=False) to `target_size` (int64 [height, "
+            "width], e.g. the original image's), then "
+            + ("argmax: int64 label maps (batch, height, width)" if postprocess == "labels" else "softmax over classes")
+        )
+    if output_names in (["logits"], ["labels"], ["probabilities"]) and getattr(config, "num_labels", 0) > 0:
         meta["id2label"] = {str(k): v for k, v in sorted(config.id2label.items())}
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, ensure_ascii=False) for k, v in meta.items()}
 
@@ -436,24 +535,58 @@ def _check_shapes(
     return list(dict.fromkeys((b, h, w) for b, (h, w) in zip(batches, sizes)))
 
 
-def _verify(
-    job: _Job, run: Callable[[torch.Tensor], dict[str, np.ndarray]], shapes: list[tuple[int, int, int]]
-) -> None:
-    """Run the exported file at each shape against the eager model; fail above the tolerance."""
+def _check_segmentation(model: nn.Module, named: dict[str, torch.Tensor]) -> None:
+    """Post-processing is for semantic segmentation: one `logits` output `(B, num_labels, h, w)`."""
+    logits = named.get("logits")
+    if list(named) != ["logits"] or logits is None or logits.ndim != 4:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in named.items())
+        raise ValueError(
+            f"postprocess needs a semantic segmentation model (logits (batch, classes, height, width)); "
+            f"{type(model).__name__} returns {shapes}"
+        )
+
+
+def _labels_check(shape: list[int], target: list[int], got: np.ndarray, expected: torch.Tensor) -> Check:
+    """A post-processed label map against PyTorch's: the share of pixels with the same label."""
+    expected_np = expected.numpy()
+    if got.shape != expected_np.shape:
+        raise ExportError(f"output 'labels' has shape {got.shape} at input {shape}, PyTorch gives {expected_np.shape}")
+    agreement = float((got == expected_np).mean())
+    return Check(shape, 1.0 - agreement, 1.0 - agreement, {"labels": 1.0 - agreement}, target, agreement)
+
+
+def _verify(job: _Job, run: Callable[..., dict[str, np.ndarray]], shapes: list[tuple[int, int, int]]) -> None:
+    """Run the exported file at each shape against the eager model; fail above the tolerance (for label maps: the
+    share of pixels whose label differs)."""
     report = job.report
     what = "ONNX file" if report.format == "onnx" else "exported program"
     for seed, (b, h, w) in enumerate(shapes):
         feed = job.module.example(b, h, w, seed=seed + 1)
+        target = None if job.target is None else torch.tensor([h + 2 * h // 3 + 1, w + w // 2 + 3])
         try:
-            got = run(feed)
+            got = run(feed) if target is None else run(feed, target)
         except Exception as e:  # the runtimes raise many types; one line says what failed
             raise ExportError(f"the {what} failed at input {list(feed.shape)}: {str(e).splitlines()[0]}") from e
-        check = _compare(list(feed.shape), got, _reference(job.reference, job.module.pixels(feed)))
+        expected = _reference(job.reference, job.module.pixels(feed))
+        if target is None:
+            check = _compare(list(feed.shape), got, expected)
+        elif report.postprocess == "labels":
+            labels = job.module.finish(expected, target)["labels"]
+            check = _labels_check(list(feed.shape), target.tolist(), np.asarray(got["labels"]), labels)
+        else:
+            check = _compare(list(feed.shape), got, job.module.finish(expected, target))
+            check.target_size = target.tolist()
         report.checks.append(check)
         logger.info("check %s: max abs diff %.3g, relative %.3g", check.shape, check.max_abs_diff, check.max_rel_diff)
     report.max_abs_diff = max(c.max_abs_diff for c in report.checks)
     report.max_rel_diff = max(c.max_rel_diff for c in report.checks)
     report.verified = True
+    if report.postprocess == "labels" and not report.max_rel_diff <= report.tolerance:  # type: ignore[operator]
+        worst = max(report.checks, key=lambda c: c.max_rel_diff)
+        raise ExportError(
+            f"the {what}'s label maps differ from PyTorch's on {worst.max_rel_diff:.3%} of the pixels (at input "
+            f"{worst.shape}, output size {worst.target_size}), more than {report.tolerance:.3%}; nothing was written"
+        )
     if not report.max_rel_diff <= report.tolerance:  # type: ignore[operator]
         worst = max(report.checks, key=lambda c: c.max_rel_diff)
         raise ExportError(
@@ -520,6 +653,10 @@ def export_onnx(
     tolerance: float | None = None,
     calibration_images: Sequence[Any] | None = None,
     fast_layout: bool = True,
+    postprocess: str | None = None,
+    verify_data: str | os.PathLike | None = None,
+    max_miou_drop: float = 0.5,
+    progress: bool = False,
 ) -> ExportReport:
     """Export `model` to one ONNX file, check it in ONNX Runtime, and return what was written and measured.
 
@@ -536,24 +673,39 @@ def export_onnx(
         with_preprocessing: The graph takes uint8 RGB images `(batch, height, width, 3)` (NHWC, as decoders give
             them), already resized to `size`, and does the processor's rescale + normalize itself.
         processor: The image processor whose mean/std/size go into the metadata (default: the family's).
-        quantize: None, or "dynamic": ONNX Runtime's dynamic int8 quantization of the weights; the drift against
-            fp32 on real photos is measured and reported (not bounded).
+        quantize: None, "dynamic" (ONNX Runtime's dynamic int8 quantization of the weights; the drift against
+            fp32 on real photos is measured and reported, not bounded) or "static" (QDQ int8 of the convolutions
+            and matrix products, calibrated on `calibration_images`; LayerNorm, softmax, GELU, the resize and the
+            classifier stay fp32). Bound what either costs with `verify_data`.
         verify: Run the file in ONNX Runtime (when installed) at several shapes against the model's own forward
             and fail, writing nothing, if the largest relative difference is above `tolerance`.
         tolerance: Max |onnx - torch| / max |torch| per output; default 1e-4 (fp32), 1e-2 (fp16).
-        calibration_images: Images (paths, PIL, arrays) for the quantization drift; default: scikit-image's photos
-            when installed, else seeded random images.
+        calibration_images: Images (paths, PIL, arrays): static quantization's calibration set (required), and
+            dynamic quantization's drift measurement (default: scikit-image's photos when installed, else seeded
+            random images).
         fast_layout: Lay layers out as ONNX Runtime runs them fastest (PVTv2's MLP in NCHW, `cpu_kernels`); False
             exports the plain layout, for comparison. Quantizing keeps the plain layout (int8 rewrites MatMul/Gemm).
+        postprocess: Segmentation models: None (the logits at 1/4 size), "labels" or "probabilities". The graph
+            then takes a second input `target_size` (int64 `[height, width]`: the original image's size, as
+            `pvtkit segment` gives its maps) and upsamples the logits to it (bilinear, align_corners=False) in
+            fp32, then returns int64 `labels (batch, height, width)` (argmax) or softmax `probabilities (batch,
+            classes, height, width)`. Label maps are checked by the share of pixels equal to PyTorch's (`tolerance`
+            is then the share that may differ: default 0.1% fp32, 2% fp16).
+        verify_data: A segmentation folder (any layout pvtkit reads; its validation split when it has one): the
+            file's mIoU and the PyTorch model's are measured on it (`report.accuracy`), and the export fails,
+            writing nothing, if the file loses more than `max_miou_drop` points.
+        max_miou_drop: mIoU points (of 100) the file may lose against PyTorch on `verify_data`.
+        progress: Show a progress bar while measuring `verify_data`.
 
     Returns:
-        An `ExportReport` (path, signature, checks, largest difference, metadata, quantization drift).
+        An `ExportReport` (path, signature, checks, largest difference, metadata, quantization, accuracy).
 
     Raises:
         MissingDependencyError: onnx / onnxscript (or onnxruntime, for `quantize`) is not installed.
         ValueError: Options the model cannot be exported with (opset, dtype, a ViT size that is not a multiple
             of the patch, a class that is not exported).
-        ExportError: The file does not match PyTorch within the tolerance (nothing is written).
+        ExportError: The file does not match PyTorch within the tolerance, or loses more than `max_miou_drop` on
+            `verify_data` (nothing is written).
         OSError: The output cannot be written.
     """
     if int(opset) not in SUPPORTED_OPSETS:
@@ -565,9 +717,17 @@ def export_onnx(
         raise ValueError(f"quantize {quantize!r} is not supported: expected one of {', '.join(QUANTIZE_MODES)}")
     if quantize and parse_dtype(dtype, ONNX_DTYPES) != torch.float32:
         raise ValueError("int8 quantization starts from the fp32 graph: use dtype fp32 with quantize")
+    if quantize == "static" and not calibration_images:
+        raise ValueError("static int8 quantization needs calibration images (calibration_images / --calibration DIR)")
+    if not max_miou_drop >= 0:
+        raise ValueError(f"the allowed mIoU drop must be 0 or more points, got {max_miou_drop}")
+    if verify_data is not None and not Path(verify_data).is_dir():
+        raise ValueError(f"verify data {str(verify_data)!r} does not exist or is not a folder")
     require("onnx", "ONNX export")
     require("onnxscript", "ONNX export")
     ort = None
+    if verify_data is not None:
+        ort = require("onnxruntime", "measuring the file's mIoU (verify_data)")
     if verify or quantize:
         try:
             ort = require("onnxruntime", "checking the ONNX file" if not quantize else "int8 quantization")
@@ -581,16 +741,17 @@ def export_onnx(
         report.opset = int(opset)
         logger.info("exporting %s to ONNX (opset %d, %s)", type(model).__name__, opset, report.dtype)
         with _tracing("ONNX export", model), cpu_kernels.flags(onnx_nchw_mlp=fast_layout and not quantize):
+            shapes = {"x": job.dynamic or None, **({"target_size": None} if job.target is not None else {})}
             program = torch.onnx.export(
                 job.module,
-                (job.example,),
+                job.inputs,
                 dynamo=True,
-                input_names=[report.input_name],
+                input_names=[report.input_name] + (["target_size"] if job.target is not None else []),
                 output_names=report.output_names,
                 opset_version=int(opset),
                 optimize=True,
                 verbose=False,
-                dynamic_shapes={"x": job.dynamic} if job.dynamic else None,
+                dynamic_shapes=shapes if job.dynamic or job.target is not None else None,
                 external_data=False,
             )
         for key, value in report.metadata.items():
@@ -605,7 +766,24 @@ def export_onnx(
         except Exception as e:
             raise ExportError(f"ONNX Runtime cannot load the exported file: {str(e).splitlines()[0]}") from e
         names, feed_type = report.output_names, job.example.numpy().dtype
-        return lambda feed: dict(zip(names, session.run(names, {report.input_name: feed.numpy().astype(feed_type)})))
+
+        def run(feed: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+            inputs = {report.input_name: feed.numpy().astype(feed_type)}
+            if target is not None:
+                inputs["target_size"] = target.numpy().astype(np.int64)
+            return dict(zip(names, session.run(names, inputs)))
+
+        return run
+
+    def after(job: _Job) -> None:
+        from . import export_accuracy
+
+        if quantize == "static":
+            export_accuracy.quantize_static(job, calibration_images)  # type: ignore[arg-type]
+        elif quantize == "dynamic":
+            _quantize(ort, job, calibration_images)
+        if verify_data is not None:
+            _gate_accuracy(ort, job, verify_data, max_miou_drop, progress)
 
     return _export(
         model,
@@ -622,8 +800,33 @@ def export_onnx(
         processor=processor,
         tolerance=tolerance,
         quantize=quantize,
-        after=(lambda job: _quantize(ort, job, calibration_images)) if quantize else None,
+        after=after if quantize or verify_data is not None else None,
+        postprocess=postprocess,
     )
+
+
+def _gate_accuracy(ort: Any, job: _Job, data: str | os.PathLike, max_drop: float, progress: bool) -> None:
+    """Measure the staged file's mIoU against PyTorch's on `data` into `job.report.accuracy`; fail (the staged
+    file is then discarded) if it loses more than `max_drop` points."""
+    from .export_accuracy import OnnxSegmenter, measure_miou
+
+    report = job.report
+    if report.output_names not in (["logits"], ["labels"], ["probabilities"]) or job.reference.config.num_labels < 1:
+        raise ValueError(f"verify data measures mIoU: it needs a segmentation model, not {report.architecture}")
+    _check_segmentation(job.model, _reference(job.reference, job.module.pixels(job.example[:1]).float()))
+    session = ort_session(ort, job.staged)
+    batch = None if "batch" in job.dynamic.values() else int(job.example.shape[0])
+    runner = OnnxSegmenter(session, report.input_name, report.output_names[0], batch)
+    accuracy = measure_miou(job, runner, data, progress)
+    accuracy["max_drop_points"] = float(max_drop)
+    report.accuracy = accuracy
+    if accuracy["drop_points"] > max_drop:
+        what = f"{report.quantize} int8 " if report.quantize else ""
+        raise ExportError(
+            f"the {what}ONNX file loses {accuracy['drop_points']:.2f} mIoU points on {accuracy['images']} images of "
+            f"{data}: {100 * accuracy['exported_miou']:.2f} against PyTorch's {100 * accuracy['pytorch_miou']:.2f} "
+            f"(at most {max_drop:g} allowed); nothing was written"
+        )
 
 
 def ort_session(ort: Any, path: str | os.PathLike, threads: int | None = None) -> Any:
@@ -682,10 +885,22 @@ def _quantize(ort: Any, job: _Job, images: Sequence[Any] | None) -> None:
     pixels = processor(list(batch), return_tensors="pt", do_resize=False, input_data_format="channels_last")
     pixels = pixels["pixel_values"].float()
     feed = batch if report.with_preprocessing else pixels.numpy()
-    got = ort_session(ort, staged).run(None, {report.input_name: feed})[0]
-    expected = _reference(job.reference, pixels)[report.output_names[0]].numpy()
+    if report.postprocess:  # a post-processed graph: compared at the export size
+        target = torch.tensor([h, w])
+        (got,) = ort_session(ort, staged).run(None, {report.input_name: feed, "target_size": target.numpy()})
+        expected = job.module.finish(_reference(job.reference, pixels), target)[report.output_names[0]].numpy()
+        if report.postprocess == "labels":
+            report.quantization = {
+                "images": len(arrays),
+                "source": source,
+                "label_agreement": float((got == expected).mean()),
+            }
+            return
+    else:
+        got = ort_session(ort, staged).run(None, {report.input_name: feed})[0]
+        expected = _reference(job.reference, pixels)[report.output_names[0]].numpy()
     drift = float(np.abs(got - expected).max())
-    classifier = report.output_names == ["logits"] and expected.shape[1] > 1  # per pixel for segmentation logits
+    classifier = report.output_names in (["logits"], ["probabilities"]) and expected.shape[1] > 1  # per pixel too
     report.quantization = {
         "images": len(arrays),
         "source": source,

@@ -953,12 +953,28 @@ class _TorchBackend(_BaseImageProcessor):
 # ------------------------------------------------------------------------- dense prediction: SegFormer, GLPN
 
 
+def class_map(scores: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The class of each pixel of segmentation scores, classes along `dim`: the argmax, or for one channel (a binary
+    model trained with BCE) 1 where the logit is > 0, else 0 (background)."""
+    if scores.shape[dim] == 1:
+        return (scores.squeeze(dim) > 0).long()
+    return scores.argmax(dim=dim)
+
+
+def segmentation_labels(config: Any) -> list[str]:
+    """The names of a segmentation model's classes, index i for class i of its class maps (`class_map`): its
+    `id2label` (`LABEL_i` where missing), and for one label (binary, BCE) "background" then that label."""
+    names = config.id2label or {}
+    own = [str(names.get(i, names.get(str(i), f"LABEL_{i}"))) for i in range(config.num_labels)]
+    return ["background", *own] if config.num_labels == 1 else own
+
+
 def semantic_segmentation(
     logits: torch.Tensor,
     target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
     return_segmentation_scores: bool = False,
 ) -> list[Any]:
-    """Per image, the `(H, W)` class map of segmentation logits `(B, num_labels, h, w)`, the logits first resized
+    """Per image, the `(H, W)` class map (`class_map`) of logits `(B, num_labels, h, w)`, the logits first resized
     (bilinear) to `target_sizes[i]` when given; with `return_segmentation_scores`, `{"segmentation",
     "segmentation_scores"}` records (the resized logits as scores), as transformers' post-processing returns."""
     if target_sizes is not None and len(target_sizes) != len(logits):
@@ -968,7 +984,7 @@ def semantic_segmentation(
         if target_sizes is not None:
             size = tuple(int(v) for v in target_sizes[i])
             scores = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
-        classes = scores.argmax(dim=0)
+        classes = class_map(scores, dim=0)
         results.append(
             BatchFeature(segmentation=classes, segmentation_scores=scores) if return_segmentation_scores else classes
         )

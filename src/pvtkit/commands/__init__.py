@@ -13,6 +13,7 @@ COMMANDS = (
     "attention",
     "train",
     "eval",
+    "doctor",
     "convert",
     "export",
     "serve",

@@ -17,6 +17,7 @@ from ._common import (
     output_folder,
     write_all,
 )
+from ._video import VIDEO_HELP, add_video_arguments, check_video_arguments, has_videos, write_all_media
 
 
 def write_depth_png(path: Path, depth: Any, scale: float) -> int:
@@ -74,7 +75,8 @@ def write_record(stream: IO[str], fmt: str, path: str, record: dict[str, Any] | 
         stream.write(f"{path}\n  error: {error}\n")
     else:
         r = record or {}
-        stream.write(f"{path}\n  depth {r['min']:.3f} .. {r['max']:.3f} (mean {r['mean']:.3f})  -> {r['depth_png']}\n")
+        where = r.get("depth_png") or r.get("video") or r["stats_csv"]
+        stream.write(f"{path}\n  depth {r['min']:.3f} .. {r['max']:.3f} (mean {r['mean']:.3f})  -> {where}\n")
         if r.get("clipped_pixels"):
             stream.write(f"  {r['clipped_pixels']} pixel(s) clipped at 65535 / {r['depth_scale']}: lower --scale\n")
     stream.flush()
@@ -84,9 +86,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.scale > 0:
         raise UsageError(f"--scale must be positive, got {args.scale}")
     folder = output_folder(args)
+    check_video_arguments(args)
     with image_job(args, "depth-estimation", flip=args.flip) as (ctx, items, estimator):
         folder.mkdir(parents=True, exist_ok=True)
-        return write_all(ctx, args, "depth", items, estimator, DepthFiles(args, items), write_record, "estimated")
+        files = DepthFiles(args, items)
+        if has_videos(items):
+            from ..video import depth_video
+
+            def video(i: int) -> dict[str, Any]:
+                return depth_video(estimator, items[i], files.stem(i), args.temporal_ema, args.color)
+
+            return write_all_media(ctx, args, "depth", items, estimator, files, video, write_record, "estimated")
+        return write_all(ctx, args, "depth", items, estimator, files, write_record, "estimated")
 
 
 def register(sub: Any) -> None:
@@ -102,14 +113,17 @@ def register(sub: Any) -> None:
         "chunk), and NAME_depth_color.png, a coloured view (dark near, bright far), NAME being the image's path "
         "inside the folder it was found in. One record per image goes to stdout (or --records). An input that "
         "cannot be read is reported and the rest are still processed. Exit status: 0 all done, 1 some inputs "
-        "failed, 2 usage error. Under `torchrun --nproc_per_node N` the inputs are sharded over the processes.",
+        "failed, 2 usage error. Under `torchrun --nproc_per_node N` the inputs are sharded over the processes. "
+        f"{VIDEO_HELP} Per video: NAME_depth.mp4 (coloured on one scale for the whole clip: the first frame's "
+        "minimum to maximum) and NAME_depth_stats.csv (frame, time, min, median, max).",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders, video files")
     add_model_arguments(parser, default="vinvino02/glpn-nyu")
     parser.add_argument("--output", "-o", required=True, metavar="OUT", help="folder for the depth PNGs")
     parser.add_argument("--scale", type=float, default=256.0, help="16-bit PNG value per unit of depth")
     parser.add_argument("--no-color", dest="color", action="store_false", help="write the 16-bit PNGs only")
+    add_video_arguments(parser, "the depth maps")
     parser.add_argument(
         "--flip",
         action="store_true",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ._common import (
@@ -37,16 +38,30 @@ def register(sub: Any) -> None:
         "model's own image processor. Unreadable images are skipped and listed. Runs sharded under torchrun.\n\n"
         "A segmentation model (or --task semantic-segmentation) is evaluated on images and masks in the layouts of "
         "`pvtkit train --help`: intersection and union per class summed over the whole set (as mmsegmentation and "
-        "evaluate's mean_iou count them), then mIoU, per-class IoU, pixel accuracy and mean class accuracy; logits "
-        "are upsampled to each image's own size.\n\n"
+        "evaluate's mean_iou count them), then mIoU, per-class IoU, pixel accuracy and mean class accuracy, Dice (= F1), "
+        "precision and recall, and Boundary IoU (each class's pixels within 2% of the image diagonal of its contour, "
+        "in the masks and in the predictions; Cheng et al. 2021); logits are upsampled to each image's own size.\n\n"
         "A depth model (or --task depth) is evaluated on images and depth maps (`pvtkit train --help`): AbsRel, SqRel, "
         "RMSE, RMSE-log, log10, delta < 1.25^i and SILog per image over its valid pixels, then the mean over images."
         "\n\nA detection model (or --task detection) is evaluated on COCO-format data (`pvtkit train --help`): COCO's "
         "AP @[.50:.95], AP50, AP75, AP and AR by object size and per-class AP by pycocotools, over each image's 100 "
-        "best (query, class) detections; --detections also writes them in COCO's results format.",
+        "best (query, class) detections; --detections also writes them in COCO's results format.\n\n"
+        "--compare MODEL_A MODEL_B evaluates two segmentation models on the same data and prints their per-class "
+        "IoU side by side with the difference (and the means: mIoU, mDice, boundary mIoU, accuracies).\n\n"
+        "When the model is a `pvtkit train` run whose training_args.json names this same data folder and the "
+        "evaluation is not on a split that run held out, a warning on stderr says so: most of the images were "
+        "seen in training, and it says how to get the honest number.",
         formatter_class=HelpFormatter,
     )
-    add_model_arguments(parser, default=None)
+    add_model_arguments(parser, default=argparse.SUPPRESS)
+    parser.set_defaults(model=None)  # required unless --compare names the models
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("MODEL_A", "MODEL_B"),
+        help="segmentation: evaluate these two models (instead of --model) on the same data and print their "
+        "per-class IoU side by side, with B - A",
+    )
     parser.add_argument(
         "--data",
         "-d",
@@ -100,7 +115,20 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--flip",
         action="store_true",
-        help="depth: average each prediction with the mirrored image's, mirrored back (GLPN's evaluation)",
+        help="depth and segmentation (test-time augmentation): average each prediction with the mirrored image's, "
+        "mirrored back (depth: GLPN's evaluation; segmentation: the softmax probabilities, at every --scales)",
+    )
+    parser.add_argument(
+        "--scales",
+        metavar="R,R,...",
+        help="segmentation, test-time augmentation: also run the image resized by these ratios (of the processor's "
+        "size; in slide mode of the image the windows slide over) and average the softmax probabilities at the "
+        "image's size, as mmsegmentation's multi-scale test; its ratios are 0.5,0.75,1,1.25,1.5,1.75 (default: 1)",
+    )
+    parser.add_argument(
+        "--aligned-resize",
+        action="store_true",
+        help="segmentation: round each view's sides up to a multiple of 32 (SegFormer's evaluation resize)",
     )
     parser.add_argument(
         "--crop",
@@ -148,6 +176,8 @@ EVAL_OPTIONS = {
     "min_depth": None,
     "max_depth": None,
     "flip": False,
+    "scales": None,
+    "aligned_resize": False,
     "crop": None,
     "median_scaling": False,
     "per_image": None,
@@ -168,8 +198,54 @@ def _task(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compare is not None:
+        return _compare(args)
+    if args.model is None:
+        raise UsageError("--model is required: the model to evaluate (or --compare MODEL_A MODEL_B for two)")
+    task, report = _report(args)
+    if report is None:
+        return 0
+    with open_output(args.output) as stream:
+        if args.format == "json":
+            stream.write(json.dumps(report, ensure_ascii=False) + "\n")
+        else:
+            stream.write(task.report_table(report))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """`--compare MODEL_A MODEL_B`: both evaluated as `--model` would be, then the task's side-by-side report."""
+    if args.model is not None:
+        raise UsageError("--model and --compare: give one model with --model, or two with --compare MODEL_A MODEL_B")
+    if args.confusion is not None:
+        raise UsageError("--confusion draws one model's confusion matrix; evaluate each model alone for it")
+    each = [argparse.Namespace(**{**vars(args), "model": model, "compare": None}) for model in args.compare]
+    task, task_b = (_task(one) for one in each)
+    if task_b is not task:
+        raise UsageError(
+            f"--compare: {args.compare[0]} is a {task.title} model and {args.compare[1]} a {task_b.title} model; "
+            "compare two models of one task"
+        )
+    if not hasattr(task, "compare_report"):
+        raise UsageError(f"--compare compares segmentation models; {args.compare[0]} is a {task.title} model")
+    (_, report_a), (_, report_b) = (_report(one) for one in each)
+    if report_a is None or report_b is None:
+        return 0
+    comparison = task.compare_report(report_a, report_b)
+    with open_output(args.output) as stream:
+        if args.format == "json":
+            stream.write(json.dumps(comparison, ensure_ascii=False) + "\n")
+        else:
+            stream.write(task.compare_table(comparison))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    """Evaluate `args.model`: (its task, the report on the main process, None on the others). Warns on stderr when
+    the images are mostly ones the model was trained on (`evaluation.seen_in_training_warning`)."""
     from ..data.folders import LayoutError
     from ..distributed import init_distributed
+    from ..evaluation import seen_in_training_warning
 
     task = _task(args)
     if not task.trainable:
@@ -185,6 +261,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-workers must be 0 or more, got {args.num_workers}")
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.scales is not None:
+        from ..tta import parse_scales
+
+        try:
+            args.scales = parse_scales(args.scales)
+        except ValueError as e:
+            raise UsageError(f"--{e}") from None
     given = {name: getattr(args, name) for name, default in EVAL_OPTIONS.items() if getattr(args, name) != default}
     stray = [name for name in given if name not in task.eval_options]
     if stray:
@@ -218,14 +301,11 @@ def run(args: argparse.Namespace) -> int:
         except LayoutError as e:
             raise UsageError(str(e)) from e
     if not ctx.is_main:
-        return 0
-    report = {"model": args.model, "data": args.data, **result.to_dict()}
-    with open_output(args.output) as stream:
-        if args.format == "json":
-            stream.write(json.dumps(report, ensure_ascii=False) + "\n")
-        else:
-            stream.write(task.report_table(report))
-    return 0
+        return task, None
+    warning = seen_in_training_warning(args.model, args.data, args.val_fraction, getattr(result, "held_out", "folder"))
+    if warning:
+        print(warning, file=sys.stderr)
+    return task, {"model": args.model, "data": args.data, **result.to_dict()}
 
 
 def _trainable() -> list[Any]:

@@ -103,6 +103,37 @@ def _saved_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accuracy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`export_onnx`'s post-processing, accuracy gate and calibration options from the ONNX flags, checked before
+    any model is loaded."""
+    if args.format != "onnx":
+        return {}
+    from ..export_accuracy import calibration_files
+
+    if args.quantize == "static" and not args.calibration:
+        raise UsageError("--quantize static needs --calibration DIR (images to calibrate the int8 ranges on)")
+    if args.calibration and args.quantize is None:
+        raise UsageError("--calibration belongs to --quantize static|dynamic")
+    if args.calibration_count < 1:
+        raise UsageError(f"--calibration-count must be at least 1, got {args.calibration_count}")
+    if not args.max_miou_drop >= 0:
+        raise UsageError(f"--max-miou-drop must be 0 or more (mIoU points), got {args.max_miou_drop}")
+    if args.verify_data is not None and not os.path.isdir(args.verify_data):
+        raise UsageError(f"--verify-data {args.verify_data!r}: no such folder (expected a segmentation dataset)")
+    options: dict[str, Any] = dict(
+        postprocess=args.postprocess,
+        verify_data=args.verify_data,
+        max_miou_drop=args.max_miou_drop,
+        progress=not args.json,
+    )
+    if args.calibration:
+        try:
+            options["calibration_images"] = calibration_files(args.calibration, args.calibration_count)
+        except ValueError as e:
+            raise UsageError(f"--calibration: {e}") from e
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     if args.format == "saved-model":
         return _saved_model(args)
@@ -122,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         exporting.require("onnxscript", "pvtkit export onnx")
         if args.quantize:
             exporting.require("onnxruntime", "--quantize")
+    extra = _accuracy_options(args)
     model = load_model(_auto_class(args.task, args), args)
     processor = load_processor(args, model)
     options = dict(
@@ -137,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"exporting {type(model).__name__} from {args.model} to {args.output} ...", file=sys.stderr)
     try:
         if args.format == "onnx":
-            report = exporting.export_onnx(model, args.output, opset=args.opset, quantize=args.quantize, **options)
+            report = exporting.export_onnx(
+                model, args.output, opset=args.opset, quantize=args.quantize, **options, **extra
+            )
         else:
             report = exporting.export_torch(model, args.output, **options)
     except ValueError as e:  # options this model cannot be exported with (e.g. a ViT size off the patch grid)
@@ -166,6 +200,9 @@ def register(sub: Any) -> None:
         "  pvtkit export onnx --model OpenGVLab/pvt_v2_b0 --output pvt_v2_b0.onnx\n"
         "  pvtkit export onnx --model my-vit --output vit.onnx --size 384 --batch 1 --dtype fp16\n"
         "  pvtkit export onnx --model my-model --output m.onnx --with-preprocessing --quantize dynamic\n"
+        "  pvtkit export onnx --model my-segformer --output seg.onnx --postprocess --verify-data data/\n"
+        "  pvtkit export onnx --model my-segformer --output seg-int8.onnx --quantize static \\\n"
+        "      --calibration data/train --verify-data data/ --max-miou-drop 1\n"
         "  pvtkit export torch --model OpenGVLab/pvt_v2_b2 --output pvt_v2_b2.pt2\n"
         "  pvtkit export saved-model --model google/vit-base-patch16-224 --output vit_sm --image-bytes",
         formatter_class=RawHelpFormatter,
@@ -216,9 +253,49 @@ def register(sub: Any) -> None:
     onnx.add_argument("--opset", type=int, default=20, help="ONNX opset, 18-23 (default 20: native Gelu)")
     onnx.add_argument(
         "--quantize",
-        choices=["dynamic"],
-        help="dynamic int8 quantization of the weights (ONNX Runtime); prints top-1 agreement and "
-        "logit drift against fp32 on real photos",
+        choices=["dynamic", "static"],
+        help="int8 quantization (ONNX Runtime). dynamic: the weights; prints top-1 agreement and logit drift "
+        "against fp32 on real photos (or the --calibration images). static: weights and activations of the "
+        "convolutions and matrix products (QDQ), the ranges calibrated on --calibration images; LayerNorm, softmax, "
+        "GELU, the resize and the final classifier stay fp32. Bound the accuracy either costs with --verify-data",
+    )
+    onnx.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="images for --quantize: a folder searched recursively (of a segmentation dataset, its training "
+        "images, never its masks)",
+    )
+    onnx.add_argument(
+        "--calibration-count",
+        type=int,
+        default=32,
+        metavar="N",
+        help="how many --calibration images, spread evenly over the sorted files (default 32)",
+    )
+    onnx.add_argument(
+        "--postprocess",
+        nargs="?",
+        const="labels",
+        choices=["labels", "probabilities"],
+        help="segmentation: put pvtkit segment's post-processing in the graph. It takes a second input "
+        "target_size (int64 [height, width], e.g. the original image's size, given at run time), resizes the "
+        "logits to it (bilinear, align_corners=False) and outputs int64 `labels` (batch, height, width) (argmax; "
+        "the default) or softmax `probabilities` (batch, classes, height, width). Checked by the share of pixels "
+        "whose label equals PyTorch's",
+    )
+    onnx.add_argument(
+        "--verify-data",
+        metavar="DIR",
+        help="segmentation: a dataset folder (any layout pvtkit reads; its validation split when it has one). "
+        "The written file's mIoU and the PyTorch model's are measured on it and reported; the export fails, "
+        "writing nothing, when the file loses more than --max-miou-drop points",
+    )
+    onnx.add_argument(
+        "--max-miou-drop",
+        type=float,
+        default=0.5,
+        metavar="POINTS",
+        help="mIoU points (of 100) the file may lose against PyTorch on --verify-data (default 0.5)",
     )
     torch_.set_defaults(opset=None, quantize=None)
     saved = formats.add_parser(

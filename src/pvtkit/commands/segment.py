@@ -18,6 +18,7 @@ from ._common import (
     parse_size,
     write_all,
 )
+from ._video import VIDEO_HELP, add_video_arguments, check_video_arguments, has_videos, write_all_media
 
 
 def write_label_png(path: Path, classes: Any, num_labels: int) -> None:
@@ -79,7 +80,7 @@ def write_record(stream: IO[str], fmt: str, path: str, record: dict[str, Any] | 
         else:
             for c in record["classes"][:5]:  # type: ignore[index]
                 stream.write(f"  {100 * c['fraction']:6.2f}%  {c['label']}\n")
-            stream.write(f"  -> {record['label_png']}\n")  # type: ignore[index]
+            stream.write(f"  -> {record.get('label_png') or record.get('video') or record['areas_csv']}\n")  # type: ignore[union-attr]
     stream.flush()
 
 
@@ -98,13 +99,55 @@ def slide_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"mode": "slide", "crop": crop, "stride": stride}
 
 
+def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+    """--scales, --flip, --aligned-resize: segmentation's test-time augmentation (`pvtkit.tta`)."""
+    parser.add_argument(
+        "--scales",
+        metavar="R,R,...",
+        help="test-time augmentation: run the image resized by each of these ratios (whole mode: of the processor's "
+        "size; slide mode: of the image) and average the softmax probabilities at the image's size, as "
+        "mmsegmentation's multi-scale test; its ratios are 0.5,0.75,1,1.25,1.5,1.75 (default: 1 alone)",
+    )
+    parser.add_argument(
+        "--flip",
+        action="store_true",
+        help="test-time augmentation: also run every scale mirrored and average its probabilities, mirrored back",
+    )
+    parser.add_argument(
+        "--aligned-resize",
+        action="store_true",
+        help="round each view's sides up to a multiple of 32 (SegFormer's evaluation resize)",
+    )
+
+
+def augmentation(args: argparse.Namespace) -> Any:
+    """The `tta.Augmentation` of --scales/--flip/--aligned-resize; a scale that is not a positive number is a
+    `UsageError` naming it."""
+    from ..tta import Augmentation, parse_scales
+
+    try:
+        scales = parse_scales(args.scales) if args.scales is not None else (1.0,)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
+    return Augmentation(scales, bool(args.flip), bool(args.aligned_resize))
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
     folder, mode = output_folder(args), slide_options(args)
-    with image_job(args, "image-segmentation", **mode) as (ctx, items, segmenter):
+    check_video_arguments(args)
+    aug = augmentation(args)
+    with image_job(args, "image-segmentation", **mode, aug=aug) as (ctx, items, segmenter):
         folder.mkdir(parents=True, exist_ok=True)
         files = SegmentFiles(args, items, segmenter.labels)
+        if has_videos(items):
+            from ..video import segment_video
+
+            def video(i: int) -> dict[str, Any]:
+                return segment_video(segmenter, items[i], files.stem(i), args.temporal_ema, args.overlay, args.alpha)
+
+            return write_all_media(ctx, args, "segment", items, segmenter, files, video, write_record, "segmented")
         return write_all(ctx, args, "segment", items, segmenter, files, write_record, "segmented")
 
 
@@ -121,12 +164,16 @@ def register(sub: Any) -> None:
         "image's path inside the folder it was found in. One record per image goes to stdout (or --records): "
         "its size and each class's area. --mode slide runs mmsegmentation's sliding window over the image at "
         "its own resolution (for images much larger than the model's training crops), averaging the logits of "
-        "overlapping windows. An input that cannot be read is reported and the rest are still segmented. Exit "
+        "overlapping windows. --scales and --flip add test-time augmentation (mmsegmentation's multi-scale and flip "
+        "test: the softmax probabilities of every view, at the image's size, averaged; in either mode). An input "
+        "that cannot be read is reported and the rest are still segmented. Exit "
         "status: 0 all done, 1 some inputs failed, 2 usage error. Under `torchrun --nproc_per_node N` the inputs "
-        "are sharded over the processes, each writes its images' files and rank 0 the records.",
+        "are sharded over the processes, each writes its images' files and rank 0 the records. "
+        f"{VIDEO_HELP} Per video: NAME_overlay.mp4 and NAME_areas.csv (frame, time, class_id, label, pixels, "
+        "fraction per frame and class present); its record sums the areas over all frames.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders, video files")
     add_model_arguments(parser, default="nvidia/segformer-b0-finetuned-ade-512-512")
     parser.add_argument("--output", "-o", required=True, metavar="OUT", help="folder for the label PNGs and overlays")
     parser.add_argument(
@@ -137,7 +184,9 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--crop", help="slide mode: window size H or HxW (default: the processor's size)")
     parser.add_argument("--stride", help="slide mode: window step S or SxT (default: two thirds of the crop)")
+    add_tta_arguments(parser)
     parser.add_argument("--no-overlay", dest="overlay", action="store_false", help="write the label PNGs only")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay")
+    add_video_arguments(parser, "the per-pixel class probabilities")
     add_dense_arguments(parser)
     parser.set_defaults(run=run)

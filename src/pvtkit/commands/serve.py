@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    from .segment import augmentation
+
+    aug = augmentation(args)
     models = []
     for text in args.model:
         name, source = parse_model(text)
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             decode_threads=args.decode_threads,
             warmup=not args.no_warmup,
             compile=args.compile,
+            aug=aug,
             **hub_kwargs(args),
         )
         try:
@@ -134,6 +138,24 @@ def register(sub: Any) -> None:
     parser.add_argument("--top-k", type=int, default=5, help="labels per image unless the request asks otherwise")
     parser.add_argument("--decode-threads", type=int, default=2, help="threads decoding and preprocessing images")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice)")
+    parser.add_argument(
+        "--scales",
+        metavar="R,R,...",
+        help="segmentation models, test-time augmentation: also run each image resized by these ratios of the "
+        "processor's size and answer the argmax of the softmax probabilities averaged at the image's size "
+        "(mmsegmentation's ratios: 0.5,0.75,1,1.25,1.5,1.75); one forward pass per ratio",
+    )
+    parser.add_argument(
+        "--flip",
+        action="store_true",
+        help="test-time augmentation: also run every image mirrored and average its answer, mirrored back "
+        "(segmentation: probabilities at every --scales; depth: GLPN's flip); twice the forward passes",
+    )
+    parser.add_argument(
+        "--aligned-resize",
+        action="store_true",
+        help="segmentation models: round each view's sides up to a multiple of 32 (SegFormer's evaluation resize)",
+    )
     add_device_arguments(parser)
     add_compile_argument(parser, batch_flag="--max-batch-size")
     parser.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take")

@@ -22,7 +22,9 @@ data layouts (--task semantic-segmentation), recognised in this order:
   Class names come from DIR/labels.json (a list, or {{"0": "road", ...}}) or DIR/classes.txt (one per line), else
   they are the indices found. --reduce-labels: mask value 0 means "other" (ignored) and k is class k-1 (ADE20K).
   Every mask is read and checked before training: pairs without a partner, masks of another size than their
-  image and values that are no class stop the run with a list of the files.
+  image and values that are no class stop the run with a list of the files; so do the label doctor's errors (0/255
+  binary masks, colour masks, ADE20K-style masks without --reduce-labels), each with its fix (`pvtkit doctor
+  --data DIR` reports them all, with the classes' pixel shares; --skip-data-checks trains anyway).
 
 segmentation recipe (SegFormer's): AdamW lr 6e-5 (6e-4 with --arch), the decode head 10x (--head-lr-scale),
 weight decay 0.01, linear warmup then polynomial (linear) decay, random resize x0.5..2 (--scale-range), random

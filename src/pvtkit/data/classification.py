@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from ..processing import ImageLoadError, load_image
 from .folders import (
+    MASK_FOLDER_NAMES,
     SPLIT_SEED,
     DatasetError,
     find_split_folders,
@@ -70,6 +71,23 @@ def _class_folders(directory: Path) -> dict[str, list[Path]]:
     return by_class
 
 
+# Folder names of the segmentation (and depth) layouts: "classes" named so are images beside their masks.
+SEGMENTATION_FOLDER_NAMES = ("images", *MASK_FOLDER_NAMES, "depths", "depth")
+
+
+def _refuse_segmentation_folders(directory: Path, by_class: dict[str, list[Path]]) -> None:
+    """A classifier trained on `images/` against `masks/` would learn to tell photos from masks and report a
+    perfect accuracy: refuse class folders that are an images folder beside a mask (or depth) folder."""
+    names = set(by_class)
+    if "images" in names and names & set(SEGMENTATION_FOLDER_NAMES[1:]):
+        found = ", ".join(f"{n}/" for n in sorted(names & set(SEGMENTATION_FOLDER_NAMES)))
+        raise DatasetError(
+            f"{directory}: its class folders {found} look like segmentation data (images and their masks), not "
+            "one folder of images per class; train a segmentation model with --task segmentation (depth maps: "
+            "--task depth), or rename the folders if these really are the classes"
+        )
+
+
 def _drop_unreadable(
     parts: Sequence[dict[str, list[Path]]], check: bool
 ) -> tuple[list[dict[str, list[Path]]], list[tuple[str, str]]]:
@@ -93,6 +111,7 @@ def load_training_folders(root: str | Path, val_fraction: float = 0.1, check_ima
     """
     train_dir, val_dir = find_split_folders(root)
     by_class = _class_folders(train_dir)
+    _refuse_segmentation_folders(train_dir, by_class)
     if len(by_class) < 2:
         raise DatasetError(
             f"{train_dir}: only one class folder ({next(iter(by_class))}); a classifier needs at least two"

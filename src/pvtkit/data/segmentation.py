@@ -42,6 +42,8 @@ class SegmentationData:
         layout: Which layout was recognised (`data.folders.SEGMENTATION_LAYOUTS`).
         reduce_labels: Whether mask value 0 is "other" (ignored) and k means class k - 1 (ADE20K's convention).
         unreadable: Pairs left out because the image or the mask cannot be decoded, with the reason.
+        class_pixels: Labelled pixels of each class over the training masks (counted when they were checked; what
+            `--class-weights auto` weighs by).
     """
 
     classes: list[str]
@@ -51,6 +53,7 @@ class SegmentationData:
     layout: str
     reduce_labels: bool = False
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    class_pixels: list[int] = field(default_factory=list)
 
     def counts(self) -> dict[str, list[int]]:
         """The fingerprint a resumed run must match: the classes and the number of pairs of each split."""
@@ -83,23 +86,28 @@ class _MaskCheck:
     max_value: int = -1
     out_of_range: int | None = None  # the first value >= the number of classes (when known) that is not 255
     dominant: int = -1  # the most frequent labelled class (for the stratified hold-out)
+    stats: Any = None  # the label doctor's `PairStats` of the pair
+    pixels: Any = None  # labelled pixels per class value (np.bincount)
 
 
 def _check_pair(image: Path, mask: Path, reduce: bool, num_classes: int | None) -> _MaskCheck:
+    from .doctor import pair_stats  # one read of the pair serves these checks and the label doctor's
+
     check = _MaskCheck()
-    try:
-        with PIL.Image.open(image) as opened:
-            size = opened.size
-        labels = read_mask(mask, reduce)
-    except (OSError, SyntaxError, ValueError) as e:
-        check.unreadable = str(e) or type(e).__name__
+    check.stats = stats = pair_stats(image, mask)
+    if stats.error is not None:
+        check.unreadable = stats.error
         return check
-    if (labels.shape[1], labels.shape[0]) != size:
-        check.size_mismatch = f"mask {labels.shape[1]}x{labels.shape[0]}, image {size[0]}x{size[1]} (width x height)"
+    if stats.mask_size != stats.image_size:
+        (w, h), (image_w, image_h) = stats.mask_size, stats.image_size
+        check.size_mismatch = f"mask {w}x{h}, image {image_w}x{image_h} (width x height)"
         return check
-    counts = np.bincount(labels[labels != IGNORE_INDEX].ravel().clip(0), minlength=1)
-    if (labels < 0).any():
-        check.out_of_range = int(labels.min())
+    values, pixels = stats.histogram(reduce)  # the mask's values as training sees them, and the pixels of each
+    labelled = values != IGNORE_INDEX
+    counts = np.bincount(values[labelled].clip(0), weights=pixels[labelled], minlength=1).astype(np.int64)
+    check.pixels = counts
+    if len(values) and values[0] < 0:
+        check.out_of_range = int(values[0])
     present = np.flatnonzero(counts)
     if len(present):
         check.max_value = int(present[-1])
@@ -115,8 +123,13 @@ def load_segmentation_data(
     reduce_labels: bool = False,
     progress: bool = False,
     workers: int = 8,
+    label_checks: bool = False,
 ) -> SegmentationData:
     """The image/mask pairs of a segmentation dataset, every mask read and checked (`pvtkit train` / `eval`).
+
+    With `label_checks` (`pvtkit train`'s default), the label doctor's errors (`data.doctor`: 0/255 binary masks,
+    colour masks, ADE20K-style masks without `reduce_labels`, ...) refuse the data too, each with its fix, from the
+    same read of the masks.
 
     Class names come from `root/labels.json` or `root/classes.txt`, else they are the indices 0..max found. Without
     a validation folder, `val_fraction` of the pairs is held out, stratified by each mask's most frequent class
@@ -187,6 +200,13 @@ def load_segmentation_data(
             f"{root}: {len(mismatched)} mask(s) differ in size from their image (a mask labels each "
             f"pixel of its image):{listed(mismatched)}"
         )
+    if label_checks:
+        from .doctor import refusal, training_blockers
+
+        source = next((f for f in LABEL_FILES if (root / f).is_file()), "the masks") if names else "the masks"
+        blockers = training_blockers([c.stats for c in checks], names, source, reduce_labels)
+        if blockers:
+            raise refusal(root, blockers)
     unreadable = [(f"{i} / {m}", c.unreadable) for (i, m), c in zip(pairs, checks) if c.unreadable]
     top = max((c.max_value for c in checks), default=-1)
     count = len(names) if names else top + 1
@@ -226,6 +246,10 @@ def load_segmentation_data(
             f"{root}: none of the training pairs is readable (first: {unreadable[0][0]}: {unreadable[0][1]})"
         )
     classes = names or [str(i) for i in range(count)]
+    class_pixels = np.zeros(len(classes), dtype=np.int64)
+    for pair in train:
+        found = ok[pair].pixels[: len(classes)]
+        class_pixels[: len(found)] += found
     return SegmentationData(
         classes,
         [(str(i), str(m)) for i, m in train],
@@ -234,6 +258,7 @@ def load_segmentation_data(
         layout.name,
         reduce_labels,
         unreadable,
+        class_pixels.tolist(),
     )
 
 

@@ -66,7 +66,8 @@ def pipeline(
             no compiler works); a dict passes options to it. On the CPU a batch size above the model's
             `compiled_batch_limit` (1 for PVTv2, SegFormer, GLPN) compiles nothing, with a warning.
         **task_options: `top_k` for classification; `pooled`, `stages` (e.g. [1, 4]) for feature extraction;
-            `mode` ("whole" / "slide"), `crop`, `stride` for segmentation; `flip` (average with the mirrored image's
+            `mode` ("whole" / "slide"), `crop`, `stride`, `aug` (test-time augmentation, e.g.
+            `{"scales": [0.75, 1, 1.25], "flip": True}` or "ms-flip": `pvtkit.tta`) for segmentation; `flip` (average with the mirrored image's
             depth, mirrored back) for depth; `threshold` (0.5), `top_k` (100) for detection.
     """
     from ..auto import default_image_processor, image_processor_for

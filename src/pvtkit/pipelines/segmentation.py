@@ -8,47 +8,13 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 
 from ..modeling import PreTrainedModel
-from ..processing import semantic_segmentation
+from ..processing import class_map, segmentation_labels, semantic_segmentation
+from ..tta import as_augmentation, probability_scores, slide_windows, sliding_window_logits, tta_probabilities
 from .base import Pipeline
 
-
-def slide_windows(
-    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
-) -> list[tuple[int, int, int, int]]:
-    """mmsegmentation's `slide` grid: `(top, bottom, left, right)` windows of `crop` (clipped to the image) every
-    `stride`, the last row and column shifted back to end at the image's edge; together they cover every pixel."""
-    (ch, cw), (sh, sw) = crop, stride
-    rows = max(height - ch + sh - 1, 0) // sh + 1
-    cols = max(width - cw + sw - 1, 0) // sw + 1
-    windows = []
-    for r in range(rows):
-        for c in range(cols):
-            bottom, right = min(r * sh + ch, height), min(c * sw + cw, width)
-            windows.append((max(bottom - ch, 0), bottom, max(right - cw, 0), right))
-    return windows
-
-
-def sliding_window_logits(
-    model: Any, pixels: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], batch_size: int = 8
-) -> torch.Tensor:
-    """Logits `(1, num_labels, H, W)` of one image `(1, C, H, W)` by sliding windows (`slide_windows`), each
-    window's logits upsampled to the window and averaged where windows overlap; `batch_size` windows per forward."""
-    height, width = pixels.shape[-2:]
-    windows = slide_windows(height, width, crop, stride)
-    total = pixels.new_zeros((1, model.config.num_labels, height, width), dtype=torch.float32)
-    count = pixels.new_zeros((1, 1, height, width), dtype=torch.float32)
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start : start + batch_size]
-        crops = torch.cat([pixels[..., t:b, left:r] for t, b, left, r in chunk])  # windows share one size
-        logits = model(pixel_values=crops).logits.float()
-        logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
-        for (t, b, left, r), window in zip(chunk, logits):
-            total[0, :, t:b, left:r] += window
-            count[0, :, t:b, left:r] += 1
-    return total / count
+__all__ = ["ImageSegmentationPipeline", "class_areas", "slide_windows", "sliding_window_logits"]
 
 
 class ImageSegmentationPipeline(Pipeline):
@@ -63,6 +29,11 @@ class ImageSegmentationPipeline(Pipeline):
             resolution; `crop`-sized windows every `stride`, the logits of overlapping windows averaged.
         crop: Window (height, width) in slide mode; default: the processor's size (what the model was trained at).
         stride: Window step (height, width) in slide mode; default: two thirds of `crop`.
+        aug: Test-time augmentation (`pvtkit.tta`): None (the default: one forward), a dict `{"scales": [0.5, 1,
+            1.5], "flip": True, "aligned": False}`, an `Augmentation`, or a preset: "flip", "ms" (mmsegmentation's
+            ratios 0.5, 0.75, 1, 1.25, 1.5, 1.75), "ms-flip" (both: 12 views). Each view is resized by its ratio
+            (whole: from the processor's size; slide: from the image), forwarded in `mode`, and its softmax
+            probabilities at the input's size averaged; the class is their argmax.
         **kwargs: `Pipeline`'s options.
     """
 
@@ -75,12 +46,15 @@ class ImageSegmentationPipeline(Pipeline):
         mode: str = "whole",
         crop: tuple[int, int] | None = None,
         stride: tuple[int, int] | None = None,
+        aug: Any = None,
         **kwargs: Any,
     ) -> None:
         if mode not in ("whole", "slide"):
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        self.aug = as_augmentation(aug)
         super().__init__(model, image_processor, **kwargs)
-        self.mode, self.labels = mode, self.label_names()
+        self.mode, self.labels = mode, segmentation_labels(model.config)
+        self.crop = self.stride = None
         if mode == "slide":
             size = getattr(image_processor, "size", None) or {}
             crop = crop or (size.get("height"), size.get("width"))
@@ -95,9 +69,18 @@ class ImageSegmentationPipeline(Pipeline):
     def forward(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         """Per image, its `(H, W)` int64 class map at its own size."""
         with torch.inference_mode():
+            if self.aug.active:
+                return [class_map(probability_scores(p), dim=1)[0].cpu() for p in self.probabilities(pixels, sizes)]
             if self.mode == "whole":
                 return [m.cpu() for m in semantic_segmentation(self.model(pixel_values=pixels).logits.float(), sizes)]
-            return [self.slide_logits(image[None])[0].argmax(0).cpu() for image in pixels]
+            return [class_map(self.slide_logits(image[None])[0], dim=0).cpu() for image in pixels]
+
+    def probabilities(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Per image of a batch, its class probabilities `(1, num_labels, H, W)` at its size `sizes[i]`, averaged
+        over the test-time augmentation's views (`tta.tta_probabilities`; one view without `aug`)."""
+        return tta_probabilities(
+            self.model, pixels, sizes, self.aug, self.mode, self.crop, self.stride, self.batch_size
+        )
 
     def slide_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """Logits `(1, num_labels, H, W)` of one image by sliding windows (`sliding_window_logits`)."""

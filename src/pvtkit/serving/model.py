@@ -71,6 +71,9 @@ class ImageModel(kserve.Model):
         decode_threads: Threads that decode and preprocess images.
         warmup: Run the model once per batch size it will see before reporting ready.
         compile: Run the model through `pvtkit.optimize` (batch-1 graphs compile during the warm-up).
+        aug: Test-time augmentation (`tta.as_augmentation`): a segmentation model averages the softmax
+            probabilities of every scale and mirrored view at each image's size (`tta.merge_views`); a depth model
+            takes flip alone (`tasks.depth.predict_depth`). None: one plain forward.
         hub: `revision`, `local_files_only`.
     """
 
@@ -89,9 +92,13 @@ class ImageModel(kserve.Model):
         decode_threads: int = 2,
         warmup: bool = True,
         compile: bool = False,
+        aug: Any = None,
         **hub: Any,
     ) -> None:
+        from ..tta import as_augmentation
+
         super().__init__(name)
+        self.aug = as_augmentation(aug)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         if top_k < 1:
@@ -127,7 +134,7 @@ class ImageModel(kserve.Model):
         if not task.served_outputs:
             served = ", ".join(t.title for t in tasks.tasks().values() if t.served_outputs)
             raise ValueError(f"{self.source}: pvtkit serve serves {served} models, not {task.title}")
-        options = task.serve_options(self.top_k)
+        options = {**task.serve_options(self.top_k), **self._tta_options(task)}
         self.pipe = pipeline(task.name, model=self.source, device=self.device, dtype=self.dtype, **options, **self.hub)
         if self.compile:  # the batches a server runs vary (1 when quiet): compiled where it pays, eager elsewhere
             from ..compiling import optimize
@@ -137,6 +144,25 @@ class ImageModel(kserve.Model):
             optimize(self.pipe.model, dynamic=True)
         self.task, self.loaded = task, True
         return True
+
+    def _tta_options(self, task: Any) -> dict[str, Any]:
+        """The pipeline options of `aug`: itself for a pipeline that takes `aug` (segmentation), `flip` for one that
+        takes only that (depth); a ValueError for any other augmentation."""
+        import inspect
+
+        from ..tta import Augmentation
+
+        if not self.aug.active:
+            return {}
+        accepted = inspect.signature(task.pipeline_class()).parameters
+        if "aug" in accepted:
+            return {"aug": self.aug}
+        if "flip" in accepted and self.aug == Augmentation(flip=True):
+            return {"flip": True}
+        raise ValueError(
+            f"{self.source}: test-time augmentation (--scales, --flip, --aligned-resize) is for segmentation models, "
+            f"--flip alone also for depth models; this is a {task.title} model"
+        )
 
     def warm_up(self) -> None:
         """One forward pass at batch 1 and at the largest batch, at the processor's size, then ready."""
@@ -163,7 +189,31 @@ class ImageModel(kserve.Model):
         pipe = self.pipe
         batch = torch.from_numpy(pixels).to(pipe.device, pipe.dtype)
         with torch.inference_mode():
+            if self.aug.active and hasattr(pipe, "aug"):  # per image its views' logits, merged in `_merged`
+                from ..tta import view_logits
+
+                views = [
+                    (logits.cpu().numpy(), flipped) for logits, flipped in view_logits(pipe.model, batch, pipe.aug)
+                ]
+                return [[(logits[i : i + 1], flipped) for logits, flipped in views] for i in range(len(batch))]
+            if self.aug.flip:  # depth: the mirrored image's depth averaged in, as the pipeline's
+                from ..outputs import DepthEstimatorOutput
+                from ..tasks.depth import predict_depth
+
+                return self.task.served_rows(
+                    DepthEstimatorOutput(predicted_depth=predict_depth(pipe.model, batch, True))
+                )
             return self.task.served_rows(pipe.model(pixel_values=batch))
+
+    def _merged(self, row: Any, size: tuple[int, int]) -> Any:
+        """A row of `_forward` as `served_answer` takes it: under segmentation's test-time augmentation, the views'
+        probabilities merged at the image's `size` (`tta.merge_views`), as `tta.probability_scores`."""
+        if not (self.aug.active and hasattr(self.pipe, "aug")):
+            return row
+        from ..tta import merge_views, probability_scores
+
+        merged = merge_views(((torch.from_numpy(logits), flipped) for logits, flipped in row), size)
+        return probability_scores(merged)[0].numpy()
 
     async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
         """KServe's preprocess -> predict -> postprocess, under the request's deadline."""
@@ -205,7 +255,9 @@ class ImageModel(kserve.Model):
             for task in tasks:  # one image failed (or the deadline passed): the others leave the queue unrun
                 task.cancel()
         METRICS.inference_seconds.labels(self.name).observe(time.monotonic() - started)
-        answers = lambda: [self.task.served_answer(self.pipe, r, s) for r, s in zip(job.results, job.sizes)]  # noqa: E731
+        answers = lambda: [  # noqa: E731
+            self.task.served_answer(self.pipe, self._merged(r, s), s) for r, s in zip(job.results, job.sizes)
+        ]
         if self.task.answer_off_loop:  # upsampling to the images' sizes is real work: off the event loop
             job.answers = await asyncio.get_running_loop().run_in_executor(self.decoder, answers)
         else:

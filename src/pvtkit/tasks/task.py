@@ -120,6 +120,11 @@ class Task:
         """(training samples, validation samples, the model's class ids the data holds)."""
         raise NotImplementedError
 
+    def data_settings(self, settings: Mapping[str, Any], data: Any) -> dict[str, Any]:
+        """The run's settings with what the data decides added (segmentation's class weights from its pixel counts);
+        called on every process with the loaded data, on resume too."""
+        return dict(settings)
+
     def config_overrides(self, classes: list[str]) -> dict[str, Any]:
         """What a from-scratch model's config takes from the data (a head for its classes)."""
         return {"num_labels": len(classes), "id2label": dict(enumerate(classes))}

@@ -35,6 +35,12 @@ RUN_DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 1.0,
     "schedule": "cosine",
     "head_lr_scale": 1.0,
+    # recipe features (training/recipe.py, training/ema.py): layer-wise lr decay (1: none), an EMA of the weights,
+    # the linear scaling of the recipe's lr to this run's global batch
+    "layer_decay": 1.0,
+    "ema": False,
+    "ema_decay": 0.9999,
+    "scale_lr": False,
     **{name: default for task in tasks.trainable() for name, default in task.settings.items()},
 }
 # `pvtkit train --help`'s groups of flags (`TrainingArguments`' field metadata)
@@ -105,6 +111,15 @@ class TrainingArguments:
             cosine down to lr/25/1e4), or `step` (lr, then lr/10 for the last 20% of the steps: detection's).
         head_lr_scale: The head's learning rate is this many times `lr` (default 1; 10 for segmentation, as
             SegFormer's decode head).
+        layer_decay: Layer-wise learning-rate decay: a parameter of encoder layer `i` (0: the patch embeddings, then
+            each block in order; the heads are layer `n`, the model's `depth_layers()` count) learns at
+            `layer_decay ** (n - i)` times its rate (BEiT's, ConvNeXt's and mmseg's rule; default 1: none).
+        ema: Keep an exponential moving average of the weights (fp32, updated after every optimizer step, buffers
+            not averaged); validation measures it and the saved model is it (`ema.py`).
+        ema_decay: The EMA's decay per step (default 0.9999), warmed up as TensorFlow's `num_updates` rule:
+            `min(ema_decay, (1 + t) / (10 + t))` at update `t`.
+        scale_lr: When the global batch differs from the task recipe's and `lr` is left out, scale the recipe's
+            rate linearly (x batch / recipe batch; Goyal et al. 2017); without it, the rule is only printed.
         reduce_labels: Segmentation: mask value 0 is "other" (ignored) and k means class k - 1 (ADE20K).
         scale_range: Segmentation: random resize of the short side to `image_size` x a ratio in this range
             (default 0.5..2).
@@ -112,6 +127,10 @@ class TrainingArguments:
             share of it (default 0.75; 1 = never).
         jitter: Segmentation: photometric distortion of the image (brightness, contrast, saturation, hue).
         eval_mode: Segmentation validation: `whole` images or `slide` windows.
+        loss: Segmentation: the training loss, `NAME[:WEIGHT],...` of `pvtkit.losses.LOSSES` (`ce`, `ohem`, `dice`,
+            `lovasz`, `focal`; default `ce`), normalised per labelled pixel as `pvtkit.losses` says.
+        class_weights: Segmentation: `auto` (ENet's rule on the training masks' pixel counts,
+            `losses.class_weights_from_counts`) or one weight per class, `"w0,w1,..."`.
         depth_scale: Depth: what a 16-bit PNG depth map's integers are divided by to give metres (NYU 1000, KITTI
             256; .npy and float TIFF maps are metres already).
         min_depth, max_depth: Depth: ground truth outside is "no measurement"; predictions are clipped to it in the
@@ -137,6 +156,7 @@ class TrainingArguments:
         resume: Continue the run in `output_dir` from its checkpoint.
         overwrite: Start afresh in an `output_dir` that holds a run or other files (its model files, metrics
             and checkpoint are replaced; other files are left alone).
+        check_data: Segmentation: refuse data the label doctor calls broken (`data.doctor`; default True).
         progress: Progress bars and per-epoch lines on stderr.
         revision, offline: How to reach the Hub for `model`.
     """
@@ -278,6 +298,42 @@ class TrainingArguments:
             "help": f"the head learns this many times faster (default: {_defaults('head_lr_scale')})",
         },
     )
+    layer_decay: float | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "metavar": "R",
+            "help": "layer-wise lr decay: encoder layer i of n (0: the patch embeddings, then each block; the heads "
+            "are layer n) learns at R^(n - i) times the rate (BEiT / mmseg's rule; default: 1, none)",
+        },
+    )
+    ema: bool | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "const": True,
+            "help": "keep an exponential moving average of the weights (fp32, after every step): validation "
+            "measures it and the saved model is it",
+        },
+    )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "metavar": "D",
+            "help": "the EMA's decay per step, warmed up as min(D, (1 + t) / (10 + t)) at step t "
+            f"(default: {RUN_DEFAULTS['ema_decay']})",
+        },
+    )
+    scale_lr: bool | None = field(
+        default=None,
+        metadata={
+            "group": RECIPE,
+            "const": True,
+            "help": "when --batch-size differs from the recipe's and --lr is left out, scale the recipe's lr by "
+            "batch / recipe batch (the linear scaling rule; without this flag it is only printed)",
+        },
+    )
     reduce_labels: bool | None = field(
         default=None,
         metadata={
@@ -321,6 +377,29 @@ class TrainingArguments:
             "choices": ("whole", "slide"),
             "help": "validation on whole images resized by the "
             f"processor, or on sliding windows (default: {RUN_DEFAULTS['eval_mode']})",
+        },
+    )
+    # losses for imbalanced data (pvtkit.losses): the --loss terms and the class weights of ce / focal / ohem
+    loss: str | None = field(
+        default=None,
+        metadata={
+            "group": SEGMENTATION,
+            "metavar": "NAME[:W],...",
+            "help": "the training loss, a weighted sum of: ce (cross-entropy; BCE for a one-label model), ohem "
+            "(cross-entropy over the pixels whose true class has probability < 0.7, at least 100000 per image: "
+            "mmseg's OHEM), dice (mmseg's softmax Dice, per image), lovasz (Lovasz-softmax, per image), focal "
+            "(gamma 2); e.g. ce:1,dice:0.5 (default: ce; validation's loss stays the model's cross-entropy)",
+        },
+    )
+    class_weights: str | None = field(
+        default=None,
+        metadata={
+            "group": SEGMENTATION,
+            "metavar": "auto|W0,W1,...",
+            "help": "per-class weights of the ce / focal / ohem pixels (and the per-class dice / lovasz terms): "
+            "one per class, or auto: ENet's 1 / ln(1.02 + p) of each class's share p of the training masks' "
+            "labelled pixels, scaled to a mean of 1 per pixel (pvtkit -v shows them; training_args.json keeps them "
+            "as class_weight_values)",
         },
     )
     depth_scale: float | None = field(
@@ -446,6 +525,16 @@ class TrainingArguments:
         default=False,
         metadata={"group": RUNNING, "help": "start a new run in an --output that holds one (or other files)"},
     )
+    check_data: bool = field(
+        default=True,
+        metadata={
+            "group": RUNNING,
+            "flags": ("--skip-data-checks",),
+            "const": False,
+            "help": "segmentation: train even on data the label checks call broken (0/255 binary masks, colour "
+            "masks, ADE20K-style masks without --reduce-labels, ...; `pvtkit doctor` reports them)",
+        },
+    )
     progress: bool = field(
         default=True,
         metadata={
@@ -476,6 +565,8 @@ class TrainingArguments:
             ("num_workers", lambda v: v >= 0, "0 or more"),
             ("save_steps", lambda v: v >= 0, "0 or more"),
             ("head_lr_scale", lambda v: v > 0, "positive"),
+            ("layer_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("ema_decay", lambda v: 0 < v < 1, "in (0, 1)"),
             ("cat_max_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("schedule", lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
             ("eval_mode", lambda v: v in ("whole", "slide"), "whole or slide"),
@@ -491,6 +582,16 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and not ok(value):
                 raise TrainingConfigError(f"{name.replace('_', '-')} must be {expected}, got {value}")
+        if self.loss is not None or self.class_weights is not None:
+            from ..losses import parse_class_weights, parse_loss_spec
+
+            try:
+                if self.loss is not None:
+                    parse_loss_spec(self.loss)
+                if self.class_weights is not None:
+                    parse_class_weights(self.class_weights)
+            except ValueError as e:
+                raise TrainingConfigError(str(e)) from None
         if self.task is not None:
             names = [t.name for t in tasks.trainable()]
             try:
@@ -551,4 +652,14 @@ def resolve_run(args: TrainingArguments, saved: dict[str, Any] | None, model_giv
     run["task"] = task.name
     if run["lr"] is None:
         run["lr"] = task.learning_rate(from_scratch=bool(run["arch"]))
+    if given["ema_decay"] is not None and not run["ema"]:
+        raise TrainingConfigError(
+            f"ema-decay {given['ema_decay']} sets the decay of the weights' EMA, which is off: turn it on (ema) or "
+            "leave ema-decay out"
+        )
+    if run["scale_lr"] and given["lr"] is not None:
+        raise TrainingConfigError(
+            "scale-lr scales the task recipe's learning rate to the global batch; with lr given, give the rate "
+            "meant for this batch (or leave lr out)"
+        )
     return run

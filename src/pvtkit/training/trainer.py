@@ -14,6 +14,11 @@ AdamW lr 6e-5 with the decode head at 10x, weight decay 0.01, poly decay, joint 
 the best epoch by validation mIoU (`evaluation.SegmentationEvaluator`) and, under torchrun, normalises BatchNorm
 over all processes; everything below holds for both tasks.
 
+Options of every task's recipe (`recipe.py`, `ema.py`): `layer_decay` (layer-wise learning-rate decay, the layers
+numbered by the model's `depth_layers()`), `ema` (an average of the weights, validated and saved instead of
+them; checkpointed, so a resume continues it exactly), and the linear scaling rule for a global batch other than
+the recipe's (stated once; applied with `scale_lr`).
+
 The recipe is the usual one for ViT/PVT fine-tuning: AdamW (no weight decay on biases, norms and position
 embeddings), linear warmup then cosine decay per optimizer step, label smoothing, random-resized-crop + horizontal
 flip augmentation (written with PIL, no torchvision) followed by the model's own rescaling and normalisation, and
@@ -75,6 +80,8 @@ from ..modeling import PreTrainedModel
 from ..models import family as registry
 from ..models.family import config_for_variant
 from .arguments import TrainingArguments, TrainingConfigError, resolve_run
+from .ema import WeightEma
+from .recipe import layer_decay_scale, scale_learning_rate
 
 logger = logging.getLogger("pvtkit")
 
@@ -136,7 +143,8 @@ class TrainResult:
                 f"train {key[6:].replace('_', ' ')} {last[key]:.2%})"
             )
         lines.append(
-            f"wrote {self.output_dir}: {', '.join(MODEL_FILES)} (the best model), {METRICS_NAME}, "
+            f"wrote {self.output_dir}: {', '.join(MODEL_FILES)} (the best model"
+            f"{', its EMA weights' if last.get('weights') == 'ema' else ''}), {METRICS_NAME}, "
             f"{CHECKPOINT_DIR}/ (to resume)"
         )
         return "\n".join(lines)
@@ -189,11 +197,12 @@ def parameter_groups(
     weight_decay: float,
     head_lr_scale: float = 1.0,
     scale_of: Callable[[str], float] | None = None,
+    layer_scale: Callable[[str], float] | None = None,
 ) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on weight matrices and kernels; none on biases, norms, tokens, position tables.
     The head's parameters (`model.head_prefixes`) learn `head_lr_scale` times faster; or `scale_of(name)` gives
-    each parameter's factor (a task's recipe: detection's backbone at a tenth). Each group's `lr_scale` multiplies
-    the schedule's rate."""
+    each parameter's factor (a task's recipe: detection's backbone at a tenth). `layer_scale(name)` multiplies that
+    (layer-wise decay, `recipe.layer_decay_scale`). Each group's `lr_scale` multiplies the schedule's rate."""
     heads = tuple(getattr(model, "head_prefixes", ())) if head_lr_scale != 1.0 else ()
     if scale_of is None:
 
@@ -205,7 +214,8 @@ def parameter_groups(
         if not p.requires_grad:
             continue
         skip = p.ndim <= 1 or name.endswith(("position_embeddings", "cls_token", "mask_token"))
-        groups.setdefault((not skip, float(scale_of(name))), []).append(p)
+        scale = float(scale_of(name)) * (layer_scale(name) if layer_scale is not None else 1.0)
+        groups.setdefault((not skip, scale), []).append(p)
     return [
         {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
         for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
@@ -499,8 +509,12 @@ class Trainer:
         self.resumed = resumed is not None
         saved = TrainerState.from_dict(resumed["state"]) if resumed else None
         settings = resolve_run(a, saved.run if saved else None, self.model_given)
+        self.lr_note = None
+        if saved is None:  # a resumed run keeps its rate
+            settings, self.lr_note = scale_learning_rate(settings, lr_given=a.lr is not None)
         self.task = task = tasks.get(settings["task"])
-        data = _on_main(self.ctx, lambda: task.load_data(settings, a.progress))
+        data = _on_main(self.ctx, lambda: task.load_data({**settings, "check_data": a.check_data}, a.progress))
+        settings = task.data_settings(settings, data)
         if saved is not None and data.counts() != saved.data:
             raise TrainingConfigError(
                 f"resume: the images in {settings['data']} changed since the run started "
@@ -516,6 +530,7 @@ class Trainer:
             )
         self.state = saved or TrainerState.start(plan)
         self.optimizer, self.scaler = self._optimizer(resumed)
+        self.ema = self._ema(resumed)
         self.net = self._wrapped()
         self.sampler, self.loader, self.evaluator = self._loaders(ids)
         self.show = a.progress and self.ctx.is_main
@@ -615,6 +630,7 @@ class Trainer:
             settings["weight_decay"],
             settings.get("head_lr_scale", 1.0),
             self.task.lr_scale_of(self.model, settings),
+            layer_decay_scale(self.model, settings["layer_decay"]) if settings["layer_decay"] != 1.0 else None,
         )
         optimizer = torch.optim.AdamW(groups, lr=settings["lr"])
         scaler = torch.amp.GradScaler("cuda") if self.args.precision == "fp16" else None
@@ -627,6 +643,19 @@ class Trainer:
             if self.device.type == "cuda" and training.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(training["cuda_rng"], self.device)
         return optimizer, scaler
+
+    def _ema(self, resumed: dict[str, Any] | None) -> WeightEma | None:
+        """With `ema`, the average of the weights: from the model's, or a resumed run's own."""
+        settings = self.plan.settings
+        if not settings["ema"]:
+            return None
+        ema = WeightEma(self.model, settings["ema_decay"])
+        if resumed is not None:
+            state = resumed["training"].get("ema")
+            if state is None:
+                raise TrainingConfigError(f"resume: {self.out}'s checkpoint of an --ema run holds no EMA weights")
+            ema.load_state_dict({k: v.to(self.device) for k, v in state.items()})
+        return ema
 
     def _wrapped(self) -> nn.Module:
         """The model, in DistributedDataParallel under torchrun (BatchNorms then normalise over all processes, so
@@ -708,6 +737,10 @@ class Trainer:
                 "backed tensors (fewer page faults; +48%% B0 training throughput measured, see README "
                 "'Speed'); the `pvtkit` command sets it itself"
             )
+        if self.lr_note and self.args.progress:  # the linear scaling rule, once
+            print(f"pvtkit: {self.lr_note}", file=sys.stderr)
+        elif self.lr_note:
+            logger.info(self.lr_note)
         if self.resumed and self.state.complete:
             logger.warning("the run in %s is already complete (%d steps)", self.out, plan.total_steps)
 
@@ -832,21 +865,26 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:  # the steps before this one: the decay's warm-up continues across a resume
+            self.ema.update(self.state.global_step)
 
     def _end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         """Validate, keep the best model, checkpoint, write the metrics, say how it went."""
         improved, state = True, self.state
-        if self.evaluator is not None:
-            validation, score = self.task.validation_record(self.evaluator.run(desc="validation"))
-            record.update(validation)
-            improved = state.best_accuracy is None or score > state.best_accuracy
-            if improved:
-                state.best_accuracy, state.best_epoch = score, epoch + 1
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():  # validate and keep the EMA
+            if self.ema is not None:
+                record["weights"] = "ema"
+            if self.evaluator is not None:
+                validation, score = self.task.validation_record(self.evaluator.run(desc="validation"))
+                record.update(validation)
+                improved = state.best_accuracy is None or score > state.best_accuracy
+                if improved:
+                    state.best_accuracy, state.best_epoch = score, epoch + 1
+            if improved and self.ctx.is_main:
+                _write_model(self.model, self.processor, self.out)
         state.history.append(record)
         if not self.ctx.is_main:
             return
-        if improved:
-            _write_model(self.model, self.processor, self.out)
         self._save_checkpoint(epoch + 1, 0, None)
         self._write_metrics()
         if self.show:
@@ -854,7 +892,8 @@ class Trainer:
 
             trained, shown = self.task.short_metrics(record, self.evaluator is not None)
             loss = f"val loss {record['val_loss']:.4f}, " if "val_loss" in record else ""
-            val = f", {loss}{shown}{' (best)' if improved else ''}" if shown else ""
+            ema = " of the EMA" if self.ema is not None else ""
+            val = f", {loss}{shown}{ema}{' (best)' if improved else ''}" if shown else ""
             tqdm.write(
                 f"epoch {epoch + 1}/{self.plan.settings['epochs']}: loss {record['train_loss']:.4f}, {trained}"
                 f"{val}, lr {record['lr']:.2e}, "
@@ -872,6 +911,8 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
+        if self.ema is not None:
+            training["ema"] = self.ema.state_dict()
         if self.device.type == "cuda":  # dropout and stochastic depth draw from the GPU's generator
             training["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         with atomic_directory(self.out / CHECKPOINT_DIR) as staging:

@@ -383,6 +383,19 @@ class PyramidPreTrainedModel(PreTrainedModel):
         """The first stage's overlapping patch embedding (a strided conv and LayerNorm)."""
         return self._encoder().stages()[0][0]
 
+    def depth_layers(self) -> list[list[nn.Module]]:
+        """The encoder's modules by depth, as layer-wise learning-rate decay numbers them: layer 0 is the first
+        patch embedding, then one layer per block over all stages; a later stage's patch embedding joins its first
+        block, and each stage's closing LayerNorm its last. Everything else (the heads) comes after them."""
+        layers: list[list[nn.Module]] = []
+        for i, (embed, blocks, norm) in enumerate(self._encoder().stages()):
+            if i == 0:
+                layers.append([embed])
+            for j, block in enumerate(blocks):
+                layers.append([block, embed] if i and j == 0 else [block])
+            layers[-1].append(norm)
+        return layers
+
     def attention_layers(
         self, out: Any, pixel_values: torch.Tensor
     ) -> list[tuple[str, torch.Tensor, tuple[int, int], int]]:

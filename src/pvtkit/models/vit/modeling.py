@@ -259,6 +259,13 @@ class ViTPreTrainedModel(PreTrainedModel):
         """The patch projection (`embeddings.patch_embeddings`), as transformers returns."""
         return self._vit().embeddings.patch_embeddings
 
+    def depth_layers(self) -> list[list[nn.Module]]:
+        """The encoder's modules by depth, as layer-wise learning-rate decay numbers them (BEiT's rule): layer 0 is
+        the embeddings (patch projection, [CLS] and mask tokens, position table), then one per transformer layer;
+        the final LayerNorm, the pooler and the heads come after them."""
+        vit = self._vit()
+        return [[vit.embeddings], *([layer] for layer in vit.encoder.layer)]
+
     def set_input_size(self, image_size: int | Sequence[int]) -> None:
         """Make `image_size` the native input size: the position embeddings are resampled once (bicubic) and the
         config updated, so the model (and its save) runs at that size without interpolating, in pvtkit and in

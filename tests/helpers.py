@@ -354,3 +354,24 @@ def save_tiny_segformer(path: Path, **options) -> Path:
     pvtkit.SegformerForSemanticSegmentation(config).save_pretrained(path)
     pvtkit.SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+def train_argv(task: str | None, data: Path, model: Path, out: Path, *options: str, image_size: int = 32) -> list[str]:
+    """`pvtkit train`'s arguments for a small test run: the task (None: left to the data), the data, the model, the
+    output, `--image-size`, no loader workers, then `options`."""
+    task_args = ["--task", task] if task else []
+    return [
+        "train",
+        *task_args,
+        "--data",
+        str(data),
+        "--model",
+        str(model),
+        "--output",
+        str(out),
+        "--image-size",
+        str(image_size),
+        "--num-workers",
+        "0",
+        *options,
+    ]

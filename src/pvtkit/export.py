@@ -870,12 +870,7 @@ def _quantize(ort: Any, job: _Job, images: Sequence[Any] | None) -> None:
             fp32, staged, weight_type=quantization.QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
         )
     fp32.unlink()
-    onnx = require("onnx", "ONNX export")
-    model = onnx.load(str(staged))  # the quantizer keeps no metadata: the job's (which says dynamic-int8) again
-    del model.metadata_props[:]
-    for key, value in report.metadata.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(staged))
+    restamp_metadata(staged, report.metadata)
     if images is None:
         arrays, source = sample_photos(processor, (h, w))
     else:
@@ -908,6 +903,17 @@ def _quantize(ort: Any, job: _Job, images: Sequence[Any] | None) -> None:
         "max_rel_drift": drift / max(float(np.abs(expected).max()), 1e-12),
         "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()) if classifier else float("nan"),
     }
+
+
+def restamp_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Write `metadata` (the job's, which names the quantization) into the ONNX file at `path` again, replacing what
+    is there: ONNX Runtime's quantizers keep none of it."""
+    onnx = require("onnx", "ONNX export")
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:

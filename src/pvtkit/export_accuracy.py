@@ -100,7 +100,7 @@ def quantize_static(job: _Job, images: Sequence[Any]) -> None:
     Weights are int8 per output channel, activations uint8 per tensor from min/max calibration; only
     `STATIC_OP_TYPES` are quantized, and the classifier (the last of them) stays fp32.
     """
-    from .export import _quiet_exporter, require
+    from .export import _quiet_exporter, require, restamp_metadata
 
     onnx = require("onnx", "static int8 quantization")
     quantization = require("onnxruntime.quantization", "static int8 quantization")
@@ -143,11 +143,7 @@ def quantize_static(job: _Job, images: Sequence[Any]) -> None:
             extra_options={"OpTypesToExcludeOutputQuantization": list(STATIC_OP_TYPES)},
         )
     fp32.unlink()
-    model = onnx.load(str(staged))  # the quantizer keeps no metadata: the job's (which says static-int8) again
-    del model.metadata_props[:]
-    for key, value in report.metadata.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(staged))
+    restamp_metadata(staged, report.metadata)
     kept = [op for op in SENSITIVE_OP_TYPES if op in present] + [f"classifier ({n})" for n in excluded]
     report.quantization = {
         "mode": "static",

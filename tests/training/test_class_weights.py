@@ -19,7 +19,7 @@ import pvtkit
 from pvtkit.cli import main as cli
 from pvtkit.evaluation import evaluate_segmentation
 
-from helpers import digit_canvases, read_metrics, save_tiny_segformer, write_dataset, write_pairs
+from helpers import digit_canvases, read_metrics, save_tiny_segformer, train_argv, write_dataset, write_pairs
 
 RARE_CLASSES = ["background", "zero", "one"]
 
@@ -66,27 +66,8 @@ def tiny_seg(tmp_path_factory) -> Path:
 
 
 def train_args(data: Path, model: Path, out: Path, size: int, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--task",
-        "segmentation",
-        "--data",
-        str(data),
-        "--model",
-        str(model),
-        "--output",
-        str(out),
-        "--image-size",
-        str(size),
-        "--batch-size",
-        "8",
-        "--lr",
-        "2e-3",
-        "--num-workers",
-        "0",
-        "-q",
-        *extra,
-    ]
+    options = ("--batch-size", "8", "--lr", "2e-3", "-q", *extra)
+    return train_argv("segmentation", data, model, out, *options, image_size=size)
 
 
 def test_auto_class_weights_train_the_rare_class_to_a_better_iou(imbalanced, tiny_seg, tmp_path, one_thread):

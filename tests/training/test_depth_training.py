@@ -23,7 +23,7 @@ from pvtkit.data.folders import DatasetError, LayoutError
 from pvtkit.evaluation import depth_metrics
 
 from helpers import REPO as ROOT
-from helpers import TORCHRUN_PVTKIT, kill_training_at_step, read_metrics, stereo_depth_dataset
+from helpers import TORCHRUN_PVTKIT, kill_training_at_step, read_metrics, stereo_depth_dataset, train_argv
 
 ENCODER = dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4])
 
@@ -337,29 +337,8 @@ def tiny_glpn_no_drop(tmp_path_factory) -> Path:
 
 
 def depth_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--task",
-        "depth",
-        "--data",
-        str(data),
-        "--model",
-        str(model),
-        "--output",
-        str(out),
-        "--image-size",
-        "64",
-        "--batch-size",
-        "4",
-        "--lr",
-        "2e-3",
-        "--max-depth",
-        "10",
-        "--num-workers",
-        "0",
-        "--quiet",
-        *extra,
-    ]
+    options = ("--batch-size", "4", "--lr", "2e-3", "--max-depth", "10", "--quiet", *extra)
+    return train_argv("depth", data, model, out, *options, image_size=64)
 
 
 def max_weight_difference(a: Path, b: Path, skip: set[str] = frozenset()) -> float:

@@ -28,7 +28,7 @@ from pvtkit.training.ema import WeightEma
 from pvtkit.training.recipe import layer_decay_scale, scale_learning_rate
 from pvtkit.training.trainer import Trainer
 
-from helpers import REPO, TORCHRUN_PVTKIT, read_metrics, save_tiny_segformer, write_dataset
+from helpers import REPO, TORCHRUN_PVTKIT, read_metrics, save_tiny_segformer, train_argv, write_dataset
 
 STEPS_PER_EPOCH = 6  # 48 training canvases, batch 8
 
@@ -45,22 +45,7 @@ def tiny_seg(tmp_path_factory) -> Path:
 
 
 def train_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--task",
-        "semantic-segmentation",
-        "--data",
-        str(data),
-        "--model",
-        str(model),
-        "--output",
-        str(out),
-        "--image-size",
-        "32",
-        "--num-workers",
-        "0",
-        *extra,
-    ]
+    return train_argv("semantic-segmentation", data, model, out, *extra)
 
 
 EMA_RUN = ("--batch-size", "8", "--lr", "2e-3", "--epochs", "2", "--ema", "--ema-decay", "0.5", "--layer-decay", "0.5")

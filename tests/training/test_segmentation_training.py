@@ -37,6 +37,7 @@ from helpers import (
     kill_training_at_step,
     read_metrics,
     save_tiny_segformer,
+    train_argv,
     write_dataset,
     write_pairs,
 )
@@ -73,27 +74,7 @@ def tiny_seg_no_dropout(tmp_path_factory) -> Path:
 
 
 def tiny_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--task",
-        "semantic-segmentation",
-        "--data",
-        str(data),
-        "--model",
-        str(model),
-        "--output",
-        str(out),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--lr",
-        "2e-3",
-        "--num-workers",
-        "0",
-        "-q",
-        *extra,
-    ]
+    return train_argv("semantic-segmentation", data, model, out, "--batch-size", "8", "--lr", "2e-3", "-q", *extra)
 
 
 def same_state(a: Path, b: Path, atol: float) -> None:

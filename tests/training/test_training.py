@@ -30,7 +30,7 @@ from pvtkit.evaluation import draw_confusion_matrix, evaluate
 from pvtkit.training import learning_rate
 
 from helpers import REPO as ROOT
-from helpers import TORCHRUN_PVTKIT, kill_training_at_step, read_metrics, same_state
+from helpers import TORCHRUN_PVTKIT, kill_training_at_step, read_metrics, same_state, train_argv
 
 
 def write_digits(root: Path, classes=range(10), per_class: int | None = None) -> Path:
@@ -94,25 +94,7 @@ def tiny_vit(tmp_path_factory) -> Path:
 
 
 def tiny_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--data",
-        str(data),
-        "--model",
-        str(model),
-        "--output",
-        str(out),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "16",
-        "--lr",
-        "3e-3",
-        "--num-workers",
-        "0",
-        "-q",
-        *extra,
-    ]
+    return train_argv(None, data, model, out, "--batch-size", "16", "--lr", "3e-3", "-q", *extra)
 
 
 # ---- the bar: PVTv2-B0 from scratch on the digits ----------------------------------------------------------------

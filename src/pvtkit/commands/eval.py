@@ -205,12 +205,7 @@ def run(args: argparse.Namespace) -> int:
     task, report = _report(args)
     if report is None:
         return 0
-    with open_output(args.output) as stream:
-        if args.format == "json":
-            stream.write(json.dumps(report, ensure_ascii=False) + "\n")
-        else:
-            stream.write(task.report_table(report))
-    return 0
+    return _write(args, report, task.report_table)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -232,11 +227,13 @@ def _compare(args: argparse.Namespace) -> int:
     if report_a is None or report_b is None:
         return 0
     comparison = task.compare_report(report_a, report_b)
+    return _write(args, comparison, task.compare_table)
+
+
+def _write(args: argparse.Namespace, report: dict[str, Any], table: Any) -> int:
+    """The report to --output (or stdout): one JSON line with --format json, else `table(report)`."""
     with open_output(args.output) as stream:
-        if args.format == "json":
-            stream.write(json.dumps(comparison, ensure_ascii=False) + "\n")
-        else:
-            stream.write(task.compare_table(comparison))
+        stream.write(json.dumps(report, ensure_ascii=False) + "\n" if args.format == "json" else table(report))
     return 0
 
 

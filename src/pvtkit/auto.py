@@ -21,6 +21,8 @@ from .processing import PREPROCESSOR_CONFIG_NAME
 logger = logging.getLogger("pvtkit")
 
 _HUB_KEYS = ("revision", "cache_dir", "local_files_only", "token")
+# transformers 5's `AutoImageProcessor.from_pretrained(backend=...)`: "torchvision" is pvtkit's tensor back end
+IMAGE_PROCESSOR_BACKENDS = ("torchvision", "pil")
 
 
 def _hub_options(kwargs: dict[str, Any]) -> HubOptions:
@@ -181,14 +183,25 @@ class AutoImageProcessor:
     """Load the image processor a checkpoint names in `preprocessor_config.json` (`image_processor_type`).
 
     Without one, the family's default processor (from `config.json`'s `model_type`) is returned, and a warning
-    says so. `use_fast=True` picks the torch-tensor back end of the same processor.
+    says so. transformers 5's `backend="torchvision"` (or the older `use_fast=True`) picks the torch-tensor back end
+    of the same processor (`...Fast`), `backend="pil"` the PIL one; with neither, the class the file names.
     """
 
     def __init__(self) -> None:
         raise TypeError("AutoImageProcessor is not instantiated: use from_pretrained()")
 
     @staticmethod
-    def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, use_fast: bool = False, **kwargs: Any):
+    def from_pretrained(
+        pretrained_model_name_or_path: str | os.PathLike,
+        use_fast: bool | None = None,
+        backend: str | None = None,
+        **kwargs: Any,
+    ):
+        if backend is not None and backend not in IMAGE_PROCESSOR_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(IMAGE_PROCESSOR_BACKENDS)} or None, got {backend!r}")
+        if backend is None and use_fast is not None:
+            backend = "torchvision" if use_fast else "pil"
+        use_fast = backend == "torchvision"
         options = _hub_options(kwargs)
         overrides = {k: v for k, v in kwargs.items() if k not in _HUB_KEYS}
         path = str(pretrained_model_name_or_path)
@@ -213,10 +226,9 @@ class AutoImageProcessor:
             )
             return type(processor)(**{"size": processor.size, **overrides})
         cls = registry.IMAGE_PROCESSOR_TYPES[kind]
-        if use_fast and not kind.endswith("Fast"):
-            cls = registry.IMAGE_PROCESSOR_TYPES.get(kind.removesuffix("Pil") + "Fast", cls)
-        if file is None:
-            return cls(**overrides)
+        if backend is not None:  # the same processor on the asked back end: `X`/`XPil` is PIL, `XFast` tensors
+            base = cls.__name__.removesuffix("Fast").removesuffix("Pil")  # a `...FeatureExtractor` kind too
+            cls = registry.IMAGE_PROCESSOR_TYPES.get(base + ("Fast" if use_fast else ""), cls)
         return cls.from_pretrained(file, **overrides)
 
 
@@ -258,7 +270,7 @@ def image_processor_for(source: str | os.PathLike, model: Any, use_fast: bool = 
     try:
         if resolve_file(source, PREPROCESSOR_CONFIG_NAME, _hub_options(hub_options)) is None:
             raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG_NAME}")
-        return AutoImageProcessor.from_pretrained(source, use_fast=use_fast, **hub_options)
+        return AutoImageProcessor.from_pretrained(source, use_fast=use_fast or None, **hub_options)
     except (OSError, ValueError) as e:
         processor = default_image_processor(model, use_fast)
         logger.warning(

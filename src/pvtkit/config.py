@@ -33,6 +33,9 @@ ACTIVATION_NAMES = (
     "sigmoid",
 )
 
+# the spellings of a bool `update_from_string` reads, as transformers does
+_BOOL_WORDS = {"true": True, "1": True, "y": True, "yes": True, "false": False, "0": False, "n": False, "no": False}
+
 C = TypeVar("C", bound="PretrainedConfig")
 
 
@@ -70,6 +73,10 @@ class PretrainedConfig:
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         return_dict: bool = True,
+        is_encoder_decoder: bool = False,
+        chunk_size_feed_forward: int = 0,
+        architectures: list[str] | None = None,
+        dtype: str | None = None,
         **kwargs: Any,
     ) -> None:
         if id2label is not None:
@@ -93,11 +100,18 @@ class PretrainedConfig:
         self.output_hidden_states = bool(output_hidden_states)
         self.output_attentions = bool(output_attentions)
         self.return_dict = bool(return_dict)
+        self.is_encoder_decoder = bool(is_encoder_decoder)
+        self.chunk_size_feed_forward = int(chunk_size_feed_forward)
+        self.architectures = list(architectures) if architectures is not None else None
+        torch_dtype = kwargs.pop("torch_dtype", None)  # transformers 4 wrote torch_dtype, 5 writes dtype
+        self.dtype = _dtype_name(dtype if dtype is not None else torch_dtype)
+        # The version of transformers that wrote the file read (None for a config built in code): readable, as
+        # transformers' Trainer reads it, but never written, since pvtkit is not that version of transformers.
+        self.transformers_version: str | None = kwargs.pop("transformers_version", None)
+        self._name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
         for key in self._ignored_keys:
             kwargs.pop(key, None)
         kwargs.pop("model_type", None)
-        if "torch_dtype" in kwargs and "dtype" not in kwargs:  # transformers 4 wrote torch_dtype, 5 writes dtype
-            kwargs["dtype"] = kwargs.pop("torch_dtype")
         for key, value in kwargs.items():
             setattr(self, key, value)
 
@@ -117,20 +131,75 @@ class PretrainedConfig:
         """transformers 4's name for `return_dict`, which code written against it reads."""
         return self.return_dict
 
+    @property
+    def torch_dtype(self) -> str | None:
+        """transformers 4's name for `dtype`."""
+        return self.dtype
+
+    @torch_dtype.setter
+    def torch_dtype(self, value: Any) -> None:
+        self.dtype = _dtype_name(value)
+
+    @property
+    def name_or_path(self) -> str:
+        """What `from_pretrained` was given (a path or Hub id); "" for a config built in code. Not serialised."""
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: str | os.PathLike) -> None:
+        self._name_or_path = str(value)
+
     # ---- dict / JSON -------------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields as JSON-ready data, with `model_type`, in transformers' spelling."""
+        """All fields as JSON-ready data, with `model_type`, in transformers' spelling (`id2label` keyed by int, as
+        transformers' `to_dict` has it; JSON turns the keys into strings)."""
         out: dict[str, Any] = {}
         for key, value in vars(self).items():
-            if key.startswith("_"):
+            if key.startswith("_") or key in self._ignored_keys:
                 continue
             if isinstance(value, tuple):
                 value = list(value)
             out[key] = copy.deepcopy(value)
-        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["id2label"] = {int(k): v for k, v in self.id2label.items()}
+        out["dtype"] = _dtype_name(out.get("dtype"))
         out["model_type"] = self.model_type
         return out
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """`to_dict` without the common fields that hold `PretrainedConfig()`'s defaults, as transformers 5's
+        `to_diff_dict`: every family field is kept (defaults or not), and `model_type`. transformers also writes its
+        own `transformers_version`; pvtkit writes none (it is not that version of transformers)."""
+        base = PretrainedConfig().to_dict()
+        return {k: v for k, v in self.to_dict().items() if k not in base or k == "model_type" or v != base[k]}
+
+    def update(self, config_dict: dict[str, Any]) -> None:
+        """Set each key of `config_dict` as an attribute, as transformers' `update` does (no validation)."""
+        for key, value in config_dict.items():
+            setattr(self, key, value)
+
+    def update_from_string(self, update_str: str) -> None:
+        """Update existing fields from `"name=value,name=value"`, each value parsed as the field's current type
+        (bool from true/false/1/0/yes/no), as transformers does."""
+        for item in update_str.split(","):
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise ValueError(f"update_from_string: expected name=value, got {item!r}")
+            if not hasattr(self, key):
+                raise ValueError(f"update_from_string: {type(self).__name__} has no field {key!r}")
+            old = getattr(self, key)
+            value: Any
+            if isinstance(old, bool):
+                if text.lower() not in _BOOL_WORDS:
+                    raise ValueError(f"update_from_string: cannot read {text!r} as a bool (field {key})")
+                value = _BOOL_WORDS[text.lower()]
+            elif isinstance(old, (int, float, str)):
+                value = type(old)(text)
+            else:
+                raise TypeError(
+                    f"update_from_string: only int, float, bool or str fields can be updated; {key} is {old!r}"
+                )
+            setattr(self, key, value)
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], **overrides: Any) -> C:
@@ -149,8 +218,28 @@ class PretrainedConfig:
         data.update(overrides)
         return cls(**data)
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The config as indented, key-sorted JSON: `to_diff_dict` (the default, as in transformers) or `to_dict`."""
+        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        """Write `to_json_string(use_diff)` to `json_file_path` (atomically)."""
+        atomic_write_json(json_file_path, self.to_diff_dict() if use_diff else self.to_dict())
+
+    @classmethod
+    def get_config_dict(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`(config dict, unused kwargs)` of a local directory holding `config.json` or of the JSON file itself, as
+        transformers' `get_config_dict` returns them (the Hub: `pvtkit.AutoConfig`)."""
+        path = Path(pretrained_model_name_or_path)
+        file = path / CONFIG_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} found at {path}")
+        data = read_json(file)
+        if not isinstance(data, dict):
+            raise ValueError(f"{file}: expected a JSON object, got {type(data).__name__}")
+        return data, dict(kwargs)
 
     @classmethod
     def from_json_file(cls: type[C], path: str | os.PathLike, **overrides: Any) -> C:
@@ -228,6 +317,11 @@ class PretrainedConfig:
             if all(ours.get(k) == v for k, v in theirs.items() if k not in ignored):
                 return name
         return None
+
+
+def _dtype_name(value: Any) -> str | None:
+    """`torch.float16` or `"float16"` -> `"float16"` (None stays None): configs hold dtypes by name, without torch."""
+    return None if value is None else str(value).removeprefix("torch.")
 
 
 def pair(value: int | Sequence[int]) -> tuple[int, int]:

@@ -7,12 +7,14 @@ between pvtkit and transformers untouched. Loading reports missing, unexpected a
 from __future__ import annotations
 
 import contextlib
+import enum
+import functools
 import inspect
 import logging
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from . import outputs
 from ._files import atomic_directory, atomic_write, read_json
@@ -105,7 +108,16 @@ class _InitOnceMeta(type(nn.Module)):
             _building.depth = depth
         if depth == 0 and not getattr(_building, "skip_init", False):
             model.init_weights()
+        if depth == 0:
+            model._checkpointing_from_config()
         return model
+
+
+def checkpointed(owner: nn.Module, layer: Callable[..., Any], *args: Any) -> Any:
+    """`layer(*args)` with its activations recomputed in the backward, the way `activation_checkpointing_enable`
+    set `owner` up (its `torch.utils.checkpoint.checkpoint` arguments; `use_reentrant=False` unless told)."""
+    run = getattr(owner, "_gradient_checkpointing_func", None)
+    return run(layer, *args) if run is not None else checkpoint(layer, *args, use_reentrant=False)
 
 
 class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
@@ -215,6 +227,30 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
     def tie_weights(self) -> None:
         """Nothing to tie in a vision model (kept for code written against transformers)."""
 
+    # What the model reads, by transformers 5's modality names.
+    input_modalities: ClassVar[tuple[str, ...]] = ("image",)
+
+    def get_encoder(self) -> nn.Module:
+        """The encoder module: the `encoder` attribute, else the base model's, else the model itself (transformers'
+        lookup for a single-modality model)."""
+        if isinstance(getattr(self, "encoder", None), nn.Module):
+            return self.encoder
+        base = self.base_model
+        if base is not self and isinstance(base, PreTrainedModel):
+            return base.get_encoder()
+        return self
+
+    def get_parameter_or_buffer(self, target: str) -> torch.Tensor:
+        """The parameter or buffer named `target` (`"encoder.layers.0.patch_embedding.proj.weight"`).
+
+        Raises:
+            AttributeError: `target` names neither.
+        """
+        for get in (self.get_parameter, self.get_buffer):
+            with contextlib.suppress(AttributeError):
+                return get(target)
+        raise AttributeError(f"{type(self).__name__} has no parameter or buffer {target!r}")
+
     def enable_input_require_grads(self) -> None:
         """Make the input embeddings' output require gradients, so that gradient checkpointing works with frozen
         embeddings (what peft's adapters do)."""
@@ -230,25 +266,69 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
             hook.remove()
             self._require_grads_hook = None
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recompute each block's activations in backward instead of storing them (less memory, ~30% slower)."""
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Recompute each block's activations in backward instead of storing them (less memory, ~30% slower).
+
+        Args:
+            activation_checkpointing_kwargs: Arguments of `torch.utils.checkpoint.checkpoint` (default
+                `{"use_reentrant": False}`, as transformers 5).
+            every_n_layers: transformers' option to checkpoint only every n-th layer; pvtkit checkpoints every
+                block, so only 1 is accepted.
+            offload: Keep the activations saved for the recompute in host memory (`torch.autograd.graph.save_on_cpu`).
+        """
+        if not self.supports_gradient_checkpointing:
+            raise ValueError(f"{type(self).__name__} does not support activation checkpointing")
+        if every_n_layers != 1:
+            raise ValueError(f"every_n_layers={every_n_layers}: pvtkit checkpoints every block (every_n_layers=1)")
+        kwargs = activation_checkpointing_kwargs
+        run = functools.partial(checkpoint, **({"use_reentrant": False} if kwargs is None else kwargs))
+        if offload:
+            device_type = self.device.type if self.device.type != "meta" else "cpu"
+
+            def run(function: Callable[..., Any], *args: Any, _plain: Callable[..., Any] = run) -> Any:
+                with torch.autograd.graph.save_on_cpu(pin_memory=device_type != "cpu", device_type=device_type):
+                    return _plain(function, *args)
+
+        self._set_checkpointing(True, run)
+
+    def activation_checkpointing_disable(self) -> None:
+        """Store activations again (the default)."""
+        self._set_checkpointing(False, None)
+
+    def _set_checkpointing(self, enable: bool, run: Callable[..., Any] | None) -> None:
+        found = False
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = True
+                module.gradient_checkpointing, module._gradient_checkpointing_func = enable, run
+                found = True
+        if enable and not found:
+            raise ValueError(f"{type(self).__name__} has no blocks to checkpoint")
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """transformers 4's name of `activation_checkpointing_enable` (`kwargs`: `every_n_layers`, `offload`)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        for module in self.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = False
+        """transformers 4's name of `activation_checkpointing_disable`."""
+        self.activation_checkpointing_disable()
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+        """transformers 4's name of `is_activation_checkpointing`."""
+        return self.is_activation_checkpointing
 
-    # transformers 5's names for the same
-    activation_checkpointing_enable = gradient_checkpointing_enable
-    activation_checkpointing_disable = gradient_checkpointing_disable
-    is_activation_checkpointing = is_gradient_checkpointing
+    def _checkpointing_from_config(self) -> None:
+        """A config saved with `"gradient_checkpointing": true` (older Hub checkpoints) builds a model with
+        checkpointing on; the key is then dropped from the config, as transformers does, so it is not saved again."""
+        if self.supports_gradient_checkpointing and getattr(self.config, "gradient_checkpointing", False):
+            self.activation_checkpointing_enable()
+            delattr(self.config, "gradient_checkpointing")
 
     # ---- what generic code (export, analysis, training) asks of a model ---------------------------------------
 
@@ -380,15 +460,17 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
             ignore_mismatched_sizes: Re-initialise weights whose shapes differ instead of raising.
             strict: Make any missing, unexpected or mis-shaped weight an error (beside a head asked to be new).
             output_loading_info: Return `(model, {"missing_keys", "unexpected_keys", "mismatched_keys",
-                "error_msgs"})`, as transformers does.
+                "error_msgs"})` with transformers 5's types: sets of names (of `(name, checkpoint shape, model
+                shape)` for `mismatched_keys`) and a list of messages.
             revision, cache_dir, local_files_only, token: How to reach the Hub (see `huggingface_hub`).
             **config_overrides: Config fields to change, e.g. `num_labels=10` for a fresh head of 10 classes.
                 Arguments of the model class's constructor (`add_pooling_layer=False` for `ViTModel`) go to it.
 
         Raises:
             FileNotFoundError: Nothing loadable at the path, or a Hub repo that is neither cached nor reachable.
-            LoadingError: Mis-shaped keys, a checkpoint that shares no weight with the model, or (with `strict`)
-                any mismatch; every offending key is named.
+            LoadingError: Mis-shaped keys, a checkpoint that shares no weight with the model or would leave most of
+                its encoder randomly initialised (a layout pvtkit does not know), or (with `strict`) any mismatch;
+                every offending key is named.
             ValueError: A file that is not a checkpoint, or a checkpoint of another model family.
         """
         if pretrained_model_name_or_path is None and state_dict is None:
@@ -422,7 +504,11 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         model.to_empty(device="cpu")
         head_resized = "num_labels" in config_overrides or "id2label" in config_overrides
         info = model._load_checkpoint_state(
-            state, source=source, strict=strict, ignore_mismatched_sizes=ignore_mismatched_sizes or head_resized
+            state,
+            source=source,
+            strict=strict,
+            ignore_mismatched_sizes=ignore_mismatched_sizes or head_resized,
+            layout=layout.name,
         )
         want = torch_dtype if torch_dtype is not None else dtype
         if want is None or want == "auto":
@@ -450,11 +536,18 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         return model.train(module.training)
 
     def _load_checkpoint_state(
-        self, state: dict[str, torch.Tensor], source: str, strict: bool = False, ignore_mismatched_sizes: bool = False
-    ) -> dict[str, list]:
-        """Copy `state` into the model, adding or stripping `base_model_prefix` as the two layouts need; returns
-        the loading info (`missing_keys`, `unexpected_keys`, `mismatched_keys`, `error_msgs`)."""
+        self,
+        state: dict[str, torch.Tensor],
+        source: str,
+        strict: bool = False,
+        ignore_mismatched_sizes: bool = False,
+        layout: str = "transformers",
+    ) -> dict[str, Any]:
+        """Copy `state` (converted from the checkpoint layout named `layout`) into the model, adding or stripping
+        `base_model_prefix` as the two layouts need; returns the loading info (`missing_keys`, `unexpected_keys`,
+        `mismatched_keys`, `error_msgs`) with transformers 5's types."""
         own = self.state_dict()
+        given = set(state)
         state, dropped_heads = align_prefix(state, own, self.base_model_prefix + ".")
         heads = tuple(self.head_prefixes)
         if not any(k in own and not (heads and k.startswith(heads)) for k in state):
@@ -466,6 +559,17 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+        # Most of the encoder absent is a layout pvtkit does not know (a newer transformers' in-memory names), not a
+        # checkpoint to fine-tune: refused, as transformers' warning is easy to miss and the model useless. (Weights
+        # of another shape are reported above, or re-initialised as asked.)
+        encoder = [k for k in own if not (heads and k.startswith(heads))]
+        unloaded = [k for k in encoder if k not in state]
+        if 2 * len(unloaded) > len(encoder):
+            raise LoadingError(
+                f"{source} ({layout} layout) would leave {len(unloaded)} of the {len(encoder)} encoder weights of "
+                f"{type(self).__name__} randomly initialised, e.g. {', '.join(unloaded[:3])}; its keys look like "
+                f"{', '.join(list(state)[:5])}. Save it with transformers' save_pretrained and load that directory"
+            )
         # A task head the checkpoint has no trace of (an encoder or backbone checkpoint) starts fresh, with a warning.
         absent_heads = tuple(p for p in heads if not any(k.startswith(p) for k in state))
         fresh_heads = [k for k in missing if absent_heads and k.startswith(absent_heads)]
@@ -488,7 +592,7 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
                 + "; ".join(parts)
                 + " (strict=True; the default loads it, initialising and reporting the rest)"
             )
-        mismatched_keys = [(k, tuple(state.pop(k).shape), tuple(own[k].shape)) for k in mismatched]
+        mismatched_keys = {(k, state.pop(k).shape, own[k].shape) for k in mismatched}  # torch.Size, as transformers
         self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         # What did not come from the checkpoint (a fresh head, re-initialised or missing weights): callers such as
         # `pvtkit classify` refuse to predict with an untrained head.
@@ -513,11 +617,24 @@ class PreTrainedModel(nn.Module, metaclass=_InitOnceMeta):
         if dropped_heads:
             logger.info("%s: ignored task-head weights %s", source, ", ".join(dropped_heads))
         return {
-            "missing_keys": [*fresh_heads, *missing],
-            "unexpected_keys": unexpected,
+            "missing_keys": {*fresh_heads, *missing},
+            # the checkpoint's own names (a task checkpoint's heads included), as transformers reports them
+            "unexpected_keys": {self._checkpoint_name(k, given) for k in unexpected} | set(dropped_heads),
             "mismatched_keys": mismatched_keys,
             "error_msgs": [],
         }
+
+    def _checkpoint_name(self, key: str, given: set[str]) -> str:
+        """A key as the checkpoint names it (`align_prefix` may have added or removed `base_model_prefix`)."""
+        prefix = self.base_model_prefix + "."
+        return next((k for k in (key, prefix + key, key.removeprefix(prefix)) if k in given), key)
+
+
+class BackboneType(enum.Enum):
+    """Where a backbone comes from, as transformers' `BackboneType` says it (same names and values)."""
+
+    TIMM = "timm"
+    TRANSFORMERS = "transformers"
 
 
 class BackboneMixin:
@@ -529,6 +646,9 @@ class BackboneMixin:
 
     config: Any
     output_names = ("feature_maps",)
+    # transformers' markers: a backbone built by the library itself (not wrapping timm) that returns attention maps
+    backbone_type: ClassVar[BackboneType] = BackboneType.TRANSFORMERS
+    has_attentions: ClassVar[bool] = True
 
     @property
     def stage_names(self) -> list[str]:
@@ -565,6 +685,18 @@ class BackboneMixin:
     @property
     def num_features(self) -> list[int]:
         return list(self.stage_channels)
+
+    @property
+    def out_feature_channels(self) -> dict[str, int]:
+        """Every stage's channels by stage name (returned or not), as transformers' backbones give them."""
+        return dict(zip(self.config.stage_names, self.stage_channels))
+
+    def forward_with_filtered_kwargs(self, *args: Any, **kwargs: Any) -> Any:
+        """`self(*args, **kwargs)` without `output_attentions` when the backbone has no attention maps
+        (`has_attentions`): what transformers' detectors call to run any backbone."""
+        if not self.has_attentions:
+            kwargs.pop("output_attentions", None)
+        return self(*args, **kwargs)  # type: ignore[operator]
 
     @property
     def channels(self) -> list[int]:

@@ -80,7 +80,8 @@ ImageInput = Union[PIL.Image.Image, np.ndarray, "torch.Tensor", str, os.PathLike
 # PIL's resampling filter numbers, which is how transformers stores `resample` in its JSON files.
 RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
 # Keys transformers writes for bookkeeping; they carry no processing option.
-_SERVICE_KEYS = {"image_processor_type", "feature_extractor_type", "processor_class", "auto_map"}
+# `backend` is AutoImageProcessor's choice of class (transformers 5), never a processor option: dropped, not written.
+_SERVICE_KEYS = {"image_processor_type", "feature_extractor_type", "processor_class", "auto_map", "backend"}
 # Options transformers knows but these processors do not implement: loading a file that switches one on would
 # silently compute something else, so we refuse.
 _UNSUPPORTED_IF_TRUE = ("do_center_crop", "do_pad", "do_reduce_labels")
@@ -775,6 +776,16 @@ class _BaseImageProcessor:
         """Build a processor from a config dict; `kwargs` override its entries."""
         return cls(**{**config, **kwargs})
 
+    def to_json_file(self, json_file_path: str | os.PathLike) -> None:
+        """Write `to_json_string()` to `json_file_path` (atomically)."""
+        atomic_write_json(json_file_path, self.to_dict())
+
+    @classmethod
+    def from_json_file(cls, json_file: str | os.PathLike) -> _BaseImageProcessor:
+        """A processor of this class from a JSON file of options (a `preprocessor_config.json` or `to_json_file`'s
+        output), as transformers' `from_json_file`."""
+        return cls.from_dict(_read_processor_json(Path(json_file)))
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Write `preprocessor_config.json` into `save_directory` atomically; returns the written paths."""
         path = Path(save_directory)
@@ -791,12 +802,7 @@ class _BaseImageProcessor:
         file = path / PREPROCESSOR_CONFIG_NAME if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG_NAME} at '{path}'")
-        try:
-            config = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"'{file}' is not valid JSON: {e}") from e
-        if not isinstance(config, dict):
-            raise ValueError(f"'{file}' must hold a JSON object, got {type(config).__name__}")
+        config = _read_processor_json(file)
         kind = config.get("image_processor_type") or config.get("feature_extractor_type")
         if kind and kind not in IMAGE_PROCESSOR_TYPES:
             warnings.warn(f"'{file}' was written for {kind}; loading it as {cls.__name__}", stacklevel=2)
@@ -804,6 +810,17 @@ class _BaseImageProcessor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"
+
+
+def _read_processor_json(file: Path) -> dict[str, Any]:
+    """The JSON object in a processor config file, or a ValueError naming the file."""
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"'{file}' is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"'{file}' must hold a JSON object, got {type(config).__name__}")
+    return config
 
 
 # ------------------------------------------------------------------------------------------ torch back end

@@ -350,8 +350,8 @@ def test_missing_and_unexpected_keys_are_reported_and_strict_makes_them_errors(t
     save_file(state, tmp_path / "model.safetensors")
     with caplog.at_level(logging.WARNING, logger="pvtkit"):
         loaded, info = PvtV2Model.from_pretrained(tmp_path, output_loading_info=True)
-    assert info["missing_keys"] == ["encoder.layers.1.blocks.0.mlp.dense1.bias"]
-    assert info["unexpected_keys"] == ["encoder.extra.weight"] and info["mismatched_keys"] == []
+    assert info["missing_keys"] == {"encoder.layers.1.blocks.0.mlp.dense1.bias"}
+    assert info["unexpected_keys"] == {"encoder.extra.weight"} and info["mismatched_keys"] == set()
     assert "encoder.layers.1.blocks.0.mlp.dense1.bias" in caplog.text and "encoder.extra.weight" in caplog.text
     assert torch.equal(
         loaded.encoder.layers[0].blocks[0].attention.query.weight,

@@ -21,11 +21,10 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ... import cpu_kernels
 from ...layers import MultiscaleDeformableAttention, attend, get_activation, map_to_tokens
-from ...modeling import PreTrainedModel
+from ...modeling import PreTrainedModel, checkpointed
 from ...outputs import DeformableDetrModelOutput, DeformableDetrObjectDetectionOutput
 from .. import family as registry
 from ..family import Family
@@ -192,9 +191,9 @@ class BoxHead(nn.Module):
         return self.layers[2](F.relu(self.layers[1](F.relu(self.layers[0](x)))))
 
 
-def _run(layer: nn.Module, use_checkpoint: bool, *args: Any) -> Any:
-    """`layer(*args)`, its activations recomputed in the backward when `use_checkpoint`."""
-    return checkpoint(layer, *args, use_reentrant=False) if use_checkpoint else layer(*args)
+def _run(owner: nn.Module, layer: nn.Module, use_checkpoint: bool, *args: Any) -> Any:
+    """`layer(*args)`, its activations recomputed in the backward (as `owner` was set up) when `use_checkpoint`."""
+    return checkpointed(owner, layer, *args) if use_checkpoint else layer(*args)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -217,7 +216,7 @@ class Encoder(nn.Module):
         ref = torch.cat(centres, 1)[:, :, None] * ratios[:, None]  # (B, S, levels, 2): 0..1 over the real part
         hidden, attentions = [x], []
         for layer in self.layers:
-            x, weights = _run(layer, self.gradient_checkpointing and self.training, x, pos, ref, levels)
+            x, weights = _run(self, layer, self.gradient_checkpointing and self.training, x, pos, ref, levels)
             hidden.append(x)
             attentions.append(weights)
         return x, (tuple(hidden) if keep else None), tuple(attentions)
@@ -241,7 +240,7 @@ class Decoder(nn.Module):
             scale = torch.cat([memory.ratios] * (ref.shape[-1] // 2), -1)
             ref_in = ref[:, :, None] * scale[:, None]  # (B, Q, levels, 2 or 4), in the padded map's coordinates
             use_checkpoint = self.gradient_checkpointing and self.training
-            x, sw, cw = _run(layer, use_checkpoint, x, pos, ref_in, memory, need_weights)
+            x, sw, cw = _run(self, layer, use_checkpoint, x, pos, ref_in, memory, need_weights)
             if self.bbox_embed is not None:  # refinement: this layer's boxes are the next one's references
                 ref = box_logits(self.bbox_embed[i](x), ref).sigmoid().detach()
             for kept, value in ((states, x), (refs, ref), (self_attn, sw), (cross_attn, cw)):
@@ -472,7 +471,7 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
             decoder.bbox_embed if c.with_box_refine else self.bbox_embed,
         )
 
-    def _load_checkpoint_state(self, state: dict[str, torch.Tensor], source: str, **kwargs: Any) -> dict[str, list]:
+    def _load_checkpoint_state(self, state: dict[str, torch.Tensor], source: str, **kwargs: Any) -> dict[str, Any]:
         return super()._load_checkpoint_state(tie_heads(state, self.state_dict()), source, **kwargs)
 
     @torch.no_grad()

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ... import cpu_kernels as kernels
 from ...layers import Dense, DropPath, adaptive_avg_pool2d, attend, get_activation, map_to_tokens, tokens_to_map
 from ...losses import segmentation_loss
-from ...modeling import PreTrainedModel, classification_loss
+from ...modeling import PreTrainedModel, checkpointed, classification_loss
 from ...outputs import BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from .. import family as registry
 from .configuration import check_pixel_values
@@ -296,7 +295,7 @@ class PyramidEncoder(nn.Module):
             weights = []
             for block in blocks:
                 if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                    x, a = checkpoint(block, x, h, w, need_weights, use_reentrant=False)
+                    x, a = checkpointed(self, block, x, h, w, need_weights)
                 else:
                     x, a = block(x, h, w, need_weights)
                 weights.append(a)

@@ -1,5 +1,5 @@
-"""SegFormer's checkpoint layouts (the NVlabs release, mmsegmentation's MiT) and config inference: no PyTorch.
-The converters are pure `dict -> dict` functions over arrays of any framework.
+"""SegFormer's checkpoint layouts (the NVlabs release, mmsegmentation's MiT, transformers 5.25's in-memory names)
+and config inference: no PyTorch. The converters are pure `dict -> dict` functions over arrays of any framework.
 """
 
 from __future__ import annotations
@@ -92,6 +92,34 @@ def from_mmseg(state: StateDict) -> StateDict:
     )
 
 
+# transformers 5.25's in-memory names (its `state_dict()`: `segformer.stages.0.blocks.0.attention.q_proj`, ...); its
+# files keep the on-disk names above, which pvtkit reads and writes. Stage-level names first, then the blocks'.
+_MEMORY_STAGES: convert.Rules = [
+    (r"^((?:segformer\.)?)stages\.(\d+)\.patch_embeddings\.", r"\1encoder.patch_embeddings.\2."),
+    (r"^((?:segformer\.)?)stages\.(\d+)\.blocks\.(\d+)\.", r"\1encoder.block.\2.\3."),
+    (r"^((?:segformer\.)?)stages\.(\d+)\.layer_norm\.", r"\1encoder.layer_norm.\2."),
+    (r"^decode_head\.linear_projections\.", "decode_head.linear_c."),
+]
+_MEMORY_BLOCK: convert.Rules = [
+    (r"\.layernorm_before\.", ".layer_norm_1."),
+    (r"\.layernorm_after\.", ".layer_norm_2."),
+    (r"\.attention\.q_proj\.", ".attention.self.query."),
+    (r"\.attention\.k_proj\.", ".attention.self.key."),
+    (r"\.attention\.v_proj\.", ".attention.self.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.attention\.sequence_reduction\.sequence_reduction\.", ".attention.self.sr."),
+    (r"\.attention\.sequence_reduction\.layer_norm\.", ".attention.self.layer_norm."),
+    (r"\.mlp\.fc1\.", ".mlp.dense1."),
+    (r"\.mlp\.fc2\.", ".mlp.dense2."),
+]
+
+
+def from_memory(state: StateDict) -> StateDict:
+    """transformers 5.25's in-memory SegFormer (`SegformerModel`, or a task model's `segformer.` + head) -> its
+    on-disk names."""
+    return convert.rename(convert.rename(state, _MEMORY_STAGES), _MEMORY_BLOCK)
+
+
 def infer_config(state: StateDict) -> dict[str, Any]:
     """SegformerConfig fields read off a transformers-named state dict."""
     s = convert.strip_prefix(state, "segformer.")
@@ -109,6 +137,7 @@ def infer_config(state: StateDict) -> dict[str, Any]:
 _PREFIX = "segformer"
 LAYOUTS = (
     Layout("transformers", "segformer", "encoder.patch_embeddings.0.proj.weight", convert.identity, prefix=_PREFIX),
+    Layout("transformers-memory", "segformer", "stages.0.patch_embeddings.proj.weight", from_memory, prefix=_PREFIX),
     Layout("nvlabs", "segformer", "decode_head.linear_c1.proj.weight", from_nvlabs, prefix=_PREFIX),
     Layout("mmseg", "segformer", "backbone.layers.0.1.0.attn.attn.in_proj_weight", from_mmseg, prefix=_PREFIX),
     Layout("mmseg", "segformer", "layers.0.1.0.attn.attn.in_proj_weight", from_mmseg, prefix=_PREFIX),

@@ -1,6 +1,6 @@
-"""ViT's checkpoint layouts (timm's) and config inference: no PyTorch, so that a TensorFlow or JAX process
-(`pvtkit.keras`) reads ViT checkpoints without loading torch. The converters are pure `dict -> dict` functions over
-arrays of any framework (PyTorch tensors or NumPy arrays).
+"""ViT's checkpoint layouts (timm's, transformers 5.25's in-memory names) and config inference: no PyTorch, so that
+a TensorFlow or JAX process (`pvtkit.keras`) reads ViT checkpoints without loading torch. The converters are pure
+`dict -> dict` functions over arrays of any framework (PyTorch tensors or NumPy arrays).
 """
 
 from __future__ import annotations
@@ -46,6 +46,24 @@ def from_timm(state: StateDict) -> StateDict:
     return convert.split(convert.rename(state, _TIMM_RULES), "attention.attention.qkv", qkv)
 
 
+# transformers 5.25's in-memory names (its `state_dict()`: `vit.layers.0.attention.q_proj`, `vit.layers.0.mlp.fc1`);
+# its files keep the on-disk names, which pvtkit reads and writes. The layer first, then what is inside it.
+_MEMORY_LAYERS: convert.Rules = [(r"^((?:vit\.)?)layers\.(\d+)\.", r"\1encoder.layer.\2.")]
+_MEMORY_BLOCK: convert.Rules = [
+    (r"\.attention\.q_proj\.", ".attention.attention.query."),
+    (r"\.attention\.k_proj\.", ".attention.attention.key."),
+    (r"\.attention\.v_proj\.", ".attention.attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".intermediate.dense."),
+    (r"\.mlp\.fc2\.", ".output.dense."),
+]
+
+
+def from_memory(state: StateDict) -> StateDict:
+    """transformers 5.25's in-memory ViT (`ViTModel`, or a task model's `vit.` + head) -> its on-disk names."""
+    return convert.rename(convert.rename(state, _MEMORY_LAYERS), _MEMORY_BLOCK)
+
+
 _HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # head counts cannot be read off the tensors: by width
 
 
@@ -79,7 +97,8 @@ def infer_config(state: StateDict) -> dict[str, Any]:
     return fields
 
 
-LAYOUTS = (
+LAYOUTS = (  # transformers 5.25's in-memory layout first: it shares the embeddings' names with the on-disk one
+    Layout("transformers-memory", "vit", "layers.0.layernorm_before.weight", from_memory, prefix="vit"),
     Layout("transformers", "vit", "embeddings.patch_embeddings.projection.weight", convert.identity, prefix="vit"),
     Layout("timm", "vit", "blocks.0.attn.qkv.weight", from_timm, {"layer_norm_eps": 1e-6}, prefix="vit"),
 )

@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ... import cpu_kernels as kernels
 from ...config import pair as _pair
 from ...layers import Dense, attend, get_activation, map_to_tokens, resize_position_embeddings
-from ...modeling import PreTrainedModel, classification_loss
+from ...modeling import PreTrainedModel, checkpointed, classification_loss
 from ...outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
 from .. import family as registry
 from ..family import Family
@@ -199,7 +198,7 @@ class ViTEncoder(nn.Module):
         hidden_states, attentions = [x], []
         for layer in self.layer:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, weights = checkpoint(layer, x, eager, use_reentrant=False)
+                x, weights = checkpointed(self, layer, x, eager)
             else:
                 x, weights = layer(x, eager)
             if keep_hidden:

@@ -9,7 +9,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -323,15 +323,30 @@ def write_all(
         for result in pipe.run(mine, formatted=False):
             yield files(result, result.index * ctx.world_size + ctx.rank)
 
-    failed = 0
     with open_output(args.records if ctx.is_main else os.devnull) as stream:
-        for index, record, error in stream_sharded(ctx, items, results, args.batch_size, command):
-            path = input_name(items[index], args.inputs)
-            if error is not None:
-                failed += 1
-                report_failure(command, path, error)
-            write_record(stream, args.format, path, record, error)
+        outcomes = stream_sharded(ctx, items, results, args.batch_size, command)
+        failed = write_records(stream, args, command, items, outcomes, write_record)
     return summarize_failures(command, failed, len(items), done) if ctx.is_main else 0
+
+
+def write_records(
+    stream: Any,
+    args: argparse.Namespace,
+    command: str,
+    items: Sequence[Any],
+    outcomes: Iterable[tuple[int, dict[str, Any] | None, str | None]],
+    write_record: Callable[..., None],
+) -> int:
+    """Each `(index, record, error)` written to `stream` as `--format` says, each failure also reported on stderr;
+    how many failed."""
+    failed = 0
+    for index, record, error in outcomes:
+        path = input_name(items[index], args.inputs)
+        if error is not None:
+            failed += 1
+            report_failure(command, path, error)
+        write_record(stream, args.format, path, record, error)
+    return failed
 
 
 @contextlib.contextmanager

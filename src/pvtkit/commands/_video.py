@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ._common import ResultFiles, UsageError, input_name, open_output, report_failure, summarize_failures
+from ._common import ResultFiles, UsageError, open_output, summarize_failures, write_records
 
 # What `--help` says about video inputs (both commands).
 VIDEO_HELP = (
@@ -62,14 +62,8 @@ def write_all_media(
         require_av()
     except ImportError as e:
         raise UsageError(str(e)) from e
-    failed = 0
     with open_output(args.records) as stream:
-        for index, record, error in _results(items, pipe, files, video):
-            path = input_name(items[index], args.inputs)
-            if error is not None:
-                failed += 1
-                report_failure(command, path, error)
-            write_record(stream, args.format, path, record, error)
+        failed = write_records(stream, args, command, items, _results(items, pipe, files, video), write_record)
     return summarize_failures(command, failed, len(items), done)
 
 

@@ -221,7 +221,7 @@ def _compare(args: argparse.Namespace) -> int:
             f"--compare: {args.compare[0]} is a {task.title} model and {args.compare[1]} a {task_b.title} model; "
             "compare two models of one task"
         )
-    if not hasattr(task, "compare_report"):
+    if not task.comparable:
         raise UsageError(f"--compare compares segmentation models; {args.compare[0]} is a {task.title} model")
     (_, report_a), (_, report_b) = (_report(one) for one in each)
     if report_a is None or report_b is None:

@@ -51,7 +51,6 @@ info:
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -223,23 +222,12 @@ def read_pair_stats(
 ) -> list[PairStats]:
     """`pair_stats` of `(image, mask, split)` triples, in order, in a thread pool (PIL decodes without the GIL)
     under a progress bar on stderr."""
-    from concurrent.futures import ThreadPoolExecutor
+    from .folders import threaded_map
 
-    from tqdm import tqdm
+    def stats(pair: tuple[Any, Any, str]) -> PairStats:
+        return pair_stats(pair[0], pair[1], pair[2], hashes)
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        jobs = pool.map(lambda p: pair_stats(p[0], p[1], p[2], hashes), pairs)
-        return list(
-            tqdm(
-                jobs,
-                total=len(pairs),
-                desc="reading masks",
-                unit="mask",
-                leave=False,
-                file=sys.stderr,
-                disable=not progress or None,
-            )
-        )
+    return threaded_map(stats, pairs, threads, "reading masks", not progress or None)
 
 
 @dataclass

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger("pvtkit")
 
@@ -150,6 +152,21 @@ def unreadable_images(paths: Sequence[Path], workers: int = 8) -> list[tuple[Pat
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(check, paths, chunksize=64))
     return [r for r in results if r is not None]
+
+
+def threaded_map(
+    fn: Callable[[Any], Any], items: Sequence[Any], workers: int, desc: str, disable: bool | None
+) -> list[Any]:
+    """`[fn(item) for item in items]`, in order, in a pool of `workers` threads (PIL decodes without the GIL), under
+    a tqdm bar `desc` on stderr (`disable`: tqdm's, None hiding it off a terminal)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        jobs = pool.map(fn, items)
+        bar = tqdm(jobs, total=len(items), desc=desc, unit="mask", leave=False, file=sys.stderr, disable=disable)
+        return list(bar)
 
 
 # ---- image + mask folders (the datasets of `pvtkit train --task semantic-segmentation`) -----------------------

@@ -3,7 +3,6 @@ datasets that decode them for training and evaluation."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,11 +141,7 @@ def load_segmentation_data(
             values that are no class (>= the number of classes, not 255), fewer than two classes, an empty split,
             or nothing readable; each listed by file name.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from .folders import find_segmentation_layout
+    from .folders import find_segmentation_layout, threaded_map
 
     root = Path(root)
     try:
@@ -181,19 +176,14 @@ def load_segmentation_data(
         )
     names = read_class_names(root)
     pairs = layout.train + (layout.val or [])
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = pool.map(lambda p: _check_pair(p[0], p[1], reduce_labels, len(names) if names else None), pairs)
-        checks = list(
-            tqdm(
-                jobs,
-                total=len(pairs),
-                desc="checking masks",
-                unit="mask",
-                leave=False,
-                file=sys.stderr,
-                disable=not progress or len(pairs) < 200,
-            )
-        )
+    classes = len(names) if names else None
+    checks = threaded_map(
+        lambda p: _check_pair(p[0], p[1], reduce_labels, classes),
+        pairs,
+        workers,
+        "checking masks",
+        not progress or len(pairs) < 200,
+    )
     mismatched = [f"{m}: {c.size_mismatch}" for (_, m), c in zip(pairs, checks) if c.size_mismatch]
     if mismatched:
         raise DatasetError(

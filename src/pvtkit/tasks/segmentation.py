@@ -241,6 +241,7 @@ class SegmentationTask(Task):
         )
         return stream.getvalue()
 
+    comparable = True
     # `pvtkit eval --compare`: the means set side by side, in this order, and their names in the table
     compare_means = {
         "mean_iou": "mIoU",

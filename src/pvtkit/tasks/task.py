@@ -194,6 +194,7 @@ class Task:
 
     eval_batch_size: ClassVar[int] = 64
     eval_options: ClassVar[tuple[str, ...]] = ()  # `pvtkit eval` options only this task takes
+    comparable: ClassVar[bool] = False  # `pvtkit eval --compare`: has `compare_report` and `compare_table`
 
     def evaluate(self, model: Any, data: Any, **options: Any) -> Any:
         raise NotImplementedError(f"pvtkit eval does not evaluate {self.title}")
